@@ -1,0 +1,357 @@
+"""The build stage: catalog rows -> embeddings (cached) -> a new index generation, published atomically.
+
+Decoding runs in a small thread pool ahead of the model (Pillow and torch release the GIL), the
+model sees full batches, and images whose bytes were embedded before by the same model are taken
+from the cache instead of being decoded at all. Bad rows are reported and skipped; nothing is
+written over the live index until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import shutil
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import index as store
+from .cache import EmbeddingCache
+from .catalog import Catalog, CatalogRow, RowProblem, read_catalog
+from .errors import CatalogError, ImageError, VsearchError
+
+if TYPE_CHECKING:
+    from .embedders import Embedder
+
+DOWNLOADS_DIR = "downloads"
+ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
+
+
+@dataclass
+class BuildReport:
+    """What a build did, for the CLI summary and for callers."""
+
+    index_dir: Path
+    generation: str
+    model: str
+    products: int
+    images: int
+    embedded: int  # images run through the model in this build
+    reused: int  # images whose embedding came from the cache
+    removed_products: int  # products in the previous index that are gone now
+    problems: list[RowProblem]
+    seconds: float
+    embed_seconds: float
+    index_type: str
+    embedder: Any = field(default=None, repr=False)
+
+    @property
+    def skipped(self) -> list[RowProblem]:
+        return [p for p in self.problems if p.fatal]
+
+    @property
+    def warnings(self) -> list[RowProblem]:
+        return [p for p in self.problems if not p.fatal]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Prepared:
+    """One catalog row after the decode workers: its content hash and either a tensor or nothing to do."""
+
+    row: CatalogRow
+    content_hash: str | None = None
+    tensor: Any = None  # preprocessed image, only when the embedding is not cached
+    file_entry: tuple[str, int, int, str] | None = None
+    error: str | None = None
+
+
+def build_index(
+    catalog: str | os.PathLike | Catalog,
+    index_dir: str | os.PathLike = "index/default",
+    *,
+    model: str = "clip",
+    pretrained: str | None = None,
+    embedder: Embedder | None = None,
+    precision: str = "auto",
+    index_type: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    strict: bool = False,
+    allow_outside_paths: bool = False,
+    fetch_policy: Any = None,
+    progress: ProgressCallback | None = None,
+) -> BuildReport:
+    """Build or incrementally update the index in ``index_dir`` from a catalog CSV or image folder.
+
+    Only images not already embedded by this model are run through it; products no longer in
+    the catalog disappear. With ``strict`` any bad row aborts the build before the model loads.
+    """
+    started = time.perf_counter()
+    cat = catalog if isinstance(catalog, Catalog) else read_catalog(catalog, allow_outside_paths=allow_outside_paths)
+    problems = list(cat.problems)
+    _raise_if_strict(strict, problems, cat)
+    if not cat.rows:
+        raise CatalogError(_no_rows_message(cat, problems))
+    store.choose_index_type(len(cat.rows), index_type)  # validate before any heavy work
+
+    index_dir = Path(index_dir)
+    with _exclusive_build(index_dir):
+        if embedder is None:
+            from .embedders import load_embedder
+
+            embedder = load_embedder(model, pretrained, precision=precision)
+        with EmbeddingCache(index_dir / store.CACHE_FILE) as cache:
+            embed_started = time.perf_counter()
+            kept, vectors, embedded, reused, image_problems = _embed_rows(
+                cat.rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
+                fetch_policy=fetch_policy, progress=progress,
+            )
+            embed_seconds = time.perf_counter() - embed_started
+        problems.extend(image_problems)
+        _raise_if_strict(strict, problems, cat)
+
+        products, images, left_out = _products_and_images(cat, kept)
+        problems.extend(left_out)
+        if not images:
+            raise CatalogError(_no_rows_message(cat, problems))
+        chosen_type = store.choose_index_type(len(images), index_type)
+        previous = _previous_product_ids(index_dir)
+        manifest = {
+            "model": {
+                "name": embedder.name,
+                "spec": getattr(embedder, "spec", embedder.name),
+                "pretrained": getattr(embedder, "pretrained", None),
+                "fingerprint": embedder.fingerprint,
+                "supports_text": bool(embedder.supports_text),
+                "precision_at_build": getattr(embedder, "precision", "fp32"),
+            },
+            "dim": int(embedder.dim),
+            "catalog": str(cat.source),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build": {"embedded": embedded, "reused": reused, "skipped_rows": sum(p.fatal for p in problems)},
+        }
+        tmp = store.new_generation_dir(index_dir)
+        try:
+            store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest, index_type=chosen_type)
+            final = store.publish_generation(index_dir, tmp)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VsearchError(f"could not write the index in {index_dir}: {e}; the previous index is unchanged") from e
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    removed = len(previous - {p.product_id for p in products}) if previous else 0
+    return BuildReport(
+        index_dir=index_dir, generation=final.name, model=embedder.name, products=len(products), images=len(images),
+        embedded=embedded, reused=reused, removed_products=removed, problems=problems,
+        seconds=time.perf_counter() - started, embed_seconds=embed_seconds, index_type=chosen_type, embedder=embedder,
+    )
+
+
+# ---------------------------------------------------------------- embedding pipeline
+
+
+def _embed_rows(
+    rows: list[CatalogRow], embedder: Embedder, cache: EmbeddingCache, *, index_dir: Path, batch_size: int,
+    workers: int | None, fetch_policy: Any, progress: ProgressCallback | None,
+) -> tuple[list[tuple[CatalogRow, str]], np.ndarray, int, int, list[RowProblem]]:
+    """Embed every row not in the cache; return kept (row, hash) pairs with their vectors in order."""
+    fingerprint = embedder.fingerprint
+    cached = cache.cached_hashes(fingerprint)
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    prepare = _RowPreparer(embedder, cache, cached, index_dir / DOWNLOADS_DIR, fetch_policy)
+
+    kept: list[tuple[CatalogRow, str]] = []
+    problems: list[RowProblem] = []
+    new_vectors: dict[str, np.ndarray] = {}
+    pending: list[tuple[str, Any]] = []
+    pending_hashes: set[str] = set()
+    file_entries: list[tuple[str, int, int, str]] = []
+    embedded = 0
+
+    def flush() -> None:
+        nonlocal embedded
+        if not pending:
+            return
+        import torch
+
+        hashes = [h for h, _ in pending]
+        vecs = embedder.embed_batch(torch.stack([t for _, t in pending]))
+        cache.put_many(hashes, vecs, fingerprint)
+        cache.remember_files(file_entries)
+        file_entries.clear()
+        new_vectors.update(zip(hashes, vecs))
+        embedded += len(hashes)
+        pending.clear()
+        pending_hashes.clear()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vsearch-decode") as pool:
+        for done, item in enumerate(_ordered_map(pool, prepare, rows, window=max(2 * batch_size, 4 * workers)), start=1):
+            if item.error is not None:
+                problems.append(RowProblem(row=item.row.row, reason=item.error, image=item.row.image))
+            else:
+                kept.append((item.row, item.content_hash))
+                if item.file_entry:
+                    file_entries.append(item.file_entry)
+                if item.tensor is not None and item.content_hash not in new_vectors and item.content_hash not in pending_hashes:
+                    pending.append((item.content_hash, item.tensor))
+                    pending_hashes.add(item.content_hash)
+                    if len(pending) >= batch_size:
+                        flush()
+            if progress is not None:
+                progress(done, len(rows))
+        flush()
+    cache.remember_files(file_entries)
+
+    needed = list({h for _, h in kept if h not in new_vectors})
+    from_cache = cache.get_many(needed, fingerprint)
+    dim = int(embedder.dim)
+    vectors = np.empty((len(kept), dim), dtype=np.float32)
+    final_kept: list[tuple[CatalogRow, str]] = []
+    for row, h in kept:
+        vec = new_vectors.get(h)
+        if vec is None:
+            vec = from_cache.get(h)
+        if vec is None or vec.shape[0] != dim:
+            problems.append(RowProblem(row=row.row, reason="embedding missing from the cache; rebuild to retry", image=row.image))
+            continue
+        vectors[len(final_kept)] = vec
+        final_kept.append((row, h))
+    reused = sum(1 for _, h in final_kept if h not in new_vectors)
+    return final_kept, vectors[: len(final_kept)], embedded, reused, problems
+
+
+class _RowPreparer:
+    """Runs in decode workers: find a row's bytes and hash, and decode + preprocess only if needed."""
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache, cached: set[str], downloads: Path, fetch_policy: Any):
+        self.embedder = embedder
+        self.cache = cache
+        self.cached = cached
+        self.downloads = downloads
+        self.fetch_policy = fetch_policy
+        self.min_side = getattr(embedder, "input_size", None)
+
+    def __call__(self, row: CatalogRow) -> _Prepared:
+        try:
+            return self._prepare(row)
+        except ImageError as e:
+            return _Prepared(row, error=str(e))
+        except Exception as e:  # a bug or an unexpected library error must not kill a long build
+            return _Prepared(row, error=f"{row.image}: unexpected error {type(e).__name__}: {e}")
+
+    def _prepare(self, row: CatalogRow) -> _Prepared:
+        from .images import content_hash, load_image, read_image_bytes
+
+        entry = None
+        if row.image.startswith(("http://", "https://")):
+            from .fetch import FetchPolicy, fetch_image
+
+            data, digest = fetch_image(row.image, self.downloads, policy=self.fetch_policy or FetchPolicy())
+        else:
+            try:
+                st = os.stat(row.image)
+            except OSError:
+                st = None
+            digest = self.cache.known_hash(row.image, st.st_size, st.st_mtime_ns) if st else None
+            if digest is not None and digest in self.cached:
+                return _Prepared(row, content_hash=digest)
+            data = read_image_bytes(row.image)
+            digest = content_hash(data)
+            if st is not None:
+                entry = (row.image, st.st_size, st.st_mtime_ns, digest)
+        if digest in self.cached:
+            return _Prepared(row, content_hash=digest, file_entry=entry)
+        image = load_image(io.BytesIO(data), min_side=self.min_side, name=row.image)
+        return _Prepared(row, content_hash=digest, tensor=self.embedder.preprocess(image), file_entry=entry)
+
+
+def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """Like pool.map, in order, but with at most ``window`` items in flight (bounded memory)."""
+    it = iter(items)
+    futures = deque(pool.submit(fn, item) for item in islice(it, window))
+    while futures:
+        result = futures.popleft().result()
+        for item in islice(it, 1):
+            futures.append(pool.submit(fn, item))
+        yield result
+
+
+# ---------------------------------------------------------------- assembling the index
+
+
+def _products_and_images(cat: Catalog, kept: list[tuple[CatalogRow, str]]):
+    """Products with at least one usable image, and one image record per kept row."""
+    with_images = {row.product_id for row, _ in kept}
+    products = []
+    for pid, info in cat.products.items():
+        if pid in with_images:
+            products.append(store.ProductRecord(
+                product_id=pid, title=info.title, category=info.category, price=info.price, url=info.url,
+                brand=info.brand, extra=tuple(info.extra),
+            ))
+    images = [store.ImageRecord(product_id=row.product_id, source=row.image, row=row.row, content_hash=h) for row, h in kept]
+    left_out = [
+        RowProblem(row=0, reason=f"product {pid!r} has no usable image and was left out")
+        for pid in cat.products if pid not in with_images
+    ]
+    return products, images, left_out
+
+
+def _previous_product_ids(index_dir: Path) -> set[str]:
+    name = store.read_current(index_dir, missing_ok=True)
+    if name is None:
+        return set()
+    try:
+        db = store.open_products_db(index_dir / name)
+        try:
+            return {r[0] for r in db.execute("SELECT product_id FROM products")}
+        finally:
+            db.close()
+    except (VsearchError, sqlite3.Error):
+        return set()
+
+
+def _raise_if_strict(strict: bool, problems: list[RowProblem], cat: Catalog) -> None:
+    fatal = [p for p in problems if p.fatal]
+    if strict and fatal:
+        lines = "; ".join(f"row {p.row}: {p.reason}" for p in fatal[:5])
+        more = f" (and {len(fatal) - 5} more)" if len(fatal) > 5 else ""
+        raise CatalogError(f"{cat.source}: {len(fatal)} bad row(s) and --strict is on: {lines}{more}")
+
+
+def _no_rows_message(cat: Catalog, problems: list[RowProblem]) -> str:
+    fatal = [p for p in problems if p.fatal]
+    detail = "; ".join(f"row {p.row}: {p.reason}" for p in fatal[:5])
+    return f"{cat.source}: no usable catalog rows" + (f" ({detail})" if detail else "")
+
+
+@contextmanager
+def _exclusive_build(index_dir: Path):
+    """One build at a time per index folder (a second one fails at once with a clear message)."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = index_dir / ".build.lock"
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VsearchError(f"another build is already running on {index_dir}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

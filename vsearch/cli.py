@@ -1,0 +1,239 @@
+"""The `vsearch` command line: a thin layer over the library that talks to people.
+
+Every subcommand maps to one library function; errors from the library become one clean line
+on stderr and exit code 1 (2 for usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import VsearchError
+
+DEFAULT_INDEX = "index/default"
+ENV_HELP = """environment variables:
+  VSEARCH_INDEX       default for --index (now: {index})
+  VSEARCH_MODEL       default for --model (now: {model})
+  VSEARCH_PRETRAINED  default for --pretrained (now: {pretrained})
+  VSEARCH_PRECISION   default for --precision (now: {precision})"""
+
+
+def _env(name: str, default: str | None) -> str | None:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    index_default = _env("VSEARCH_INDEX", DEFAULT_INDEX)
+    model_default = _env("VSEARCH_MODEL", "clip")
+    pretrained_default = _env("VSEARCH_PRETRAINED", None)
+    precision_default = _env("VSEARCH_PRECISION", "auto")
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="vsearch",
+        description="Visual product search: index a catalog's product photos, then find products from a shopper's photo.",
+        epilog=ENV_HELP.format(index=index_default, model=model_default, pretrained=pretrained_default, precision=precision_default),
+        formatter_class=fmt,
+    )
+    parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_index(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--index", default=index_default, metavar="DIR", help=f"index folder (default: {index_default})")
+
+    def add_model(p: argparse.ArgumentParser, for_build: bool) -> None:
+        what = "model to embed with" if for_build else "query model (default: the model the index was built with)"
+        p.add_argument(
+            "--model", default=model_default if for_build else None, metavar="NAME",
+            help=f"{what}: 'clip' (ViT-B-32 laion2b_s34b_b79k), any open_clip architecture (e.g. ViT-B-16), "
+            "'hf-hub:ORG/REPO', or 'efficientnet-lite0' (offline, image-only)" + (f" (default: {model_default})" if for_build else ""),
+        )
+        p.add_argument(
+            "--pretrained", default=pretrained_default if for_build else None, metavar="TAG_OR_PATH",
+            help="open_clip pretrained tag or a local checkpoint file (default: the model's standard weights)",
+        )
+        p.add_argument("--precision", default=precision_default, choices=["auto", "fp32", "bf16"],
+                       help=f"model precision; auto = bf16 where the CPU supports it (default: {precision_default})")
+
+    b = sub.add_parser("build", help="build or update an index from a catalog CSV or an image folder", formatter_class=fmt,
+                       description="Build or incrementally update an index. Only new or changed images are embedded; "
+                       "products that left the catalog are removed. Bad rows are reported and skipped.")
+    b.add_argument("catalog", metavar="CATALOG", help="catalog CSV (product_id,image[,title,category,price,url,brand,...]) or a folder of images")
+    add_index(b)
+    add_model(b, for_build=True)
+    b.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"],
+                   help="FAISS index: auto = exact up to 200,000 images, HNSW beyond (default: auto)")
+    b.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (default: 32)")
+    b.add_argument("--workers", type=int, default=None, metavar="N", help="image decoding threads (default: min(4, CPUs))")
+    b.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
+    b.add_argument("--allow-outside-paths", action="store_true",
+                   help="allow image paths outside the catalog's folder (absolute paths, '..')")
+    b.add_argument("--allow-private-urls", action="store_true",
+                   help="allow image URLs on private, loopback or link-local addresses (intranet catalogs)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("search", help="find products matching a photo and/or a text", formatter_class=fmt)
+    s.add_argument("photo", nargs="?", metavar="PHOTO", help="query photo (JPEG, PNG, WebP, HEIC, ...)")
+    s.add_argument("--text", default=None, help="text query, alone or to refine the photo (CLIP models only)")
+    add_index(s)
+    s.add_argument("-k", type=int, default=10, help="number of products to return (default: 10)")
+    s.add_argument("--category", action="append", default=None, help="only this category (repeatable)")
+    s.add_argument("--min-price", type=float, default=None, help="lowest price")
+    s.add_argument("--max-price", type=float, default=None, help="highest price")
+    s.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="filter on any metadata column (repeatable)")
+    s.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_model(s, for_build=False)
+    s.set_defaults(func=cmd_search)
+
+    i = sub.add_parser("info", help="describe an index (model, counts, format, build time)")
+    add_index(i)
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("serve", help="start the web app on an index")
+    add_index(v)
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    v.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    add_model(v, for_build=False)
+    v.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VsearchError as e:
+        print(f"vsearch: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_index
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    fetch_policy = None
+    if args.allow_private_urls:
+        from .fetch import FetchPolicy
+
+        fetch_policy = FetchPolicy(allow_private=True)
+    try:
+        report = build_index(
+            args.catalog, args.index, model=args.model, pretrained=args.pretrained, precision=args.precision,
+            index_type=args.index_type, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
+            allow_outside_paths=args.allow_outside_paths, fetch_policy=fetch_policy, progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    for p in report.skipped:
+        where = f"row {p.row}" if p.row else "catalog"
+        print(f"skipped {where}: {p.reason}", file=sys.stderr)
+    for p in report.warnings:
+        where = f"row {p.row}" if p.row else "catalog"
+        print(f"warning {where}: {p.reason}", file=sys.stderr)
+    print(
+        f"built {report.index_dir} ({report.generation}) with {report.model}: {report.products} products, "
+        f"{report.images} images ({report.embedded} embedded, {report.reused} reused from cache), "
+        f"{len(report.skipped)} rows skipped, {report.removed_products} products removed, "
+        f"index {report.index_type}, {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
+    )
+    return 0
+
+
+def _filters(args: argparse.Namespace) -> dict:
+    filters: dict = {}
+    if args.category:
+        filters["category"] = args.category
+    if args.min_price is not None or args.max_price is not None:
+        filters["price"] = (args.min_price, args.max_price)
+    for item in args.filter:
+        if "=" not in item:
+            raise VsearchError(f"--filter takes COLUMN=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        filters.setdefault(key.strip(), []).append(value.strip())
+    return filters
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import ProductIndex
+
+    if args.photo is None and not args.text:
+        raise VsearchError("give a PHOTO, --text, or both")
+    if args.photo is not None and not Path(args.photo).is_file():
+        raise VsearchError(f"photo {args.photo!r} does not exist or is not a file")
+    index = ProductIndex.load(args.index, model=args.model, pretrained=args.pretrained, precision=args.precision)
+    hits = index.search(image=args.photo, text=args.text, k=args.k, filters=_filters(args))
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no products match")
+        return 0
+    if not hits[0].confident:
+        print("no close match in this catalog; the nearest products are:")
+    for h in hits:
+        price = f"{h.price:.2f}" if h.price is not None else "-"
+        print(f"{h.rank:>3}. {h.score:.3f}  {h.product_id}  {h.title or '(no title)'}  [{h.category or '-'}]  {price}  {h.image}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import index as store
+
+    index_dir = Path(args.index)
+    name = store.read_current(index_dir)
+    manifest = store.read_manifest(index_dir / name)
+    if args.json:
+        print(json.dumps({"generation": name, **manifest}, indent=2, sort_keys=True))
+        return 0
+    model = manifest["model"]
+    counts = manifest["counts"]
+    print(f"index:        {index_dir} ({name})")
+    print(f"model:        {model['name']} (fingerprint {model['fingerprint'][:16]}, dim {manifest['dim']}, text search: {'yes' if model.get('supports_text') else 'no'})")
+    print(f"products:     {counts['products']}")
+    print(f"images:       {counts['images']}")
+    print(f"faiss:        {manifest['index_type']} ({manifest['faiss_factory']}, {manifest['metric']})")
+    print(f"format:       {manifest['format']} v{manifest['format_version']} (vsearch {manifest['vsearch_version']})")
+    print(f"built:        {manifest['built_at']} from {manifest.get('catalog', '?')}")
+    if manifest.get("score_threshold") is not None:
+        print(f"close match:  score >= {manifest['score_threshold']:.3f}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .ui import serve
+
+    serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained, precision=args.precision)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""The index stage: FAISS vectors + SQLite metadata in a versioned, atomically swapped folder.
+
+Layout of an index folder (default ``index/default``)::
+
+    CURRENT            name of the live generation; replaced atomically with os.replace
+    cache.sqlite       embedding cache (content hash + model fingerprint -> vector), shared by generations
+    gen-<time>-<id>/   one complete, immutable build:
+        manifest.json  format version, model, dim, metric, FAISS factory, counts, build time
+        vectors.faiss  one vector per catalog image (FAISS id == images.vid)
+        products.sqlite products, images and their metadata
+
+A build writes a new generation beside the live one and only then points CURRENT at it, so a
+crash at any moment leaves the previous index loadable, and a running server can switch by
+re-reading CURRENT. JSON and SQLite only: nothing on disk is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import IndexFormatError
+
+FORMAT_NAME = "vsearch-index"
+FORMAT_VERSION = 1
+CURRENT_FILE = "CURRENT"
+MANIFEST_FILE = "manifest.json"
+VECTORS_FILE = "vectors.faiss"
+PRODUCTS_FILE = "products.sqlite"
+CACHE_FILE = "cache.sqlite"
+GENERATION_PREFIX = "gen-"
+KEEP_OLD_GENERATIONS = 1  # the previous generation stays for readers that are mid-switch
+
+# Index-type selection. Exact search costs ~7 ms per query at 100k vectors on 2 cores and grows
+# linearly, so beyond FLAT_MAX an approximate index keeps single queries within model time.
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
+FLAT_MAX = 200_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 128
+
+PRODUCT_COLUMNS = ("product_id", "title", "category", "price", "url", "brand")
+
+_SCHEMA = """
+CREATE TABLE products (
+    pid INTEGER PRIMARY KEY,
+    product_id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL DEFAULT '',
+    category TEXT NOT NULL DEFAULT '',
+    price REAL,
+    url TEXT NOT NULL DEFAULT '',
+    brand TEXT NOT NULL DEFAULT '',
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE images (
+    vid INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL REFERENCES products(pid),
+    source TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    content_hash TEXT NOT NULL
+);
+CREATE INDEX images_pid ON images(pid);
+CREATE INDEX products_category ON products(category);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """One product as stored in an index."""
+
+    product_id: str
+    title: str = ""
+    category: str = ""
+    price: float | None = None
+    url: str = ""
+    brand: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One indexed catalog image; its position in the list is its FAISS id."""
+
+    product_id: str
+    source: str
+    row: int
+    content_hash: str
+
+
+# ---------------------------------------------------------------- FAISS index choice
+
+
+def choose_index_type(n_vectors: int, requested: str = "auto") -> str:
+    """Exact search while it is fast enough, HNSW beyond that; an explicit choice always wins."""
+    if requested not in INDEX_TYPES:
+        raise ValueError(f"index type {requested!r} is not one of {', '.join(INDEX_TYPES)}")
+    if requested != "auto":
+        return requested
+    return "flat" if n_vectors <= FLAT_MAX else "hnsw"
+
+
+def faiss_factory_string(index_type: str, n_vectors: int, dim: int) -> str:
+    """The FAISS factory string recorded in the manifest (and used to build the index)."""
+    if index_type == "flat":
+        return "Flat"
+    if index_type == "hnsw":
+        return f"HNSW{HNSW_M},Flat"
+    if index_type == "ivfpq":
+        nlist = int(max(1, min(65536, 4 * np.sqrt(max(n_vectors, 1)))))
+        m = _pq_subquantizers(dim)
+        return f"IVF{nlist},PQ{m}x8"
+    raise ValueError(f"unknown index type {index_type!r}")
+
+
+def _pq_subquantizers(dim: int) -> int:
+    for m in (64, 32, 16, 8, 4, 2, 1):
+        if dim % m == 0 and dim // m >= 4:
+            return m
+    return 1
+
+
+def make_faiss_index(vectors: np.ndarray, index_type: str):
+    """Build a FAISS inner-product index over L2-normalised vectors (ids are row positions)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    factory = faiss_factory_string(index_type, n, dim)
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            train = vectors
+            if n > 256 * 1024:
+                rng = np.random.default_rng(0)
+                train = vectors[rng.choice(n, 256 * 1024, replace=False)]
+            index.train(train)
+        if index_type == "ivfpq":
+            faiss.extract_index_ivf(index).nprobe = 32
+    if n:
+        index.add(vectors)
+    return index, factory
+
+
+# ---------------------------------------------------------------- writing a generation
+
+
+def new_generation_dir(index_dir: Path) -> Path:
+    """A fresh, hidden temporary folder inside index_dir for a build to write into."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path = index_dir / f".tmp-{GENERATION_PREFIX}{stamp}-{secrets.token_hex(3)}"
+    path.mkdir()
+    return path
+
+
+def write_generation(
+    tmp_dir: Path,
+    *,
+    vectors: np.ndarray,
+    images: list[ImageRecord],
+    products: list[ProductRecord],
+    manifest: dict[str, Any],
+    index_type: str,
+) -> dict[str, Any]:
+    """Write vectors, metadata and manifest into tmp_dir; return the manifest as written."""
+    import faiss
+
+    if len(images) != len(vectors):
+        raise ValueError(f"{len(images)} image records but {len(vectors)} vectors")
+    started = time.perf_counter()
+    index, factory = make_faiss_index(vectors, index_type)
+    faiss.write_index(index, str(tmp_dir / VECTORS_FILE))
+    faiss_seconds = time.perf_counter() - started
+
+    pid_of = {p.product_id: i for i, p in enumerate(products)}
+    db = sqlite3.connect(tmp_dir / PRODUCTS_FILE)
+    try:
+        db.executescript(_SCHEMA)
+        db.executemany(
+            "INSERT INTO products VALUES (?,?,?,?,?,?,?,?)",
+            (
+                (i, p.product_id, p.title, p.category, p.price, p.url, p.brand, json.dumps(dict(p.extra)))
+                for i, p in enumerate(products)
+            ),
+        )
+        db.executemany(
+            "INSERT INTO images VALUES (?,?,?,?,?)",
+            ((vid, pid_of[im.product_id], im.source, im.row, im.content_hash) for vid, im in enumerate(images)),
+        )
+        db.commit()
+    finally:
+        db.close()
+
+    manifest = dict(manifest)
+    manifest.update(
+        format=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        vsearch_version=__version__,
+        metric="inner_product",
+        index_type=index_type,
+        faiss_factory=factory,
+        dim=int(vectors.shape[1]) if vectors.ndim == 2 else int(manifest.get("dim", 0)),
+        counts={"products": len(products), "images": len(images)},
+        faiss_build_seconds=round(faiss_seconds, 3),
+    )
+    _write_json_atomic(tmp_dir / MANIFEST_FILE, manifest)
+    _fsync_dir(tmp_dir)
+    return manifest
+
+
+def publish_generation(index_dir: Path, tmp_dir: Path) -> Path:
+    """Make a finished generation live: rename it, then atomically repoint CURRENT."""
+    final = index_dir / tmp_dir.name.removeprefix(".tmp-")
+    os.replace(tmp_dir, final)
+    _fsync_dir(index_dir)
+    pointer_tmp = index_dir / f".{CURRENT_FILE}.{secrets.token_hex(3)}"
+    with open(pointer_tmp, "w", encoding="utf-8") as f:
+        f.write(final.name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(pointer_tmp, index_dir / CURRENT_FILE)
+    _fsync_dir(index_dir)
+    cleanup_generations(index_dir)
+    return final
+
+
+def cleanup_generations(index_dir: Path) -> None:
+    """Remove abandoned temp folders and all but the newest old generations."""
+    live = read_current(index_dir, missing_ok=True)
+    for tmp in index_dir.glob(f".tmp-{GENERATION_PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for stray in index_dir.glob(f".{CURRENT_FILE}.*"):
+        stray.unlink(missing_ok=True)
+    old = sorted(
+        (p for p in index_dir.glob(f"{GENERATION_PREFIX}*") if p.is_dir() and p.name != live),
+        key=lambda p: p.name,
+    )
+    for p in old[: max(0, len(old) - KEEP_OLD_GENERATIONS)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- reading a generation
+
+
+def read_current(index_dir: Path, *, missing_ok: bool = False) -> str | None:
+    """Name of the live generation folder, or None when missing_ok and nothing was built yet."""
+    try:
+        name = (index_dir / CURRENT_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        if not index_dir.exists():
+            raise IndexFormatError(f"no index at {index_dir} (build one with: vsearch build CATALOG --index {index_dir})") from None
+        raise IndexFormatError(
+            f"{index_dir} is not a vsearch index (no {CURRENT_FILE} file); build one with: vsearch build CATALOG --index {index_dir}"
+        ) from None
+    if not name.startswith(GENERATION_PREFIX) or "/" in name or "\\" in name:
+        raise IndexFormatError(f"{index_dir / CURRENT_FILE} names {name!r}, which is not a generation folder")
+    return name
+
+
+def read_manifest(generation_dir: Path) -> dict[str, Any]:
+    """Read and validate manifest.json; refuse formats this version does not know."""
+    path = generation_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path} is missing; the index is incomplete, rebuild it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f"{path} is not valid JSON ({e}); rebuild the index") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{path} is not a vsearch index manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path} has index format version {version!r}; this vsearch {__version__} reads version {FORMAT_VERSION} "
+            "(rebuild the index with this version, or upgrade vsearch)"
+        )
+    for key in ("model", "dim", "counts"):
+        if key not in manifest:
+            raise IndexFormatError(f"{path} lacks {key!r}; rebuild the index")
+    return manifest
+
+
+def read_faiss(generation_dir: Path):
+    import faiss
+
+    path = generation_dir / VECTORS_FILE
+    if not path.is_file():
+        raise IndexFormatError(f"{path} is missing; the index is incomplete, rebuild it")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise IndexFormatError(f"{path} cannot be read by FAISS ({str(e).splitlines()[0]}); rebuild the index") from None
+
+
+def open_products_db(generation_dir: Path) -> sqlite3.Connection:
+    """Open a generation's metadata read-only (generations are immutable, so no locking is needed)."""
+    path = generation_dir / PRODUCTS_FILE
+    if not path.is_file():
+        raise IndexFormatError(f"{path} is missing; the index is incomplete, rebuild it")
+    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    return db

@@ -1,0 +1,351 @@
+"""The search stage: a loaded index answers image / text queries with ranked products.
+
+Catalog images are the unit FAISS sees; shoppers want products. A product is scored by its
+best-matching image, shown with that image, and appears once. Filters (category, price range,
+any metadata column) are applied inside FAISS with an id selector, so k results are k matches.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from . import index as store
+from .errors import IndexFormatError, ModelError, ModelMismatchError, VsearchError
+
+if TYPE_CHECKING:
+    from .embedders import Embedder
+    from .images import ImageSource
+
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One product in a result list."""
+
+    rank: int
+    product_id: str
+    score: float  # cosine similarity of the best-matching catalog image (higher is closer)
+    title: str
+    category: str
+    price: float | None
+    url: str
+    brand: str
+    image: str  # the catalog image of this product that matched best (path or URL)
+    metadata: Mapping[str, str] = field(default_factory=dict)  # extra catalog columns
+    matched_images: tuple[str, ...] = ()  # this product's images among the hits, best first
+    confident: bool = True  # False when the score is below the index's "close match" threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (used by the CLI's --json and the web API)."""
+        d = {k: getattr(self, k) for k in ("rank", "product_id", "score", "title", "category", "price", "url", "brand", "image", "confident")}
+        d["score"] = round(float(self.score), 6)
+        d["metadata"] = dict(self.metadata)
+        d["matched_images"] = list(self.matched_images)
+        return d
+
+
+class _Generation:
+    """One immutable, fully loaded index generation; searches hold a reference for their duration."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.manifest = store.read_manifest(path)
+        self.faiss = store.read_faiss(path)
+        self.db = store.open_products_db(path)
+        self.lock = threading.Lock()  # sqlite3 connections are not safe for concurrent use
+        rows = self.db.execute("SELECT vid, pid FROM images ORDER BY vid").fetchall()
+        self.vid_to_pid = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        if len(self.vid_to_pid) != self.faiss.ntotal:
+            raise IndexFormatError(
+                f"{path}: {self.faiss.ntotal} vectors but {len(self.vid_to_pid)} image records; rebuild the index"
+            )
+        self.n_products = self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
+
+    def query(self, sql: str, params: tuple = ()) -> list:
+        with self.lock:
+            return self.db.execute(sql, params).fetchall()
+
+
+class ProductIndex:
+    """A searchable product index. Load once; search from any thread.
+
+    >>> index = ProductIndex.load("index/default")
+    >>> hits = index.search(image="photo.jpg", k=10, filters={"category": "mug", "price": (0, 20)})
+    """
+
+    def __init__(self, index_dir: str | Path, embedder: Embedder | None = None, *, model: str | None = None,
+                 pretrained: str | None = None, precision: str = "auto"):
+        self.index_dir = Path(index_dir)
+        self._reload_lock = threading.Lock()
+        name = store.read_current(self.index_dir)
+        self._gen = _Generation(self.index_dir / name)
+        self._gen_name = name
+        self.embedder = embedder if embedder is not None else self._load_model(model, pretrained, precision)
+        self._check_model(self.embedder, self._gen.manifest)
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def load(cls, index_dir: str | Path, embedder: Embedder | None = None, **kwargs) -> ProductIndex:
+        """Load an index and the model it was built with (or check that ``embedder`` is that model)."""
+        return cls(index_dir, embedder, **kwargs)
+
+    @classmethod
+    def build(cls, catalog: str | Path, index_dir: str | Path, **kwargs) -> ProductIndex:
+        """Build (or incrementally update) an index from a catalog and return it loaded."""
+        from .build import build_index
+
+        report = build_index(catalog, index_dir, **kwargs)
+        return cls(index_dir, report.embedder)
+
+    def _load_model(self, model: str | None, pretrained: str | None, precision: str) -> Embedder:
+        from .embedders import load_embedder
+
+        info = self._gen.manifest["model"]
+        if model is None:
+            model, pretrained = info.get("spec", info["name"]), info.get("pretrained")
+        return load_embedder(model, pretrained, precision=precision)
+
+    @staticmethod
+    def _check_model(embedder: Embedder, manifest: Mapping[str, Any]) -> None:
+        info = manifest["model"]
+        if embedder.fingerprint != info["fingerprint"] or embedder.dim != manifest["dim"]:
+            raise ModelMismatchError(
+                f"this index was built with model {info['name']!r} (fingerprint {info['fingerprint'][:12]}, dim {manifest['dim']}), "
+                f"but the query model is {embedder.name!r} (fingerprint {embedder.fingerprint[:12]}, dim {embedder.dim}); "
+                "search with the index's model, or rebuild the index with this one"
+            )
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return dict(self._gen.manifest)
+
+    @property
+    def generation(self) -> str:
+        return self._gen_name
+
+    @property
+    def supports_text(self) -> bool:
+        return bool(getattr(self.embedder, "supports_text", False))
+
+    @property
+    def score_threshold(self) -> float | None:
+        """Scores below this are reported as not confident ("no close match"); None = never."""
+        value = self._gen.manifest.get("score_threshold")
+        return None if value is None else float(value)
+
+    def __len__(self) -> int:
+        return self._gen.n_products
+
+    def categories(self) -> list[str]:
+        return [r[0] for r in self._gen.query("SELECT DISTINCT category FROM products WHERE category != '' ORDER BY category")]
+
+    def price_range(self) -> tuple[float, float] | None:
+        lo, hi = self._gen.query("SELECT MIN(price), MAX(price) FROM products")[0]
+        return None if lo is None else (float(lo), float(hi))
+
+    def metadata_columns(self) -> list[str]:
+        """Columns usable in filters: the known ones plus every extra catalog column."""
+        extra: set[str] = set()
+        for (text,) in self._gen.query("SELECT DISTINCT extra FROM products LIMIT 1000"):
+            extra.update(json.loads(text))
+        return ["category", "price", "brand", "title", *sorted(extra)]
+
+    def product(self, product_id: str) -> dict[str, Any]:
+        """Everything known about one product, including all its catalog images."""
+        rows = self._gen.query("SELECT * FROM products WHERE product_id=?", (product_id,))
+        if not rows:
+            raise KeyError(product_id)
+        p = rows[0]
+        images = [r[0] for r in self._gen.query("SELECT source FROM images WHERE pid=? ORDER BY vid", (p["pid"],))]
+        return {
+            "product_id": p["product_id"], "title": p["title"], "category": p["category"], "price": p["price"],
+            "url": p["url"], "brand": p["brand"], "metadata": json.loads(p["extra"]), "images": images,
+        }
+
+    def image_sources(self) -> set[str]:
+        """Every catalog image this index may show (the web UI serves nothing else)."""
+        return {r[0] for r in self._gen.query("SELECT source FROM images")}
+
+    # ------------------------------------------------------------ hot reload
+
+    def reload_if_changed(self) -> bool:
+        """Switch to a newer generation if a build published one; True when switched.
+
+        Cheap (one small file read), so a server can call it before every request. A search
+        already running keeps the generation it started with, so no query sees a mixed state.
+        """
+        name = store.read_current(self.index_dir, missing_ok=True)
+        if name is None or name == self._gen_name:
+            return False
+        with self._reload_lock:
+            if name == self._gen_name:
+                return False
+            gen = _Generation(self.index_dir / name)
+            self._check_model(self.embedder, gen.manifest)
+            self._gen, self._gen_name = gen, name
+        return True
+
+    # ------------------------------------------------------------ queries
+
+    def embed_query(self, image: ImageSource | None = None, text: str | None = None, *, text_weight: float = 0.5) -> np.ndarray:
+        """The query vector: image, text, or both fused (normalised sum, text weighted)."""
+        from .images import load_image
+
+        if image is None and not (text and text.strip()):
+            raise VsearchError("give a photo, a text, or both to search")
+        parts = []
+        if image is not None:
+            img = load_image(image, min_side=getattr(self.embedder, "input_size", None))
+            parts.append(self.embedder.embed_images([img])[0])
+        if text and text.strip():
+            if not self.supports_text:
+                raise ModelError(
+                    f"the index's model {self.embedder.name!r} is image-only and cannot search by text; "
+                    "search with a photo, or build the index with a CLIP model"
+                )
+            vec = self.embedder.embed_texts([text.strip()])[0]
+            parts.append(vec * (text_weight if image is not None else 1.0))
+        q = np.sum(parts, axis=0).astype(np.float32)
+        return q / max(float(np.linalg.norm(q)), 1e-12)
+
+    def search(self, image: ImageSource | None = None, text: str | None = None, k: int = 10,
+               filters: Mapping[str, Any] | None = None, *, text_weight: float = 0.5) -> list[Hit]:
+        """Ranked products for a photo (path, bytes, file object or PIL image) and/or a text."""
+        query = self.embed_query(image, text, text_weight=text_weight)
+        return self.search_vector(query, k=k, filters=filters)
+
+    def search_vector(self, query: np.ndarray, k: int = 10, filters: Mapping[str, Any] | None = None) -> list[Hit]:
+        """Ranked products for an already embedded, L2-normalised query vector."""
+        if not 1 <= int(k) <= MAX_K:
+            raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
+        k = int(k)
+        gen = self._gen
+        query = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
+        if query.shape[1] != gen.faiss.d:
+            raise ModelMismatchError(f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}")
+        selector, allowed = self._selector(gen, filters)
+        n_candidates = gen.faiss.ntotal if allowed is None else allowed
+        if n_candidates == 0:
+            return []
+        fetch = min(n_candidates, max(4 * k, k + 16))
+        while True:
+            scores, vids = self._faiss_search(gen, query, fetch, selector)
+            best = _best_image_per_product(scores, vids, gen.vid_to_pid)
+            if len(best) >= k or fetch >= n_candidates:
+                break
+            fetch = min(n_candidates, fetch * 4)
+        return self._hits(gen, best[:k])
+
+    @staticmethod
+    def _faiss_search(gen: _Generation, query: np.ndarray, n: int, selector):
+        import faiss
+
+        params = None
+        if selector is not None:
+            if isinstance(gen.faiss, faiss.IndexHNSW):
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(store.HNSW_EF_SEARCH, n))
+            elif faiss.try_extract_index_ivf(gen.faiss) is not None:
+                ivf = faiss.extract_index_ivf(gen.faiss)
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+            else:
+                params = faiss.SearchParameters(sel=selector)
+        elif isinstance(gen.faiss, faiss.IndexHNSW) and n > gen.faiss.hnsw.efSearch:
+            params = faiss.SearchParametersHNSW(efSearch=n)
+        scores, vids = gen.faiss.search(query, n, params=params)
+        return scores[0], vids[0]
+
+    def _selector(self, gen: _Generation, filters: Mapping[str, Any] | None):
+        """Turn filters into a FAISS id selector over the allowed images (None = no filter)."""
+        if not filters:
+            return None, None
+        import faiss
+
+        where, params = _filter_sql(filters)
+        if not where:
+            return None, None
+        pids = np.array([r[0] for r in gen.query(f"SELECT pid FROM products WHERE {where}", tuple(params))], dtype=np.int64)
+        vids = np.flatnonzero(np.isin(gen.vid_to_pid, pids)).astype(np.int64)
+        if len(vids) == 0:
+            return None, 0
+        return faiss.IDSelectorBatch(vids), len(vids)
+
+    def _hits(self, gen: _Generation, best: list[tuple[int, float, list[int]]]) -> list[Hit]:
+        if not best:
+            return []
+        pids = [b[0] for b in best]
+        marks = ",".join("?" * len(pids))
+        products = {r["pid"]: r for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))}
+        all_vids = [v for b in best for v in b[2]]
+        marks = ",".join("?" * len(all_vids))
+        sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
+        threshold = self.score_threshold
+        hits = []
+        for rank, (pid, score, vids) in enumerate(best, start=1):
+            p = products[pid]
+            hits.append(Hit(
+                rank=rank, product_id=p["product_id"], score=float(score), title=p["title"], category=p["category"],
+                price=p["price"], url=p["url"], brand=p["brand"], image=sources[vids[0]],
+                metadata=json.loads(p["extra"]), matched_images=tuple(sources[v] for v in vids),
+                confident=threshold is None or score >= threshold,
+            ))
+        return hits
+
+
+def _best_image_per_product(scores: np.ndarray, vids: np.ndarray, vid_to_pid: np.ndarray) -> list[tuple[int, float, list[int]]]:
+    """Collapse image hits (sorted best first) into products scored by their best image."""
+    order: list[int] = []
+    found: dict[int, tuple[float, list[int]]] = {}
+    for score, vid in zip(scores.tolist(), vids.tolist()):
+        if vid < 0:
+            continue
+        pid = int(vid_to_pid[vid])
+        if pid in found:
+            found[pid][1].append(vid)
+        else:
+            found[pid] = (score, [vid])
+            order.append(pid)
+    return [(pid, found[pid][0], found[pid][1]) for pid in order]
+
+
+_TEXT_COLUMNS = {"category", "brand", "title", "url", "product_id"}
+
+
+def _filter_sql(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """SQL WHERE clause for filters: {"category": "mug" | [..], "price": (lo, hi), "<column>": value}."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, value in filters.items():
+        if value is None or value == "" or value == [] or value == ():
+            continue
+        if key == "price":
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise VsearchError(f"price filter must be (min, max) with None for an open end, got {value!r}")
+            lo, hi = value
+            if lo is not None:
+                clauses.append("price >= ?")
+                params.append(float(lo))
+            if hi is not None:
+                clauses.append("price <= ?")
+                params.append(float(hi))
+            continue
+        values = [str(v) for v in value] if isinstance(value, (list, tuple, set, frozenset)) else [str(value)]
+        marks = ",".join("?" * len(values))
+        if key in _TEXT_COLUMNS:
+            clauses.append(f"{key} IN ({marks})")
+        else:
+            if not key.replace("_", "").replace("-", "").replace(" ", "").isalnum():
+                raise VsearchError(f"cannot filter on column {key!r}: use letters, digits, '_', '-' or spaces")
+            clauses.append(f"json_extract(extra, ?) IN ({marks})")
+            params.append(f'$."{key}"')
+        params.extend(values)
+    return " AND ".join(clauses), params
