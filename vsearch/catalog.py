@@ -47,6 +47,7 @@ __all__ = [
     "Catalog",
     "read_catalog",
     "iter_catalog_rows",
+    "parse_price",
 ]
 
 REQUIRED_COLUMNS = ("product_id", "image")
@@ -383,7 +384,7 @@ class _Reader:
             )
         missing = [c for c in REQUIRED_COLUMNS if c not in counts]
         if missing:
-            found = ", ".join(repr(n) for n in names[:30] if n) or "none"
+            found = ", ".join(_show(n, 40) for n in names[:30] if n) or "none"
             if len(names) > 30:
                 found += f", … ({len(names)} in all)"
             hints = []
@@ -460,12 +461,13 @@ class _Reader:
         raw_image = fields[columns["image"]] if columns["image"] < len(fields) else ""
         raw_image = raw_image.strip()
         shown_image = raw_image if self._surrogate_free(raw_image) else ""
-        for f in fields:
+        for i, f in enumerate(fields):
             if not f.isascii():
                 if _SURROGATE.search(f):
+                    where = f"column {self._names[i]!r}" if i < len(self._names) else f"cell {i + 1}"
                     yield RowProblem(
                         row,
-                        "row is not valid UTF-8 (save the file as 'CSV UTF-8')",
+                        f"row is not valid UTF-8 ({where}); save the file as 'CSV UTF-8'",
                         image=shown_image,
                     )
                     return

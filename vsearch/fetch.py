@@ -42,7 +42,8 @@ import ssl
 import tempfile
 import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
@@ -95,12 +96,25 @@ def fetch_image(
 # ---------------------------------------------------------------- cache
 
 
-_LOCKS = [threading.Lock() for _ in range(64)]
+_INFLIGHT: dict[tuple[str, str], list] = {}  # (cache root, url) -> [lock, number of users]
+_INFLIGHT_GUARD = threading.Lock()
 
 
-def _url_lock(root: Path, url: str) -> threading.Lock:
-    """One of a fixed set of locks, so two workers never download the same URL at once."""
-    return _LOCKS[hash((str(root), url)) % len(_LOCKS)]
+@contextmanager
+def _url_lock(root: Path, url: str) -> Iterator[None]:
+    """Serialise work on one URL, so two workers never download it twice; other URLs run freely."""
+    key = (os.path.abspath(root), url)
+    with _INFLIGHT_GUARD:
+        entry = _INFLIGHT.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield
+    finally:
+        with _INFLIGHT_GUARD:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _INFLIGHT[key]
 
 
 class _Cache:
@@ -372,40 +386,60 @@ class _Clock:
 class _DeadlineReader(io.RawIOBase):
     """Raw stream over a socket that re-arms the socket timeout before every recv."""
 
-    def __init__(self, sock: socket.socket, clock: _Clock):
-        self._sock, self._clock = sock, clock
+    def __init__(self, owner: _DeadlineSocket):
+        self._owner = owner
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf) -> int:
-        limit, is_deadline = self._clock.read_limit()
-        self._sock.settimeout(limit)
+        limit, is_deadline = self._owner.clock.read_limit()
+        sock = self._owner.sock
+        sock.settimeout(limit)
         try:
-            return self._sock.recv_into(buf)
-        except TimeoutError:
-            raise _Timeout(deadline=is_deadline) from None
-
-
-class _DeadlineSocket:
-    """The few socket methods http.client uses, with the deadline applied to every read."""
-
-    def __init__(self, sock: socket.socket, clock: _Clock):
-        self._sock, self._clock = sock, clock
-
-    def makefile(self, mode: str = "rb", *args, **kwargs):
-        return io.BufferedReader(_DeadlineReader(self._sock, self._clock))
-
-    def sendall(self, data) -> None:
-        limit, is_deadline = self._clock.read_limit()
-        self._sock.settimeout(limit)
-        try:
-            self._sock.sendall(data)
+            return sock.recv_into(buf)
         except TimeoutError:
             raise _Timeout(deadline=is_deadline) from None
 
     def close(self) -> None:
-        self._sock.close()
+        if not self.closed:
+            self._owner.release()
+        super().close()
+
+
+class _DeadlineSocket:
+    """The few socket methods http.client uses, with the deadline applied to every read.
+
+    Like a real socket, it stays open while a reader from makefile() is open: http.client closes
+    the connection as soon as it has the headers of a "Connection: close" response.
+    """
+
+    def __init__(self, sock: socket.socket, clock: _Clock):
+        self.sock, self.clock = sock, clock
+        self._readers = 0
+        self._closed = False
+
+    def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
+        self._readers += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def release(self) -> None:
+        self._readers -= 1
+        if self._closed and self._readers <= 0:
+            self.sock.close()
+
+    def sendall(self, data) -> None:
+        limit, is_deadline = self.clock.read_limit()
+        self.sock.settimeout(limit)
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise _Timeout(deadline=is_deadline) from None
+
+    def close(self) -> None:
+        self._closed = True
+        if self._readers <= 0:
+            self.sock.close()
 
 
 class _PinnedConnection(http.client.HTTPConnection):
@@ -420,9 +454,14 @@ class _PinnedConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         last: OSError | None = None
         raw = None
+        give_up = time.monotonic() + self._connect_timeout  # shared by all addresses of the host
         for family, sockaddr in self._addrs:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                last = TimeoutError("timed out")
+                break
             try:
-                raw = _open_socket(family, sockaddr, self._connect_timeout)
+                raw = _open_socket(family, sockaddr, left)
                 break
             except OSError as e:
                 last = e
@@ -457,6 +496,8 @@ def _download(url: str, policy: FetchPolicy) -> tuple[bytes, str]:
             timeout = connect_budget - time.monotonic()
         else:
             timeout = min(policy.connect_timeout, clock.remaining())
+        if timeout <= 0 and clock.deadline is None:
+            raise _fail(url, f"could not connect to {t.host!r} within {policy.connect_timeout:g} s (connect timeout)")
         if timeout <= 0:
             raise _fail(url, f"{where}download did not finish within the {policy.read_timeout:g} s deadline")
         addrs = _resolve(t, url, where, timeout)
@@ -499,7 +540,7 @@ def _one_hop(
                     raise _fail(origin, f"{where}HTTP {resp.status} redirect without a Location header")
                 return location.strip()
             if resp.status != 200:
-                raise _fail(origin, f"{where}HTTP status {resp.status} {resp.reason} (expected 200)".rstrip())
+                raise _fail(origin, f"{where}HTTP status {resp.status} {resp.reason[:60]} (expected 200)".replace("  ", " "))
             _check_content_type(resp.getheader("Content-Type"), origin, where)
             _check_length(resp.getheader("Content-Length"), policy, origin, where)
             data, sha = _read_body(resp, policy, origin, where)
@@ -577,6 +618,9 @@ def _read_body(resp: http.client.HTTPResponse, policy: FetchPolicy, origin: str,
             raise _fail(origin, f"{where}body is larger than the {policy.max_bytes}-byte limit (max_bytes)")
         digest.update(chunk)
         parts.append(chunk)
+    declared = resp.getheader("Content-Length")
+    if not resp.chunked and declared is not None and total != int(declared.strip()):  # read(amt) does not flag a short body
+        raise _fail(origin, f"{where}connection closed after {total} of {int(declared)} bytes, before the body was complete")
     return b"".join(parts), digest.hexdigest()
 
 

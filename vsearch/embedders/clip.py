@@ -103,7 +103,9 @@ def parse_clip_spec(spec: str, pretrained: str | None) -> tuple[str, str | None]
 
 def unknown_model_error(spec: str) -> ModelError:
     archs = known_archs()
-    close = difflib.get_close_matches(spec.removeprefix("clip:"), archs, n=3, cutoff=0.6)
+    wanted = spec.removeprefix("clip:")
+    close = [a for a in archs if a.lower() == wanted.lower()]
+    close += [a for a in difflib.get_close_matches(wanted, archs, n=3, cutoff=0.6) if a not in close]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ModelError(
         f"model {spec!r} is not known.{hint} Accepted: 'clip' (= {DEFAULT_CLIP_ARCH}/{DEFAULT_CLIP_PRETRAINED}), "
@@ -168,11 +170,12 @@ def _tag_checkpoint(arch: str, tag: str, pcfg: dict) -> str:
     what = f"{arch}/{tag}"
     if hf:
         repo_id, filename = os.path.split(hf)  # "org/repo/" -> default file name, as open_clip does
-        return hub.fetch_hf_file(repo_id, hub.weight_candidates(filename), what=what)
-    return _url_checkpoint(pcfg.get("url", ""), what)
+        args = f"{arch!r}, pretrained={tag!r}"
+        return hub.fetch_hf_file(repo_id, hub.weight_candidates(filename), what=what, create_args=args)
+    return _url_checkpoint(pcfg.get("url", ""), what, f"{arch!r}, pretrained={tag!r}")
 
 
-def _url_checkpoint(url: str, what: str) -> str:
+def _url_checkpoint(url: str, what: str, create_args: str) -> str:
     """Old-style tags with only a URL (none in open_clip 3.x, kept for older configs)."""
     from vsearch.errors import ModelUnavailableError
 
@@ -185,7 +188,7 @@ def _url_checkpoint(url: str, what: str) -> str:
     if reason:
         raise ModelUnavailableError(
             f"weights for {what} are not cached ({cached}) and cannot be downloaded from {url} ({reason}). "
-            + hub.HOW_TO_SUPPLY_WEIGHTS
+            + hub.how_to_supply_weights(create_args)
         )
     from open_clip.pretrained import download_pretrained_from_url
 
@@ -193,7 +196,7 @@ def _url_checkpoint(url: str, what: str) -> str:
         return download_pretrained_from_url(url)
     except Exception as e:
         raise ModelUnavailableError(f"downloading weights for {what} from {url} failed: {e}. "
-                                    + hub.HOW_TO_SUPPLY_WEIGHTS) from e
+                                    + hub.how_to_supply_weights(create_args)) from e
 
 
 def _load_hf_hub(repo_id: str, pretrained: str | None, precision: str) -> ClipEmbedder:
@@ -203,8 +206,9 @@ def _load_hf_hub(repo_id: str, pretrained: str | None, precision: str) -> ClipEm
             "(or use an open_clip architecture name with a checkpoint path)"
         )
     what = f"hf-hub:{repo_id}"
-    config = hub.fetch_hf_file(repo_id, [_CONFIG_NAME], what=what)
-    weights = hub.fetch_hf_file(repo_id, hub.weight_candidates(""), what=what)
+    args = repr(what)
+    config = hub.fetch_hf_file(repo_id, [_CONFIG_NAME], what=what, create_args=args)
+    weights = hub.fetch_hf_file(repo_id, hub.weight_candidates(""), what=what, create_args=args)
     folder = os.path.dirname(config)
     if os.path.dirname(weights) != folder:  # config and weights cached from different revisions
         import tempfile

@@ -15,13 +15,15 @@ from vsearch.errors import ModelUnavailableError
 
 PROBE_TIMEOUT_S = 3.0
 
-HOW_TO_SUPPLY_WEIGHTS = (
-    "To use CLIP without internet: pass a local checkpoint (--pretrained /path/to/checkpoint.bin, "
-    "e.g. open_clip_pytorch_model.bin); or download the weights once on a machine with internet "
-    "(python -c \"import open_clip; open_clip.create_model('ViT-B-32', pretrained='laion2b_s34b_b79k')\") "
-    "and copy that Hugging Face cache here, setting HF_HOME to it. "
-    "Or use the offline image model: --model efficientnet-lite0 (no text queries)."
-)
+def how_to_supply_weights(create_args: str = "'ViT-B-32', pretrained='laion2b_s34b_b79k'") -> str:
+    """The remedies, with a download command for the model at hand (open_clip.create_model args)."""
+    return (
+        "To use CLIP without internet: pass a local checkpoint (--pretrained /path/to/checkpoint.bin, "
+        "e.g. an open_clip_pytorch_model.bin); or download the weights once on a machine with internet "
+        f"(python -c \"import open_clip; open_clip.create_model({create_args})\") and copy that "
+        "Hugging Face cache here, pointing HF_HOME at it. "
+        "Or use the offline image model: --model efficientnet-lite0 (image queries only)."
+    )
 
 
 def hf_cache_dir() -> str:
@@ -85,10 +87,11 @@ def cached_hf_file(repo_id: str, filename: str, cache_dir: str) -> str | None:
     return path if isinstance(path, str) and os.path.isfile(path) else None
 
 
-def fetch_hf_file(repo_id: str, filenames: list[str], *, what: str) -> str:
+def fetch_hf_file(repo_id: str, filenames: list[str], *, what: str, create_args: str) -> str:
     """Path of the first of `filenames` in `repo_id`, from the cache or downloaded.
 
-    Raises ModelUnavailableError, fast, when none is cached and the hub cannot be used.
+    Raises ModelUnavailableError, fast, when none is cached and the hub cannot be used;
+    `create_args` completes the download command the message suggests.
     """
     cache_dir = hf_cache_dir()
     for filename in filenames:
@@ -105,7 +108,7 @@ def fetch_hf_file(repo_id: str, filenames: list[str], *, what: str) -> str:
         raise ModelUnavailableError(
             f"weights for {what} ({repo_id}: {shown}) are not in the Hugging Face cache "
             f"({cache_dir}) and cannot be downloaded from {hub_endpoint()} ({reason}). "
-            + HOW_TO_SUPPLY_WEIGHTS
+            + how_to_supply_weights(create_args)
         )
 
     from huggingface_hub import hf_hub_download
@@ -120,11 +123,11 @@ def fetch_hf_file(repo_id: str, filenames: list[str], *, what: str) -> str:
             continue
         except Exception as e:
             raise ModelUnavailableError(
-                f"downloading weights for {what} ({repo_id}/{filename}) failed: {e}. " + HOW_TO_SUPPLY_WEIGHTS
+                f"downloading weights for {what} ({repo_id}/{filename}) failed: {e}. " + how_to_supply_weights(create_args)
             ) from e
     raise ModelUnavailableError(
         f"the Hugging Face repo {repo_id} has none of {shown}, so it holds no open_clip weights for {what} "
-        f"({last}). " + HOW_TO_SUPPLY_WEIGHTS
+        f"({last}). " + how_to_supply_weights(create_args)
     )
 
 
