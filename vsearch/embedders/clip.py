@@ -11,7 +11,7 @@ import difflib
 import os
 from typing import TYPE_CHECKING
 
-from vsearch.errors import ModelError
+from vsearch.errors import ModelError, ModelUnavailableError
 
 from . import hub
 from . import precision as _precision
@@ -90,7 +90,9 @@ def parse_clip_spec(spec: str, pretrained: str | None) -> tuple[str, str | None]
         return DEFAULT_CLIP_ARCH, pretrained
     body = spec[len("clip:"):] if spec.startswith("clip:") else spec
     if not body:
-        raise ModelError(f"model {spec!r} names no architecture; e.g. clip:{DEFAULT_CLIP_ARCH}/{DEFAULT_CLIP_PRETRAINED}")
+        raise ModelError(
+            f"model {spec!r} names no architecture; e.g. clip:{DEFAULT_CLIP_ARCH}/{DEFAULT_CLIP_PRETRAINED}"
+        )
     if body.startswith(_HF_PREFIX):
         return body, pretrained
     if is_clip_arch(body):
@@ -121,6 +123,7 @@ def unknown_model_error(spec: str) -> ModelError:
 def load_clip(spec: str = "clip", pretrained: str | None = None, *, precision: str = "auto") -> ClipEmbedder:
     """Build a ClipEmbedder from a model spec and a pretrained tag or checkpoint path."""
     arch, pretrained = parse_clip_spec(spec, pretrained)
+    precision = _precision.resolve_precision(precision, spec)  # refuse a bad value before any download
     if arch.startswith(_HF_PREFIX):
         return _load_hf_hub(arch[len(_HF_PREFIX):], pretrained, precision)
     return _load_builtin(arch, pretrained, precision)
@@ -153,11 +156,12 @@ def _load_builtin(arch: str, pretrained: str | None, precision: str) -> ClipEmbe
             f"tags for {arch}: {', '.join(tags) or '(none)'}; or pass a path to a .bin/.pt/.safetensors checkpoint"
         )
 
-    force_pre = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if pcfg.get(k)}
+    # A tag's preprocessing (mean/std, interpolation, resize mode) travels with the weights.
+    preprocess = {f"image_{k}": pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if pcfg.get(k)}
     return _build(
         arch,
         checkpoint=checkpoint,
-        force_preprocess_cfg=force_pre or None,
+        preprocess=preprocess,
         quick_gelu=bool(pcfg.get("quick_gelu", False)),
         name=name,
         fingerprint=fingerprint,
@@ -177,8 +181,6 @@ def _tag_checkpoint(arch: str, tag: str, pcfg: dict) -> str:
 
 def _url_checkpoint(url: str, what: str, create_args: str) -> str:
     """Old-style tags with only a URL (none in open_clip 3.x, kept for older configs)."""
-    from vsearch.errors import ModelUnavailableError
-
     if not url:
         raise ModelError(f"open_clip lists no download location for {what}; pass a checkpoint file (--pretrained)")
     cached = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
@@ -195,8 +197,9 @@ def _url_checkpoint(url: str, what: str, create_args: str) -> str:
     try:
         return download_pretrained_from_url(url)
     except Exception as e:
-        raise ModelUnavailableError(f"downloading weights for {what} from {url} failed: {e}. "
-                                    + hub.how_to_supply_weights(create_args)) from e
+        raise ModelUnavailableError(
+            f"downloading weights for {what} from {url} failed: {e}. " + hub.how_to_supply_weights(create_args)
+        ) from e
 
 
 def _load_hf_hub(repo_id: str, pretrained: str | None, precision: str) -> ClipEmbedder:
@@ -221,7 +224,7 @@ def _load_hf_hub(repo_id: str, pretrained: str | None, precision: str) -> ClipEm
     return _build(
         f"local-dir:{folder}",
         checkpoint=None,
-        force_preprocess_cfg=None,
+        preprocess={},
         quick_gelu=False,
         name=f"clip:{what}",
         fingerprint=f"open_clip:{what}:{blob[:16]}",
@@ -229,7 +232,7 @@ def _load_hf_hub(repo_id: str, pretrained: str | None, precision: str) -> ClipEm
     )
 
 
-def _build(model_name, *, checkpoint, force_preprocess_cfg, quick_gelu, name, fingerprint, precision) -> ClipEmbedder:
+def _build(model_name, *, checkpoint, preprocess, quick_gelu, name, fingerprint, precision) -> ClipEmbedder:
     import open_clip
 
     used = _precision.resolve_precision(precision, name)
@@ -239,8 +242,8 @@ def _build(model_name, *, checkpoint, force_preprocess_cfg, quick_gelu, name, fi
             model_name,
             pretrained=checkpoint,
             force_quick_gelu=quick_gelu,
-            force_preprocess_cfg=force_preprocess_cfg,
             device="cpu",
+            **preprocess,
         )
     except Exception as e:
         where = f"checkpoint {checkpoint}" if checkpoint else model_name

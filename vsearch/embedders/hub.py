@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 
-from vsearch.errors import ModelUnavailableError
+from vsearch.errors import ModelError, ModelUnavailableError
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -112,7 +112,7 @@ def fetch_hf_file(repo_id: str, filenames: list[str], *, what: str, create_args:
         )
 
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
     last: Exception | None = None
     for filename in filenames:
@@ -121,9 +121,14 @@ def fetch_hf_file(repo_id: str, filenames: list[str], *, what: str, create_args:
         except EntryNotFoundError as e:
             last = e
             continue
+        except RepositoryNotFoundError as e:  # also gated/private repos without a token
+            raise ModelError(
+                f"the Hugging Face repo {repo_id} (for {what}) does not exist or is not accessible: {e}"
+            ) from e
         except Exception as e:
             raise ModelUnavailableError(
-                f"downloading weights for {what} ({repo_id}/{filename}) failed: {e}. " + how_to_supply_weights(create_args)
+                f"downloading weights for {what} ({repo_id}/{filename}) failed: {e}. "
+                + how_to_supply_weights(create_args)
             ) from e
     raise ModelUnavailableError(
         f"the Hugging Face repo {repo_id} has none of {shown}, so it holds no open_clip weights for {what} "

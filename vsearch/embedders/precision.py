@@ -1,8 +1,9 @@
 """Numeric precision and CPU threading for the model stage.
 
-bf16 roughly quadruples CPU throughput on chips with native bf16 (AVX512-BF16 / AMX)
-while keeping vectors within cos 0.999 of fp32, so it is the default there and
+bf16 roughly quadruples CLIP's CPU throughput on chips with native bf16 (AVX512-BF16 /
+AMX) while keeping vectors within cos 0.999 of fp32, so "auto" picks it there and
 embedding caches are shared between the two (precision is not in the fingerprint).
+Models that cannot keep that promise opt out of bf16 under "auto".
 """
 
 from __future__ import annotations
@@ -57,15 +58,19 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def resolve_precision(requested: str, model_name: str) -> str:
-    """Turn "auto" / "fp32" / "bf16" into the precision actually used, or refuse."""
+def resolve_precision(requested: str, model_name: str, *, auto_bf16: bool = True) -> str:
+    """Turn "auto" / "fp32" / "bf16" into the precision actually used, or refuse.
+
+    auto_bf16=False for models whose bf16 vectors drift past cos 0.999 from fp32:
+    "auto" then means fp32, so caches built either way stay interchangeable.
+    """
     if requested not in PRECISIONS:
         raise ModelError(
             f"precision {requested!r} for model {model_name} is not known; "
             f"use one of {', '.join(PRECISIONS)}"
         )
     if requested == "auto":
-        return "bf16" if bf16_supported() else "fp32"
+        return "bf16" if auto_bf16 and bf16_supported() else "fp32"
     if requested == "bf16" and not bf16_supported():
         raise ModelError(
             f"precision 'bf16' was requested for model {model_name}, but this CPU lacks native "

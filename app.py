@@ -1,0 +1,96 @@
+"""Start the vsearch web app: `python app.py`.
+
+Serves the index in index/default (or $VSEARCH_INDEX). When there is none yet, it first writes
+the bundled sample catalog and shopper photos to index/sample-catalog/ and builds the index —
+with CLIP when its weights are available, otherwise with the offline EfficientNet-Lite0 model
+(image search only), saying so on the console and in the page.
+Environment: VSEARCH_INDEX, VSEARCH_MODEL, VSEARCH_PRETRAINED, VSEARCH_HOST, VSEARCH_PORT.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+SAMPLE_DIR = Path("index/sample-catalog")
+OFFLINE_NOTICE = ("CLIP weights are not available offline; using the offline EfficientNet-Lite0 model "
+                  "— image search only")
+
+
+def build_sample(index_dir: Path, model: str | None, pretrained: str | None) -> str | None:
+    """Write the sample catalog and build it; return a notice when we had to fall back to the offline model."""
+    from vsearch.build import build_index
+    from vsearch.embedders import load_embedder
+    from vsearch.errors import ModelUnavailableError
+    from vsearch.sample import write_sample_catalog, write_sample_queries
+
+    print(f"vsearch: no index in {index_dir}; writing the sample catalog to {SAMPLE_DIR} ...", flush=True)
+    csv = write_sample_catalog(SAMPLE_DIR)
+    write_sample_queries(SAMPLE_DIR / "queries", csv)
+    notice = None
+    if model:
+        embedder = load_embedder(model, pretrained)
+    else:
+        try:
+            embedder = load_embedder("clip", pretrained)
+        except ModelUnavailableError:
+            notice = OFFLINE_NOTICE
+            print(f"vsearch: {notice}", flush=True)
+            embedder = load_embedder("efficientnet-lite0")
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 20 == 0:
+            print(f"vsearch: embedded {done}/{total} catalog images", flush=True)
+
+    report = build_index(csv, index_dir, embedder=embedder, progress=progress)
+    print(f"vsearch: built {report.products} products / {report.images} images in {report.seconds:.1f} s", flush=True)
+    return notice
+
+
+def main() -> int:
+    from vsearch import index as store
+    from vsearch.errors import VsearchError
+    from vsearch.ui import serve
+
+    index_dir = Path(os.environ.get("VSEARCH_INDEX", "index/default"))
+    model = os.environ.get("VSEARCH_MODEL") or None
+    pretrained = os.environ.get("VSEARCH_PRETRAINED") or None
+    host = os.environ.get("VSEARCH_HOST", "127.0.0.1")
+    port = int(os.environ.get("VSEARCH_PORT", "7860"))
+    try:
+        notice = None
+        if store.read_current(index_dir, missing_ok=True) is None:
+            notice = build_sample(index_dir, model, pretrained)
+        elif not model and _model_name(index_dir) == "efficientnet-lite0":
+            notice = "This index uses the offline EfficientNet-Lite0 model — image search only."
+        examples = sorted((SAMPLE_DIR / "queries").glob("*.jpg")) if _is_sample(index_dir) else []
+        serve(index_dir, host=host, port=port, model=model, pretrained=pretrained, notice=notice, examples=examples)
+    except VsearchError as e:
+        print(f"vsearch: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _model_name(index_dir: Path) -> str:
+    from vsearch import index as store
+
+    manifest = store.read_manifest(index_dir / store.read_current(index_dir))
+    return manifest.get("model", {}).get("name", "")
+
+
+def _is_sample(index_dir: Path) -> bool:
+    """True when the served index was built from the bundled sample catalog (so its photos make sense)."""
+    from vsearch import index as store
+
+    manifest = store.read_manifest(index_dir / store.read_current(index_dir))
+    catalog = str(manifest.get("catalog", ""))
+    return (SAMPLE_DIR / "queries").is_dir() and str(SAMPLE_DIR.resolve()) in catalog
+
+
+if __name__ == "__main__":
+    sys.exit(main())

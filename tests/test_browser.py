@@ -1,0 +1,58 @@
+"""One real-browser run of the page: upload a photo, search, see the product (headless Debian Chromium)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+
+
+def test_upload_search_and_see_the_product(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from test_ui import shopper_photo, start_server
+
+    from vsearch import ui
+
+    server = start_server(tmp_path / "srv", notice="Demo catalog with a test model.")
+    photo = shopper_photo(tmp_path, 5, name="shopper.jpg")
+    outside = []
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1360, "height": 1000})
+            page.on("request", lambda r: urlparse(r.url).hostname not in ("127.0.0.1", "localhost", None)
+                    and not r.url.startswith(("data:", "blob:")) and outside.append(r.url))
+            page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
+            try:
+                page.locator("#vs-photo input[type=file]").set_input_files(photo, timeout=15_000)
+                page.locator("#vs-photo img").first.wait_for(timeout=15_000)  # upload preview shown
+                page.locator("#vs-search").click()
+                page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(timeout=20_000)
+                status = page.locator("#vs-status").inner_text()
+                assert "close match" in status.lower()
+                first_caption = page.locator("#vs-results .caption-label").first.inner_text()
+                assert first_caption.startswith("Product 5")
+                page.locator("#vs-results .thumbnail-item").first.click()  # details of the top result
+                page.get_by_text("View product page").first.wait_for(timeout=10_000)
+            except Exception:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)
+                raise
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser-search.png"), full_page=True)
+            browser.close()
+    finally:
+        server.app.close()
+    assert not outside, f"the page fetched assets from outside the server: {outside[:5]}"
+    assert ui.FALLBACK_THRESHOLDS  # the module under test was imported from this checkout
