@@ -70,7 +70,8 @@ def test_every_catalog_image_opens_as_a_packshot(default_sample):
                 # packshot: light border, something darker in the middle
                 a = np.asarray(im, dtype=np.float32)
                 assert a[:4].mean() > 200 and a[:, :4].mean() > 200
-                assert a[a.shape[0] // 4: -a.shape[0] // 4, a.shape[1] // 4: -a.shape[1] // 4].mean() < a[:4].mean() - 15
+                h, w = a.shape[0] // 4, a.shape[1] // 4
+                assert a[h:-h, w:-w].mean() < a[:4].mean() - 15
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
@@ -106,6 +107,8 @@ def test_queries_are_phone_photos_of_existing_products(default_sample):
             orientations.append(im.getexif().get(0x0112, 1))
             upright = ImageOps.exif_transpose(im)
             assert upright.size == (800, 600), (path, im.size)
+            # a scene, not a packshot: almost nothing is studio white
+            assert _white_fraction(upright) < 0.05, path
     # at least one photo is stored sideways and only reads upright through its EXIF tag
     assert any(o in (6, 8) for o in orientations)
     listed = list(csv.DictReader(open(queries[0][0].parent / "queries.csv", encoding="utf-8")))
@@ -129,7 +132,10 @@ def test_queries_from_a_catalog_not_drawn_here_cut_products_out(default_sample, 
     for path, pid in pairs:
         assert pid in _images_by_product(catalog)
         with Image.open(path) as im:
-            assert ImageOps.exif_transpose(im).size == (800, 600)
+            upright = ImageOps.exif_transpose(im)
+            assert upright.size == (800, 600)
+            # the packshot's white backdrop was removed, not pasted in as a white card
+            assert _white_fraction(upright) < 0.05, path
 
 
 def test_queries_from_a_csv_without_image_column_fail_clearly(tmp_path):
@@ -137,6 +143,11 @@ def test_queries_from_a_csv_without_image_column_fail_clearly(tmp_path):
     bad.write_text("product_id,title\nx,Thing\n", encoding="utf-8")
     with pytest.raises(CatalogError, match="image"):
         write_sample_queries(tmp_path / "q", bad)
+
+
+def _white_fraction(photo: Image.Image) -> float:
+    a = np.asarray(photo.convert("RGB"), dtype=np.int16)
+    return float((a.min(axis=2) > 215).mean())
 
 
 def _colour_descriptor(path: Path) -> np.ndarray:

@@ -114,7 +114,7 @@ def build_index(
             from .embedders import load_embedder
 
             embedder = load_embedder(model, pretrained, precision=precision)
-        with EmbeddingCache(index_dir / store.CACHE_FILE) as cache:
+        with _cache_errors(index_dir / store.CACHE_FILE), EmbeddingCache(index_dir / store.CACHE_FILE) as cache:
             embed_started = time.perf_counter()
             kept, vectors, embedded, reused, image_problems = _embed_rows(
                 cat.rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
@@ -307,7 +307,7 @@ def _products_and_images(cat: Catalog, kept: list[tuple[CatalogRow, str]]):
             ))
     images = [store.ImageRecord(product_id=row.product_id, source=row.image, row=row.row, content_hash=h) for row, h in kept]
     left_out = [
-        RowProblem(row=0, reason=f"product {pid!r} has no usable image and was left out")
+        RowProblem(row=0, reason=f"product {pid!r} has no usable image and was left out", fatal=False)
         for pid in cat.products if pid not in with_images
     ]
     return products, images, left_out
@@ -342,11 +342,30 @@ def _no_rows_message(cat: Catalog, problems: list[RowProblem]) -> str:
 
 
 @contextmanager
+def _cache_errors(path: Path):
+    """A full disk or a damaged cache file is one clear error, not an sqlite3 traceback."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise VsearchError(
+            f"embedding cache {path} failed ({e}); the previous index is unchanged. Free disk space, "
+            "or delete that file to start the cache afresh (everything will be re-embedded)"
+        ) from e
+
+
+@contextmanager
 def _exclusive_build(index_dir: Path):
     """One build at a time per index folder (a second one fails at once with a clear message)."""
-    index_dir.mkdir(parents=True, exist_ok=True)
     lock_path = index_dir / ".build.lock"
-    with open(lock_path, "a+") as f:
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        f = open(lock_path, "a+")
+    except OSError as e:  # parent is a file, read-only file system, no permission, disk full...
+        raise VsearchError(
+            f"cannot write to the index folder {index_dir} ({e.strerror or e}); "
+            "choose a writable folder with --index"
+        ) from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -26,6 +26,8 @@ __all__ = ["write_sample_catalog", "write_sample_queries", "SAMPLE_COLUMNS"]
 SAMPLE_COLUMNS = ("product_id", "image", "title", "category", "price", "url", "brand", "color")
 _SIDECAR = "sample_catalog.json"
 _SIDECAR_VERSION = 1
+_DEFAULT_N_PRODUCTS = 60
+_DEFAULT_SEED = 0
 _R = 640  # products are drawn on a 640 px canvas (2x the packshot size) and downsampled
 
 Color = tuple[int, int, int]
@@ -144,14 +146,14 @@ def _product_specs(n_products: int, seed: int) -> list[_Spec]:
         k = i // len(_CATEGORIES)
         color_name, color = _PALETTE[orders[cat.slug][k % len(_PALETTE)]]
         variant = (k + rng.randrange(3)) % 3 if k >= 3 else k % 3
-        while True:
+        for _ in range(100):  # huge catalogs run out of combinations; then repeats are allowed
             accent_name, accent = rng.choice([a for a in _ACCENTS if a[0] != color_name])
             pattern = rng.choice(_PATTERNS)
             key = (cat.slug, color_name, accent_name, pattern, variant)
             if key not in seen:
-                seen.add(key)
                 break
             variant = rng.randrange(3)
+        seen.add(key)
         lo, hi = cat.price
         price = f"{rng.randint(lo, hi)}.{rng.choice(('99', '99', '49', '00'))}"
         specs.append(_Spec(
@@ -509,9 +511,9 @@ def _save_jpeg(img: Image.Image, path: Path, quality: int, exif: Image.Exif | No
 def write_sample_catalog(
     dest: str | os.PathLike,
     *,
-    n_products: int = 60,
+    n_products: int = _DEFAULT_N_PRODUCTS,
     images_per_product: tuple[int, int] = (1, 3),
-    seed: int = 0,
+    seed: int = _DEFAULT_SEED,
 ) -> Path:
     """Write dest/images/*.jpg and dest/catalog.csv; return the CSV path.
 
@@ -639,7 +641,8 @@ def _shopper_photo(product: Image.Image, rng: random.Random) -> Image.Image:
     img = _scene(size, rng)
     item = _fit(product, size[0] * rng.uniform(0.5, 0.62), size[1] * rng.uniform(0.6, 0.75))
     item = _tilt(item, rng)
-    item = _fit(item, size[0] * 0.85, size[1] * 0.92) if item.width > size[0] * 0.85 or item.height > size[1] * 0.92 else item
+    if item.width > size[0] * 0.85 or item.height > size[1] * 0.92:  # tilting made it too big
+        item = _fit(item, size[0] * 0.85, size[1] * 0.92)
     x = round((size[0] - item.width) / 2 + rng.uniform(-0.1, 0.1) * size[0])
     y = round((size[1] - item.height) / 2 + rng.uniform(-0.05, 0.05) * size[1])
     alpha = item.getchannel("A")
@@ -657,7 +660,8 @@ def _shopper_photo(product: Image.Image, rng: random.Random) -> Image.Image:
     xs = xs / (size[0] / 2) - 1
     ys = ys / (size[1] / 2) - 1
     a = rng.uniform(0, 2 * math.pi)
-    light = 1 - rng.uniform(0.15, 0.3) * (xs**2 + ys**2) / 2 + rng.uniform(0.05, 0.15) * (xs * math.cos(a) + ys * math.sin(a))
+    vignette = rng.uniform(0.15, 0.3) * (xs**2 + ys**2) / 2
+    light = 1 - vignette + rng.uniform(0.05, 0.15) * (xs * math.cos(a) + ys * math.sin(a))
     cast = np.array([rng.uniform(0.92, 1.08) for _ in range(3)], dtype=np.float32)
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(3, 7), arr.shape)
     arr = np.clip(arr * light[..., None] * cast + noise, 0, 255).astype(np.uint8)
@@ -665,23 +669,31 @@ def _shopper_photo(product: Image.Image, rng: random.Random) -> Image.Image:
 
 
 def _cutout(image_path: Path) -> Image.Image:
-    """A catalog packshot with its light background made transparent, for catalogs we did not draw."""
+    """A catalog packshot with its light background (and grey shadow) made transparent,
+    for catalogs we did not draw ourselves."""
+    import numpy as np
+
     try:
         with Image.open(image_path) as im:
             img = ImageOps.exif_transpose(im).convert("RGB")
     except (OSError, ValueError) as exc:
         raise CatalogError(f"cannot open catalog image {image_path}: {exc}") from exc
-    bg = img.getpixel((1, 1))
-    diff = Image.new("RGB", img.size, bg)
-    from PIL import ImageChops
-
-    d = ImageChops.difference(img, diff).convert("L").point(lambda v: 255 if v > 24 else 0)
-    # the background is whatever light region touches the border; holes inside stay opaque
-    mask = d.copy()
-    for corner in ((0, 0), (img.width - 1, 0), (0, img.height - 1), (img.width - 1, img.height - 1)):
+    a = np.asarray(img, dtype=np.float32)
+    bg = np.median(np.concatenate([a[:3].reshape(-1, 3), a[-3:].reshape(-1, 3),
+                                   a[:, :3].reshape(-1, 3), a[:, -3:].reshape(-1, 3)]), axis=0)
+    # background pixels lie on the line from the backdrop colour towards a grey shadow
+    towards = np.array([60, 60, 66], dtype=np.float32) - bg
+    t = ((a - bg) @ towards) / max(float(towards @ towards), 1.0)
+    resid = np.abs(a - (bg + np.clip(t, 0, 1)[..., None] * towards)).max(axis=2)
+    backdrop = (resid < 22) & (t < 0.35)
+    # the background is the backdrop region that touches the border; holes inside stay opaque
+    mask = Image.fromarray(np.where(backdrop, 0, 255).astype(np.uint8), "L").copy()  # writable
+    w, h = mask.size
+    for corner in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
         if mask.getpixel(corner) == 0:
             ImageDraw.floodfill(mask, corner, 128)
-    mask = mask.point(lambda v: 0 if v == 128 else 255).filter(ImageFilter.GaussianBlur(1))
+    mask = mask.point(lambda v: 0 if v == 128 else 255)
+    mask = mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(0.8))
     out = img.convert("RGBA")
     out.putalpha(mask)
     box = mask.getbbox()
@@ -741,7 +753,7 @@ def write_sample_queries(
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if catalog_csv is None:
-        specs = {s.product_id: s for s in _product_specs(60, 0)}
+        specs = {s.product_id: s for s in _product_specs(_DEFAULT_N_PRODUCTS, _DEFAULT_SEED)}
         images: dict[str, Path] = {}
     else:
         catalog_csv = Path(catalog_csv)

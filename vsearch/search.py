@@ -288,7 +288,8 @@ class ProductIndex:
         all_vids = [v for b in best for v in b[2]]
         marks = ",".join("?" * len(all_vids))
         sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
-        threshold = self.score_threshold
+        value = gen.manifest.get("score_threshold")  # this query's generation, even if a reload happened meanwhile
+        threshold = None if value is None else float(value)
         hits = []
         for rank, (pid, score, vids) in enumerate(best, start=1):
             p = products[pid]
