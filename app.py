@@ -15,7 +15,8 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-SAMPLE_DIR = Path("index/sample-catalog")
+ROOT = Path(__file__).resolve().parent
+SAMPLE_DIR = ROOT / "index" / "sample-catalog"
 OFFLINE_NOTICE = ("CLIP weights are not available offline; using the offline EfficientNet-Lite0 model "
                   "— image search only")
 
@@ -55,7 +56,7 @@ def main() -> int:
     from vsearch.errors import VsearchError
     from vsearch.ui import serve
 
-    index_dir = Path(os.environ.get("VSEARCH_INDEX", "index/default"))
+    index_dir = Path(os.environ.get("VSEARCH_INDEX") or ROOT / "index" / "default")
     model = os.environ.get("VSEARCH_MODEL") or None
     pretrained = os.environ.get("VSEARCH_PRETRAINED") or None
     host = os.environ.get("VSEARCH_HOST", "127.0.0.1")

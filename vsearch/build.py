@@ -94,11 +94,14 @@ def build_index(
     allow_outside_paths: bool = False,
     fetch_policy: Any = None,
     progress: ProgressCallback | None = None,
+    embeddings: str | os.PathLike | np.ndarray | None = None,
 ) -> BuildReport:
     """Build or incrementally update the index in ``index_dir`` from a catalog CSV or image folder.
 
     Only images not already embedded by this model are run through it; products no longer in
     the catalog disappear. With ``strict`` any bad row aborts the build before the model loads.
+    With ``embeddings`` (a .npy / Parquet file, see ``vsearch.embeddings_io``) no image is read
+    and no model runs: ``model``/``pretrained`` only name the model the vectors came from.
     """
     started = time.perf_counter()
     cat = catalog if isinstance(catalog, Catalog) else read_catalog(catalog, allow_outside_paths=allow_outside_paths)
@@ -110,13 +113,17 @@ def build_index(
 
     index_dir = Path(index_dir)
     with _exclusive_build(index_dir):
-        if embedder is None:
+        if embedder is None and embeddings is not None:
+            from .embeddings_io import model_identity
+
+            embedder = model_identity(model, pretrained)  # name, fingerprint, dim: no weights loaded
+        elif embedder is None:
             from .embedders import load_embedder
 
             embedder = load_embedder(model, pretrained, precision=precision)
         with _cache_errors(index_dir / store.CACHE_FILE), EmbeddingCache(index_dir / store.CACHE_FILE) as cache:
             embed_started = time.perf_counter()
-            kept, vectors, embedded, reused, image_problems = _embed_rows(
+            kept, vectors, embedded, reused, image_problems = _imported_rows(cat, embeddings, embedder, progress) if embeddings is not None else _embed_rows(
                 cat.rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
                 fetch_policy=fetch_policy, progress=progress,
             )
@@ -159,11 +166,23 @@ def build_index(
     return BuildReport(
         index_dir=index_dir, generation=final.name, model=embedder.name, products=len(products), images=len(images),
         embedded=embedded, reused=reused, removed_products=removed, problems=problems,
-        seconds=time.perf_counter() - started, embed_seconds=embed_seconds, index_type=chosen_type, embedder=embedder,
+        seconds=time.perf_counter() - started, embed_seconds=embed_seconds, index_type=chosen_type,
+        embedder=None if embeddings is not None else embedder,  # an imported build has no loaded model
     )
 
 
 # ---------------------------------------------------------------- embedding pipeline
+
+
+def _imported_rows(cat: Catalog, embeddings: Any, model: Any, progress: ProgressCallback | None):
+    """Precomputed vectors instead of the model: same shape of result as ``_embed_rows``."""
+    from .embeddings_io import load_embeddings
+
+    imported = load_embeddings(embeddings, cat, dim=int(model.dim))
+    if progress is not None:
+        progress(len(cat.rows), len(cat.rows))
+    kept = [(row, "") for row in cat.rows]  # images are never read, so there is no content hash
+    return kept, imported.vectors, 0, 0, []
 
 
 def _embed_rows(
