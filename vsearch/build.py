@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,6 +95,10 @@ def build_index(
     fetch_policy: Any = None,
     progress: ProgressCallback | None = None,
     embeddings: str | os.PathLike | np.ndarray | None = None,
+    whitening: bool | Mapping[str, Any] | None = None,
+    dba: Mapping[str, Any] | None = None,
+    query_defaults: Mapping[str, Any] | None = None,
+    calibrate_threshold: bool = True,
 ) -> BuildReport:
     """Build or incrementally update the index in ``index_dir`` from a catalog CSV or image folder.
 
@@ -102,6 +106,13 @@ def build_index(
     the catalog disappear. With ``strict`` any bad row aborts the build before the model loads.
     With ``embeddings`` (a .npy / Parquet file, see ``vsearch.embeddings_io``) no image is read
     and no model runs: ``model``/``pretrained`` only name the model the vectors came from.
+
+    Retrieval-quality options (None = the measured defaults in ``vsearch.postprocess``):
+    ``whitening`` - PCA-whitening fitted on this catalog's vectors (True/False or
+    {"power", "shrinkage", "components"}); ``dba`` - database-side augmentation {"k", "alpha"}
+    ({"k": 0} = off); ``query_defaults`` - what searches use unless told otherwise ("tta",
+    "query_expansion", "product_scoring"); ``calibrate_threshold`` - learn the "close match"
+    score threshold from the catalog's own score distribution (manifest ``score_threshold``).
     """
     started = time.perf_counter()
     cat = catalog if isinstance(catalog, Catalog) else read_catalog(catalog, allow_outside_paths=allow_outside_paths)
@@ -153,6 +164,10 @@ def build_index(
         }
         tmp = store.new_generation_dir(index_dir)
         try:
+            vectors = _quality_postprocess(
+                tmp, vectors, [im.product_id for im in images], manifest, whitening=whitening, dba=dba,
+                query_defaults=query_defaults, calibrate=calibrate_threshold,
+            )
             store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest, index_type=chosen_type)
             final = store.publish_generation(index_dir, tmp)
         except OSError as e:
@@ -167,8 +182,40 @@ def build_index(
         index_dir=index_dir, generation=final.name, model=embedder.name, products=len(products), images=len(images),
         embedded=embedded, reused=reused, removed_products=removed, problems=problems,
         seconds=time.perf_counter() - started, embed_seconds=embed_seconds, index_type=chosen_type,
-        embedder=None if embeddings is not None else embedder,  # an imported build has no loaded model
+        embedder=embedder if hasattr(embedder, "embed_images") else None,  # imported: no model was loaded
     )
+
+
+def _quality_postprocess(tmp: Path, vectors: np.ndarray, product_ids: list[str], manifest: dict[str, Any], *,
+                         whitening: bool | Mapping[str, Any] | None, dba: Mapping[str, Any] | None,
+                         query_defaults: Mapping[str, Any] | None, calibrate: bool) -> np.ndarray:
+    """Whitening and DBA on the catalog vectors (stored beside the index), query defaults and
+    the close-match threshold, all recorded in the manifest. Returns the vectors to index;
+    the embedding cache keeps the raw model vectors, so changing these options re-embeds nothing."""
+    from . import postprocess as post
+    from .evaluate import calibrate_threshold
+
+    w_opts = post.resolve_whitening(whitening)
+    d_opts = post.resolve_dba(dba)
+    q_opts = post.resolve_query_defaults(query_defaults)
+    record: dict[str, Any] = {"whitening": None, "dba": None}
+    if w_opts is not None and len(vectors) >= post.MIN_WHITENING_VECTORS:
+        w = post.fit_whitening(vectors, **w_opts)
+        vectors = w.apply(vectors)
+        record["whitening"] = w.save(tmp)
+    elif w_opts is not None:
+        record["whitening_skipped"] = f"{len(vectors)} images; whitening needs at least {post.MIN_WHITENING_VECTORS}"
+    if d_opts["k"] > 0:
+        vectors = post.database_augment(vectors, **d_opts)
+        record["dba"] = d_opts
+    manifest["postprocess"] = record
+    manifest["query_defaults"] = q_opts
+    if calibrate:
+        cal = calibrate_threshold(vectors, np.asarray(product_ids), query_expansion=q_opts["query_expansion"])
+        if cal is not None:
+            manifest["score_threshold"] = round(cal.threshold, 6)
+            manifest["threshold_calibration"] = cal.to_dict()
+    return vectors
 
 
 # ---------------------------------------------------------------- embedding pipeline
@@ -182,7 +229,14 @@ def _imported_rows(cat: Catalog, embeddings: Any, model: Any, progress: Progress
     if progress is not None:
         progress(len(cat.rows), len(cat.rows))
     kept = [(row, "") for row in cat.rows]  # images are never read, so there is no content hash
-    return kept, imported.vectors, 0, 0, []
+    notes = []
+    if imported.renormalised:
+        notes.append(RowProblem(row=0, fatal=False, reason=(
+            f"{imported.source}: {imported.renormalised} vector(s) were not unit length and were L2-normalised")))
+    if imported.unused:
+        notes.append(RowProblem(row=0, fatal=False, reason=(
+            f"{imported.source}: {imported.unused} vector(s) match no catalog image and were not indexed")))
+    return kept, imported.vectors, 0, 0, notes
 
 
 def _embed_rows(

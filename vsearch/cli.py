@@ -70,12 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FAISS index: auto = exact up to 200,000 images, HNSW beyond (default: auto)")
     b.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (default: 32)")
     b.add_argument("--workers", type=int, default=None, metavar="N", help="image decoding threads (default: min(4, CPUs))")
+    b.add_argument("--embeddings", default=None, metavar="FILE",
+                   help="precomputed vectors (.npy float [rows, dim] in catalog order, or .parquet with an 'embedding' "
+                   "or 'vector' list column, matched by 'image'/'product_id' columns when present): no image is read and "
+                   "no model runs; --model/--pretrained name the model they came from, used later for queries")
     b.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
     b.add_argument("--allow-outside-paths", action="store_true",
                    help="allow image paths outside the catalog's folder (absolute paths, '..')")
     b.add_argument("--allow-private-urls", action="store_true",
                    help="allow image URLs on private, loopback or link-local addresses (intranet catalogs)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quality_build(b)
     b.set_defaults(func=cmd_build)
 
     s = sub.add_parser("search", help="find products matching a photo and/or a text", formatter_class=fmt)
@@ -89,7 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="filter on any metadata column (repeatable)")
     s.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_model(s, for_build=False)
+    add_quality_query(s)
+    s.add_argument("--zero-shot", type=int, default=0, metavar="N",
+                   help="CLIP only: search only the N catalog categories whose names best match the photo (default: 0 = off)")
     s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("eval", help="measure retrieval quality (Recall@k, MRR, latency) on labelled photos or by self-test",
+                       formatter_class=fmt,
+                       description="Product-level Recall@1/5/10, MRR, per-category Recall@1, latency p50/p95 and the worst "
+                       "queries. --queries takes a CSV of image,product_id (several acceptable ids separated by '|', optional "
+                       "category); --self-test needs no labels: one image of each multi-image product is held out (removed "
+                       "from the candidates) and searched for, single-image products are searched with an augmented copy.")
+    add_index(e)
+    e.add_argument("--queries", default=None, metavar="QUERIES.csv", help="labelled query photos (image,product_id[,category])")
+    e.add_argument("--self-test", action="store_true", help="evaluate the index on its own images (no labels needed)")
+    e.add_argument("--max-queries", type=int, default=300, metavar="N", help="self-test: products sampled (default: 300)")
+    e.add_argument("-k", type=int, default=10, help="ranking depth (default: 10)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_quality_query(e)
+    add_model(e, for_build=False)
+    e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="describe an index (model, counts, format, build time)")
     add_index(i)
@@ -103,6 +127,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(v, for_build=False)
     v.set_defaults(func=cmd_serve)
     return parser
+
+
+def add_quality_build(p: argparse.ArgumentParser) -> None:
+    """Build-time retrieval-quality switches (defaults: the measured ones, see benchmarks/RESULTS.md)."""
+    g = p.add_argument_group("retrieval quality (defaults chosen by measurement)")
+    g.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+                   help="PCA-whitening fitted on this catalog's vectors, stored in the index (default: the measured default)")
+    g.add_argument("--dba", type=int, default=None, metavar="K",
+                   help="database-side augmentation with each image's K nearest catalog images (0 = off)")
+    g.add_argument("--default-tta", default=None, choices=["none", "flip", "pad", "flip+pad"],
+                   help="query test-time augmentation searches use unless told otherwise")
+    g.add_argument("--default-qe", type=int, default=None, metavar="K",
+                   help="alpha query expansion with the top K images, used by searches unless told otherwise (0 = off)")
+    g.add_argument("--default-product-scoring", default=None, choices=["max", "mean", "top2"],
+                   help="how a product's image scores combine, used by searches unless told otherwise")
+    g.add_argument("--no-threshold", action="store_true",
+                   help="do not calibrate the 'close match' score threshold (every hit is then reported as confident)")
+
+
+def add_quality_query(p: argparse.ArgumentParser) -> None:
+    """Query-time switches; unset = what the index was built with (vsearch info shows it)."""
+    g = p.add_argument_group("retrieval quality (default: the index's own settings)")
+    g.add_argument("--tta", default=None, choices=["none", "flip", "pad", "flip+pad"],
+                   help="test-time augmentation: also embed the mirrored and/or padded-square photo and average")
+    g.add_argument("--qe", type=int, default=None, metavar="K", help="alpha query expansion with the top K catalog images (0 = off)")
+    g.add_argument("--product-scoring", default=None, choices=["max", "mean", "top2"],
+                   help="product score from its images: best one, mean of all, or mean of the best two")
+
+
+def _query_options(args: argparse.Namespace) -> dict:
+    opts: dict = {}
+    if args.tta is not None:
+        opts["tta"] = args.tta
+    if args.qe is not None:
+        opts["query_expansion"] = {"k": args.qe}
+    if args.product_scoring is not None:
+        opts["product_scoring"] = args.product_scoring
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +211,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             args.catalog, args.index, model=args.model, pretrained=args.pretrained, precision=args.precision,
             index_type=args.index_type, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
             allow_outside_paths=args.allow_outside_paths, fetch_policy=fetch_policy, progress=progress,
+            embeddings=args.embeddings, **_quality_build_options(args),
         )
     finally:
         if bar is not None:
@@ -166,6 +229,22 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"index {report.index_type}, {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
     )
     return 0
+
+
+def _quality_build_options(args: argparse.Namespace) -> dict:
+    opts: dict = {"whitening": args.whiten, "calibrate_threshold": not args.no_threshold}
+    if args.dba is not None:
+        opts["dba"] = {"k": args.dba}
+    query = {}
+    if args.default_tta is not None:
+        query["tta"] = args.default_tta
+    if args.default_qe is not None:
+        query["query_expansion"] = {"k": args.default_qe}
+    if args.default_product_scoring is not None:
+        query["product_scoring"] = args.default_product_scoring
+    if query:
+        opts["query_defaults"] = query
+    return opts
 
 
 def _filters(args: argparse.Namespace) -> dict:
@@ -190,7 +269,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.photo is not None and not Path(args.photo).is_file():
         raise VsearchError(f"photo {args.photo!r} does not exist or is not a file")
     index = ProductIndex.load(args.index, model=args.model, pretrained=args.pretrained, precision=args.precision)
-    hits = index.search(image=args.photo, text=args.text, k=args.k, filters=_filters(args))
+    hits = index.search(image=args.photo, text=args.text, k=args.k, filters=_filters(args),
+                        zero_shot_categories=args.zero_shot, **_query_options(args))
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
         return 0
@@ -225,6 +305,49 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"built:        {manifest['built_at']} from {manifest.get('catalog', '?')}")
     if manifest.get("score_threshold") is not None:
         print(f"close match:  score >= {manifest['score_threshold']:.3f}")
+    post = manifest.get("postprocess") or {}
+    if post:
+        w = post.get("whitening")
+        print(f"whitening:    {'PCA, fitted on %d images' % w['fitted_on'] if w else 'off'}; "
+              f"DBA: {'k=%d' % post['dba']['k'] if post.get('dba') else 'off'}")
+    if manifest.get("query_defaults"):
+        print("query:        " + ", ".join(f"{k}={v}" for k, v in manifest["query_defaults"].items()))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, self_test
+    from .search import ProductIndex
+
+    if bool(args.queries) == bool(args.self_test):
+        raise VsearchError("give either --queries QUERIES.csv or --self-test")
+    index = ProductIndex.load(args.index, model=args.model, pretrained=args.pretrained, precision=args.precision)
+    opts = _query_options(args)
+    if args.self_test:
+        report = self_test(index, k=args.k, max_queries=args.max_queries, **opts)
+    else:
+        report = evaluate(index, args.queries, k=args.k, **opts)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    what = "self-test" if args.self_test else args.queries
+    print(f"{what} on {args.index}: {report.n_queries} queries, k={report.k}"
+          + (f", {len(report.skipped)} skipped" if report.skipped else ""))
+    settings = {**index.query_defaults(), **opts}
+    print("settings:     " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    print("recall:       " + "  ".join(f"R@{k}={v:.3f}" for k, v in report.recall.items()) + f"  MRR={report.mrr:.3f}")
+    print(f"latency:      p50 {report.latency_p50_ms:.1f} ms, p95 {report.latency_p95_ms:.1f} ms per query")
+    print("per category (R@1):")
+    for cat, r1 in report.per_category_r1.items():
+        print(f"  {cat:24s} {r1:.3f}  (n={report.per_category_n[cat]})")
+    if report.worst:
+        print("worst queries (photo -> expected | ranked first):")
+        for r in report.worst:
+            rank = f"rank {r.rank}" if r.rank else f"not in top {report.k}"
+            first = f"{r.top} ({r.scores[0]:.3f})" if r.ranked else "nothing"
+            print(f"  {r.image} -> {'|'.join(r.expected)} | {first}; {rank}")
+    for line in report.skipped[:10]:
+        print(f"skipped {line}", file=sys.stderr)
     return 0
 
 

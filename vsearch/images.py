@@ -129,6 +129,8 @@ def load_image(
         data = read_image_bytes(source)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         name = name or "<upload>"
+        if len(source) > MAX_BYTES:  # same cap as files and streams, before any copy or decode
+            raise ImageError(f"{name}: upload is over the {_mib(MAX_BYTES)} limit for one image")
         data = bytes(source)
     elif hasattr(source, "read"):
         name = name or "<upload>"

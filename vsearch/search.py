@@ -11,7 +11,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .images import ImageSource
 
 MAX_K = 1000
+TTA_MODES = ("none", "flip", "pad", "flip+pad")
+# Query-side options when neither the caller nor the index manifest ("query_defaults") says otherwise.
+QUERY_DEFAULTS: dict[str, Any] = {"tta": "none", "query_expansion": {"k": 0}, "product_scoring": "max"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,35 @@ class _Generation:
                 f"{path}: {self.faiss.ntotal} vectors but {len(self.vid_to_pid)} image records; rebuild the index"
             )
         self.n_products = self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
+        post = self.manifest.get("postprocess") or {}
+        self.whitening = None
+        if post.get("whitening"):
+            from .postprocess import Whitening
+
+            self.whitening = Whitening.load(path, post["whitening"])
+        self._vectors: np.ndarray | None = None
+        self._pid_vids: dict[int, np.ndarray] | None = None
+
+    def vectors(self) -> np.ndarray:
+        """All catalog vectors as stored (after whitening/DBA), loaded on first need (QE, mean scoring)."""
+        if self._vectors is None:
+            import faiss
+
+            with self.lock:
+                if self._vectors is None:
+                    ivf = faiss.try_extract_index_ivf(self.faiss)
+                    if ivf is not None and not ivf.direct_map.type:
+                        ivf.make_direct_map()
+                    self._vectors = self.faiss.reconstruct_n(0, self.faiss.ntotal)
+        return self._vectors
+
+    def vids_of(self, pid: int) -> np.ndarray:
+        """FAISS ids of all images of one product."""
+        if self._pid_vids is None:
+            order = np.argsort(self.vid_to_pid, kind="stable")
+            pids, starts = np.unique(self.vid_to_pid[order], return_index=True)
+            self._pid_vids = dict(zip(pids.tolist(), np.split(order, starts[1:])))
+        return self._pid_vids.get(pid, np.empty(0, dtype=np.int64))
 
     def query(self, sql: str, params: tuple = ()) -> list:
         with self.lock:
@@ -195,18 +227,51 @@ class ProductIndex:
             self._gen, self._gen_name = gen, name
         return True
 
+    def images_by_product(self) -> dict[str, list[tuple[int, str]]]:
+        """{product_id: [(image id, source), ...]} in catalog order (self-test and diagnostics)."""
+        out: dict[str, list[tuple[int, str]]] = {}
+        for pid, vid, source in self._gen.query(
+            "SELECT p.product_id, i.vid, i.source FROM images i JOIN products p ON p.pid = i.pid ORDER BY i.vid"
+        ):
+            out.setdefault(pid, []).append((int(vid), source))
+        return out
+
+    def query_defaults(self) -> dict[str, Any]:
+        """Query-side options decided when the index was built (tta, query_expansion, product_scoring)."""
+        return {**QUERY_DEFAULTS, **(self._gen.manifest.get("query_defaults") or {})}
+
     # ------------------------------------------------------------ queries
 
-    def embed_query(self, image: ImageSource | None = None, text: str | None = None, *, text_weight: float = 0.5) -> np.ndarray:
-        """The query vector: image, text, or both fused (normalised sum, text weighted)."""
+    def embed_query(self, image: ImageSource | None = None, text: str | None = None, *, text_weight: float = 0.5,
+                    tta: str | None = None) -> np.ndarray:
+        """The query vector: image, text, or both fused (normalised sum, text weighted).
+
+        tta: test-time augmentation of the photo - "none", "flip" (mean with the mirror image),
+        "pad" (mean with the whole photo padded square, which the centre crop would cut) or
+        "flip+pad"; None = the index's default. Costs one extra image per view in the batch.
+        """
         from .images import load_image
 
         if image is None and not (text and text.strip()):
             raise VsearchError("give a photo, a text, or both to search")
+        tta = self.query_defaults()["tta"] if tta is None else tta
+        if tta not in TTA_MODES:
+            raise VsearchError(f"tta {tta!r} is not one of {', '.join(TTA_MODES)}")
         parts = []
         if image is not None:
             img = load_image(image, min_side=getattr(self.embedder, "input_size", None))
-            parts.append(self.embedder.embed_images([img])[0])
+            views = [img]
+            if "flip" in tta:
+                from PIL import ImageOps
+
+                views.append(ImageOps.mirror(img))
+            if "pad" in tta:
+                from PIL import ImageOps
+
+                views.append(ImageOps.pad(img, (max(img.size),) * 2, color=(255, 255, 255)))
+            vecs = self.embedder.embed_images(views)
+            v = vecs.mean(axis=0)
+            parts.append(v / max(float(np.linalg.norm(v)), 1e-12))
         if text and text.strip():
             if not self.supports_text:
                 raise ModelError(
@@ -219,24 +284,86 @@ class ProductIndex:
         return q / max(float(np.linalg.norm(q)), 1e-12)
 
     def search(self, image: ImageSource | None = None, text: str | None = None, k: int = 10,
-               filters: Mapping[str, Any] | None = None, *, text_weight: float = 0.5) -> list[Hit]:
-        """Ranked products for a photo (path, bytes, file object or PIL image) and/or a text."""
-        query = self.embed_query(image, text, text_weight=text_weight)
-        return self.search_vector(query, k=k, filters=filters)
+               filters: Mapping[str, Any] | None = None, *, text_weight: float = 0.5, tta: str | None = None,
+               query_expansion: Mapping[str, Any] | None = None, product_scoring: str | None = None,
+               zero_shot_categories: int = 0, exclude_images: Sequence[int] = ()) -> list[Hit]:
+        """Ranked products for a photo (path, bytes, file object or PIL image) and/or a text.
 
-    def search_vector(self, query: np.ndarray, k: int = 10, filters: Mapping[str, Any] | None = None) -> list[Hit]:
-        """Ranked products for an already embedded, L2-normalised query vector."""
+        Quality options (None = what the index was built to use; see ``query_defaults()``):
+        tta - test-time augmentation (see embed_query); query_expansion - {"k": n, "alpha": a}
+        for alpha-QE, or {"k": 0} for none; product_scoring - "max", "mean" or "top2" of a
+        product's image scores; zero_shot_categories - CLIP only: keep only the n catalog
+        categories the photo most resembles by name (0 = off); exclude_images - image ids
+        never returned (self-test holds an image out this way).
+        """
+        query = self.embed_query(image, text, text_weight=text_weight, tta=tta)
+        if zero_shot_categories:
+            filters = self._zero_shot_filter(query, int(zero_shot_categories), filters)
+        return self.search_vector(query, k=k, filters=filters, query_expansion=query_expansion,
+                                  product_scoring=product_scoring, exclude_images=exclude_images)
+
+    def _zero_shot_filter(self, query: np.ndarray, n: int, filters: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Restrict to the n categories whose names ("a photo of a <category>") match the query best."""
+        if not self.supports_text:
+            raise ModelError(
+                f"zero-shot category constraint needs a text model; the index's model {self.embedder.name!r} is image-only"
+            )
+        cats = self.categories()
+        if not cats:
+            return dict(filters or {})
+        if getattr(self, "_category_vectors", (None, None))[0] != (self._gen_name, tuple(cats)):
+            texts = [f"a photo of a {c.replace('_', ' ')}" for c in cats]
+            self._category_vectors = ((self._gen_name, tuple(cats)), self.embedder.embed_texts(texts))
+        sims = self._category_vectors[1] @ np.asarray(query, dtype=np.float32)
+        chosen = [cats[i] for i in np.argsort(-sims)[:n]]
+        out = dict(filters or {})
+        wanted = out.get("category")
+        if wanted:
+            wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+            chosen = [c for c in chosen if c in wanted] or wanted
+        out["category"] = chosen
+        return out
+
+    def search_vector(self, query: np.ndarray, k: int = 10, filters: Mapping[str, Any] | None = None, *,
+                      query_expansion: Mapping[str, Any] | None = None, product_scoring: str | None = None,
+                      exclude_images: Sequence[int] = ()) -> list[Hit]:
+        """Ranked products for an already embedded, L2-normalised query vector (model space;
+        the index's whitening, if any, is applied here)."""
+        from .postprocess import PRODUCT_SCORING, query_expand
+
         if not 1 <= int(k) <= MAX_K:
             raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
         k = int(k)
         gen = self._gen
+        defaults = {**QUERY_DEFAULTS, **(gen.manifest.get("query_defaults") or {})}
+        qe = dict(defaults["query_expansion"] if query_expansion is None else query_expansion or {})
+        scoring = defaults["product_scoring"] if product_scoring is None else product_scoring
+        if scoring not in PRODUCT_SCORING:
+            raise VsearchError(f"product_scoring {scoring!r} is not one of {', '.join(PRODUCT_SCORING)}")
         query = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
         if query.shape[1] != gen.faiss.d:
             raise ModelMismatchError(f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}")
+        if gen.whitening is not None:
+            query = gen.whitening.apply(query)
         selector, allowed = self._selector(gen, filters)
-        n_candidates = gen.faiss.ntotal if allowed is None else allowed
-        if n_candidates == 0:
+        excluded = np.unique(np.asarray(list(exclude_images), dtype=np.int64))
+        keep_alive = [selector]
+        if len(excluded):
+            import faiss
+
+            not_sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded))
+            keep_alive.append(not_sel)
+            selector = not_sel if selector is None else faiss.IDSelectorAnd(selector, not_sel)
+            keep_alive.append(selector)
+        n_candidates = (gen.faiss.ntotal if allowed is None else allowed) - (len(excluded) if allowed is None else 0)
+        if n_candidates <= 0:
             return []
+        qe_k = int(qe.get("k", 0) or 0)
+        if qe_k > 0:
+            scores, vids = self._faiss_search(gen, query, min(n_candidates, qe_k), selector)
+            ok = vids >= 0
+            if ok.any():
+                query = query_expand(query[0], gen.vectors()[vids[ok]], scores[ok], alpha=float(qe.get("alpha", 3.0)))[None, :]
         fetch = min(n_candidates, max(4 * k, k + 16))
         while True:
             scores, vids = self._faiss_search(gen, query, fetch, selector)
@@ -244,7 +371,26 @@ class ProductIndex:
             if len(best) >= k or fetch >= n_candidates:
                 break
             fetch = min(n_candidates, fetch * 4)
+        if scoring != "max":
+            best = self._rescore(gen, query[0], best, scoring, excluded)
         return self._hits(gen, best[:k])
+
+    @staticmethod
+    def _rescore(gen: _Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
+                 excluded: np.ndarray) -> list[tuple[int, float, list[int]]]:
+        """Score each candidate product from *all* its images (mean / top-2), not only its best one."""
+        from .postprocess import product_score
+
+        vectors = gen.vectors()
+        out = []
+        for pid, score, vids in best:
+            all_vids = gen.vids_of(pid)
+            if len(excluded):
+                all_vids = all_vids[~np.isin(all_vids, excluded)]
+            sims = vectors[all_vids] @ query if len(all_vids) else np.asarray([score])
+            out.append((pid, product_score(sims, mode), vids))
+        out.sort(key=lambda b: -b[1])
+        return out
 
     @staticmethod
     def _faiss_search(gen: _Generation, query: np.ndarray, n: int, selector):

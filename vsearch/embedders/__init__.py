@@ -41,15 +41,15 @@ def load_embedder(model: str = "clip", pretrained: str | None = None, *, precisi
     if not isinstance(model, str) or not model.strip():
         raise ModelError(f"model must be a non-empty name such as 'clip' or 'efficientnet-lite0'; got {model!r}")
     spec = model.strip()
-    if spec in _EFFICIENTNET_SPECS:
+    if spec.split(":", 1)[0] in _EFFICIENTNET_SPECS:
         if pretrained:
             raise ModelError(
                 f"model {spec} uses its bundled ImageNet weights; pretrained={pretrained!r} is not accepted "
                 "(--pretrained applies to CLIP models)"
             )
-        from .efficientnet import EfficientNetEmbedder
+        from .efficientnet import EfficientNetEmbedder, parse_efficientnet_spec
 
-        return EfficientNetEmbedder(precision=precision)
+        return EfficientNetEmbedder(precision=precision, **parse_efficientnet_spec(spec))
     if spec == "test-tiny":
         if pretrained:
             raise ModelError(f"model test-tiny is randomly initialised; pretrained={pretrained!r} is not accepted")

@@ -32,6 +32,7 @@ EFFICIENTNET_NAME = "efficientnet-lite0"
 TIMM_ARCH = "tf_efficientnet_lite0"
 POOLINGS = ("avg", "gem")
 GEM_P = 3.0
+MULTISCALE = (1.0, 0.7071)  # input scales of the multi-scale read-out (224 and 158 px)
 INPUT_SIZE = 224
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -95,12 +96,14 @@ class EfficientNetEmbedder(TorchEmbedder):
     dim = 1280
     input_size = INPUT_SIZE
 
-    def __init__(self, *, pooling: str = "avg", precision: str = "auto", weights: str | None = None):
+    def __init__(self, *, pooling: str = "avg", precision: str = "auto", weights: str | None = None,
+                 multiscale: bool = False):
         super().__init__()
         if pooling not in POOLINGS:
             raise ModelError(
                 f"pooling {pooling!r} for {EFFICIENTNET_NAME} is not known; use one of {', '.join(POOLINGS)}"
             )
+        self.scales = MULTISCALE if multiscale else (1.0,)
         import torchvision.transforms as T
 
         self.name = EFFICIENTNET_NAME
@@ -109,7 +112,11 @@ class EfficientNetEmbedder(TorchEmbedder):
         _precision.configure_threads()
         path = weights or weights_path()
         self._model = _precision.prepare_model(load_efficientnet_lite0(path), self.precision, self.bf16_mode)
-        self.fingerprint = f"{EFFICIENTNET_NAME}:{file_sha256(path)[:16]}:{_RECIPE}:pool={pooling}"
+        self.fingerprint = f"{EFFICIENTNET_NAME}:{file_sha256(path)[:16]}:{_RECIPE}:pool={pooling}" + (
+            ":ms=" + ",".join(f"{s:g}" for s in self.scales) if multiscale else ""
+        )
+        # what load_embedder needs to rebuild exactly this read-out when an index is loaded
+        self.spec = EFFICIENTNET_NAME + ("" if pooling == "avg" and not multiscale else f":{pooling}") + ("-ms" if multiscale else "")
         self._tf = T.Compose(
             [
                 T.Resize(INPUT_SIZE, interpolation=T.InterpolationMode.BICUBIC),
@@ -128,7 +135,22 @@ class EfficientNetEmbedder(TorchEmbedder):
         return self._tf(image)
 
     def _encode_images(self, batch: "torch.Tensor") -> "torch.Tensor":
-        return self._pool(self._model.forward_features(batch))
+        if len(self.scales) == 1:
+            return self._pool(self._model.forward_features(batch))
+        # Multi-scale: the sum of per-scale unit descriptors. The smaller scale sees the whole
+        # product in fewer, larger receptive fields, which matches a phone photo taken from further away.
+        import torch.nn.functional as F
+
+        total = None
+        for s in self.scales:
+            x = batch
+            if s != 1.0:
+                size = round(batch.shape[-1] * s)
+                x = F.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True,
+                                  align_corners=False).to(batch.dtype)
+            v = F.normalize(self._pool(self._model.forward_features(x)), dim=-1)
+            total = v if total is None else total + v
+        return total
 
     def _pool(self, fmap: "torch.Tensor") -> "torch.Tensor":
         fmap = fmap.float()  # pool in fp32 whatever the conv precision
@@ -148,3 +170,18 @@ class EfficientNetEmbedder(TorchEmbedder):
         with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
             logits = self._model.forward_head(self._model.forward_features(batch))
         return np.ascontiguousarray(logits.float().softmax(dim=-1).numpy(), dtype=np.float32)
+
+
+def parse_efficientnet_spec(spec: str) -> dict:
+    """"efficientnet-lite0[:avg|gem][-ms]" -> EfficientNetEmbedder keywords (pooling, multiscale)."""
+    base, _, variant = spec.strip().partition(":")
+    if base.replace("_", "-") != EFFICIENTNET_NAME:
+        raise ModelError(f"{spec!r} is not an {EFFICIENTNET_NAME} model spec")
+    variant = variant or "avg"
+    pooling, ms = (variant[:-3], True) if variant.endswith("-ms") else (variant, False)
+    if pooling not in POOLINGS:
+        raise ModelError(
+            f"model {spec!r}: read-out {variant!r} is not known; use {EFFICIENTNET_NAME}, "
+            f"{EFFICIENTNET_NAME}:gem, {EFFICIENTNET_NAME}:avg-ms or {EFFICIENTNET_NAME}:gem-ms"
+        )
+    return {"pooling": pooling, "multiscale": ms}

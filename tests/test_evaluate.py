@@ -1,0 +1,165 @@
+"""Evaluation: metrics on known rankings, labelled evaluation, self-test hold-out, close-match threshold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FakeEmbedder, draw_product, write_catalog
+from vsearch.build import build_index
+from vsearch.cli import main
+from vsearch.errors import CatalogError
+from vsearch.evaluate import (
+    QueryResult, calibrate_threshold, confidence_report, evaluate, first_correct_rank, mean_reciprocal_rank,
+    read_queries, recall_at, self_test, summarize,
+)
+from vsearch.search import ProductIndex
+
+
+def _result(rank, category="a", expected=("P1",), score=0.5, confident=True):
+    ranked = tuple(f"X{i}" for i in range(10))
+    if rank is not None:
+        ranked = ranked[: rank - 1] + expected[:1] + ranked[rank:]
+    return QueryResult(image=f"q{rank}.jpg", expected=expected, category=category, ranked=ranked,
+                       scores=(score,) * 10, rank=rank, latency_ms=float(rank or 20), confident=confident)
+
+
+def test_recall_and_mrr_on_known_ranks():
+    ranks = [1, 3, None, 2, 7]
+    assert recall_at(ranks, 1) == pytest.approx(1 / 5)
+    assert recall_at(ranks, 5) == pytest.approx(3 / 5)
+    assert recall_at(ranks, 10) == pytest.approx(4 / 5)
+    assert mean_reciprocal_rank(ranks) == pytest.approx((1 + 1 / 3 + 0 + 1 / 2 + 1 / 7) / 5)
+    assert recall_at([], 1) == 0.0 and mean_reciprocal_rank([]) == 0.0
+
+
+def test_first_correct_rank_accepts_any_listed_product():
+    assert first_correct_rank(["A", "B", "C"], ("C", "B")) == 2
+    assert first_correct_rank(["A", "B"], ("Z",)) is None
+
+
+def test_summarize_reports_categories_latency_and_worst_first():
+    results = [_result(1, "a"), _result(1, "a"), _result(None, "b", score=0.9), _result(4, "b")]
+    report = summarize(results, k=10)
+    assert report.recall == {1: 0.5, 5: 0.75, 10: 0.75}
+    assert report.per_category_r1 == {"a": 1.0, "b": 0.0}
+    assert report.per_category_n == {"a": 2, "b": 2}
+    assert [w.rank for w in report.worst] == [None, 4]  # misses first, correct-at-1 never listed
+    assert report.latency_p50_ms == pytest.approx(2.5)
+    assert json.loads(json.dumps(report.to_dict()))["recall"]["1"] == 0.5
+
+
+def test_read_queries_pipes_relative_paths_and_errors(tmp_path):
+    (tmp_path / "q.csv").write_text("image,product_id\nphotos/a.jpg, P1 | P2 \n/abs/b.jpg,P3\n", encoding="utf-8")
+    qs = read_queries(tmp_path / "q.csv")
+    assert qs[0].expected == ("P1", "P2") and qs[0].image == str(tmp_path / "photos" / "a.jpg")
+    assert qs[1].image == "/abs/b.jpg" and qs[1].row == 3
+    (tmp_path / "bad.csv").write_text("photo,product_id\nx.jpg,P1\n", encoding="utf-8")
+    with pytest.raises(CatalogError, match="missing column.*image"):
+        read_queries(tmp_path / "bad.csv")
+
+
+@pytest.fixture
+def shop(tmp_path):
+    csv_path = write_catalog(tmp_path / "shop", n_products=12, views=2)
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), allow_outside_paths=True)
+    return tmp_path, ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+
+
+def test_evaluate_finds_products_from_new_photos_and_flags_wrong_labels(shop):
+    tmp_path, index = shop
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rows = ["image,product_id"]
+    for i in (0, 1, 2, 3):
+        draw_product(i, view=1, size=120).save(photos / f"p{i}.jpg")
+        rows.append(f"photos/p{i}.jpg,P{i:03d}")
+    draw_product(5, view=1).save(photos / "mislabelled.jpg")
+    rows.append("photos/mislabelled.jpg,P004")
+    (tmp_path / "q.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    report = evaluate(index, tmp_path / "q.csv", k=5)
+    assert report.n_queries == 5
+    assert report.recall[1] == pytest.approx(4 / 5)
+    assert [w.image.endswith("mislabelled.jpg") for w in report.worst] == [True]
+    assert report.worst[0].top == "P005"
+    assert set(report.per_category_r1) == {"mug", "shirt", "lamp"}  # categories taken from the index
+
+
+def test_self_test_never_finds_the_held_out_image_itself(shop):
+    _, index = shop
+    report = self_test(index, k=5, augment_single=False)
+    assert report.n_queries == 6  # the six products with two views
+    held_out = {vids[-1][1] for vids in index.images_by_product().values() if len(vids) == 2}
+    for r in report.results:
+        assert r.image in held_out
+        assert r.scores[0] < 0.999  # a query matching itself would score 1.0
+    assert report.recall[1] == 1.0  # ...and is still found through the product's other view
+
+
+def test_exclude_images_removes_the_image_but_not_the_product(shop):
+    _, index = shop
+    (vid0, src0), (vid1, src1) = index.images_by_product()["P000"]
+    hits = index.search(image=src1, k=3, exclude_images=(vid1,))
+    assert hits[0].product_id == "P000" and hits[0].image == src0
+    assert src1 not in [m for h in hits for m in h.matched_images]
+
+
+def test_self_test_with_augmented_single_image_products(shop):
+    _, index = shop
+    report = self_test(index, k=5, max_queries=12)
+    assert report.per_category_n == {"augmented copy": 6, "held-out view": 6}
+    assert report.recall[5] >= 0.8
+
+
+def test_calibrated_threshold_separates_matches_from_non_matches():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 16))
+    vecs = np.concatenate([centres + 0.2 * rng.normal(size=centres.shape) for _ in range(2)])
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    pids = np.concatenate([np.arange(30), np.arange(30)]).astype(str)
+    cal = calibrate_threshold(vecs, pids)
+    assert cal.method == "youden" and cal.positives == 60
+    assert cal.negative_median < cal.threshold <= cal.positive_median
+    few = calibrate_threshold(vecs[:30], pids[:30])  # no multi-image products: quantile of non-matches
+    assert few.method == "non-match-quantile" and few.positives == 0
+
+
+def test_threshold_is_stored_in_the_manifest_and_drives_hit_confident(tmp_path):
+    csv_path = write_catalog(tmp_path / "shop", n_products=40, views=2)
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+    index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    assert index.score_threshold == index.manifest["score_threshold"]
+    assert index.manifest["threshold_calibration"]["method"] == "youden"
+    src = index.product("P002")["images"][0]
+    assert index.search(image=src, k=1)[0].confident
+    from PIL import Image
+
+    grey = Image.new("RGB", (96, 96), (128, 128, 128))
+    assert not index.search(image=grey, k=1)[0].confident
+    build_index(csv_path, tmp_path / "idx2", embedder=FakeEmbedder(), calibrate_threshold=False)
+    assert ProductIndex.load(tmp_path / "idx2", FakeEmbedder()).score_threshold is None
+
+
+def test_confidence_report_precision_recall():
+    inside = [_result(1, confident=True), _result(2, confident=True), _result(None, confident=False)]
+    outside = [_result(None, expected=(), confident=True), _result(None, expected=(), confident=False)]
+    rep = confidence_report(inside, outside, 0.5)
+    assert rep.precision == pytest.approx(2 / 3) and rep.recall == pytest.approx(2 / 3)
+    assert rep.ooc_rejected == pytest.approx(0.5) and rep.confident_correct == pytest.approx(1 / 3)
+
+
+def test_cli_eval_queries_and_self_test(tmp_path, capsys):
+    csv_path = write_catalog(tmp_path / "shop", n_products=6, views=2)
+    assert main(["build", str(csv_path), "--index", str(tmp_path / "idx"), "--model", "test-tiny", "--quiet"]) == 0
+    (tmp_path / "q.csv").write_text(f"image,product_id\n{tmp_path / 'shop/images/p000-1.jpg'},P000|P001\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["eval", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.csv"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_queries"] == 1 and set(out["recall"]) == {"1", "5", "10"}
+    assert main(["eval", "--index", str(tmp_path / "idx"), "--self-test", "-k", "3", "--tta", "flip"]) == 0
+    text = capsys.readouterr().out
+    assert "self-test" in text and "R@1=" in text and "latency:" in text and "tta=flip" in text
+    assert main(["eval", "--index", str(tmp_path / "idx")]) == 1
+    assert "either --queries" in capsys.readouterr().err

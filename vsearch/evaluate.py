@@ -1,0 +1,415 @@
+"""Retrieval quality: metrics, labelled evaluation, catalog self-test and "no close match" calibration.
+
+Metrics are product-level: a query is answered correctly at rank r when the r-th *product*
+returned is one of the acceptable products for the photo. Everything returns frozen
+dataclasses; the CLI only prints them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import CatalogError, ImageError, VsearchError
+
+if TYPE_CHECKING:
+    from .search import ProductIndex
+
+RECALL_AT = (1, 5, 10)
+WORST_SHOWN = 10
+SELF_TEST_MAX_QUERIES = 300
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One labelled photo: any of ``expected`` is a correct answer (empty = not in the catalog)."""
+
+    image: str
+    expected: tuple[str, ...]
+    category: str = ""
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What the index answered for one query."""
+
+    image: str
+    expected: tuple[str, ...]
+    category: str
+    ranked: tuple[str, ...]  # product ids, best first
+    scores: tuple[float, ...]
+    rank: int | None  # 1-based rank of the first correct product; None = not in the top k
+    latency_ms: float
+    confident: bool = True  # the top hit was above the index's close-match threshold
+
+    @property
+    def top(self) -> str:
+        return self.ranked[0] if self.ranked else ""
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Product-level retrieval quality of one index on one query set."""
+
+    n_queries: int
+    k: int
+    recall: Mapping[int, float]  # {1: R@1, 5: R@5, 10: R@10} (only k' <= k)
+    mrr: float  # mean reciprocal rank, 0 for queries not found in the top k
+    per_category_r1: Mapping[str, float]
+    per_category_n: Mapping[str, int]
+    latency_p50_ms: float
+    latency_p95_ms: float
+    worst: tuple[QueryResult, ...]
+    results: tuple[QueryResult, ...] = field(repr=False, default=())
+    skipped: tuple[str, ...] = ()  # queries that could not be run, with the reason
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, *, with_results: bool = False) -> dict[str, Any]:
+        d = {
+            "n_queries": self.n_queries, "k": self.k, "recall": {str(k): v for k, v in self.recall.items()},
+            "mrr": self.mrr, "per_category_r1": dict(self.per_category_r1), "per_category_n": dict(self.per_category_n),
+            "latency_p50_ms": self.latency_p50_ms, "latency_p95_ms": self.latency_p95_ms,
+            "worst": [_result_dict(r) for r in self.worst], "skipped": list(self.skipped), "options": dict(self.options),
+        }
+        if with_results:
+            d["results"] = [_result_dict(r) for r in self.results]
+        return d
+
+
+def _result_dict(r: QueryResult) -> dict[str, Any]:
+    d = asdict(r)
+    d["expected"] = list(r.expected)
+    d["ranked"] = list(r.ranked)
+    d["scores"] = [round(s, 6) for s in r.scores]
+    return d
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def first_correct_rank(ranked: Sequence[str], expected: Iterable[str]) -> int | None:
+    """1-based rank of the first acceptable product in a ranking, None when absent."""
+    wanted = set(expected)
+    for i, pid in enumerate(ranked, start=1):
+        if pid in wanted:
+            return i
+    return None
+
+
+def recall_at(ranks: Sequence[int | None], k: int) -> float:
+    """Share of queries whose first correct product is within the top k."""
+    if not ranks:
+        return 0.0
+    return sum(1 for r in ranks if r is not None and r <= k) / len(ranks)
+
+
+def mean_reciprocal_rank(ranks: Sequence[int | None]) -> float:
+    """Mean of 1/rank (0 for queries with no correct product in the list)."""
+    if not ranks:
+        return 0.0
+    return sum(1.0 / r for r in ranks if r is not None) / len(ranks)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); 0 for no values."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else 0.0
+
+
+def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] = (),
+              options: Mapping[str, Any] | None = None) -> EvalReport:
+    """Metrics over per-query results (the pure part of evaluation, tested on known rankings)."""
+    ranks = [r.rank for r in results]
+    by_cat: dict[str, list[int | None]] = {}
+    for r in results:
+        by_cat.setdefault(r.category or "-", []).append(r.rank)
+    worst = sorted(
+        results, key=lambda r: (r.rank is not None, -(r.rank or 0), -(r.scores[0] if r.scores else 0.0)),
+    )[:WORST_SHOWN]
+    worst = tuple(w for w in worst if w.rank != 1)
+    lat = [r.latency_ms for r in results]
+    return EvalReport(
+        n_queries=len(results), k=k, recall={c: recall_at(ranks, c) for c in RECALL_AT if c <= k},
+        mrr=mean_reciprocal_rank(ranks),
+        per_category_r1={c: recall_at(v, 1) for c, v in sorted(by_cat.items())},
+        per_category_n={c: len(v) for c, v in sorted(by_cat.items())},
+        latency_p50_ms=percentile(lat, 50), latency_p95_ms=percentile(lat, 95), worst=worst,
+        results=tuple(results), skipped=tuple(skipped), options=dict(options or {}),
+    )
+
+
+# ---------------------------------------------------------------- labelled queries
+
+
+def read_queries(path: str | Path) -> list[Query]:
+    """Read QUERIES.csv: columns ``image`` and ``product_id`` (several ids separated by '|'),
+    optional ``category``. Relative image paths are relative to the CSV's folder. An empty
+    product_id marks a photo of something the shop does not sell (for the threshold check).
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in ("image", "product_id") if c not in fields]
+            if missing:
+                raise CatalogError(
+                    f"{path}: missing column(s) {', '.join(missing)}; a queries CSV needs image,product_id "
+                    f"(found: {', '.join(fields) or 'no header'})"
+                )
+            queries = []
+            for row_no, raw in enumerate(reader, start=2):
+                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+                if not row.get("image"):
+                    raise CatalogError(f"{path}: row {row_no} has an empty image; every query needs a photo")
+                image = row["image"]
+                if not image.startswith(("http://", "https://")) and not Path(image).is_absolute():
+                    image = str(path.parent / image)
+                expected = tuple(p.strip() for p in row["product_id"].split("|") if p.strip())
+                queries.append(Query(image=image, expected=expected, category=row.get("category", ""), row=row_no))
+    except FileNotFoundError:
+        raise CatalogError(f"queries file {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise CatalogError(f"{path} is not UTF-8 text ({e}); save the queries CSV as UTF-8") from None
+    if not queries:
+        raise CatalogError(f"{path}: no query rows; add rows of image,product_id")
+    return queries
+
+
+def evaluate(index: ProductIndex, queries: Sequence[Query] | str | Path, *, k: int = 10,
+             progress: ProgressCallback | None = None, **search_options: Any) -> EvalReport:
+    """Run every labelled query through ``index.search`` and report product-level quality.
+
+    search_options are passed to search() (e.g. tta="flip", product_scoring="mean"), so each
+    technique's effect can be measured from the same command.
+    """
+    if not isinstance(queries, (list, tuple)):
+        queries = read_queries(queries)
+    labelled = [q for q in queries if q.expected]
+    if not labelled:
+        raise VsearchError("no query has a product_id; evaluation needs at least one labelled photo")
+    cat_of = _categories(index, labelled)
+    results, skipped = [], []
+    for done, q in enumerate(labelled, start=1):
+        try:
+            started = time.perf_counter()
+            hits = index.search(image=q.image, k=k, **search_options)
+            ms = (time.perf_counter() - started) * 1000
+        except ImageError as e:
+            skipped.append(f"row {q.row}: {e}")
+            continue
+        ranked = tuple(h.product_id for h in hits)
+        results.append(QueryResult(
+            image=q.image, expected=q.expected, category=q.category or cat_of.get(q.expected[0], ""), ranked=ranked,
+            scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, q.expected), latency_ms=ms,
+            confident=bool(hits and hits[0].confident),
+        ))
+        if progress is not None:
+            progress(done, len(labelled))
+    return summarize(results, k, skipped=skipped, options=search_options)
+
+
+def _categories(index: ProductIndex, queries: Sequence[Query]) -> dict[str, str]:
+    out = {}
+    for q in queries:
+        if not q.category and q.expected[0] not in out:
+            try:
+                out[q.expected[0]] = index.product(q.expected[0])["category"]
+            except KeyError:
+                out[q.expected[0]] = ""
+    return out
+
+
+# ---------------------------------------------------------------- self-test
+
+
+def self_test(index: ProductIndex, *, k: int = 10, max_queries: int = SELF_TEST_MAX_QUERIES, seed: int = 0,
+              augment_single: bool = True, progress: ProgressCallback | None = None, **search_options: Any) -> EvalReport:
+    """Quality of an index with no labelled data.
+
+    For each sampled product with >= 2 images, its last image is the query and that image is
+    removed from the candidates, so it must be found through its *other* images. Products with
+    a single image are queried with an augmented copy (crop, flip, colour shift) when
+    ``augment_single`` - a robustness check, weaker than a held-out view. Up to ``max_queries``
+    products are sampled (fixed seed). Local image files only; URLs are skipped.
+    """
+    from .images import load_image
+
+    groups = index.images_by_product()
+    multi = [(pid, vids) for pid, vids in groups.items() if len(vids) >= 2]
+    single = [(pid, vids) for pid, vids in groups.items() if len(vids) == 1] if augment_single else []
+    rng = random.Random(seed)
+    picked = rng.sample(multi, min(len(multi), max_queries))
+    if len(picked) < max_queries and single:
+        picked += rng.sample(single, min(len(single), max_queries - len(picked)))
+    if not picked:
+        raise VsearchError("the index has no products to self-test")
+    results, skipped = [], []
+    for done, (pid, vids) in enumerate(picked, start=1):
+        vid, source = vids[-1]
+        try:
+            img = load_image(source, min_side=getattr(index.embedder, "input_size", None))
+            held_out = len(vids) >= 2
+            if not held_out:
+                img = augment(img, seed=rng.randrange(1 << 30))
+            started = time.perf_counter()
+            hits = index.search(image=img, k=k, exclude_images=(vid,) if held_out else (), **search_options)
+            ms = (time.perf_counter() - started) * 1000
+        except ImageError as e:
+            skipped.append(f"{source}: {e}")
+            continue
+        ranked = tuple(h.product_id for h in hits)
+        results.append(QueryResult(
+            image=source, expected=(pid,), category="held-out view" if held_out else "augmented copy", ranked=ranked,
+            scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, (pid,)), latency_ms=ms,
+            confident=bool(hits and hits[0].confident),
+        ))
+        if progress is not None:
+            progress(done, len(picked))
+    return summarize(results, k, skipped=skipped, options={"self_test": True, **search_options})
+
+
+def augment(image, *, seed: int = 0):
+    """A plausible re-shoot of a catalog photo: random 75-90 % crop, mirror, brightness/colour shift."""
+    from PIL import ImageEnhance, ImageOps
+
+    rng = random.Random(seed)
+    w, h = image.size
+    f = rng.uniform(0.75, 0.9)
+    cw, ch = max(1, int(w * f)), max(1, int(h * f))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    out = image.crop((x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        out = ImageOps.mirror(out)
+    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.8, 1.2))
+    return ImageEnhance.Color(out).enhance(rng.uniform(0.8, 1.2))
+
+
+# ---------------------------------------------------------------- "no close match" threshold
+
+
+@dataclass(frozen=True)
+class ThresholdCalibration:
+    """A close-match threshold learned from the catalog's own score distribution."""
+
+    threshold: float
+    method: str  # "youden" (positives vs. non-matches) or "non-match-quantile" (too few multi-image products)
+    positives: int
+    negatives: int
+    positive_median: float
+    negative_median: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+MIN_POSITIVES = 20
+NON_MATCH_QUANTILE = 0.95
+
+
+def calibrate_threshold(vectors: np.ndarray, product_of_image: np.ndarray, *, sample: int = 1000, seed: int = 0,
+                        query_expansion: Mapping[str, Any] | None = None) -> ThresholdCalibration | None:
+    """Threshold between "same product" and "nearest other product" scores of the index's own vectors.
+
+    For sampled catalog images (as stored in the index, i.e. after whitening/DBA), with the image
+    itself removed: the best score of another image of the same product is a positive, the best
+    score of any other product a negative. The threshold maximises TPR - FPR (Youden's J). With
+    fewer than 20 multi-image products it is the 95th percentile of the negatives, i.e. ~95 % of
+    photos of unsold products are flagged. None for catalogs too small to say anything.
+    """
+    from .postprocess import nearest, query_expand
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    product_of_image = np.asarray(product_of_image)
+    n = len(vectors)
+    if n < 3 or len(np.unique(product_of_image)) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(np.unique(product_of_image, return_inverse=True)[1])
+    _, inverse = np.unique(product_of_image, return_inverse=True)
+    multi = np.flatnonzero(counts[inverse] >= 2)
+    pool = multi if len(multi) >= MIN_POSITIVES else np.arange(n)
+    picked = rng.choice(pool, size=min(sample, len(pool)), replace=False)
+    depth = min(n, 64)
+    scores, ids = nearest(vectors[picked], vectors, depth)
+    qe = dict(query_expansion or {})
+    positives, negatives = [], []
+    for row, vid in enumerate(picked):
+        keep = ids[row] != vid
+        s, i = scores[row][keep], ids[row][keep]
+        if qe.get("k", 0) > 0:
+            m = int(qe["k"])
+            q = query_expand(vectors[vid], vectors[i[:m]], s[:m], alpha=float(qe.get("alpha", 3.0)))
+            s = vectors[i] @ q
+            order = np.argsort(-s)
+            s, i = s[order], i[order]
+        same = product_of_image[i] == product_of_image[vid]
+        if same.any():
+            positives.append(float(s[same][0]))
+        if (~same).any():
+            negatives.append(float(s[~same][0]))
+    if not negatives:
+        return None
+    neg = np.asarray(negatives)
+    if len(positives) >= MIN_POSITIVES:
+        pos = np.asarray(positives)
+        candidates = np.unique(np.concatenate([pos, neg]))
+        tpr = (pos[None, :] >= candidates[:, None]).mean(axis=1)
+        fpr = (neg[None, :] >= candidates[:, None]).mean(axis=1)
+        best = int(np.argmax(tpr - fpr))
+        return ThresholdCalibration(float(candidates[best]), "youden", len(pos), len(neg),
+                                    float(np.median(pos)), float(np.median(neg)))
+    return ThresholdCalibration(float(np.quantile(neg, NON_MATCH_QUANTILE)), "non-match-quantile", len(positives),
+                                len(neg), float(np.median(positives)) if positives else math.nan, float(np.median(neg)))
+
+
+@dataclass(frozen=True)
+class ConfidenceReport:
+    """How well hit.confident separates sold products from unsold ones."""
+
+    threshold: float | None
+    in_catalog: int
+    out_of_catalog: int
+    precision: float  # of queries called confident, share that are in the catalog
+    recall: float  # of in-catalog queries, share called confident
+    ooc_rejected: float  # of out-of-catalog queries, share called not confident
+    confident_correct: float  # of in-catalog queries, share called confident AND right at rank 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def confidence_report(in_catalog: Sequence[QueryResult], out_of_catalog: Sequence[QueryResult],
+                      threshold: float | None) -> ConfidenceReport:
+    """Precision/recall of the "confident" decision: in-catalog photos are positives, unsold ones negatives."""
+    tp = sum(r.confident for r in in_catalog)
+    fp = sum(r.confident for r in out_of_catalog)
+    n_in, n_out = len(in_catalog), len(out_of_catalog)
+    return ConfidenceReport(
+        threshold=threshold, in_catalog=n_in, out_of_catalog=n_out,
+        precision=tp / (tp + fp) if tp + fp else 0.0, recall=tp / n_in if n_in else 0.0,
+        ooc_rejected=1 - fp / n_out if n_out else 0.0,
+        confident_correct=sum(r.confident and r.rank == 1 for r in in_catalog) / n_in if n_in else 0.0,
+    )
+
+
+def run_queries(index: ProductIndex, queries: Sequence[Query], *, k: int = 10, **search_options: Any) -> list[QueryResult]:
+    """Per-query results for labelled and unlabelled queries alike (unlabelled ones never have a rank)."""
+    out = []
+    for q in queries:
+        started = time.perf_counter()
+        hits = index.search(image=q.image, k=k, **search_options)
+        ms = (time.perf_counter() - started) * 1000
+        ranked = tuple(h.product_id for h in hits)
+        out.append(QueryResult(image=q.image, expected=q.expected, category=q.category, ranked=ranked,
+                               scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, q.expected),
+                               latency_ms=ms, confident=bool(hits and hits[0].confident)))
+    return out

@@ -1,0 +1,235 @@
+"""Vector post-processing for instance retrieval, independent of the embedding model.
+
+Four established techniques, each a plain function on float32 arrays so the build, the search
+and the evaluation all run the same code:
+
+- PCA-whitening fitted on the catalog's own vectors (unsupervised): removes the directions
+  every product shares (background, lighting, "this is a photo") that dominate raw cosine
+  similarity. Stored in the index generation as .npy files, never pickled.
+- Database-side augmentation (DBA): each catalog vector is replaced by a weighted mean of
+  itself and its nearest catalog neighbours, which pulls a product's views together.
+- alpha-query expansion (alpha-QE): the query is re-issued as a weighted mean of itself and
+  its top catalog matches.
+- Product scoring: how a product's image scores become one product score (max / mean / top-2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+PRODUCT_SCORING = ("max", "mean", "top2")
+WHITENING_MEAN_FILE = "whitening_mean.npy"
+WHITENING_PROJECTION_FILE = "whitening_projection.npy"
+MIN_WHITENING_VECTORS = 32  # below this a covariance says nothing; whitening is skipped
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32 and C-contiguous (what FAISS inner product wants)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- whitening
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """x -> normalise((x - mean) @ projection); dimension-preserving, so indexes keep the model's dim."""
+
+    mean: np.ndarray  # [d]
+    projection: np.ndarray  # [d, d]
+    power: float
+    shrinkage: float
+    components: int
+    fitted_on: int
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        return l2_normalise((x - self.mean) @ self.projection)
+
+    def save(self, folder: str | Path) -> dict[str, Any]:
+        """Write the arrays beside the index; returns the manifest entry that describes them."""
+        folder = Path(folder)
+        np.save(folder / WHITENING_MEAN_FILE, self.mean.astype(np.float32), allow_pickle=False)
+        np.save(folder / WHITENING_PROJECTION_FILE, self.projection.astype(np.float32), allow_pickle=False)
+        return {
+            "mean": WHITENING_MEAN_FILE, "projection": WHITENING_PROJECTION_FILE, "power": self.power,
+            "shrinkage": self.shrinkage, "components": self.components, "fitted_on": self.fitted_on,
+        }
+
+    @classmethod
+    def load(cls, folder: str | Path, entry: Mapping[str, Any]) -> Whitening:
+        from .errors import IndexFormatError
+
+        folder = Path(folder)
+        try:
+            mean = np.load(folder / entry["mean"], allow_pickle=False)
+            proj = np.load(folder / entry["projection"], allow_pickle=False)
+        except (OSError, KeyError, ValueError) as e:
+            raise IndexFormatError(f"{folder}: whitening files unreadable ({e}); rebuild the index") from None
+        if mean.ndim != 1 or proj.shape != (mean.shape[0], mean.shape[0]):
+            raise IndexFormatError(
+                f"{folder}: whitening arrays have shapes {mean.shape} and {proj.shape}; expected [d] and [d, d]"
+            )
+        return cls(mean=mean.astype(np.float32), projection=np.ascontiguousarray(proj, dtype=np.float32),
+                   power=float(entry.get("power", 0.5)), shrinkage=float(entry.get("shrinkage", 0.0)),
+                   components=int(entry.get("components", mean.shape[0])), fitted_on=int(entry.get("fitted_on", 0)))
+
+
+def fit_whitening(vectors: np.ndarray, *, power: float = 0.5, shrinkage: float = 0.1,
+                  components: int | None = None) -> Whitening:
+    """PCA-whitening learned from (catalog) vectors.
+
+    power: eigenvalue exponent; 0.5 is full whitening, 0 only centres and rotates, values in
+    between flatten the spectrum partially (robust when the catalog is small).
+    shrinkage: added to every eigenvalue as a fraction of the mean eigenvalue, so directions
+    the catalog barely spans are not blown up into noise.
+    components: keep only the top principal directions (the rest map to zero).
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"whitening needs a [n >= 2, d] array of vectors, got shape {x.shape}")
+    if power < 0 or shrinkage < 0:
+        raise ValueError(f"whitening power and shrinkage must be >= 0, got {power} and {shrinkage}")
+    n, d = x.shape
+    mean = x.mean(axis=0)
+    xc = x - mean
+    cov = xc.T @ xc / max(n - 1, 1)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = np.clip(eigval[order], 0.0, None), eigvec[:, order]
+    keep = d if components is None else max(1, min(int(components), d))
+    eps = shrinkage * float(eigval.mean()) + 1e-12
+    scale = (eigval + eps) ** (-power)
+    scale[keep:] = 0.0
+    proj = (eigvec * scale[None, :]).astype(np.float32)
+    return Whitening(mean=mean.astype(np.float32), projection=np.ascontiguousarray(proj), power=float(power),
+                     shrinkage=float(shrinkage), components=keep, fitted_on=n)
+
+
+# ---------------------------------------------------------------- neighbours, DBA, QE
+
+
+def nearest(queries: np.ndarray, database: np.ndarray, k: int, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products (scores, ids), best first; chunked so memory stays bounded."""
+    import faiss
+
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    index = faiss.IndexFlatIP(database.shape[1])
+    index.add(database)
+    k = min(int(k), database.shape[0])
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        s, i = index.search(queries[start:start + chunk], k)
+        scores[start:start + chunk], ids[start:start + chunk] = s, i
+    return scores, ids
+
+
+def weighted_expansion(base: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, alpha: float) -> np.ndarray:
+    """normalise(base + sum_j max(s_j, 0)^alpha * neighbour_j): the shared core of DBA and alpha-QE.
+
+    base [n, d]; neighbours [n, m, d]; scores [n, m].
+    """
+    w = np.clip(scores, 0.0, None) ** float(alpha)
+    return l2_normalise(base + np.einsum("nm,nmd->nd", w.astype(np.float32), neighbours.astype(np.float32)))
+
+
+def database_augment(vectors: np.ndarray, *, k: int = 2, alpha: float = 3.0) -> np.ndarray:
+    """DBA: each vector expanded with its k nearest *other* catalog vectors (alpha-weighted)."""
+    vectors = l2_normalise(vectors)
+    if k <= 0 or len(vectors) < 2:
+        return vectors
+    scores, ids = nearest(vectors, vectors, k + 1)
+    scores, ids = _drop_self(scores, ids)
+    scores, ids = scores[:, :k], ids[:, :k]
+    return weighted_expansion(vectors, vectors[ids], scores, alpha)
+
+
+def _drop_self(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own id from its neighbour list (keeping the order of the others)."""
+    n, m = ids.shape
+    own = ids == np.arange(n)[:, None]
+    # rows where self was not returned (exact duplicates outranking it): drop the last column
+    missing = ~own.any(axis=1)
+    own[missing, m - 1] = True
+    keep = ~own
+    return scores[keep].reshape(n, m - 1), ids[keep].reshape(n, m - 1)
+
+
+def query_expand(query: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, *, alpha: float = 3.0) -> np.ndarray:
+    """alpha-QE for one query [d] given its top catalog vectors [m, d] and their scores [m]."""
+    return weighted_expansion(np.asarray(query, dtype=np.float32)[None, :], neighbours[None], scores[None], alpha)[0]
+
+
+# ---------------------------------------------------------------- product scoring
+
+
+def product_score(image_scores: np.ndarray, mode: str = "max") -> float:
+    """One score from a product's image scores: best image, mean of all, or mean of the best two."""
+    s = np.sort(np.asarray(image_scores, dtype=np.float64))[::-1]
+    if len(s) == 0:
+        raise ValueError("a product needs at least one image score")
+    if mode == "max":
+        return float(s[0])
+    if mode == "mean":
+        return float(s.mean())
+    if mode == "top2":
+        return float(s[:2].mean())
+    raise ValueError(f"product scoring {mode!r} is not one of {', '.join(PRODUCT_SCORING)}")
+
+
+def describe(options: Mapping[str, Any]) -> str:
+    """Short, stable text form of a set of options (for reports and manifests)."""
+    return json.dumps(dict(options), sort_keys=True, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- defaults (decided by benchmarks/results/quality.md)
+
+DEFAULT_WHITENING: dict[str, Any] | None = None
+DEFAULT_DBA: dict[str, Any] = {"k": 0}
+DEFAULT_QUERY: dict[str, Any] = {"tta": "none", "query_expansion": {"k": 0}, "product_scoring": "max"}
+
+
+def resolve_whitening(value: bool | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Build option -> fit_whitening keywords, or None for no whitening."""
+    if value is None:
+        value = DEFAULT_WHITENING if DEFAULT_WHITENING is not None else False
+    if value is False:
+        return None
+    opts = {"power": 0.5, "shrinkage": 0.1, "components": None}
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(opts)
+        if unknown:
+            raise ValueError(f"unknown whitening option(s) {sorted(unknown)}; accepted: {sorted(opts)}")
+        opts.update(value)
+    elif DEFAULT_WHITENING:
+        opts.update(DEFAULT_WHITENING)
+    return opts
+
+
+def resolve_dba(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Build option -> database_augment keywords ({"k": 0} = off)."""
+    opts = {"k": 0, "alpha": 3.0, **DEFAULT_DBA} if value is None else {"k": 0, "alpha": 3.0, **dict(value)}
+    if set(opts) - {"k", "alpha"} or int(opts["k"]) < 0:
+        raise ValueError(f"dba takes {{'k': >= 0, 'alpha': float}}, got {dict(value or {})}")
+    return {"k": int(opts["k"]), "alpha": float(opts["alpha"])}
+
+
+def resolve_query_defaults(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Query-side defaults stored in the manifest; unknown keys are refused."""
+    opts = json.loads(json.dumps(DEFAULT_QUERY))
+    for key, v in dict(value or {}).items():
+        if key not in opts:
+            raise ValueError(f"unknown query option {key!r}; accepted: {sorted(opts)}")
+        opts[key] = dict(v) if isinstance(v, Mapping) else v
+    if opts["product_scoring"] not in PRODUCT_SCORING:
+        raise ValueError(f"product_scoring {opts['product_scoring']!r} is not one of {', '.join(PRODUCT_SCORING)}")
+    return opts
