@@ -220,9 +220,21 @@ class ProductIndex:
         if name is None or name == self._gen_name:
             return False
         with self._reload_lock:
-            if name == self._gen_name:
+            for _ in range(5):
+                if name is None or name == self._gen_name:
+                    return False
+                try:
+                    gen = _Generation(self.index_dir / name)
+                    break
+                except IndexFormatError:
+                    # A newer build may have published and cleaned up this generation while we
+                    # opened it; follow CURRENT again. If it still names this one, it is broken.
+                    latest = store.read_current(self.index_dir, missing_ok=True)
+                    if latest == name:
+                        raise
+                    name = latest
+            else:
                 return False
-            gen = _Generation(self.index_dir / name)
             self._check_model(self.embedder, gen.manifest)
             self._gen, self._gen_name = gen, name
         return True
