@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import FakeEmbedder, draw_product, write_catalog
 
@@ -14,6 +15,7 @@ gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def free_port() -> int:
@@ -36,12 +38,24 @@ def start_server(root: Path, examples: list[str] | None = None, notice: str | No
     from vsearch.search import ProductIndex
     from vsearch.ui import create_app, launch_app
 
-    csv = write_catalog(root / "shop")
+    csv = write_catalog(root / "shop", extra_rows=_pointed_products(root / "shop" / "images"))
     build_index(csv, root / "index", embedder=FakeEmbedder())
     index = ProductIndex.load(root / "index", embedder=FakeEmbedder())
     app = create_app(index, examples=examples, notice=notice)
     url = launch_app(app, index, port=free_port(), examples=examples)
     return Server(url=url, index=index, app=app, root=root)
+
+
+def _pointed_products(images: Path) -> list[dict]:
+    """Two extra products that differ only by a quarter turn, so a query decoded without its EXIF
+    orientation lands on the wrong one (the other products are symmetric under rotation)."""
+    images.mkdir(parents=True, exist_ok=True)
+    upright = draw_product(20)  # a triangle pointing up
+    upright.save(images / "p900.jpg", quality=92)
+    upright.transpose(Image.Transpose.ROTATE_90).save(images / "p901.jpg", quality=92)  # pointing left
+    return [{"product_id": pid, "image": f"images/{pid.lower()}.jpg", "title": title, "category": "mug",
+             "price": "99.00", "url": f"https://shop.example/p/{pid}", "brand": "Acme", "color": "c0"}
+            for pid, title in [("P900", "Pointer up"), ("P901", "Pointer left")]]
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +138,61 @@ def test_no_close_match_flag_uses_fallback_threshold(server, tmp_path, monkeypat
     assert "No close match" in ui._status(weak, 0.9, 0.01)
     good = ui.run_search(server.index, shopper_photo(tmp_path, 4), k=3)
     assert good[0].product_id == "P004" and good[0].confident
+
+
+@pytest.fixture(scope="module")
+def phone_photo(tmp_path_factory) -> Path:
+    """A 12 MP, several-MB noisy JPEG of product P900 as a phone stores it: pixels on their side
+    (landscape 4000x3000) plus EXIF orientation 6 ("rotate 90 degrees clockwise to view")."""
+    upright = draw_product(20).resize((3000, 4000), Image.Resampling.BILINEAR)
+    rng = np.random.default_rng(0)
+    pixels = np.asarray(upright, dtype=np.int16) + rng.integers(-24, 25, (4000, 3000, 3), dtype=np.int16)
+    noisy = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    stored = noisy.transpose(Image.Transpose.ROTATE_90)  # exif_transpose undoes this for orientation 6
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path_factory.mktemp("phone") / "IMG_4032.jpg"
+    stored.save(path, quality=92, exif=exif)
+    return path
+
+
+def test_big_exif_rotated_phone_photo_finds_its_product(client, phone_photo):
+    with Image.open(phone_photo) as im:
+        assert im.size == (4000, 3000) and im.getexif()[0x0112] == 6
+    assert phone_photo.stat().st_size > 3 * 2**20
+    hits = client.predict(handle_file(str(phone_photo)), k=5, api_name="/search")
+    # P900 is the photo upright, as the shopper saw it; ignoring EXIF would have found P901 (the raw
+    # pixels, pointing left) first with a near-perfect score.
+    assert hits[0]["product_id"] == "P900" and hits[0]["confident"]
+    assert hits[0]["score"] > next(h["score"] for h in hits if h["product_id"] == "P901") + 0.05 \
+        if any(h["product_id"] == "P901" for h in hits) else True
+
+
+def test_heic_upload_finds_its_product(client, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    path = tmp_path / "IMG_0001.HEIC"
+    draw_product(8, size=96).resize((600, 600)).save(path, format="HEIF")
+    with Image.open(path) as im:
+        assert im.format == "HEIF"
+    hits = client.predict(handle_file(str(path)), api_name="/search")
+    assert hits[0]["product_id"] == "P008"
+
+
+def test_oversize_upload_is_refused_readably_and_server_keeps_answering(server, client, tmp_path):
+    from vsearch.images import MAX_BYTES
+
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.write(Path(shopper_photo(tmp_path, 2)).read_bytes())
+        f.truncate(MAX_BYTES + 1)
+    # gradio_client checks the server's advertised limit before sending anything ...
+    with pytest.raises(ValueError, match=rf"huge\.jpg exceeds the maximum file size of {MAX_BYTES} bytes"):
+        client.predict(handle_file(str(huge)), api_name="/search")
+    # ... and a client that sends it anyway is refused by the server with a plain-text reason.
+    with open(huge, "rb") as f:
+        r = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("huge.jpg", f, "image/jpeg")}, timeout=60)
+    assert r.status_code == 413
+    assert f"maximum allowed size of {MAX_BYTES} bytes" in r.text
+    hits = client.predict(handle_file(shopper_photo(tmp_path, 9)), api_name="/search")
+    assert hits[0]["product_id"] == "P009"
