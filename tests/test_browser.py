@@ -1,4 +1,5 @@
-"""One real-browser run of the page: upload a photo, search, see the product (headless Debian Chromium)."""
+"""One real-browser run of the page: upload a photo, search, see the product, crop to one item and
+search again (headless Debian Chromium)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,19 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--no-first-run", "--disable-sync"]
 
 
-def test_upload_search_and_see_the_product(tmp_path):
+def test_upload_search_see_the_product_then_crop(tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from test_ui import shopper_photo, start_server
+    from test_ui import shopper_photo, start_server, two_product_photo
 
     from vsearch import ui
 
     server = start_server(tmp_path / "srv", notice="Demo catalog with a test model.")
     photo = shopper_photo(tmp_path, 5, name="shopper.jpg")
+    shelf = two_product_photo(tmp_path)  # product 3 on the left, product 8 on the right
     outside = []
+    captions = "#vs-results .caption-label"
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -45,6 +48,23 @@ def test_upload_search_and_see_the_product(tmp_path):
                 assert first_caption.startswith("Product 5")
                 page.locator("#vs-results .thumbnail-item").first.click()  # details of the top result
                 page.get_by_text("View product page").first.wait_for(timeout=10_000)
+
+                # a shelf photo with two products: the right-hand one wins until the shopper crops
+                page.locator("#vs-photo input[type=file]").set_input_files(shelf, timeout=15_000)
+                page.locator("#vs-search").click()
+                page.wait_for_function(f"() => document.querySelector({captions!r})?.innerText.startsWith('Product 8')",
+                                       timeout=20_000)
+                page.get_by_text("Crop to the item").click()
+                preview = page.locator("#vs-crop-preview img")
+                preview.wait_for(timeout=10_000)
+                assert preview.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [384, 192]
+                page.locator("#vs-crop-right input[type=range]").fill("50")  # cut the right half away
+                page.wait_for_function("() => document.querySelector('#vs-crop-preview img')?.naturalWidth === 192",
+                                       timeout=10_000)  # the preview shows just the left product
+                page.locator("#vs-search").click()
+                page.wait_for_function(f"() => document.querySelector({captions!r})?.innerText.startsWith('Product 3')",
+                                       timeout=20_000)
+                assert "close match" in page.locator("#vs-status").inner_text().lower()
             except Exception:
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)

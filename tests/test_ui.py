@@ -196,3 +196,48 @@ def test_oversize_upload_is_refused_readably_and_server_keeps_answering(server, 
     assert f"maximum allowed size of {MAX_BYTES} bytes" in r.text
     hits = client.predict(handle_file(shopper_photo(tmp_path, 9)), api_name="/search")
     assert hits[0]["product_id"] == "P009"
+
+
+def two_product_photo(tmp_path: Path, left: int = 3, right: int = 8, name: str = "pair.png") -> str:
+    """A shelf photo with one product on the left half and another on the right."""
+    path = tmp_path / name
+    img = Image.new("RGB", (384, 192), "white")
+    img.paste(draw_product(left).resize((192, 192)), (0, 0))
+    img.paste(draw_product(right).resize((192, 192)), (192, 0))
+    img.save(path)
+    return str(path)
+
+
+def test_crop_photo_keeps_only_the_framed_area():
+    from vsearch.errors import VsearchError
+    from vsearch.ui import crop_photo
+
+    img = Image.new("RGB", (200, 100), "red")
+    img.paste((0, 0, 255), (100, 0, 200, 100))  # right half blue
+    left_half = crop_photo(img, (0, 0, 50, 0))
+    assert left_half.size == (100, 100)
+    assert left_half.getcolors() == [(100 * 100, (255, 0, 0))]  # only red left
+    corner = crop_photo(img, (75, 10, 0, 40))
+    assert corner.size == (50, 50) and corner.getcolors() == [(50 * 50, (0, 0, 255))]
+    assert crop_photo(img, (0, 0, 0, 0)).size == (200, 100)
+    assert crop_photo(img, None) is img and crop_photo(img, (None, 0, None, 0)) is img  # untouched sliders
+    assert img.size == (200, 100)  # the original is not modified
+    with pytest.raises(VsearchError, match=r"left \+ right margins are 60% \+ 40%"):
+        crop_photo(img, (60, 0, 40, 0))
+    with pytest.raises(VsearchError, match="bottom crop margin must be from 0 to under 100 percent, got -5"):
+        crop_photo(img, (0, 0, 0, -5))
+    with pytest.raises(VsearchError, match="4 margins"):
+        crop_photo(img, (10, 10))
+
+
+def test_cropped_search_finds_the_product_inside_the_crop(server, client, tmp_path):
+    from vsearch.ui import run_search
+
+    pair = two_product_photo(tmp_path)
+    whole = run_search(server.index, pair)
+    assert whole[0].product_id == "P008"  # uncropped, the right-hand product wins
+    assert run_search(server.index, pair, crop=(0, 0, 50, 0))[0].product_id == "P003"
+    assert run_search(server.index, pair, crop=(50, 0, 0, 0))[0].product_id == "P008"
+    assert run_search(server.index, Image.open(pair), crop=(0, 0, 50, 0))[0].product_id == "P003"
+    # the /search API takes no crop and still searches the whole photo
+    assert client.predict(handle_file(pair), api_name="/search")[0]["product_id"] == "P008"

@@ -21,6 +21,7 @@ from .images import MAX_BYTES
 
 if TYPE_CHECKING:
     import gradio as gr
+    from PIL import Image
 
     from .search import Hit, ProductIndex
 
@@ -49,6 +50,7 @@ CSS = """
 .vs-notice p {color: #78350f !important;}
 .vs-status p {font-size: 1rem;}
 .vs-gallery .caption-label {white-space: normal !important; line-height: 1.25; font-size: .82rem;}
+#vs-crop .min_value, #vs-crop .max_value {display: none !important;}  /* too narrow; the number box shows the value */
 .vs-details {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: .3rem 1rem !important;}
 footer {display: none !important;}
 """
@@ -67,8 +69,11 @@ def effective_threshold(index: ProductIndex) -> float | None:
 
 def run_search(index: ProductIndex, image: Any = None, text: str | None = None, k: int = DEFAULT_K,
                category: str | Sequence[str] | None = None, min_price: float | None = None,
-               max_price: float | None = None) -> list[Hit]:
-    """One search as the page and the API run it: hot-reload check, filters, confidence flags."""
+               max_price: float | None = None, crop: Sequence[float | None] | None = None) -> list[Hit]:
+    """One search as the page and the API run it: hot-reload check, filters, confidence flags.
+
+    crop: margins to cut off the photo first, as `crop_photo` takes them (the page's crop panel).
+    """
     index.reload_if_changed()
     text = (text or "").strip() or None
     if text and not index.supports_text:
@@ -93,16 +98,58 @@ def run_search(index: ProductIndex, image: Any = None, text: str | None = None, 
         filters["category"] = categories
     if lo is not None or hi is not None:
         filters["price"] = (lo, hi)
-    if isinstance(image, (str, os.PathLike)):
+    cropping = image is not None and any(crop or ())
+    is_path = isinstance(image, (str, os.PathLike))
+    if is_path:
         from .images import load_image
 
-        # decode here so an error names the file as the shopper called it, not a server temp path
-        image = load_image(image, min_side=getattr(index.embedder, "input_size", None), name=Path(image).name)
+        # decode here so an error names the file as the shopper called it, not a server temp path;
+        # a crop keeps only part of the photo, so it decodes at full size to keep the detail
+        min_side = None if cropping else getattr(index.embedder, "input_size", None)
+        image = load_image(image, min_side=min_side, name=Path(image).name)
+    if cropping:
+        from .images import load_image
+
+        image = crop_photo(image if is_path else load_image(image), crop)  # upright first, as previewed
     hits = index.search(image=image, text=text, k=k, filters=filters or None)
     threshold = effective_threshold(index)
     if threshold is not None:
         hits = [replace(h, confident=h.confident and h.score >= threshold) for h in hits]
     return hits
+
+
+#: The crop panel's sliders, in the order `crop_photo` takes their values.
+CROP_SIDES = ("left", "top", "right", "bottom")
+
+
+def crop_photo(image: Image.Image, margins: Sequence[float | None] | None) -> Image.Image:
+    """Cut margins off an upright photo so the search sees only the item the shopper framed.
+
+    margins: (left, top, right, bottom), each a percentage of the photo's width or height to
+    remove; None or all zeros returns the photo unchanged. Percentages rather than pixels, so the
+    same values fit the small preview and the full-size photo alike.
+    """
+    values = [0.0] * 4 if margins is None else list(margins)
+    if len(values) != 4:
+        raise VsearchError(f"crop needs 4 margins (left, top, right, bottom), got {len(values)}: {margins!r}")
+    try:
+        values = [float(v or 0) for v in values]
+    except (TypeError, ValueError):
+        raise VsearchError(f"crop margins must be numbers (percent), got {margins!r}") from None
+    for side, v in zip(CROP_SIDES, values):
+        if not 0 <= v < 100:
+            raise VsearchError(f"{side} crop margin must be from 0 to under 100 percent, got {v:g}")
+    left, top, right, bottom = values
+    for a, b, what in ((left, right, "left + right"), (top, bottom, "top + bottom")):
+        if a + b >= 100:
+            raise VsearchError(f"the crop leaves nothing: {what} margins are {a:g}% + {b:g}%; "
+                               "keep their sum under 100%")
+    if not any(values):
+        return image
+    w, h = image.size
+    x0, y0 = round(w * left / 100), round(h * top / 100)
+    x1, y1 = max(x0 + 1, w - round(w * right / 100)), max(y0 + 1, h - round(h * bottom / 100))
+    return image.crop((x0, y0, x1, y1))
 
 
 def hit_to_api(hit: Hit) -> dict[str, Any]:
@@ -214,26 +261,16 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
     supports_text = index.supports_text
     model_name = getattr(index.embedder, "name", "?")
 
-    def photo_from(photo: str | None, crop: dict | None):
-        """The cropped picture when the shopper cropped, else the photo as uploaded."""
-        if crop:
-            bg, comp = crop.get("background"), crop.get("composite")
-            if comp is not None and (photo is None or bg is None or comp.size != bg.size):
-                return comp
-            if photo is None and bg is not None:
-                return bg
-        return photo
-
-    def ui_search(photo, crop, text, k, category, min_price, max_price):
+    def ui_search(photo, left, top, right, bottom, text, k, category, min_price, max_price):
         started = time.perf_counter()
         empty = ([], [], [], gr.update(visible=False))
         min_price, max_price = min_price or None, max_price or None  # 0 = no limit
         try:
-            image = photo_from(photo, crop)
-            if image is None and not (text or "").strip():
+            if photo is None and not (text or "").strip():
                 raise VsearchError("add a photo (upload, drag and drop, webcam or paste) to search"
                                    + (", or describe the product" if supports_text else ""))
-            hits = run_search(index, image, text, k, category, min_price, max_price)
+            hits = run_search(index, photo, text, k, category, min_price, max_price,
+                              crop=(left, top, right, bottom))
         except VsearchError as e:
             return (f"### Can't search\n{_md(e)}", *empty)
         except Exception as e:  # noqa: BLE001 - the page shows a message and keeps serving
@@ -257,18 +294,32 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
 
     show_details.__annotations__["evt"] = gr.SelectData  # gradio injects the selection by this type
 
-    def prepare_crop(photo: str | None):
-        """Load the new photo (upright, any format) into the crop tool, or explain why it can't be used."""
-        if not photo:
-            return None, ""
+    def _preview(photo: str, margins) -> tuple[Any, str]:
         from .images import load_image
 
         try:
             img = load_image(photo, name=Path(photo).name)
+            img.thumbnail((640, 640))
+            return crop_photo(img, margins), ""
         except VsearchError as e:
-            return None, f"### Can't use this photo\n{_md(e)}"
-        img.thumbnail((1280, 1280))
-        return {"background": img, "layers": [], "composite": img}, ""
+            return None, f"⚠️ {_md(e)}"
+
+    def prepare_crop(photo: str | None):
+        """A new photo starts uncropped: reset the margins and preview the whole (upright) photo."""
+        zeros = [0] * len(CROP_SIDES)
+        if not photo:
+            return None, "", "", *zeros
+        preview, problem = _preview(photo, zeros)
+        if preview is None:
+            return None, "", f"### Can't use this photo\n{problem.removeprefix('⚠️ ')}", *zeros
+        return preview, "", "", *zeros
+
+    def preview_crop(photo: str | None, *margins):
+        """Show exactly the area the search will use, or why these margins can't be used."""
+        if not photo:
+            return None, ""
+        preview, problem = _preview(photo, margins)
+        return (gr.update() if preview is None else preview), problem
 
     api_image_doc = "photo to search with (JPEG, PNG, WebP, HEIC...)"
     with gr.Blocks(title="vsearch · visual product search", fill_width=False) as app:
@@ -283,11 +334,16 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
             with gr.Column(scale=2, min_width=300):
                 photo = PhotoInput(label="Your photo", sources=["upload", "webcam", "clipboard"], type="filepath",
                                    height=300, elem_id="vs-photo")
-                with gr.Accordion("✂️ Crop to the item (optional)", open=False):
-                    gr.Markdown("Use the crop tool, then search: only the cropped area is used.")
-                    crop = gr.ImageEditor(label="Crop", type="pil", image_mode="RGB", sources=[],
-                                          transforms=("crop",), brush=False, eraser=False, layers=False,
-                                          height=320, show_label=False)
+                with gr.Accordion("✂️ Crop to the item (optional)", open=False, elem_id="vs-crop"):
+                    # Plain sliders rather than gr.ImageEditor: in Gradio 6 its confirmed crop shows
+                    # on screen but the value sent with the search stayed the uncropped photo.
+                    gr.Markdown("Trim the edges until only the item is left: the search uses just this area.")
+                    with gr.Row():
+                        margins = [gr.Slider(0, 95, value=0, step=1, label=f"Cut {side} %", min_width=120,
+                                             elem_id=f"vs-crop-{side}") for side in CROP_SIDES]
+                    crop_note = gr.Markdown(elem_id="vs-crop-note")
+                    crop_preview = gr.Image(label="Area searched", type="pil", interactive=False, height=220,
+                                            elem_id="vs-crop-preview")
                 text = gr.Textbox(
                     label="Refine with words (optional)" if supports_text else "Refine with words",
                     placeholder='e.g. "in red", "leather"' if supports_text else "",
@@ -320,10 +376,13 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                                                object_fit="contain", allow_preview=False)
         hits_state = gr.State([])
 
-        inputs = [photo, crop, text, k, category, min_price, max_price]
+        inputs = [photo, *margins, text, k, category, min_price, max_price]
         outputs = [status, gallery, hits_state, detail_images, detail_box]
         gr.on([search_btn.click, text.submit], ui_search, inputs, outputs, api_visibility="private")
-        photo.change(prepare_crop, [photo], [crop, status], api_visibility="private", queue=False)
+        photo.change(prepare_crop, [photo], [crop_preview, crop_note, status, *margins], api_visibility="private",
+                     queue=False)
+        gr.on([m.change for m in margins], preview_crop, [photo, *margins], [crop_preview, crop_note],
+              api_visibility="private", trigger_mode="always_last")
         gallery.select(show_details, [hits_state], [details, detail_images, detail_box], api_visibility="private",
                        queue=False)
 
