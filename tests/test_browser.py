@@ -42,8 +42,8 @@ def test_upload_search_see_the_product_then_crop(tmp_path):
                 page.locator("#vs-photo img").first.wait_for(timeout=15_000)  # upload preview shown
                 page.locator("#vs-search").click()
                 page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(timeout=20_000)
-                status = page.locator("#vs-status").inner_text()
-                assert "close match" in status.lower()
+                page.wait_for_function("() => (document.querySelector('#vs-status')?.innerText || '').toLowerCase().includes('close match')",
+                                       timeout=20_000)  # status renders just after the gallery
                 first_caption = page.locator("#vs-results .caption-label").first.inner_text()
                 assert first_caption.startswith("Product 5")
                 page.locator("#vs-results .thumbnail-item").first.click()  # details of the top result
@@ -51,6 +51,8 @@ def test_upload_search_see_the_product_then_crop(tmp_path):
 
                 # a shelf photo with two products: the right-hand one wins until the shopper crops
                 page.locator("#vs-photo input[type=file]").set_input_files(shelf, timeout=15_000)
+                page.wait_for_function("() => [...document.querySelectorAll('#vs-photo img')].some(i => i.naturalWidth === 384)",
+                                       timeout=15_000)  # the shelf photo finished uploading
                 page.locator("#vs-search").click()
                 page.wait_for_function(f"() => document.querySelector({captions!r})?.innerText.startsWith('Product 8')",
                                        timeout=20_000)
@@ -64,7 +66,8 @@ def test_upload_search_see_the_product_then_crop(tmp_path):
                 page.locator("#vs-search").click()
                 page.wait_for_function(f"() => document.querySelector({captions!r})?.innerText.startsWith('Product 3')",
                                        timeout=20_000)
-                assert "close match" in page.locator("#vs-status").inner_text().lower()
+                page.wait_for_function("() => (document.querySelector('#vs-status')?.innerText || '').toLowerCase().includes('close match')",
+                                       timeout=20_000)
             except Exception:
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)

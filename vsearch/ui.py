@@ -308,11 +308,12 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         """A new photo starts uncropped: reset the margins and preview the whole (upright) photo."""
         zeros = [0] * len(CROP_SIDES)
         if not photo:
-            return None, "", "", *zeros
+            return None, "", gr.update(), *zeros
         preview, problem = _preview(photo, zeros)
         if preview is None:
             return None, "", f"### Can't use this photo\n{problem.removeprefix('⚠️ ')}", *zeros
-        return preview, "", "", *zeros
+        # status is left alone: a search clicked right after the upload may already be writing it
+        return preview, "", gr.update(), *zeros
 
     def preview_crop(photo: str | None, *margins):
         """Show exactly the area the search will use, or why these margins can't be used."""
