@@ -99,11 +99,22 @@ def vsearch_build(embedder, catalog: Path, index_dir: Path, **kwargs):
 
 
 def index_vectors(index_dir: Path) -> np.ndarray:
+    """The model's raw vectors per catalog image, in catalog order, from the build's embedding cache.
+
+    (The FAISS file may hold post-processed vectors, e.g. whitened, so it is not read here.)
+    """
+    import sqlite3
+
     from vsearch import index as store
 
     gen = index_dir / store.read_current(index_dir)
-    faiss_index = store.read_faiss(gen)
-    return faiss_index.reconstruct_n(0, faiss_index.ntotal)
+    db = sqlite3.connect(gen / store.PRODUCTS_FILE)
+    hashes = [r[0] for r in db.execute("SELECT content_hash FROM images ORDER BY vid")]
+    db.close()
+    cache = sqlite3.connect(index_dir / store.CACHE_FILE)
+    vec = {h: np.frombuffer(b, dtype=np.float32) for h, b in cache.execute("SELECT content_hash, vector FROM embeddings")}
+    cache.close()
+    return np.stack([vec[h] for h in hashes])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,21 +167,23 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{ips / base:.2f}x" if base else "-"
         print(f"| {label} | {ips:.1f} | {ratio} |")
 
-    if "auto" in vectors and "fp32" in vectors:
-        a, b = vectors["auto"], vectors["fp32"]
+    if len(vectors) >= 2:
+        first, last = list(vectors)[0], list(vectors)[-1]
+        a, b = vectors[first], vectors[last]
         cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         from vsearch.search import ProductIndex
 
         same = 0
-        ia = ProductIndex(work / "idx-auto", embedders["auto"])
-        ib = ProductIndex(work / "idx-fp32", embedders["fp32"])
+        ia = ProductIndex(work / f"idx-{first}", embedders[first])
+        ib = ProductIndex(work / f"idx-{last}", embedders[last])
         for r in query_rows:
             qa = ia.search(image=JUMIA / r["image"], k=1)
             qb = ib.search(image=JUMIA / r["image"], k=1)
             same += qa[0].product_id == qb[0].product_id
         print()
-        print(f"default ({embedders['auto'].precision}) vs fp32 vectors: cosine min {cos.min():.5f}, mean {cos.mean():.5f} "
-              f"over {len(cos)} images; same top-1 product for {same}/{len(query_rows)} held-out photos")
+        print(f"--precision {first} ({embedders[first].precision}) vs {last} ({embedders[last].precision}) vectors: "
+              f"cosine min {cos.min():.5f}, mean {cos.mean():.5f} over {len(cos)} images; "
+              f"same top-1 product for {same}/{len(query_rows)} held-out photos")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -221,6 +221,13 @@ def experiments() -> list[tuple[str, Config]]:
         ("DBA", Config(dba=(5, 3.0))),
         ("scoring", Config(scoring="mean")),
         ("scoring", Config(scoring="top2")),
+        ("whitening", Config(whitening=(0.5, 0.3, None))),
+        ("whitening", Config(whitening=(0.4, 0.1, None))),
+        ("whitening", Config(whitening=(0.6, 0.1, None))),
+        ("combined", Config(whitening=W, scoring="top2")),
+        ("combined", Config(whitening=W, dba=(1, 3.0))),
+        ("combined", Config(whitening=W, tta="flip")),
+        ("combined", Config(whitening=W, qe=(1, 3.0))),
         ("combined", Config(pooling="gem", whitening=W)),
         ("combined", Config(pooling="gem", multiscale=True, whitening=W)),
         ("combined", Config(pooling="gem", whitening=W, tta="flip")),
@@ -242,6 +249,83 @@ def table(results: list[tuple[str, Config, dict[str, dict]]], set_names: list[st
     return "\n".join(lines)
 
 
+def end_to_end(sets: Path, feats: Features, cfg: Config, names: list[str], distractors: int = 2000,
+               limit: int | None = None) -> dict[str, Any]:
+    """Build real indexes with ``cfg`` (catalog vectors imported from the feature cache, i.e. exactly
+    what the model gives) and run vsearch.evaluate with the real model on the query photos; plus
+    the "no close match" decision on out-of-catalog ABO photos. Returns the reports."""
+    from vsearch.build import build_index
+    from vsearch.embedders.efficientnet import EfficientNetEmbedder
+    from vsearch.evaluate import confidence_report, evaluate, read_queries, run_queries
+    from vsearch.search import ProductIndex
+
+    embedder = EfficientNetEmbedder(pooling=cfg.pooling, multiscale=cfg.multiscale, precision="fp32")
+    es_all = eval_sets(sets, feats, distractors)
+    whitening = {"power": cfg.whitening[0], "shrinkage": cfg.whitening[1], "components": cfg.whitening[2]} \
+        if cfg.whitening else False
+    query = {"tta": cfg.tta, "query_expansion": {"k": cfg.qe[0], "alpha": cfg.qe[1]}, "product_scoring": cfg.scoring}
+    out: dict[str, Any] = {}
+    ooc = read_queries(sets / "ooc" / "queries.csv")[: limit or None]
+    for name in names:
+        es = es_all[name]
+        cat_dir = sets / (f"jumia-d{distractors}" if name == "jumia" else f"grocery-d{distractors}")
+        qfile = {"jumia": "queries.csv", "grocery-val": "queries_val.csv", "grocery-test": "queries_test.csv"}[name]
+        vecs = np.concatenate([feats.vectors(g, cfg.pooling, cfg.multiscale)[rows] for g, rows in es.catalog_groups])
+        idx = sets / "indexes" / f"{cat_dir.name}-{abs(hash(cfg.label())) % 10**8}"
+        t = time.perf_counter()
+        build_index(cat_dir / "catalog.csv", idx, embedder=embedder, embeddings=vecs, allow_outside_paths=True,
+                    whitening=whitening, dba={"k": cfg.dba[0], "alpha": cfg.dba[1]}, query_defaults=query)
+        build_s = time.perf_counter() - t
+        index = ProductIndex.load(idx, embedder)
+        queries = read_queries(cat_dir / qfile)[: limit or None]
+        index.search(image=queries[0].image, k=10)  # warm-up
+        report = evaluate(index, queries, k=10)
+        conf = None
+        if name != "grocery-test":
+            in_results = list(report.results)
+            conf = confidence_report(in_results, run_queries(index, ooc, k=10), index.score_threshold)
+        out[name] = {"report": report, "confidence": conf, "build_s": build_s,
+                     "calibration": index.manifest.get("threshold_calibration")}
+        print(f"[e2e] {name}: R@1 {report.recall[1]:.3f} R@5 {report.recall[5]:.3f} R@10 {report.recall[10]:.3f} "
+              f"MRR {report.mrr:.3f} p50 {report.latency_p50_ms:.1f} ms p95 {report.latency_p95_ms:.1f} ms"
+              + (f" | threshold {conf.threshold:.3f} precision {conf.precision:.3f} recall {conf.recall:.3f} "
+                 f"ooc rejected {conf.ooc_rejected:.3f}" if conf and conf.threshold is not None else ""), flush=True)
+    return out
+
+
+def latency(sets: Path, feats: Features, n: int = 60, distractors: int = 2000) -> list[tuple[str, float, float]]:
+    """Real per-query latency (load + model + search) of each query-side option on the jumia
+    index, plain and whitened+DBA; p50/p95 ms over the first n queries."""
+    from vsearch.build import build_index
+    from vsearch.embedders.efficientnet import EfficientNetEmbedder
+    from vsearch.evaluate import evaluate, read_queries
+    from vsearch.search import ProductIndex
+
+    es = eval_sets(sets, feats, distractors)["jumia"]
+    cat_dir = sets / f"jumia-d{distractors}"
+    queries = read_queries(cat_dir / "queries.csv")[:n]
+    rows = []
+    for emb_opts, label in (({}, "avg"), ({"multiscale": True}, "avg+ms")):
+        embedder = EfficientNetEmbedder(precision="fp32", **emb_opts)
+        vecs = np.concatenate([feats.vectors(g, "avg", bool(emb_opts))[r] for g, r in es.catalog_groups])
+        builds = [("", {})] if emb_opts else [("", {}), (" + whiten + DBA(k=1)", {"whitening": True, "dba": {"k": 1}})]
+        for suffix, build_opts in builds:
+            idx = sets / "indexes" / f"latency-{label}{'-w' if build_opts else ''}"
+            build_index(cat_dir / "catalog.csv", idx, embedder=embedder, embeddings=vecs, allow_outside_paths=True,
+                        calibrate_threshold=False, **build_opts)
+            index = ProductIndex.load(idx, embedder)
+            index.search(image=queries[0].image, k=10)
+            options = [("plain", {})] if emb_opts or build_opts else [
+                ("plain", {}), ("tta=flip", {"tta": "flip"}), ("tta=pad", {"tta": "pad"}),
+                ("tta=flip+pad", {"tta": "flip+pad"}), ("aQE k=2", {"query_expansion": {"k": 2}}),
+                ("score=top2", {"product_scoring": "top2"})]
+            for name, opts in options:
+                r = evaluate(index, queries, k=10, **opts)
+                rows.append((f"{label}{suffix}, {name}", r.latency_p50_ms, r.latency_p95_ms))
+                print(f"[latency] {rows[-1][0]:40s} p50 {r.latency_p50_ms:6.1f} ms  p95 {r.latency_p95_ms:6.1f} ms", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", type=Path, default=SETS)
@@ -250,12 +334,22 @@ def main() -> None:
     ap.add_argument("--config", default="", help="JSON of one Config to run instead of the grid")
     ap.add_argument("--final", action="store_true", help="also run grocery-test (once, with --config)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    ap.add_argument("--end-to-end", action="store_true", help="real indexes + real model on the queries, with --config")
+    ap.add_argument("--latency", action="store_true", help="real per-query latency of each query option")
+    ap.add_argument("--limit", type=int, default=None, help="end-to-end: first N queries per set")
     args = ap.parse_args()
     feats = Features(args.sets / "features")
     sets = eval_sets(args.sets, feats, args.distractors)
     names = [n for n in (args.only.split(",") if args.only else ["jumia", "grocery-val"]) if n in sets]
     if args.final:
         names.append("grocery-test")
+    if args.latency:
+        latency(args.sets, feats, args.limit or 60, args.distractors)
+        return
+    if args.end_to_end:
+        cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.config or "{}").items()})
+        end_to_end(args.sets, feats, cfg, names, args.distractors, args.limit)
+        return
     exps = [("chosen", Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.config).items()}))] \
         if args.config else experiments()
     results = []

@@ -42,7 +42,7 @@ def group_paths(sets: Path) -> dict[str, tuple[list[str], bool]]:
     }
 
 
-def embed_group(embedder, paths: list[str], is_query: bool, batch: int = 32) -> dict[str, np.ndarray]:
+def embed_group(embedder, paths: list[str], is_query: bool, batch: int = 32, plain: bool = False) -> dict[str, np.ndarray]:
     import torch
     import torch.nn.functional as F
     from PIL import ImageOps
@@ -71,8 +71,10 @@ def embed_group(embedder, paths: list[str], is_query: bool, batch: int = 32) -> 
         imgs = [load_image(p, min_side=embedder.input_size) for p in paths[start:start + batch]]
         x = torch.stack([embedder.preprocess(im) for im in imgs])
         for tag, s in SCALES.items():
+            if plain and s != 1.0:
+                continue
             pooled(rescale(x, s), tag)
-        if is_query:
+        if is_query and not plain:
             xf = torch.flip(x, dims=[3])
             for tag, s in SCALES.items():
                 pooled(rescale(xf, s), f"flip_{tag}")
@@ -85,6 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sets", type=Path, default=Path("/tmp/vsearch-eval"))
     p.add_argument("--groups", default="")
+    p.add_argument("--plain", action="store_true", help="scale 1 only, no query views (enough for the chosen defaults)")
     args = p.parse_args()
     from vsearch.embedders.efficientnet import EfficientNetEmbedder
 
@@ -99,7 +102,7 @@ def main() -> None:
             print(f"{group}: cached", flush=True)
             continue
         t = time.time()
-        arrays = embed_group(embedder, paths, is_query)
+        arrays = embed_group(embedder, paths, is_query, plain=args.plain)
         for k, v in arrays.items():
             np.save(feats / f"{group}__{k}.npy", v)
         (feats / f"{group}.json").write_text(json.dumps({"paths": paths, "variants": sorted(arrays)}))

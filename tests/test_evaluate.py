@@ -120,10 +120,16 @@ def test_calibrated_threshold_separates_matches_from_non_matches():
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     pids = np.concatenate([np.arange(30), np.arange(30)]).astype(str)
     cal = calibrate_threshold(vecs, pids)
-    assert cal.method == "youden" and cal.positives == 60
+    assert cal.method == "held-out-view-quantile" and cal.positives == 60
     assert cal.negative_median < cal.threshold <= cal.positive_median
-    few = calibrate_threshold(vecs[:30], pids[:30])  # no multi-image products: quantile of non-matches
-    assert few.method == "non-match-quantile" and few.positives == 0
+    unrelated = post_l2(np.random.default_rng(1).normal(size=(50, 16)))
+    assert np.mean((unrelated @ vecs.T).max(axis=1) >= cal.threshold) < 0.1  # unsold things fall below
+    few = calibrate_threshold(vecs[:30], pids[:30])  # no multi-image products: nothing to learn from
+    assert few.threshold is None and few.positives == 0
+
+
+def post_l2(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def test_threshold_is_stored_in_the_manifest_and_drives_hit_confident(tmp_path):
@@ -131,7 +137,7 @@ def test_threshold_is_stored_in_the_manifest_and_drives_hit_confident(tmp_path):
     build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
     assert index.score_threshold == index.manifest["score_threshold"]
-    assert index.manifest["threshold_calibration"]["method"] == "youden"
+    assert index.manifest["threshold_calibration"]["method"] == "held-out-view-quantile"
     src = index.product("P002")["images"][0]
     assert index.search(image=src, k=1)[0].confident
     from PIL import Image

@@ -46,8 +46,9 @@ def test_whitening_round_trips_through_npy_files(tmp_path):
     entry = w.save(tmp_path)
     back = post.Whitening.load(tmp_path, entry)
     assert np.allclose(back.apply(queries), w.apply(queries), atol=1e-6)
-    with pytest.raises(ValueError):
-        np.load(tmp_path / entry["mean"], allow_pickle=False).item(0) and None or post.fit_whitening(catalog[:1])
+    assert np.load(tmp_path / entry["projection"], allow_pickle=False).shape == (32, 32)
+    with pytest.raises(ValueError, match="n >= 2"):
+        post.fit_whitening(catalog[:1])
 
 
 def test_dba_pulls_a_products_views_together():
@@ -82,7 +83,7 @@ def test_product_score_modes():
 def _vector_shop(tmp_path, vectors, pids):
     """An index whose catalog vectors are given directly (images exist but are not embedded)."""
     folder = tmp_path / "shop"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     lines = ["product_id,image,category"]
     for i, pid in enumerate(pids):
         draw_product(i).save(folder / f"{i}.jpg")
@@ -186,6 +187,7 @@ def test_efficientnet_read_out_specs():
         parse_efficientnet_spec("efficientnet-lite0:max")
 
 
+@pytest.mark.slow
 def test_efficientnet_multiscale_changes_vectors_and_round_trips_its_spec():
     from vsearch.embedders import load_embedder
 
@@ -198,3 +200,30 @@ def test_efficientnet_multiscale_changes_vectors_and_round_trips_its_spec():
     a, b = plain.embed_images([img]), ms.embed_images([img])
     assert a.shape == b.shape == (1, 1280) and np.isclose(np.linalg.norm(b), 1.0, atol=1e-5)
     assert float(a[0] @ b[0]) < 0.9999
+
+
+def test_auto_whitening_is_kept_only_when_held_out_views_improve(tmp_path):
+    catalog, queries = _clustered(n=60)
+    two_views = np.concatenate([catalog, queries])  # each product: two photos with different nuisance
+    pids = [f"P{i:03d}" for i in range(60)] * 2
+    csv_path = _vector_shop(tmp_path, two_views, pids)
+    from vsearch.evaluate import held_out_recall
+
+    before, n = held_out_recall(two_views, np.asarray(pids))
+    assert n == 120 and before < 0.9
+    build_index(csv_path, tmp_path / "multi", embedder=FakeEmbedder(), embeddings=_pad(two_views), whitening="auto")
+    info = ProductIndex.load(tmp_path / "multi", FakeEmbedder()).manifest["postprocess"]
+    assert info["whitening_auto"]["kept"] and info["whitening"] is not None
+    assert info["whitening_auto"]["r1_whitened"] > info["whitening_auto"]["r1_raw"]
+    # single-image products: nothing to hold out, so "auto" leaves whitening off
+    csv_single = _vector_shop(tmp_path / "s", catalog, [f"P{i:03d}" for i in range(60)])
+    build_index(csv_single, tmp_path / "single", embedder=FakeEmbedder(), embeddings=_pad(catalog), whitening="auto")
+    info = ProductIndex.load(tmp_path / "single", FakeEmbedder()).manifest["postprocess"]
+    assert info["whitening"] is None and info["whitening_auto"]["kept"] is False
+
+
+def _pad(vectors):
+    """Synthetic 32-d vectors placed in the fake embedder's 192-d space."""
+    out = np.zeros((len(vectors), FakeEmbedder.dim), dtype=np.float32)
+    out[:, : vectors.shape[1]] = vectors
+    return out

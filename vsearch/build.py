@@ -199,10 +199,22 @@ def _quality_postprocess(tmp: Path, vectors: np.ndarray, product_ids: list[str],
     d_opts = post.resolve_dba(dba)
     q_opts = post.resolve_query_defaults(query_defaults)
     record: dict[str, Any] = {"whitening": None, "dba": None}
+    auto = w_opts is not None and w_opts.pop("auto", False)
     if w_opts is not None and len(vectors) >= post.MIN_WHITENING_VECTORS:
         w = post.fit_whitening(vectors, **w_opts)
-        vectors = w.apply(vectors)
-        record["whitening"] = w.save(tmp)
+        whitened = w.apply(vectors)
+        keep = True
+        if auto:  # keep it only if it measurably helps this catalog's own held-out views
+            from .evaluate import held_out_recall
+
+            before, n = held_out_recall(vectors, np.asarray(product_ids))
+            after, _ = held_out_recall(whitened, np.asarray(product_ids))
+            keep = n >= post.AUTO_MIN_HELD_OUT and after >= before + post.AUTO_MIN_GAIN
+            record["whitening_auto"] = {"held_out_images": n, "r1_raw": round(before, 4), "r1_whitened": round(after, 4),
+                                        "kept": keep}
+        if keep:
+            vectors = whitened
+            record["whitening"] = w.save(tmp)
     elif w_opts is not None:
         record["whitening_skipped"] = f"{len(vectors)} images; whitening needs at least {post.MIN_WHITENING_VECTORS}"
     if d_opts["k"] > 0:
@@ -213,7 +225,8 @@ def _quality_postprocess(tmp: Path, vectors: np.ndarray, product_ids: list[str],
     if calibrate:
         cal = calibrate_threshold(vectors, np.asarray(product_ids), query_expansion=q_opts["query_expansion"])
         if cal is not None:
-            manifest["score_threshold"] = round(cal.threshold, 6)
+            if cal.threshold is not None:
+                manifest["score_threshold"] = round(cal.threshold, 6)
             manifest["threshold_calibration"] = cal.to_dict()
     return vectors
 

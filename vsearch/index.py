@@ -41,10 +41,17 @@ CACHE_FILE = "cache.sqlite"
 GENERATION_PREFIX = "gen-"
 KEEP_OLD_GENERATIONS = 1  # the previous generation stays for readers that are mid-switch
 
-# Index-type selection. Exact search costs ~7 ms per query at 100k vectors on 2 cores and grows
-# linearly, so beyond FLAT_MAX an approximate index keeps single queries within model time.
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
-FLAT_MAX = 200_000
+# Index-type selection (measured in benchmarks/bench_ann.py and bench_query.py; see
+# benchmarks/results/speed.md). Exact search costs ~0.07 ms per 1,000 vectors and query on one
+# core (7 ms at 100k): beyond FLAT_MAX it would add more than ~1.5 ms to a ~21 ms bf16 query.
+# "auto" then picks HNSW: on the hard synthetic set (overlapping clusters) it kept recall@10
+# at 0.97-0.999 (efSearch 64-128, ~1 ms) where IVF managed 0.5-0.85 at any nprobe that fits
+# in 5 ms. Its price is build time (~10x IVF's on 2 cores) and ~2.3 KB per vector. "ivf"
+# (IVF with fp16 codes: ~1 KB per vector, builds in minutes at 1M) suits clustered real
+# catalogs and fast rebuilds; "ivfpq" (~80 B per vector) trades recall for memory.
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+FLAT_MAX = 20_000
+IVF_NPROBE_DIVISOR = 32  # nprobe = nlist / 32: ~3% of the lists are scanned per query
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
@@ -116,11 +123,26 @@ def faiss_factory_string(index_type: str, n_vectors: int, dim: int) -> str:
         return "Flat"
     if index_type == "hnsw":
         return f"HNSW{HNSW_M},Flat"
+    if index_type == "ivf":
+        return f"IVF{_ivf_lists(n_vectors)},SQfp16"
     if index_type == "ivfpq":
         nlist = int(max(1, min(65536, 4 * np.sqrt(max(n_vectors, 1)))))
         m = _pq_subquantizers(dim)
         return f"IVF{nlist},PQ{m}x8"
     raise ValueError(f"unknown index type {index_type!r}")
+
+
+def _ivf_lists(n_vectors: int) -> int:
+    """A power of two near 4*sqrt(n) lists, with at least ~39 training points each."""
+    target = 4 * np.sqrt(max(n_vectors, 1))
+    nlist = 1 << max(0, int(round(np.log2(target))))
+    while nlist > 1 and nlist * 39 > n_vectors:
+        nlist //= 2
+    return int(min(nlist, 65536))
+
+
+def ivf_nprobe(nlist: int) -> int:
+    return int(max(1, min(nlist, max(8, nlist // IVF_NPROBE_DIVISOR))))
 
 
 def _pq_subquantizers(dim: int) -> int:
@@ -145,15 +167,41 @@ def make_faiss_index(vectors: np.ndarray, index_type: str):
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
             train = vectors
-            if n > 256 * 1024:
+            cap = 256 * 1024
+            if index_type == "ivf":  # k-means needs ~40 points a list; more only costs build time
+                cap = min(cap, 64 * faiss.extract_index_ivf(index).nlist)
+            if n > cap:
                 rng = np.random.default_rng(0)
-                train = vectors[rng.choice(n, 256 * 1024, replace=False)]
+                train = vectors[np.sort(rng.choice(n, cap, replace=False))]
             index.train(train)
         if index_type == "ivfpq":
             faiss.extract_index_ivf(index).nprobe = 32
+        elif index_type == "ivf":
+            ivf = faiss.extract_index_ivf(index)
+            ivf.nprobe = ivf_nprobe(ivf.nlist)  # stored in the index file, used by every search
     if n:
         index.add(vectors)
     return index, factory
+
+
+def search_single_threaded(index, queries: np.ndarray, k: int, params=None):
+    """``index.search`` on one OpenMP thread when there is a single query.
+
+    One query is too little work to share: on a busy 2-core machine FAISS's thread team
+    waits on cores torch is using, and a 100k exact search took 26 ms on two threads vs
+    8 ms on one. The thread count is an OpenMP per-thread setting (shared with torch in
+    the calling thread only), so it is restored at once and other threads never see it.
+    """
+    import faiss
+
+    if len(queries) != 1:
+        return index.search(queries, k, params=params)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k, params=params)
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 # ---------------------------------------------------------------- writing a generation

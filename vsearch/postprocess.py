@@ -186,32 +186,39 @@ def product_score(image_scores: np.ndarray, mode: str = "max") -> float:
     raise ValueError(f"product scoring {mode!r} is not one of {', '.join(PRODUCT_SCORING)}")
 
 
-def describe(options: Mapping[str, Any]) -> str:
-    """Short, stable text form of a set of options (for reports and manifests)."""
-    return json.dumps(dict(options), sort_keys=True, separators=(",", ":"))
-
-
 # ---------------------------------------------------------------- defaults (decided by benchmarks/results/quality.md)
 
+# Off by default (benchmarks/results/quality.md): +0.02 R@1 on jumia (about one standard error),
+# -0.09 on grocery phone photos, and it blurs the "no close match" decision (jumia-d0 AUC of
+# in-catalog vs. unsold photos 0.98 -> 0.84). "auto" fits it and keeps it only when the
+# catalog's own held-out views (one image left out of each multi-image product) improve by
+# AUTO_MIN_GAIN R@1; a catalog of single-image products cannot tell, so it stays off there.
 DEFAULT_WHITENING: dict[str, Any] | None = None
+AUTO_MIN_HELD_OUT = 50
+AUTO_MIN_GAIN = 0.01
 DEFAULT_DBA: dict[str, Any] = {"k": 0}
 DEFAULT_QUERY: dict[str, Any] = {"tta": "none", "query_expansion": {"k": 0}, "product_scoring": "max"}
 
 
-def resolve_whitening(value: bool | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Build option -> fit_whitening keywords, or None for no whitening."""
+def resolve_whitening(value: bool | str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Build option -> fit_whitening keywords (+ "auto"), or None for no whitening.
+
+    None = the default ("auto"); True = always; False = never; "auto" or a dict with "auto": True =
+    keep it only if the catalog's held-out views say it helps."""
     if value is None:
         value = DEFAULT_WHITENING if DEFAULT_WHITENING is not None else False
     if value is False:
         return None
-    opts = {"power": 0.5, "shrinkage": 0.1, "components": None}
+    if value == "auto":
+        value = {"auto": True}
+    opts = {"power": 0.5, "shrinkage": 0.1, "components": None, "auto": False}
     if isinstance(value, Mapping):
         unknown = set(value) - set(opts)
         if unknown:
             raise ValueError(f"unknown whitening option(s) {sorted(unknown)}; accepted: {sorted(opts)}")
         opts.update(value)
-    elif DEFAULT_WHITENING:
-        opts.update(DEFAULT_WHITENING)
+    elif DEFAULT_WHITENING:  # True: the default parameters, always applied
+        opts.update({k: v for k, v in DEFAULT_WHITENING.items() if k != "auto"})
     return opts
 
 

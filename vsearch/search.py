@@ -419,7 +419,7 @@ class ProductIndex:
                 params = faiss.SearchParameters(sel=selector)
         elif isinstance(gen.faiss, faiss.IndexHNSW) and n > gen.faiss.hnsw.efSearch:
             params = faiss.SearchParametersHNSW(efSearch=n)
-        scores, vids = gen.faiss.search(query, n, params=params)
+        scores, vids = store.search_single_threaded(gen.faiss, query, n, params)
         return scores[0], vids[0]
 
     def _selector(self, gen: _Generation, filters: Mapping[str, Any] | None):
