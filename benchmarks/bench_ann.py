@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hnsw", action="store_true", help="also build HNSW32 (about 10x longer to build than IVF)")
     ap.add_argument("--flat", action="store_true", help="also time exact search (about 70-100 ms a query at 1M)")
     ap.add_argument("--nprobes", default="16,32,64,128,256")
+    ap.add_argument("--types", default="ivf,ivfpq", help="IVF-family indexes to build (default: ivf,ivfpq; '' for none)")
     args = ap.parse_args(argv)
+    types = {t.strip() for t in args.types.split(",") if t.strip()}
 
     t = time.perf_counter()
     if args.real:
@@ -189,21 +191,23 @@ def main(argv: list[str] | None = None) -> int:
         report("Flat (exact)", index, 0.0, [("-", None)])
         del index
 
-    t = time.perf_counter()
-    index, factory = store.make_faiss_index(vectors, "ivf")
-    build_s = time.perf_counter() - t
-    ivf = faiss.extract_index_ivf(index)
-    default = ivf.nprobe
-    probes = sorted({int(p) for p in args.nprobes.split(",")} | {default})
-    report(f"ivf: {factory}", index, build_s, [
-        (f"nprobe {p}{' (default)' if p == default else ''}", faiss.SearchParametersIVF(nprobe=p)) for p in probes])
-    del index
+    if "ivf" in types:
+        t = time.perf_counter()
+        index, factory = store.make_faiss_index(vectors, "ivf")
+        build_s = time.perf_counter() - t
+        ivf = faiss.extract_index_ivf(index)
+        default = ivf.nprobe
+        probes = sorted({int(p) for p in args.nprobes.split(",")} | {default})
+        report(f"ivf: {factory}", index, build_s, [
+            (f"nprobe {p}{' (default)' if p == default else ''}", faiss.SearchParametersIVF(nprobe=p)) for p in probes])
+        del index
 
-    t = time.perf_counter()
-    index, factory = store.make_faiss_index(vectors, "ivfpq")
-    build_s = time.perf_counter() - t
-    report(f"ivfpq: {factory}", index, build_s, [(f"nprobe {p}", faiss.SearchParametersIVF(nprobe=p)) for p in (32, 128)])
-    del index
+    if "ivfpq" in types:
+        t = time.perf_counter()
+        index, factory = store.make_faiss_index(vectors, "ivfpq")
+        build_s = time.perf_counter() - t
+        report(f"ivfpq: {factory}", index, build_s, [(f"nprobe {p}", faiss.SearchParametersIVF(nprobe=p)) for p in (32, 128)])
+        del index
 
     if args.hnsw:
         t = time.perf_counter()

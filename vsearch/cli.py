@@ -135,8 +135,8 @@ def add_quality_build(p: argparse.ArgumentParser) -> None:
     """Build-time retrieval-quality switches (defaults: the measured ones, see benchmarks/RESULTS.md)."""
     g = p.add_argument_group("retrieval quality (defaults chosen by measurement)")
     g.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
-                   help="PCA-whitening fitted on this catalog's vectors, stored in the index: --whiten always, --no-whiten "
-                   "never (default: auto = kept only if it finds the catalog's own held-out views better)")
+                   help="PCA-whitening fitted on this catalog's vectors, stored in the index (default: off; it lowered "
+                   "phone-photo recall and blurred the close-match threshold in benchmarks/RESULTS.md)")
     g.add_argument("--dba", type=int, default=None, metavar="K",
                    help="database-side augmentation with each image's K nearest catalog images (0 = off)")
     g.add_argument("--default-tta", default=None, choices=["none", "flip", "pad", "flip+pad"],

@@ -275,7 +275,7 @@ def model_identity(model: str = "clip", pretrained: str | None = None) -> ModelI
     from .embedders.clip import DEFAULT_CLIP_ARCH, DEFAULT_CLIP_PRETRAINED, parse_clip_spec
 
     spec = (model or "").strip()
-    if spec and spec not in ("efficientnet-lite0", "efficientnet_lite0", "test-tiny"):
+    if spec and spec.split(":", 1)[0] not in ("efficientnet-lite0", "efficientnet_lite0", "test-tiny"):
         arch, tag = parse_clip_spec(spec, pretrained)
         if not arch.startswith("hf-hub:"):
             return _clip_identity(arch, tag if tag is not None or arch != DEFAULT_CLIP_ARCH else DEFAULT_CLIP_PRETRAINED)

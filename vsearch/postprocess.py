@@ -203,8 +203,8 @@ DEFAULT_QUERY: dict[str, Any] = {"tta": "none", "query_expansion": {"k": 0}, "pr
 def resolve_whitening(value: bool | str | Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Build option -> fit_whitening keywords (+ "auto"), or None for no whitening.
 
-    None = the default ("auto"); True = always; False = never; "auto" or a dict with "auto": True =
-    keep it only if the catalog's held-out views say it helps."""
+    None = the default (DEFAULT_WHITENING: off); True = always; False = never; "auto" or a dict with
+    "auto": True = keep it only if the catalog's held-out views say it helps."""
     if value is None:
         value = DEFAULT_WHITENING if DEFAULT_WHITENING is not None else False
     if value is False:
