@@ -217,6 +217,31 @@ def test_effnet_finds_the_same_photo_across_crops_and_sizes(effnet, grace):
     assert min(same) > max(different) + 0.3
 
 
+def test_effnet_multilayer_read_out_adds_the_last_stage_and_still_retrieves(effnet, grace):
+    """":ml" appends the 320-d last-stage mean at weight 0.5; the head part is the plain vector."""
+    from vsearch.embedders.efficientnet import ML_WEIGHT, parse_efficientnet_spec
+
+    assert parse_efficientnet_spec("efficientnet-lite0:ml") == parse_efficientnet_spec("efficientnet-lite0:avg+ml")
+    assert parse_efficientnet_spec("efficientnet-lite0:gem-ms+ml")["multilayer"] is True
+    with pytest.raises(ModelError, match=r"\+ml"):
+        parse_efficientnet_spec("efficientnet-lite0:ml+gem")
+    ml = load_embedder("efficientnet-lite0:ml", precision="fp32")
+    assert (ml.dim, ml.spec) == (1600, "efficientnet-lite0:avg+ml")
+    assert load_embedder(ml.spec, precision="fp32").fingerprint == ml.fingerprint  # index reload round-trips
+    assert ml.fingerprint != effnet.fingerprint and ml.fingerprint.startswith(effnet.fingerprint)
+
+    w, h = grace.size
+    crop = grace.crop((w // 10, h // 12, w - w // 10, h - h // 20))
+    images = [grace, crop, drawn(7, size=(300, 300))]
+    v, plain = ml.embed_images(images), effnet.embed_images(images)
+    assert_unit_vectors(v, 3, 1600)
+    # the head part is the plain descriptor, scaled by the concatenation's norm
+    norm = float(np.sqrt(1 + ML_WEIGHT**2))
+    np.testing.assert_allclose(v[:, :1280] * norm, plain, atol=1e-4)
+    assert np.linalg.norm(v[:, 1280:], axis=1).min() > 0.4  # the stage part is really there
+    assert float(v[0] @ v[1]) > 0.8 and float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
+
+
 def test_bundled_weights_with_wrong_shapes_are_refused(tmp_path):
     import torch
 

@@ -33,6 +33,12 @@ TIMM_ARCH = "tf_efficientnet_lite0"
 POOLINGS = ("avg", "gem")
 GEM_P = 3.0
 MULTISCALE = (1.0, 0.7071)  # input scales of the multi-scale read-out (224 and 158 px)
+# Multi-layer read-out (":ml"): the average-pooled output of the last block stage (320 ch,
+# before the 1x1 head conv) joins the head descriptor at this weight. Of the stage sets and
+# weights measured (benchmarks/results/quality.md) it was the only one not to hurt either set.
+ML_STAGE = 6
+ML_DIM = 320
+ML_WEIGHT = 0.5
 INPUT_SIZE = 224
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -84,7 +90,8 @@ def load_efficientnet_lite0(weights: str | None = None):
 
 
 class EfficientNetEmbedder(TorchEmbedder):
-    """Pooled 1280-d features of the last EfficientNet-Lite0 feature map (image-only)."""
+    """Pooled 1280-d features of the last EfficientNet-Lite0 feature map (image-only);
+    multilayer=True appends the last block stage's 320-d mean (1600-d in all)."""
 
     supports_text = False
     # bf16 only on request: even with autocast (BatchNorm kept in fp32) vectors of photos
@@ -97,13 +104,15 @@ class EfficientNetEmbedder(TorchEmbedder):
     input_size = INPUT_SIZE
 
     def __init__(self, *, pooling: str = "avg", precision: str = "auto", weights: str | None = None,
-                 multiscale: bool = False):
+                 multiscale: bool = False, multilayer: bool = False):
         super().__init__()
         if pooling not in POOLINGS:
             raise ModelError(
                 f"pooling {pooling!r} for {EFFICIENTNET_NAME} is not known; use one of {', '.join(POOLINGS)}"
             )
         self.scales = MULTISCALE if multiscale else (1.0,)
+        self.multilayer = bool(multilayer)
+        self.dim = 1280 + (ML_DIM if self.multilayer else 0)
         import torchvision.transforms as T
 
         self.name = EFFICIENTNET_NAME
@@ -114,9 +123,10 @@ class EfficientNetEmbedder(TorchEmbedder):
         self._model = _precision.prepare_model(load_efficientnet_lite0(path), self.precision, self.bf16_mode)
         self.fingerprint = f"{EFFICIENTNET_NAME}:{file_sha256(path)[:16]}:{_RECIPE}:pool={pooling}" + (
             ":ms=" + ",".join(f"{s:g}" for s in self.scales) if multiscale else ""
-        )
+        ) + (f":ml=b{ML_STAGE}x{ML_WEIGHT:g}" if self.multilayer else "")
         # what load_embedder needs to rebuild exactly this read-out when an index is loaded
-        self.spec = EFFICIENTNET_NAME + ("" if pooling == "avg" and not multiscale else f":{pooling}") + ("-ms" if multiscale else "")
+        variant = pooling + ("-ms" if multiscale else "") + ("+ml" if self.multilayer else "")
+        self.spec = EFFICIENTNET_NAME + ("" if variant == "avg" else f":{variant}")
         self._tf = T.Compose(
             [
                 T.Resize(INPUT_SIZE, interpolation=T.InterpolationMode.BICUBIC),
@@ -136,7 +146,7 @@ class EfficientNetEmbedder(TorchEmbedder):
 
     def _encode_images(self, batch: "torch.Tensor") -> "torch.Tensor":
         if len(self.scales) == 1:
-            return self._pool(self._model.forward_features(batch))
+            return self._describe(batch)
         # Multi-scale: the sum of per-scale unit descriptors. The smaller scale sees the whole
         # product in fewer, larger receptive fields, which matches a phone photo taken from further away.
         import torch.nn.functional as F
@@ -148,9 +158,23 @@ class EfficientNetEmbedder(TorchEmbedder):
                 size = round(batch.shape[-1] * s)
                 x = F.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True,
                                   align_corners=False).to(batch.dtype)
-            v = F.normalize(self._pool(self._model.forward_features(x)), dim=-1)
+            v = F.normalize(self._describe(x), dim=-1)
             total = v if total is None else total + v
         return total
+
+    def _describe(self, x: "torch.Tensor") -> "torch.Tensor":
+        """One input size -> descriptor: the pooled head, plus the last stage's mean for ":ml"."""
+        if not self.multilayer:
+            return self._pool(self._model.forward_features(x))
+        import torch
+        import torch.nn.functional as F
+
+        m = self._model  # timm's forward_features, unrolled to keep the stage output
+        stage = m.blocks(m.bn1(m.conv_stem(x)))
+        head = self._pool(m.bn2(m.conv_head(stage)))
+        # stage outputs are linear (signed) bottlenecks: averaged whatever the head pooling
+        mid = stage.float().mean(dim=(2, 3))
+        return torch.cat([F.normalize(head, dim=-1), ML_WEIGHT * F.normalize(mid, dim=-1)], dim=-1)
 
     def _pool(self, fmap: "torch.Tensor") -> "torch.Tensor":
         fmap = fmap.float()  # pool in fp32 whatever the conv precision
@@ -173,15 +197,22 @@ class EfficientNetEmbedder(TorchEmbedder):
 
 
 def parse_efficientnet_spec(spec: str) -> dict:
-    """"efficientnet-lite0[:avg|gem][-ms]" -> EfficientNetEmbedder keywords (pooling, multiscale)."""
+    """"efficientnet-lite0[:avg|gem][-ms][+ml]" (or ":ml" for avg+ml) -> EfficientNetEmbedder
+    keywords (pooling, multiscale, multilayer)."""
     base, _, variant = spec.strip().partition(":")
     if base.replace("_", "-") != EFFICIENTNET_NAME:
         raise ModelError(f"{spec!r} is not an {EFFICIENTNET_NAME} model spec")
     variant = variant or "avg"
-    pooling, ms = (variant[:-3], True) if variant.endswith("-ms") else (variant, False)
+    rest = "avg+ml" if variant == "ml" else variant
+    rest, ml = (rest[:-3], True) if rest.endswith("+ml") else (rest, False)
+    pooling, ms = (rest[:-3], True) if rest.endswith("-ms") else (rest, False)
     if pooling not in POOLINGS:
         raise ModelError(
             f"model {spec!r}: read-out {variant!r} is not known; use {EFFICIENTNET_NAME}, "
-            f"{EFFICIENTNET_NAME}:gem, {EFFICIENTNET_NAME}:avg-ms or {EFFICIENTNET_NAME}:gem-ms"
+            f"{EFFICIENTNET_NAME}:gem, {EFFICIENTNET_NAME}:avg-ms or {EFFICIENTNET_NAME}:gem-ms, "
+            f"optionally followed by +ml (multi-layer), e.g. {EFFICIENTNET_NAME}:avg+ml"
         )
-    return {"pooling": pooling, "multiscale": ms}
+    out = {"pooling": pooling, "multiscale": ms}
+    if ml:  # only when asked, so callers built for the older keywords keep working
+        out["multilayer"] = True
+    return out
