@@ -292,23 +292,12 @@ def model_identity(model: str = "clip", pretrained: str | None = None) -> ModelI
 def _clip_identity(arch: str, pretrained: str | None) -> ModelIdentity:
     import open_clip
 
-    from .embedders.base import file_sha256
+    from .embedders.clip import weights_identity
 
     if pretrained is None:
         raise ModelError(f"model {arch} needs weights: name them with --pretrained (a tag or a checkpoint file)")
     cfg = open_clip.get_model_config(arch)
     if not cfg or "embed_dim" not in cfg:
         raise ModelError(f"open_clip has no config for {arch}")
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    if pretrained in tags:
-        name, fingerprint = f"clip:{arch}/{pretrained}", f"open_clip:{arch}:{pretrained}"
-    elif os.path.isfile(os.path.expanduser(pretrained)):
-        checkpoint = os.path.abspath(os.path.expanduser(pretrained))
-        name = f"clip:{arch}/{checkpoint}"
-        fingerprint = f"open_clip:{arch}:sha256-{file_sha256(checkpoint)[:16]}"
-    else:
-        raise ModelError(
-            f"pretrained {pretrained!r} for model {arch} is neither a known tag nor an existing checkpoint file; "
-            f"tags for {arch}: {', '.join(tags) or '(none)'}"
-        )
+    name, fingerprint, _ = weights_identity(arch, pretrained, open_clip.list_pretrained_tags_by_model(arch))
     return ModelIdentity(name=name, spec=name, pretrained=None, fingerprint=fingerprint, dim=int(cfg["embed_dim"]), supports_text=True)

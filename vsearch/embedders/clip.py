@@ -141,20 +141,10 @@ def _load_builtin(arch: str, pretrained: str | None, precision: str) -> ClipEmbe
             )
         pretrained = DEFAULT_CLIP_PRETRAINED
 
-    pcfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained in tags else {}
-    if pcfg:
-        name = f"clip:{arch}/{pretrained}"
-        fingerprint = f"open_clip:{arch}:{pretrained}"
+    name, fingerprint, checkpoint = weights_identity(arch, pretrained, tags)
+    pcfg = open_clip.get_pretrained_cfg(arch, pretrained) if checkpoint is None else {}
+    if checkpoint is None:
         checkpoint = _tag_checkpoint(arch, pretrained, pcfg)
-    elif os.path.isfile(os.path.expanduser(pretrained)):
-        checkpoint = os.path.abspath(os.path.expanduser(pretrained))
-        name = f"clip:{arch}/{checkpoint}"
-        fingerprint = f"open_clip:{arch}:sha256-{file_sha256(checkpoint)[:16]}"
-    else:
-        raise ModelError(
-            f"pretrained {pretrained!r} for model {arch} is neither a known tag nor an existing checkpoint file; "
-            f"tags for {arch}: {', '.join(tags) or '(none)'}; or pass a path to a .bin/.pt/.safetensors checkpoint"
-        )
 
     # A tag's preprocessing (mean/std, interpolation, resize mode) travels with the weights.
     preprocess = {f"image_{k}": pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if pcfg.get(k)}
@@ -166,6 +156,24 @@ def _load_builtin(arch: str, pretrained: str | None, precision: str) -> ClipEmbe
         name=name,
         fingerprint=fingerprint,
         precision=precision,
+    )
+
+
+def weights_identity(arch: str, pretrained: str, tags: list[str]) -> tuple[str, str, str | None]:
+    """(name, fingerprint, checkpoint path or None for a tag) of open_clip weights, without loading them.
+
+    Shared by model loading and ``--embeddings`` imports, so an imported index and the model that
+    later answers its queries always agree on the fingerprint.
+    """
+    if pretrained in tags:
+        return f"clip:{arch}/{pretrained}", f"open_clip:{arch}:{pretrained}", None
+    path = os.path.expanduser(pretrained)
+    if os.path.isfile(path):
+        checkpoint = os.path.abspath(path)
+        return f"clip:{arch}/{checkpoint}", f"open_clip:{arch}:sha256-{file_sha256(checkpoint)[:16]}", checkpoint
+    raise ModelError(
+        f"pretrained {pretrained!r} for model {arch} is neither a known tag nor an existing checkpoint file; "
+        f"tags for {arch}: {', '.join(tags) or '(none)'}; or pass a path to a .bin/.pt/.safetensors checkpoint"
     )
 
 
