@@ -159,15 +159,20 @@ def add_quality_query(p: argparse.ArgumentParser) -> None:
                    help="product score from its images: best one, mean of all, or mean of the best two")
 
 
-def _query_options(args: argparse.Namespace) -> dict:
+def _query_settings(tta: str | None, qe: int | None, product_scoring: str | None) -> dict:
+    """Query-side retrieval options that were given (None = leave to the index's defaults)."""
     opts: dict = {}
-    if args.tta is not None:
-        opts["tta"] = args.tta
-    if args.qe is not None:
-        opts["query_expansion"] = {"k": args.qe}
-    if args.product_scoring is not None:
-        opts["product_scoring"] = args.product_scoring
+    if tta is not None:
+        opts["tta"] = tta
+    if qe is not None:
+        opts["query_expansion"] = {"k": qe}
+    if product_scoring is not None:
+        opts["product_scoring"] = product_scoring
     return opts
+
+
+def _query_options(args: argparse.Namespace) -> dict:
+    return _query_settings(args.tta, args.qe, args.product_scoring)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,13 +243,7 @@ def _quality_build_options(args: argparse.Namespace) -> dict:
     opts: dict = {"whitening": args.whiten, "calibrate_threshold": not args.no_threshold}
     if args.dba is not None:
         opts["dba"] = {"k": args.dba}
-    query = {}
-    if args.default_tta is not None:
-        query["tta"] = args.default_tta
-    if args.default_qe is not None:
-        query["query_expansion"] = {"k": args.default_qe}
-    if args.default_product_scoring is not None:
-        query["product_scoring"] = args.default_product_scoring
+    query = _query_settings(args.default_tta, args.default_qe, args.default_product_scoring)
     if query:
         opts["query_defaults"] = query
     return opts
