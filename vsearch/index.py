@@ -42,7 +42,7 @@ GENERATION_PREFIX = "gen-"
 KEEP_OLD_GENERATIONS = 1  # the previous generation stays for readers that are mid-switch
 
 # Index-type selection (measured in benchmarks/bench_ann.py and bench_query.py; see
-# benchmarks/results/speed.md). Exact search costs ~0.07 ms per 1,000 vectors and query on one
+# benchmarks/RESULTS.md). Exact search costs ~0.07 ms per 1,000 vectors and query on one
 # core (7 ms at 100k): beyond FLAT_MAX it would add more than ~1.5 ms to a ~21 ms bf16 query.
 # "auto" then picks HNSW: on the hard synthetic set (overlapping clusters) it kept recall@10
 # at 0.97-0.999 (efSearch 64-128, ~1 ms) where IVF managed 0.5-0.85 at any nprobe that fits

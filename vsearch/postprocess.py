@@ -186,9 +186,9 @@ def product_score(image_scores: np.ndarray, mode: str = "max") -> float:
     raise ValueError(f"product scoring {mode!r} is not one of {', '.join(PRODUCT_SCORING)}")
 
 
-# ---------------------------------------------------------------- defaults (decided by benchmarks/results/quality.md)
+# ---------------------------------------------------------------- defaults (decided by benchmarks/RESULTS.md)
 
-# Off by default (benchmarks/results/quality.md): +0.02 R@1 on jumia (about one standard error),
+# Off by default (benchmarks/RESULTS.md): +0.02 R@1 on jumia (about one standard error),
 # -0.09 on grocery phone photos, and it blurs the "no close match" decision (jumia-d0 AUC of
 # in-catalog vs. unsold photos 0.98 -> 0.84). "auto" fits it and keeps it only when the
 # catalog's own held-out views (one image left out of each multi-image product) improve by

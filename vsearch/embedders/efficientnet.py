@@ -35,7 +35,7 @@ GEM_P = 3.0
 MULTISCALE = (1.0, 0.7071)  # input scales of the multi-scale read-out (224 and 158 px)
 # Multi-layer read-out (":ml"): the average-pooled output of the last block stage (320 ch,
 # before the 1x1 head conv) joins the head descriptor at this weight. Of the stage sets and
-# weights measured (benchmarks/results/quality.md) it was the only one not to hurt either set.
+# weights measured (benchmarks/RESULTS.md) it was the only one not to hurt either set.
 ML_STAGE = 6
 ML_DIM = 320
 ML_WEIGHT = 0.5
