@@ -35,6 +35,16 @@ def sample_index(root: Path) -> tuple[Path, list[Path]]:
     return root / "index", queries
 
 
+def index_and_queries(index: Path | None, queries: Path | None, tmp: Path) -> tuple[Path, list[Path]]:
+    """The index to serve and its query photos: the ones given, or the sample catalog built in tmp."""
+    if index is None:
+        print("building the sample index (efficientnet-lite0) ...", flush=True)
+        return sample_index(tmp)
+    if queries is None:
+        raise SystemExit("--index needs --queries (a folder of .jpg query photos)")
+    return index, sorted(queries.glob("*.jpg"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,11 +64,7 @@ def main() -> int:
     from vsearch.ui import create_app, launch_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.index:
-            index_dir, queries = args.index, sorted(args.queries.glob("*.jpg"))
-        else:
-            print("building the sample index (efficientnet-lite0) ...", flush=True)
-            index_dir, queries = sample_index(Path(tmp))
+        index_dir, queries = index_and_queries(args.index, args.queries, Path(tmp))
         index = ProductIndex.load(index_dir)
         app = create_app(index)
         url = launch_app(app, index, port=free_port())

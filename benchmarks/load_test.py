@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_api_latency import free_port, pct, sample_index  # noqa: E402
+from bench_api_latency import free_port, index_and_queries, pct  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -44,11 +44,7 @@ def main() -> int:
     from vsearch.ui import create_app, launch_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.index:
-            index_dir, queries = args.index, sorted(args.queries.glob("*.jpg"))
-        else:
-            print("building the sample index (efficientnet-lite0) ...", flush=True)
-            index_dir, queries = sample_index(Path(tmp))
+        index_dir, queries = index_and_queries(args.index, args.queries, Path(tmp))
         bad = Path(tmp) / "not-an-image.txt"
         bad.write_text("load test: every 10th request is a bad upload")
         index = ProductIndex.load(index_dir)
