@@ -51,6 +51,14 @@ class QueryResult:
     latency_ms: float
     confident: bool = True  # the top hit was above the index's close-match threshold
 
+    @classmethod
+    def from_hits(cls, image: str, expected: tuple[str, ...], category: str, hits: list, latency_ms: float) -> QueryResult:
+        """The record of one answered query, ranked by product."""
+        ranked = tuple(h.product_id for h in hits)
+        return cls(image=image, expected=expected, category=category, ranked=ranked,
+                   scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, expected),
+                   latency_ms=latency_ms, confident=bool(hits and hits[0].confident))
+
     @property
     def top(self) -> str:
         return self.ranked[0] if self.ranked else ""
@@ -206,12 +214,7 @@ def evaluate(index: ProductIndex, queries: Sequence[Query] | str | Path, *, k: i
         except ImageError as e:
             skipped.append(f"row {q.row}: {e}")
             continue
-        ranked = tuple(h.product_id for h in hits)
-        results.append(QueryResult(
-            image=q.image, expected=q.expected, category=q.category or cat_of.get(q.expected[0], ""), ranked=ranked,
-            scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, q.expected), latency_ms=ms,
-            confident=bool(hits and hits[0].confident),
-        ))
+        results.append(QueryResult.from_hits(q.image, q.expected, q.category or cat_of.get(q.expected[0], ""), hits, ms))
         if progress is not None:
             progress(done, len(labelled))
     return summarize(results, k, skipped=skipped, options=search_options)
@@ -266,12 +269,7 @@ def self_test(index: ProductIndex, *, k: int = 10, max_queries: int = SELF_TEST_
         except ImageError as e:
             skipped.append(f"{source}: {e}")
             continue
-        ranked = tuple(h.product_id for h in hits)
-        results.append(QueryResult(
-            image=source, expected=(pid,), category="held-out view" if held_out else "augmented copy", ranked=ranked,
-            scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, (pid,)), latency_ms=ms,
-            confident=bool(hits and hits[0].confident),
-        ))
+        results.append(QueryResult.from_hits(source, (pid,), "held-out view" if held_out else "augmented copy", hits, ms))
         if progress is not None:
             progress(done, len(picked))
     return summarize(results, k, skipped=skipped, options={"self_test": True, **search_options})
