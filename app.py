@@ -26,7 +26,7 @@ def build_sample(index_dir: Path, model: str | None, pretrained: str | None) -> 
     from vsearch.build import build_index
     from vsearch.embedders import load_embedder
     from vsearch.errors import ModelUnavailableError
-    from vsearch.sample import write_sample_catalog, write_sample_queries
+    from vsearch.demo import write_sample_catalog, write_sample_queries
 
     print(f"vsearch: no index in {index_dir}; writing the sample catalog to {SAMPLE_DIR} ...", flush=True)
     csv = write_sample_catalog(SAMPLE_DIR)
@@ -52,7 +52,7 @@ def build_sample(index_dir: Path, model: str | None, pretrained: str | None) -> 
 
 
 def main() -> int:
-    from vsearch import index as store
+    from vsearch import store
     from vsearch.errors import VsearchError
     from vsearch.ui import serve
 
@@ -78,7 +78,7 @@ def main() -> int:
 
 
 def _model_name(index_dir: Path) -> str:
-    from vsearch import index as store
+    from vsearch import store
 
     manifest = store.read_manifest(index_dir / store.read_current(index_dir))
     return manifest.get("model", {}).get("name", "")
@@ -86,7 +86,7 @@ def _model_name(index_dir: Path) -> str:
 
 def _is_sample(index_dir: Path) -> bool:
     """True when the served index was built from the bundled sample catalog (so its photos make sense)."""
-    from vsearch import index as store
+    from vsearch import store
 
     manifest = store.read_manifest(index_dir / store.read_current(index_dir))
     catalog = str(manifest.get("catalog", ""))

@@ -11,7 +11,7 @@ while the best of a million unrelated points reaches ~0.2, so neighbour lists mi
 well-separated clusters would make every ANN look perfect. Queries are fresh points from the
 same clusters. Data and exact ground truth are cached under /tmp/vsearch-bench-ann (reused).
 
-Each configuration is built the way vsearch builds it (``vsearch.index.make_faiss_index``
+Each configuration is built the way vsearch builds it (``vsearch.store.make_faiss_index``
 for the types vsearch offers) and timed with one FAISS thread per query, as ProductIndex
 searches. Memory per vector = the index file size / n.
 """
@@ -146,7 +146,7 @@ def file_bytes(index) -> int:
 def main(argv: list[str] | None = None) -> int:
     import faiss
 
-    from vsearch import index as store
+    from vsearch import store
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)

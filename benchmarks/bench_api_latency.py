@@ -27,7 +27,7 @@ def pct(values: list[float], q: float) -> float:
 
 def sample_index(root: Path) -> tuple[Path, list[Path]]:
     from vsearch.build import build_index
-    from vsearch.sample import write_sample_catalog, write_sample_queries
+    from vsearch.demo import write_sample_catalog, write_sample_queries
 
     csv = write_sample_catalog(root / "catalog")
     queries = [p for p, _ in write_sample_queries(root / "queries", csv)]

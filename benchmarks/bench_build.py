@@ -105,7 +105,7 @@ def index_vectors(index_dir: Path) -> np.ndarray:
     """
     import sqlite3
 
-    from vsearch import index as store
+    from vsearch import store
 
     gen = index_dir / store.read_current(index_dir)
     db = sqlite3.connect(gen / store.PRODUCTS_FILE)

@@ -3,7 +3,7 @@
 Step 1 (slow, cached): benchmarks/quality_features.py embeds every photo once per read-out
 (avg / GeM pooling, scale 1 and 1/sqrt 2, flipped and padded query views) into npy files.
 Step 2 (this script, seconds): every technique is evaluated on those vectors with the same
-functions the product uses (vsearch.postprocess, vsearch.evaluate metrics), one switch at a
+functions the product uses (vsearch.transforms, vsearch.metrics), one switch at a
 time and then in combination, on jumia (held-out views) and grocery val. Grocery test is
 only evaluated with --final, once, with the chosen defaults.
 Step 3 (--end-to-end): builds real indexes with the chosen defaults and runs vsearch's own
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from vsearch import postprocess as post
-from vsearch.evaluate import mean_reciprocal_rank, recall_at
+from vsearch import transforms as post
+from vsearch.metrics import mean_reciprocal_rank, recall_at
 
 SETS = Path("/tmp/vsearch-eval")
 

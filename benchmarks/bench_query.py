@@ -48,7 +48,7 @@ def phone_photos(n: int) -> list[Path]:
 
 
 def build(n: int, index_type: str, checkpoint: Path) -> Path:
-    from vsearch import index as store
+    from vsearch import store
     from vsearch.build import build_index
 
     index_dir = WORK / f"index-{n}-{store.choose_index_type(n, index_type)}"  # cached per resolved type

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import SETS, EvalSet, Features, eval_sets, product_scores  # noqa: E402
 from quality_features import group_paths  # noqa: E402
 
-from vsearch.evaluate import recall_at  # noqa: E402
+from vsearch.metrics import recall_at  # noqa: E402
 
 ORDER = ["grocery_iconic", "grocery_val", "jumia_queries", "jumia_catalog", "abo"]
 STAGES = (1, 2, 3, 4, 5, 6)  # timm block stages: 24, 40, 80, 112, 192, 320 channels

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import FakeEmbedder, draw_product, write_catalog
-from vsearch import index as store
+from vsearch import store
 from vsearch.build import build_index
 from vsearch.errors import CatalogError, IndexFormatError, ModelMismatchError, VsearchError
 from vsearch.search import ProductIndex

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vsearch.build import build_index
-from vsearch.sample import write_sample_catalog, write_sample_queries
+from vsearch.demo import write_sample_catalog, write_sample_queries
 from vsearch.search import ProductIndex
 
 

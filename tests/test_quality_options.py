@@ -7,7 +7,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import FakeEmbedder, draw_product, write_catalog
-from vsearch import postprocess as post
+from vsearch import transforms as post
+from vsearch.query_options import product_score
 from vsearch.build import build_index
 from vsearch.errors import ModelError, VsearchError
 from vsearch.search import ProductIndex
@@ -72,12 +73,12 @@ def test_query_expansion_moves_the_query_towards_its_matches():
 
 def test_product_score_modes():
     s = np.array([0.2, 0.9, 0.5])
-    assert post.product_score(s, "max") == pytest.approx(0.9)
-    assert post.product_score(s, "mean") == pytest.approx(1.6 / 3)
-    assert post.product_score(s, "top2") == pytest.approx(0.7)
-    assert post.product_score(np.array([0.4]), "top2") == pytest.approx(0.4)
+    assert product_score(s, "max") == pytest.approx(0.9)
+    assert product_score(s, "mean") == pytest.approx(1.6 / 3)
+    assert product_score(s, "top2") == pytest.approx(0.7)
+    assert product_score(np.array([0.4]), "top2") == pytest.approx(0.4)
     with pytest.raises(ValueError, match="max, mean, top2"):
-        post.product_score(s, "median")
+        product_score(s, "median")
 
 
 def _vector_shop(tmp_path, vectors, pids):

@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_python_quickstart_runs_as_written(tmp_path, monkeypatch, capsys):
-    from vsearch.sample import write_sample_catalog, write_sample_queries
+    from vsearch.demo import write_sample_catalog, write_sample_queries
 
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
     quickstart = next(b for b in blocks if "build_index(" in b and "ProductIndex.load" in b)

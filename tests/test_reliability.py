@@ -23,7 +23,7 @@ from PIL import Image
 
 from conftest import FakeEmbedder
 from vsearch import cli
-from vsearch import index as store
+from vsearch import store
 from vsearch.build import build_index
 from vsearch.cache import EmbeddingCache
 from vsearch.errors import VsearchError

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from vsearch.errors import CatalogError
-from vsearch.sample import SAMPLE_COLUMNS, write_sample_catalog, write_sample_queries
+from vsearch.demo import SAMPLE_COLUMNS, write_sample_catalog, write_sample_queries
 
 
 def _rows(csv_path: Path) -> list[dict[str, str]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vsearch import index as store
+from vsearch import store
 from vsearch.build import build_index
 from vsearch.catalog import read_catalog
 from vsearch.cli import main

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import index as store
+from . import store
 from .cache import EmbeddingCache
 from .catalog import Catalog, CatalogRow, RowProblem, read_catalog
 from .errors import CatalogError, ImageError, VsearchError
@@ -107,7 +107,7 @@ def build_index(
     With ``embeddings`` (a .npy / Parquet file, see ``vsearch.embeddings_io``) no image is read
     and no model runs: ``model``/``pretrained`` only name the model the vectors came from.
 
-    Retrieval-quality options (None = the measured defaults in ``vsearch.postprocess``):
+    Retrieval-quality options (None = the measured defaults in ``vsearch.transforms`` and ``vsearch.query_options``):
     ``whitening`` - PCA-whitening fitted on this catalog's vectors (True/False or
     {"power", "shrinkage", "components"}); ``dba`` - database-side augmentation {"k", "alpha"}
     ({"k": 0} = off); ``query_defaults`` - what searches use unless told otherwise ("tta",
@@ -192,12 +192,13 @@ def _quality_postprocess(tmp: Path, vectors: np.ndarray, product_ids: list[str],
     """Whitening and DBA on the catalog vectors (stored beside the index), query defaults and
     the close-match threshold, all recorded in the manifest. Returns the vectors to index;
     the embedding cache keeps the raw model vectors, so changing these options re-embeds nothing."""
-    from . import postprocess as post
-    from .evaluate import calibrate_threshold
+    from . import transforms as post
+    from .calibration import calibrate_threshold, held_out_recall
+    from .query_options import resolve_query_defaults
 
     w_opts = post.resolve_whitening(whitening)
     d_opts = post.resolve_dba(dba)
-    q_opts = post.resolve_query_defaults(query_defaults)
+    q_opts = resolve_query_defaults(query_defaults)
     record: dict[str, Any] = {"whitening": None, "dba": None}
     auto = w_opts is not None and w_opts.pop("auto", False)
     if w_opts is not None and len(vectors) >= post.MIN_WHITENING_VECTORS:
@@ -205,8 +206,6 @@ def _quality_postprocess(tmp: Path, vectors: np.ndarray, product_ids: list[str],
         whitened = w.apply(vectors)
         keep = True
         if auto:  # keep it only if it measurably helps this catalog's own held-out views
-            from .evaluate import held_out_recall
-
             before, n = held_out_recall(vectors, np.asarray(product_ids))
             after, _ = held_out_recall(whitened, np.asarray(product_ids))
             keep = n >= post.AUTO_MIN_HELD_OUT and after >= before + post.AUTO_MIN_GAIN

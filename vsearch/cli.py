@@ -288,7 +288,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import index as store
+    from . import store
 
     index_dir = Path(args.index)
     name = store.read_current(index_dir)

@@ -8,16 +8,18 @@ dataclasses; the CLI only prints them.
 from __future__ import annotations
 
 import csv
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import numpy as np
 
+from .calibration import (  # noqa: F401  (re-exported: evaluate was their home before)
+    DUPLICATE_SCORE, MIN_POSITIVES, POSITIVE_QUANTILE, ThresholdCalibration, calibrate_threshold, held_out_recall,
+)
 from .errors import CatalogError, ImageError, VsearchError
+from .metrics import first_correct_rank, mean_reciprocal_rank, percentile, recall_at  # noqa: F401
 
 if TYPE_CHECKING:
     from .search import ProductIndex
@@ -99,37 +101,6 @@ def _result_dict(r: QueryResult) -> dict[str, Any]:
     d["ranked"] = list(r.ranked)
     d["scores"] = [round(s, 6) for s in r.scores]
     return d
-
-
-# ---------------------------------------------------------------- metrics
-
-
-def first_correct_rank(ranked: Sequence[str], expected: Iterable[str]) -> int | None:
-    """1-based rank of the first acceptable product in a ranking, None when absent."""
-    wanted = set(expected)
-    for i, pid in enumerate(ranked, start=1):
-        if pid in wanted:
-            return i
-    return None
-
-
-def recall_at(ranks: Sequence[int | None], k: int) -> float:
-    """Share of queries whose first correct product is within the top k."""
-    if not ranks:
-        return 0.0
-    return sum(1 for r in ranks if r is not None and r <= k) / len(ranks)
-
-
-def mean_reciprocal_rank(ranks: Sequence[int | None]) -> float:
-    """Mean of 1/rank (0 for queries with no correct product in the list)."""
-    if not ranks:
-        return 0.0
-    return sum(1.0 / r for r in ranks if r is not None) / len(ranks)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); 0 for no values."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else 0.0
 
 
 def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] = (),
@@ -291,81 +262,6 @@ def augment(image, *, seed: int = 0):
     return ImageEnhance.Color(out).enhance(rng.uniform(0.8, 1.2))
 
 
-# ---------------------------------------------------------------- "no close match" threshold
-
-
-@dataclass(frozen=True)
-class ThresholdCalibration:
-    """A close-match threshold learned from the catalog's own score distribution."""
-
-    threshold: float | None  # None: the catalog cannot tell (no multi-image products); every hit stays confident
-    method: str
-    positives: int
-    negatives: int
-    positive_median: float
-    negative_median: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) and not math.isnan(v) else v) for k, v in asdict(self).items()}
-
-
-MIN_POSITIVES = 20
-POSITIVE_QUANTILE = 0.10
-DUPLICATE_SCORE = 0.999  # byte-identical or re-encoded copies say nothing about "the same product"
-
-
-def calibrate_threshold(vectors: np.ndarray, product_of_image: np.ndarray, *, sample: int = 1000, seed: int = 0,
-                        query_expansion: Mapping[str, Any] | None = None) -> ThresholdCalibration | None:
-    """A "close match" threshold from the index's own vectors (as stored: after whitening/DBA).
-
-    For sampled images of multi-image products, with the image itself removed, the best score of
-    another image of the same product is how well a *new photo of a sold product* scores; the
-    threshold is its 10th percentile, so ~90 % of such photos are called confident. (Measured on
-    jumia: "nearest other product" scores are no lower than same-product scores - neighbours are
-    similar products of the same kind - so a threshold between the two, e.g. Youden's J, is
-    degenerate; photos of things the shop does not sell score far lower than either.)
-    Catalogs without >= 20 multi-image products get threshold None: nothing to learn from.
-    """
-    from .postprocess import nearest, query_expand
-
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    product_of_image = np.asarray(product_of_image)
-    n = len(vectors)
-    if n < 3 or len(np.unique(product_of_image)) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    _, inverse = np.unique(product_of_image, return_inverse=True)
-    multi = np.flatnonzero(np.bincount(inverse)[inverse] >= 2)
-    pool = multi if len(multi) else np.arange(n)
-    picked = rng.choice(pool, size=min(sample, len(pool)), replace=False)
-    scores, ids = nearest(vectors[picked], vectors, min(n, 64))
-    qe = dict(query_expansion or {})
-    positives, negatives = [], []
-    for row, vid in enumerate(picked):
-        keep = (ids[row] != vid) & (ids[row] >= 0)
-        s, i = scores[row][keep], ids[row][keep]
-        if qe.get("k", 0) > 0 and len(i):
-            m = int(qe["k"])
-            q = query_expand(vectors[vid], vectors[i[:m]], s[:m], alpha=float(qe.get("alpha", 3.0)))
-            s = vectors[i] @ q
-            order = np.argsort(-s)
-            s, i = s[order], i[order]
-        useful = s < DUPLICATE_SCORE
-        s, i = s[useful], i[useful]
-        same = inverse[i] == inverse[vid]
-        if same.any():
-            positives.append(float(s[same][0]))
-        if (~same).any():
-            negatives.append(float(s[~same][0]))
-    neg_median = float(np.median(negatives)) if negatives else math.nan
-    if len(positives) < MIN_POSITIVES:
-        return ThresholdCalibration(None, "none: fewer than 20 multi-image products", len(positives), len(negatives),
-                                    float(np.median(positives)) if positives else math.nan, neg_median)
-    pos = np.asarray(positives)
-    return ThresholdCalibration(float(np.quantile(pos, POSITIVE_QUANTILE)), "held-out-view-quantile", len(pos),
-                                len(negatives), float(np.median(pos)), neg_median)
-
-
 @dataclass(frozen=True)
 class ConfidenceReport:
     """How well hit.confident separates sold products from unsold ones."""
@@ -408,20 +304,3 @@ def run_queries(index: ProductIndex, queries: Sequence[Query], *, k: int = 10, *
                                scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, q.expected),
                                latency_ms=ms, confident=bool(hits and hits[0].confident)))
     return out
-
-
-def held_out_recall(vectors: np.ndarray, product_of_image: np.ndarray, *, sample: int = 1000, seed: int = 0) -> tuple[float, int]:
-    """(R@1, n) of leave-one-image-out retrieval on stored vectors: each sampled image of a
-    multi-image product, with itself removed, must rank its own product first (max over images).
-    The cheap, label-free signal build uses to decide per catalog whether whitening helps."""
-    from .postprocess import nearest
-
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    _, inverse = np.unique(np.asarray(product_of_image), return_inverse=True)
-    multi = np.flatnonzero(np.bincount(inverse)[inverse] >= 2)
-    if len(multi) == 0:
-        return 0.0, 0
-    picked = np.random.default_rng(seed).choice(multi, size=min(sample, len(multi)), replace=False)
-    _, ids = nearest(vectors[picked], vectors, 2)
-    top = np.where(ids[:, 0] == picked, ids[:, 1], ids[:, 0])
-    return float(np.mean(inverse[top] == inverse[picked])), len(picked)

@@ -15,17 +15,15 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from . import index as store
+from . import store
 from .errors import IndexFormatError, ModelError, ModelMismatchError, VsearchError
+from .query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
 
 if TYPE_CHECKING:
     from .embedders import Embedder
     from .images import ImageSource
 
 MAX_K = 1000
-TTA_MODES = ("none", "flip", "pad", "flip+pad")
-# Query-side options when neither the caller nor the index manifest ("query_defaults") says otherwise.
-QUERY_DEFAULTS: dict[str, Any] = {"tta": "none", "query_expansion": {"k": 0}, "product_scoring": "max"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ class _Generation:
         post = self.manifest.get("postprocess") or {}
         self.whitening = None
         if post.get("whitening"):
-            from .postprocess import Whitening
+            from .transforms import Whitening
 
             self.whitening = Whitening.load(path, post["whitening"])
         self._vectors: np.ndarray | None = None
@@ -128,14 +126,6 @@ class ProductIndex:
     def load(cls, index_dir: str | Path, embedder: Embedder | None = None, **kwargs) -> ProductIndex:
         """Load an index and the model it was built with (or check that ``embedder`` is that model)."""
         return cls(index_dir, embedder, **kwargs)
-
-    @classmethod
-    def build(cls, catalog: str | Path, index_dir: str | Path, **kwargs) -> ProductIndex:
-        """Build (or incrementally update) an index from a catalog and return it loaded."""
-        from .build import build_index
-
-        report = build_index(catalog, index_dir, **kwargs)
-        return cls(index_dir, report.embedder)
 
     def _load_model(self, model: str | None, pretrained: str | None, precision: str) -> Embedder:
         from .embedders import load_embedder
@@ -341,7 +331,7 @@ class ProductIndex:
                       exclude_images: Sequence[int] = ()) -> list[Hit]:
         """Ranked products for an already embedded, L2-normalised query vector (model space;
         the index's whitening, if any, is applied here)."""
-        from .postprocess import PRODUCT_SCORING, query_expand
+        from .transforms import query_expand
 
         if not 1 <= int(k) <= MAX_K:
             raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
@@ -391,8 +381,6 @@ class ProductIndex:
     def _rescore(gen: _Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
                  excluded: np.ndarray) -> list[tuple[int, float, list[int]]]:
         """Score each candidate product from *all* its images (mean / top-2), not only its best one."""
-        from .postprocess import product_score
-
         vectors = gen.vectors()
         out = []
         for pid, score, vids in best:

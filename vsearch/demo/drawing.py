@@ -1,27 +1,20 @@
-"""A generated sample catalog and shopper photos, so a fresh machine has something to search.
+"""Drawn sample products for the demo: recognisable objects (mugs, t-shirts, sneakers ...) in
+distinct colours, patterns and shapes, rendered with Pillow, and their studio packshots.
 
-Nothing may be downloaded and no real photos ship with the project, so the bundled demo
-draws its own products with Pillow: recognisable objects (mugs, t-shirts, sneakers ...)
-in distinct colours, patterns and shapes, as clean packshots for the catalog and as
-cluttered, tilted, noisy "phone photos" for queries. Everything is deterministic from a
-seed, so a rebuilt demo index is byte-for-byte the same input.
+Nothing may be downloaded and no real photos ship with the project, so the bundled demo draws its
+own products. Everything is deterministic from a seed.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from vsearch.errors import CatalogError
-
-__all__ = ["write_sample_catalog", "write_sample_queries", "SAMPLE_COLUMNS"]
+from vsearch.shopper_photos import ACCENTS as _ACCENTS, PALETTE as _PALETTE, Color, fit as _fit, shade as _shade
 
 SAMPLE_COLUMNS = ("product_id", "image", "title", "category", "price", "url", "brand", "color")
 _SIDECAR = "sample_catalog.json"
@@ -30,33 +23,7 @@ _DEFAULT_N_PRODUCTS = 60
 _DEFAULT_SEED = 0
 _R = 640  # products are drawn on a 640 px canvas (2x the packshot size) and downsampled
 
-Color = tuple[int, int, int]
 
-_PALETTE: tuple[tuple[str, Color], ...] = (
-    ("Coral", (240, 110, 90)),
-    ("Navy", (30, 45, 95)),
-    ("Forest green", (34, 110, 60)),
-    ("Mustard", (215, 170, 40)),
-    ("Charcoal", (60, 62, 66)),
-    ("Crimson", (190, 30, 45)),
-    ("Teal", (0, 128, 128)),
-    ("Lavender", (160, 130, 210)),
-    ("Sky blue", (90, 170, 225)),
-    ("Tangerine", (245, 140, 30)),
-    ("Olive", (120, 125, 45)),
-    ("Plum", (110, 40, 90)),
-    ("Sand", (205, 180, 140)),
-    ("Rose", (230, 130, 160)),
-    ("Cobalt", (40, 80, 200)),
-    ("Black", (28, 28, 30)),
-    ("Burgundy", (120, 25, 40)),
-    ("Mint", (120, 205, 165)),
-)
-_ACCENTS: tuple[tuple[str, Color], ...] = _PALETTE + (
-    ("Cream", (238, 228, 205)),
-    ("Silver", (185, 188, 195)),
-    ("Gold", (212, 172, 60)),
-)
 _PATTERNS = ("solid", "solid", "stripes", "dots", "two-tone")
 _PATTERN_WORDS = {"solid": "", "stripes": "striped ", "dots": "polka-dot ", "two-tone": "two-tone "}
 _BRANDS = (
@@ -167,11 +134,6 @@ def _product_specs(n_products: int, seed: int) -> list[_Spec]:
 
 # ---------------------------------------------------------------- drawing helpers
 
-def _shade(c: Color, f: float) -> Color:
-    """Darken (f < 1) or lighten (f > 1) towards white."""
-    if f <= 1:
-        return tuple(int(v * f) for v in c)  # type: ignore[return-value]
-    return tuple(int(v + (255 - v) * (f - 1)) for v in c)  # type: ignore[return-value]
 
 
 def _outline(c: Color) -> Color:
@@ -464,10 +426,6 @@ def _render_product(spec: _Spec) -> Image.Image:
 
 # ---------------------------------------------------------------- packshots
 
-def _fit(product: Image.Image, box_w: float, box_h: float) -> Image.Image:
-    scale = min(box_w / product.width, box_h / product.height)
-    size = (max(1, round(product.width * scale)), max(1, round(product.height * scale)))
-    return product.resize(size, Image.Resampling.BICUBIC)
 
 
 def _packshot(product: Image.Image, view: int, rng: random.Random) -> Image.Image:
@@ -506,278 +464,3 @@ def _save_jpeg(img: Image.Image, path: Path, quality: int, exif: Image.Exif | No
     if exif is not None:
         kwargs["exif"] = exif
     img.save(path, "JPEG", **kwargs)
-
-
-def write_sample_catalog(
-    dest: str | os.PathLike,
-    *,
-    n_products: int = _DEFAULT_N_PRODUCTS,
-    images_per_product: tuple[int, int] = (1, 3),
-    seed: int = _DEFAULT_SEED,
-) -> Path:
-    """Write dest/images/*.jpg and dest/catalog.csv; return the CSV path.
-
-    Idempotent: the same arguments give byte-identical files, so the demo index never
-    needs re-embedding just because the sample was regenerated.
-    """
-    lo, hi = images_per_product
-    if n_products < 1:
-        raise ValueError(f"n_products must be at least 1, got {n_products}")
-    if not 1 <= lo <= hi <= 6:
-        raise ValueError(f"images_per_product must be (low, high) with 1 <= low <= high <= 6, got {images_per_product}")
-    dest = Path(dest)
-    (dest / "images").mkdir(parents=True, exist_ok=True)
-    count_rng = random.Random(f"vsearch-sample:{seed}:counts")
-    rows = []
-    for spec in _product_specs(n_products, seed):
-        product = _render_product(spec)
-        view_rng = random.Random(f"vsearch-sample:{seed}:{spec.product_id}:views")
-        for view in range(count_rng.randint(lo, hi)):
-            rel = f"images/{spec.product_id}-{view + 1}.jpg"
-            _save_jpeg(_packshot(product, view, view_rng), dest / rel, quality=90)
-            rows.append((spec.product_id, rel, spec.title, spec.category.label, spec.price,
-                         f"https://shop.example/p/{spec.product_id}", spec.brand, spec.color_name))
-    csv_path = dest / "catalog.csv"
-    with open(csv_path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(SAMPLE_COLUMNS)
-        w.writerows(rows)
-    sidecar = {"generator": "vsearch.sample", "version": _SIDECAR_VERSION,
-               "n_products": n_products, "seed": seed}
-    (dest / _SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-    return csv_path
-
-
-# ---------------------------------------------------------------- shopper photos
-
-def _perspective_coeffs(dst: list[tuple[float, float]], src: list[tuple[float, float]]) -> list[float]:
-    """Coefficients for Image.transform(PERSPECTIVE) mapping output points dst to input src."""
-    import numpy as np
-
-    a, b = [], []
-    for (x, y), (u, v) in zip(dst, src):
-        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-        b.extend([u, v])
-    return np.linalg.solve(np.array(a, dtype=float), np.array(b, dtype=float)).tolist()
-
-
-def _tilt(item: Image.Image, rng: random.Random) -> Image.Image:
-    """Phone held at an angle: a random perspective warp, then a rotation."""
-    w, h = item.size
-    j = 0.12
-    src = [(0, 0), (w, 0), (w, h), (0, h)]
-    dst = [(x + rng.uniform(-j, j) * w, y + rng.uniform(-j, j) * h) for x, y in src]
-    minx, miny = min(p[0] for p in dst), min(p[1] for p in dst)
-    dst = [(x - minx, y - miny) for x, y in dst]
-    out_w = math.ceil(max(p[0] for p in dst))
-    out_h = math.ceil(max(p[1] for p in dst))
-    warped = item.transform((out_w, out_h), Image.Transform.PERSPECTIVE, _perspective_coeffs(dst, src),
-                            resample=Image.Resampling.BICUBIC)
-    angle = rng.uniform(-22, 22)
-    return warped.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
-
-
-def _scene(size: tuple[int, int], rng: random.Random) -> Image.Image:
-    """A cluttered surface: wood, tiles, fabric or a speckled counter, with objects lying around."""
-    w, h = size
-    kind = rng.choice(("wood", "tiles", "fabric", "counter"))
-    base = {"wood": (150, 105, 70), "tiles": (205, 205, 198), "fabric": (70, 95, 130),
-            "counter": (190, 180, 165)}[kind]
-    base = tuple(max(0, min(255, v + rng.randint(-25, 25))) for v in base)
-    img = Image.new("RGB", size, base)
-    d = ImageDraw.Draw(img)
-    if kind == "wood":
-        y = 0.0
-        while y < h:
-            y += rng.uniform(3, 12)
-            tone = _shade(base, rng.uniform(0.75, 1.12))
-            amp, ph = rng.uniform(2, 8), rng.uniform(0, 6.28)
-            d.line([(x, y + amp * math.sin(x / 90 + ph)) for x in range(0, w + 40, 40)], fill=tone,
-                   width=rng.randint(1, 3))
-    elif kind == "tiles":
-        step = rng.randint(70, 120)
-        for x in range(0, w, step):
-            d.line([(x, 0), (x, h)], fill=_shade(base, 0.7), width=4)
-        for y in range(0, h, step):
-            d.line([(0, y), (w, y)], fill=_shade(base, 0.7), width=4)
-    elif kind == "fabric":
-        for x in range(0, w, 6):
-            d.line([(x, 0), (x, h)], fill=_shade(base, 0.85), width=1)
-        for y in range(0, h, 6):
-            d.line([(0, y), (w, y)], fill=_shade(base, 1.15), width=1)
-    else:
-        for _ in range(1500):
-            x, y = rng.uniform(0, w), rng.uniform(0, h)
-            r = rng.uniform(1, 3)
-            d.ellipse((x - r, y - r, x + r, y + r), fill=_shade(base, rng.uniform(0.6, 1.3)))
-    for _ in range(rng.randint(6, 11)):  # clutter: books, coasters, pens, paper
-        col = rng.choice(_ACCENTS)[1]
-        col = _shade(col, rng.uniform(0.7, 1.2))
-        x, y = rng.uniform(-50, w), rng.uniform(-50, h)
-        kind = rng.choice(("rect", "ellipse", "pen", "rect"))
-        if kind == "rect":
-            bw, bh = rng.uniform(60, 220), rng.uniform(40, 160)
-            layer = Image.new("RGBA", (int(bw), int(bh)), col + (255,))
-            ImageDraw.Draw(layer).rectangle((0, 0, bw - 1, bh - 1), outline=_shade(col, 0.6) + (255,), width=3)
-            layer = layer.rotate(rng.uniform(0, 90), expand=True, resample=Image.Resampling.BICUBIC)
-            img.paste(layer, (int(x), int(y)), layer)
-        elif kind == "ellipse":
-            r = rng.uniform(25, 80)
-            d.ellipse((x - r, y - r, x + r, y + r), fill=col, outline=_shade(col, 0.6), width=4)
-            d.ellipse((x - r * 0.6, y - r * 0.6, x + r * 0.6, y + r * 0.6), outline=_shade(col, 0.8), width=3)
-        else:
-            a = rng.uniform(0, math.pi)
-            ln = rng.uniform(80, 200)
-            d.line([(x, y), (x + ln * math.cos(a), y + ln * math.sin(a))], fill=col, width=rng.randint(6, 12))
-    return img
-
-
-def _shopper_photo(product: Image.Image, rng: random.Random) -> Image.Image:
-    """A phone photo: the product on a cluttered table, tilted, off-exposure, soft and noisy."""
-    import numpy as np
-
-    size = (800, 600)
-    img = _scene(size, rng)
-    item = _fit(product, size[0] * rng.uniform(0.5, 0.62), size[1] * rng.uniform(0.6, 0.75))
-    item = _tilt(item, rng)
-    if item.width > size[0] * 0.85 or item.height > size[1] * 0.92:  # tilting made it too big
-        item = _fit(item, size[0] * 0.85, size[1] * 0.92)
-    x = round((size[0] - item.width) / 2 + rng.uniform(-0.1, 0.1) * size[0])
-    y = round((size[1] - item.height) / 2 + rng.uniform(-0.05, 0.05) * size[1])
-    alpha = item.getchannel("A")
-    shadow = Image.new("L", size, 0)
-    shadow.paste(alpha.point(lambda a: a * 110 // 255), (x + rng.randint(8, 24), y + rng.randint(10, 28)), alpha)
-    img.paste((10, 10, 10), (0, 0), shadow.filter(ImageFilter.GaussianBlur(10)))
-    img.paste(item, (x, y), item)
-    # exposure, contrast, softness; then uneven light (vignette + a lamp to one side),
-    # a colour cast and sensor noise
-    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
-    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.8, 1.15))
-    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.6, 1.4)))
-    arr = np.asarray(img, dtype=np.float32)
-    ys, xs = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
-    xs = xs / (size[0] / 2) - 1
-    ys = ys / (size[1] / 2) - 1
-    a = rng.uniform(0, 2 * math.pi)
-    vignette = rng.uniform(0.15, 0.3) * (xs**2 + ys**2) / 2
-    light = 1 - vignette + rng.uniform(0.05, 0.15) * (xs * math.cos(a) + ys * math.sin(a))
-    cast = np.array([rng.uniform(0.92, 1.08) for _ in range(3)], dtype=np.float32)
-    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(3, 7), arr.shape)
-    arr = np.clip(arr * light[..., None] * cast + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr, "RGB")
-
-
-def _cutout(image_path: Path) -> Image.Image:
-    """A catalog packshot with its light background (and grey shadow) made transparent,
-    for catalogs we did not draw ourselves."""
-    import numpy as np
-
-    try:
-        with Image.open(image_path) as im:
-            img = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise CatalogError(f"cannot open catalog image {image_path}: {exc}") from exc
-    a = np.asarray(img, dtype=np.float32)
-    bg = np.median(np.concatenate([a[:3].reshape(-1, 3), a[-3:].reshape(-1, 3),
-                                   a[:, :3].reshape(-1, 3), a[:, -3:].reshape(-1, 3)]), axis=0)
-    # background pixels lie on the line from the backdrop colour towards a grey shadow
-    towards = np.array([60, 60, 66], dtype=np.float32) - bg
-    t = ((a - bg) @ towards) / max(float(towards @ towards), 1.0)
-    resid = np.abs(a - (bg + np.clip(t, 0, 1)[..., None] * towards)).max(axis=2)
-    backdrop = (resid < 22) & (t < 0.35)
-    # the background is the backdrop region that touches the border; holes inside stay opaque
-    mask = Image.fromarray(np.where(backdrop, 0, 255).astype(np.uint8), "L").copy()  # writable
-    w, h = mask.size
-    for corner in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
-        if mask.getpixel(corner) == 0:
-            ImageDraw.floodfill(mask, corner, 128)
-    mask = mask.point(lambda v: 0 if v == 128 else 255)
-    mask = mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(0.8))
-    out = img.convert("RGBA")
-    out.putalpha(mask)
-    box = mask.getbbox()
-    return out.crop(box) if box else out
-
-
-def _read_catalog(catalog_csv: Path) -> dict[str, Path]:
-    """First image of each product, from a catalog CSV (product_id + image columns)."""
-    if not catalog_csv.is_file():
-        raise CatalogError(f"catalog CSV not found: {catalog_csv}")
-    first: dict[str, Path] = {}
-    with open(catalog_csv, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"product_id", "image"} - set(reader.fieldnames or ())
-        if missing:
-            raise CatalogError(f"{catalog_csv}: missing column(s) {', '.join(sorted(missing))}; "
-                               "a catalog needs product_id and image")
-        for row in reader:
-            pid = (row["product_id"] or "").strip()
-            ref = (row["image"] or "").split("|")[0].strip()
-            if pid and ref and pid not in first and not ref.startswith(("http://", "https://")):
-                p = Path(ref)
-                first[pid] = p if p.is_absolute() else catalog_csv.parent / p
-    if not first:
-        raise CatalogError(f"{catalog_csv}: no product with a local image to photograph")
-    return first
-
-
-def _sidecar_specs(catalog_csv: Path) -> dict[str, _Spec]:
-    """Specs of a catalog this module wrote (so queries are redrawn, not cut out of packshots)."""
-    try:
-        meta = json.loads((catalog_csv.parent / _SIDECAR).read_text(encoding="utf-8"))
-        if meta.get("generator") != "vsearch.sample" or meta.get("version") != _SIDECAR_VERSION:
-            return {}
-        return {s.product_id: s for s in _product_specs(int(meta["n_products"]), int(meta["seed"]))}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
-def write_sample_queries(
-    dest: str | os.PathLike,
-    catalog_csv: Path | None = None,
-    *,
-    n_queries: int = 8,
-    seed: int = 1,
-) -> list[tuple[Path, str]]:
-    """Write 'shopper photos' of some catalog products to dest/ and return
-    (photo path, expected product_id) pairs; dest/queries.csv lists the same pairs.
-
-    With no catalog_csv the photos show products of the default sample catalog. Products of
-    a sample catalog are redrawn; any other catalog's products are cut out of their first
-    image. The first photo (and the fourth) is stored sideways with an EXIF orientation tag,
-    as phones do.
-    """
-    if n_queries < 1:
-        raise ValueError(f"n_queries must be at least 1, got {n_queries}")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    if catalog_csv is None:
-        specs = {s.product_id: s for s in _product_specs(_DEFAULT_N_PRODUCTS, _DEFAULT_SEED)}
-        images: dict[str, Path] = {}
-    else:
-        catalog_csv = Path(catalog_csv)
-        images = _read_catalog(catalog_csv)
-        specs = {pid: s for pid, s in _sidecar_specs(catalog_csv).items() if pid in images}
-    ids = sorted(set(specs) | set(images))
-    rng = random.Random(f"vsearch-sample:{seed}:queries")
-    chosen = rng.sample(ids, min(n_queries, len(ids)))
-    pairs: list[tuple[Path, str]] = []
-    for i, pid in enumerate(chosen):
-        product = _render_product(specs[pid]) if pid in specs else _cutout(images[pid])
-        photo = _shopper_photo(product, random.Random(f"vsearch-sample:{seed}:query:{i}"))
-        orientation = {0: 6, 3: 8}.get(i)
-        exif = None
-        if orientation:
-            # pixels stored turned; the tag tells viewers how to turn them upright
-            photo = photo.transpose(Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
-            exif = Image.Exif()
-            exif[0x0112] = orientation
-        path = dest / f"shopper-{i + 1:02d}.jpg"
-        _save_jpeg(photo, path, quality=80, exif=exif)
-        pairs.append((path, pid))
-    with open(dest / "queries.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(("image", "product_id"))
-        w.writerows((p.name, pid) for p, pid in pairs)
-    return pairs

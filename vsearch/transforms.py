@@ -1,6 +1,6 @@
 """Vector post-processing for instance retrieval, independent of the embedding model.
 
-Four established techniques, each a plain function on float32 arrays so the build, the search
+Established techniques, each a plain function on float32 arrays so the build, the search
 and the evaluation all run the same code:
 
 - PCA-whitening fitted on the catalog's own vectors (unsupervised): removes the directions
@@ -10,19 +10,16 @@ and the evaluation all run the same code:
   itself and its nearest catalog neighbours, which pulls a product's views together.
 - alpha-query expansion (alpha-QE): the query is re-issued as a weighted mean of itself and
   its top catalog matches.
-- Product scoring: how a product's image scores become one product score (max / mean / top-2).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-PRODUCT_SCORING = ("max", "mean", "top2")
 WHITENING_MEAN_FILE = "whitening_mean.npy"
 WHITENING_PROJECTION_FILE = "whitening_projection.npy"
 MIN_WHITENING_VECTORS = 32  # below this a covariance says nothing; whitening is skipped
@@ -169,23 +166,6 @@ def query_expand(query: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, 
     return weighted_expansion(np.asarray(query, dtype=np.float32)[None, :], neighbours[None], scores[None], alpha)[0]
 
 
-# ---------------------------------------------------------------- product scoring
-
-
-def product_score(image_scores: np.ndarray, mode: str = "max") -> float:
-    """One score from a product's image scores: best image, mean of all, or mean of the best two."""
-    s = np.sort(np.asarray(image_scores, dtype=np.float64))[::-1]
-    if len(s) == 0:
-        raise ValueError("a product needs at least one image score")
-    if mode == "max":
-        return float(s[0])
-    if mode == "mean":
-        return float(s.mean())
-    if mode == "top2":
-        return float(s[:2].mean())
-    raise ValueError(f"product scoring {mode!r} is not one of {', '.join(PRODUCT_SCORING)}")
-
-
 # ---------------------------------------------------------------- defaults (decided by benchmarks/RESULTS.md)
 
 # Off by default (benchmarks/RESULTS.md): +0.02 R@1 on jumia (about one standard error),
@@ -197,7 +177,6 @@ DEFAULT_WHITENING: dict[str, Any] | None = None
 AUTO_MIN_HELD_OUT = 50
 AUTO_MIN_GAIN = 0.01
 DEFAULT_DBA: dict[str, Any] = {"k": 0}
-DEFAULT_QUERY: dict[str, Any] = {"tta": "none", "query_expansion": {"k": 0}, "product_scoring": "max"}
 
 
 def resolve_whitening(value: bool | str | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -228,15 +207,3 @@ def resolve_dba(value: Mapping[str, Any] | None) -> dict[str, Any]:
     if set(opts) - {"k", "alpha"} or int(opts["k"]) < 0:
         raise ValueError(f"dba takes {{'k': >= 0, 'alpha': float}}, got {dict(value or {})}")
     return {"k": int(opts["k"]), "alpha": float(opts["alpha"])}
-
-
-def resolve_query_defaults(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Query-side defaults stored in the manifest; unknown keys are refused."""
-    opts = json.loads(json.dumps(DEFAULT_QUERY))
-    for key, v in dict(value or {}).items():
-        if key not in opts:
-            raise ValueError(f"unknown query option {key!r}; accepted: {sorted(opts)}")
-        opts[key] = dict(v) if isinstance(v, Mapping) else v
-    if opts["product_scoring"] not in PRODUCT_SCORING:
-        raise ValueError(f"product_scoring {opts['product_scoring']!r} is not one of {', '.join(PRODUCT_SCORING)}")
-    return opts

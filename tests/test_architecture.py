@@ -1,0 +1,180 @@
+"""The library's shape: stages import only stages below them, with no cycles (counting imports
+inside functions), and no module grows past what a newcomer can read.
+
+The layer table is the one in architecture.md; a new module must be added to it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "vsearch"
+
+# Lowest first. A module may import modules of lower layers only (and itself). Modules inside a
+# subpackage (embedders/) count as the subpackage; their imports of each other are checked for
+# cycles, not for layers.
+LAYERS: list[set[str]] = [
+    {"errors"},
+    {"metrics", "query_options", "images"},
+    {"catalog", "fetch", "cache", "shopper_photos"},
+    {"embedders"},
+    {"embeddings_io"},
+    {"transforms"},
+    {"store"},
+    {"calibration"},
+    {"build", "search"},
+    {"evaluate"},
+    {"ui"},
+    {"cli", "demo"},
+]
+EXEMPT = {"__init__", "__main__"}  # lazy re-exports of public names, and `python -m vsearch`
+MAX_LINES = 700
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"] or ["__init__"]
+    return ".".join(parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(path: Path, me: str | None = None) -> set[str]:
+    """Every vsearch module this file imports, anywhere in it, except under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    me = me or _module_name(path)
+    package = me.split(".")[:-1] if path.name != "__init__.py" else me.split(".")
+    if me == "__init__":
+        package = []
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "vsearch" or alias.name.startswith("vsearch."):
+                    found.add(alias.name.removeprefix("vsearch").lstrip("."))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                mod = ".".join([*base, *([node.module] if node.module else [])])
+            elif node.module and (node.module == "vsearch" or node.module.startswith("vsearch.")):
+                mod = node.module.removeprefix("vsearch").lstrip(".")
+            else:
+                mod = None
+            if mod is not None:
+                if node.module is None or mod == "":  # from . import x / from vsearch import x
+                    for alias in node.names:
+                        found.add(".".join(p for p in (mod, alias.name) if p))
+                else:
+                    found.add(mod)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    found.discard(me)
+    return {m for m in found if m and m != "__version__" and not m.endswith(".__version__")}
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        graph[_module_name(path)] = _imports(path)
+    # "from vsearch import __version__" resolves to the package itself; names that are
+    # attributes of a module ("from .embedders import load_embedder" -> embedders) stay modules.
+    known = set(graph)
+    return {m: {_known_prefix(t, known) for t in targets} - {None, m} for m, targets in graph.items()}
+
+
+def _known_prefix(name: str, known: set[str]) -> str | None:
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:n])
+        if candidate in known:
+            return candidate
+    return None
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[0]
+    for i, layer in enumerate(LAYERS):
+        if top in layer:
+            return i
+    raise AssertionError(f"vsearch/{module.replace('.', '/')}.py is in no layer; add it to LAYERS and architecture.md")
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = dfs(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = dfs(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycles():
+    cycle = _find_cycle({m: t for m, t in _graph().items() if m not in EXEMPT})
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_import_points_down():
+    upward = []
+    for module, targets in _graph().items():
+        if module.split(".")[0] in EXEMPT:
+            continue
+        for target in targets:
+            if module.split(".")[0] == target.split(".")[0]:
+                continue  # inside one subpackage: only cycles matter
+            if _layer(target) >= _layer(module):
+                upward.append(f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})")
+    assert not upward, "imports that do not point to a lower stage:\n" + "\n".join(sorted(upward))
+
+
+def test_no_library_module_is_too_long():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from . import store\n", {"store"}),
+    ("def f():\n    from .build import build_index\n", {"build"}),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .search import Hit\n", set()),
+    ("import vsearch.search\n", {"search"}),
+])
+def test_the_checker_sees_imports(tmp_path, source, expected):
+    """The walker itself: function-level imports count, TYPE_CHECKING ones do not."""
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    assert _imports(path, me="probe") == expected
+
+
+def test_the_checker_finds_a_cycle():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
