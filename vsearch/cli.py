@@ -146,7 +146,15 @@ def add_quality_build(p: argparse.ArgumentParser) -> None:
     g.add_argument("--default-product-scoring", default=None, choices=["max", "mean", "top2"],
                    help="how a product's image scores combine, used by searches unless told otherwise")
     g.add_argument("--no-threshold", action="store_true",
-                   help="do not calibrate the 'close match' score threshold (every hit is then reported as confident)")
+                   help="do not calibrate the 'close match' verdict (results then carry no verdict)")
+    g.add_argument("--adapt", default="auto", choices=["auto", "off", "refit"],
+                   help="catalog adaptation: learn a projection of the vectors from products with several photos "
+                   "(and --train-pairs); 'auto' refits only when what it learns from changed by more than 10%%, "
+                   "'refit' always, 'off' never (default: auto)")
+    g.add_argument("--train-pairs", default=None, metavar="PAIRS.csv",
+                   help="CSV of image,product_id: confirmed shopper photos of catalog products to learn from "
+                   "(embedded with the index's model, so its weights are needed even with --embeddings; "
+                   "never added to the catalog)")
 
 
 def add_quality_query(p: argparse.ArgumentParser) -> None:
@@ -240,7 +248,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _quality_build_options(args: argparse.Namespace) -> dict:
-    opts: dict = {"whitening": args.whiten, "calibrate_threshold": not args.no_threshold}
+    opts: dict = {"whitening": args.whiten, "calibrate_threshold": not args.no_threshold, "adapt": args.adapt,
+                  "train_pairs": args.train_pairs}
     if args.dba is not None:
         opts["dba"] = {"k": args.dba}
     query = _query_settings(args.default_tta, args.default_qe, args.default_product_scoring)
@@ -279,8 +288,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no products match")
         return 0
-    if not hits[0].confident:
-        print("no close match in this catalog; the nearest products are:")
+    print(VERDICT_LINES[hits[0].confident])
     for h in hits:
         price = f"{h.price:.2f}" if h.price is not None else "-"
         print(f"{h.rank:>3}. {h.score:.3f}  {h.product_id}  {h.title or '(no title)'}  [{h.category or '-'}]  {price}  {h.image}")
@@ -305,8 +313,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"faiss:        {manifest['index_type']} ({manifest['faiss_factory']}, {manifest['metric']})")
     print(f"format:       {manifest['format']} v{manifest['format_version']} (vsearch {manifest['vsearch_version']})")
     print(f"built:        {manifest['built_at']} from {manifest.get('catalog', '?')}")
-    if manifest.get("score_threshold") is not None:
-        print(f"close match:  score >= {manifest['score_threshold']:.3f}")
+    print("close match:  " + _verdict_summary(manifest.get("verdict") or {}))
+    print("adaptation:   " + _adaptation_summary(manifest.get("adaptation") or {}))
     post = manifest.get("postprocess") or {}
     if post:
         w = post.get("whitening")
@@ -315,6 +323,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     if manifest.get("query_defaults"):
         print("query:        " + ", ".join(f"{k}={v}" for k, v in manifest["query_defaults"].items()))
     return 0
+
+
+VERDICT_LINES = {
+    True: "close match:",
+    False: "no close match in this catalog; the nearest products are:",
+    None: "best guesses (this index cannot tell a close match reliably):",
+}
+
+
+def _verdict_summary(v: dict) -> str:
+    if v.get("threshold") is None:
+        return v.get("reason") or "no verdict"
+    src = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (v.get("sources") or {}).items())
+    return (f"top-1 score >= {v['threshold']:.3f} (precision {v['precision']:.2f}, recall {v['recall']:.2f}, "
+            f"unsold photos called close {v['unsold_rate']:.0%}; calibrated on {src})")
+
+
+def _adaptation_summary(a: dict) -> str:
+    state = a.get("state", "off")
+    if state in ("fitted", "reused"):
+        learned = (f"{a['method']} kept {a['dims_kept']} dims, learned from {a['catalog_images']} images of "
+                   f"{a['catalog_products']} multi-image products + {a['shopper_pairs']} shopper photo pairs")
+        if state == "reused":
+            return f"{learned}; reused from {a['reused_from']} ({a['changed_fraction']:.1%} of its training images changed)"
+        return learned
+    if state == "skipped":
+        return f"none: {a.get('reason', '')}"
+    return "off"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -41,7 +41,9 @@ class Hit:
     image: str  # the catalog image of this product that matched best (path or URL)
     metadata: Mapping[str, str] = field(default_factory=dict)  # extra catalog columns
     matched_images: tuple[str, ...] = ()  # this product's images among the hits, best first
-    confident: bool = True  # False when the score is below the index's "close match" threshold
+    # The index's verdict on this result: True = a close match, False = not a close match,
+    # None = this index gives no verdict (it cannot tell at the precision it promises).
+    confident: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (used by the CLI's --json and the web API)."""
@@ -69,13 +71,26 @@ class _Generation:
             )
         self.n_products = self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
         post = self.manifest.get("postprocess") or {}
-        self.whitening = None
+        self.whitening = self.adaptation = None
         if post.get("whitening"):
             from .transforms import Whitening
 
             self.whitening = Whitening.load(path, post["whitening"])
+        if (self.manifest.get("adaptation") or {}).get("files"):
+            from .transforms import Projection
+
+            self.adaptation = Projection.load(path, self.manifest["adaptation"])
         self._vectors: np.ndarray | None = None
         self._pid_vids: dict[int, np.ndarray] | None = None
+
+    def to_index_space(self, query: np.ndarray) -> np.ndarray:
+        """Model-space query vectors [n, d] -> the space the catalog vectors are stored in
+        (the learned projection, then whitening, as the build applied them)."""
+        if self.adaptation is not None:
+            query = self.adaptation.apply(query)
+        if self.whitening is not None:
+            query = self.whitening.apply(query)
+        return query
 
     def vectors(self) -> np.ndarray:
         """All catalog vectors as stored (after whitening/DBA), loaded on first need (QE, mean scoring)."""
@@ -161,9 +176,14 @@ class ProductIndex:
 
     @property
     def score_threshold(self) -> float | None:
-        """Scores below this are reported as not confident ("no close match"); None = never."""
-        value = self._gen.manifest.get("score_threshold")
+        """Top-1 scores at or above this are a "close match"; None = this index gives no verdict."""
+        value = (self._gen.manifest.get("verdict") or {}).get("threshold")
         return None if value is None else float(value)
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        """How this index decides "close match" (threshold, calibrated precision/recall, why)."""
+        return dict(self._gen.manifest.get("verdict") or {"threshold": None, "reason": "no verdict"})
 
     def __len__(self) -> int:
         return self._gen.n_products
@@ -345,8 +365,7 @@ class ProductIndex:
         query = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
         if query.shape[1] != gen.faiss.d:
             raise ModelMismatchError(f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}")
-        if gen.whitening is not None:
-            query = gen.whitening.apply(query)
+        query = gen.to_index_space(query)
         selector, allowed = self._selector(gen, filters)
         excluded = np.unique(np.asarray(list(exclude_images), dtype=np.int64))
         keep_alive = [selector]
@@ -434,7 +453,7 @@ class ProductIndex:
         all_vids = [v for b in best for v in b[2]]
         marks = ",".join("?" * len(all_vids))
         sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
-        value = gen.manifest.get("score_threshold")  # this query's generation, even if a reload happened meanwhile
+        value = (gen.manifest.get("verdict") or {}).get("threshold")  # this query's generation, even after a reload
         threshold = None if value is None else float(value)
         hits = []
         for rank, (pid, score, vids) in enumerate(best, start=1):
@@ -443,7 +462,7 @@ class ProductIndex:
                 rank=rank, product_id=p["product_id"], score=float(score), title=p["title"], category=p["category"],
                 price=p["price"], url=p["url"], brand=p["brand"], image=sources[vids[0]],
                 metadata=json.loads(p["extra"]), matched_images=tuple(sources[v] for v in vids),
-                confident=threshold is None or score >= threshold,
+                confident=None if threshold is None else bool(score >= threshold),
             ))
         return hits
 

@@ -32,7 +32,7 @@ from . import __version__
 from .errors import IndexFormatError
 
 FORMAT_NAME = "vsearch-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: learned projection ("adaptation") and three-state "verdict"
 CURRENT_FILE = "CURRENT"
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
@@ -345,6 +345,15 @@ def read_current(index_dir: Path, *, missing_ok: bool = False) -> str | None:
     return name
 
 
+def live_generation(index_dir: Path) -> Path | None:
+    """The folder of the generation CURRENT names, or None when there is no usable one yet."""
+    try:
+        name = read_current(index_dir, missing_ok=True)
+    except IndexFormatError:
+        return None
+    return None if name is None or not (index_dir / name).is_dir() else index_dir / name
+
+
 def read_manifest(generation_dir: Path) -> dict[str, Any]:
     """Read and validate manifest.json; refuse formats this version does not know."""
     path = generation_dir / MANIFEST_FILE
@@ -357,6 +366,13 @@ def read_manifest(generation_dir: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{path} is not a vsearch index manifest")
     version = manifest.get("format_version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        catalog = manifest.get("catalog") or "CATALOG"
+        raise IndexFormatError(
+            f"{path} has index format version {version}, from an older vsearch; this vsearch {__version__} reads "
+            f"version {FORMAT_VERSION}. Rebuild with `vsearch build {catalog} --index {generation_dir.parent}` "
+            "(images already embedded are reused from the cache)"
+        )
     if version != FORMAT_VERSION:
         raise IndexFormatError(
             f"{path} has index format version {version!r}; this vsearch {__version__} reads version {FORMAT_VERSION} "
