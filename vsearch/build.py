@@ -382,13 +382,7 @@ def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window
 def _products_and_images(cat: Catalog, kept: list[tuple[CatalogRow, str]]):
     """Products with at least one usable image, and one image record per kept row."""
     with_images = {row.product_id for row, _ in kept}
-    products = []
-    for pid, info in cat.products.items():
-        if pid in with_images:
-            products.append(store.ProductRecord(
-                product_id=pid, title=info.title, category=info.category, price=info.price, url=info.url,
-                brand=info.brand, extra=tuple(info.extra),
-            ))
+    products = [product for pid, product in cat.products.items() if pid in with_images]
     images = [store.ImageRecord(product_id=row.product_id, source=row.image, row=row.row, content_hash=h) for row, h in kept]
     left_out = [
         RowProblem(row=0, reason=f"product {pid!r} has no usable image and was left out", fatal=False)
