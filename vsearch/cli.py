@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--model", default=model_default if for_build else None, metavar="NAME",
             help=f"{what}: 'clip' (ViT-B-32 laion2b_s34b_b79k), any open_clip architecture (e.g. ViT-B-16), "
-            "'hf-hub:ORG/REPO', or 'efficientnet-lite0' (offline, image-only)" + (f" (default: {model_default})" if for_build else ""),
+            "'hf-hub:ORG/REPO', 'efficientnet-lite0' (offline, image-only), or a model a plugin registers" + (f" (default: {model_default})" if for_build else ""),
         )
         p.add_argument(
             "--pretrained", default=pretrained_default if for_build else None, metavar="TAG_OR_PATH",
