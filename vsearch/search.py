@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -60,8 +60,8 @@ class Hit:
         """The Hit a ``to_dict()`` came from (keys it does not know, e.g. the API's image_url, are ignored)."""
         product = Product(d["product_id"], d.get("title", ""), d.get("category", ""), d.get("price"),
                           d.get("url", ""), d.get("brand", ""), tuple(dict(d.get("metadata") or {}).items()))
-        return cls(rank=d["rank"], product=product, score=d["score"], image=d["image"],
-                   matched_images=tuple(d.get("matched_images", ())), confident=d.get("confident", True))
+        own = {f.name for f in fields(cls)} - {"product"}  # every other field comes back as it was given
+        return cls(product=product, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in own})
 
 
 class _Generation:
