@@ -8,7 +8,6 @@ written over the live index until the new one is complete.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import shutil
@@ -457,13 +456,7 @@ def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window
 def _products_and_images(cat: Catalog, kept: list[tuple[CatalogRow, str]]):
     """Products with at least one usable image, and one image record per kept row."""
     with_images = {row.product_id for row, _ in kept}
-    products = []
-    for pid, info in cat.products.items():
-        if pid in with_images:
-            products.append(store.ProductRecord(
-                product_id=pid, title=info.title, category=info.category, price=info.price, url=info.url,
-                brand=info.brand, extra=tuple(info.extra),
-            ))
+    products = [product for pid, product in cat.products.items() if pid in with_images]
     images = [store.ImageRecord(product_id=row.product_id, source=row.image, row=row.row, content_hash=h) for row, h in kept]
     left_out = [
         RowProblem(row=0, reason=f"product {pid!r} has no usable image and was left out", fatal=False)
@@ -525,11 +518,44 @@ def _exclusive_build(index_dir: Path):
             "choose a writable folder with --index"
         ) from None
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VsearchError(f"another build is already running on {index_dir}; wait for it to finish") from None
+        unlock = _lock_exclusive(f)
+        if unlock is None:
+            raise VsearchError(f"another build is already running on {index_dir}; wait for it to finish")
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            unlock()
+
+
+def _lock_exclusive(f) -> Callable[[], None] | None:
+    """Lock an open file without waiting; returns the unlock function, or None when another holds it.
+
+    POSIX: flock (released by the OS if the build dies). Windows, which has no fcntl: msvcrt.locking
+    on the file's first byte (also released when the process ends). Where neither exists the build
+    runs unlocked: publishing a generation is atomic either way, only the work may be done twice.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        return lambda: fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        import msvcrt
+    except ImportError:
+        return lambda: None
+    f.seek(0)  # msvcrt locks bytes from the current position; "a+" opens at the end
+    try:
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return None
+
+    def unlock() -> None:
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+    return unlock

@@ -20,7 +20,11 @@ ENV_HELP = """environment variables:
   VSEARCH_INDEX       default for --index (now: {index})
   VSEARCH_MODEL       default for --model (now: {model})
   VSEARCH_PRETRAINED  default for --pretrained (now: {pretrained})
-  VSEARCH_PRECISION   default for --precision (now: {precision})"""
+  VSEARCH_PRECISION   default for --precision (now: {precision})
+  VSEARCH_HOST        default for serve --host (now: {host})
+  VSEARCH_PORT        default for serve --port (now: {port})
+VSEARCH_MODEL and VSEARCH_PRETRAINED are also serve's query model when set (python app.py, the
+demo, hands over to serve with these same variables)."""
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -33,11 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     model_default = _env("VSEARCH_MODEL", "clip")
     pretrained_default = _env("VSEARCH_PRETRAINED", None)
     precision_default = _env("VSEARCH_PRECISION", "auto")
+    host_default = _env("VSEARCH_HOST", "127.0.0.1")
+    port_default = _env("VSEARCH_PORT", "7860")
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="vsearch",
         description="Visual product search: index a catalog's product photos, then find products from a shopper's photo.",
-        epilog=ENV_HELP.format(index=index_default, model=model_default, pretrained=pretrained_default, precision=precision_default),
+        epilog=ENV_HELP.format(index=index_default, model=model_default, pretrained=pretrained_default, precision=precision_default,
+                               host=host_default, port=port_default),
         formatter_class=fmt,
     )
     parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
@@ -51,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--model", default=model_default if for_build else None, metavar="NAME",
             help=f"{what}: 'clip' (ViT-B-32 laion2b_s34b_b79k), any open_clip architecture (e.g. ViT-B-16), "
-            "'hf-hub:ORG/REPO', or 'efficientnet-lite0' (offline, image-only)" + (f" (default: {model_default})" if for_build else ""),
+            "'hf-hub:ORG/REPO', 'efficientnet-lite0' (offline, image-only), or a model a plugin registers" + (f" (default: {model_default})" if for_build else ""),
         )
         p.add_argument(
             "--pretrained", default=pretrained_default if for_build else None, metavar="TAG_OR_PATH",
@@ -124,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("serve", help="start the web app on an index")
     add_index(v)
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
-    v.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    v.add_argument("--host", default=host_default, help=f"address to listen on; 0.0.0.0 for all (default: {host_default})")
+    v.add_argument("--port", type=int, default=port_default, help=f"port (default: {port_default})")
+    v.add_argument("--examples", default=None, metavar="DIR", help="offer the photos in this folder as clickable examples")
+    v.add_argument("--notice", default=None, metavar="TEXT", help="a line shown at the top of the page")
     add_model(v, for_build=False)
-    v.set_defaults(func=cmd_serve)
+    v.set_defaults(func=cmd_serve, model=_env("VSEARCH_MODEL", None), pretrained=_env("VSEARCH_PRETRAINED", None))
     return parser
 
 
@@ -392,8 +401,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .ui import serve
 
-    serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained, precision=args.precision)
+    serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained, precision=args.precision,
+          notice=args.notice, examples=_example_photos(args.examples))
     return 0
+
+
+def _example_photos(folder: str | None) -> list[Path]:
+    if not folder:
+        return []
+    from .images import IMAGE_EXTENSIONS
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise VsearchError(f"--examples {folder!r} is not a folder of photos")
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 if __name__ == "__main__":

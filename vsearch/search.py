@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from . import store
+from .catalog import Product
 from .errors import IndexFormatError, ModelError, ModelMismatchError, VsearchError
 from .query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
 
@@ -28,22 +29,25 @@ MAX_K = 1000
 
 @dataclass(frozen=True)
 class Hit:
-    """One product in a result list."""
+    """One product in a result list: the product's catalog record, and how it matched."""
 
     rank: int
-    product_id: str
+    product: Product  # the record the catalog gave and the index stored
     score: float  # cosine similarity of the best-matching catalog image (higher is closer)
-    title: str
-    category: str
-    price: float | None
-    url: str
-    brand: str
     image: str  # the catalog image of this product that matched best (path or URL)
-    metadata: Mapping[str, str] = field(default_factory=dict)  # extra catalog columns
     matched_images: tuple[str, ...] = ()  # this product's images among the hits, best first
     # The index's verdict on this result: True = a close match, False = not a close match,
     # None = this index gives no verdict (it cannot tell at the precision it promises).
     confident: bool | None = None
+
+    # the product's fields, read straight through: hit.product_id, hit.title, ..., hit.metadata
+    product_id = property(lambda self: self.product.product_id)
+    title = property(lambda self: self.product.title)
+    category = property(lambda self: self.product.category)
+    price = property(lambda self: self.product.price)
+    url = property(lambda self: self.product.url)
+    brand = property(lambda self: self.product.brand)
+    metadata = property(lambda self: self.product.metadata, doc="extra catalog columns")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (used by the CLI's --json and the web API)."""
@@ -52,6 +56,14 @@ class Hit:
         d["metadata"] = dict(self.metadata)
         d["matched_images"] = list(self.matched_images)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Hit:
+        """The Hit a ``to_dict()`` came from (keys it does not know, e.g. the API's image_url, are ignored)."""
+        product = Product(d["product_id"], d.get("title", ""), d.get("category", ""), d.get("price"),
+                          d.get("url", ""), d.get("brand", ""), tuple(dict(d.get("metadata") or {}).items()))
+        own = {f.name for f in fields(cls)} - {"product"}  # every other field comes back as it was given
+        return cls(product=product, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in own})
 
 
 class _Generation:
@@ -449,7 +461,7 @@ class ProductIndex:
             return []
         pids = [b[0] for b in best]
         marks = ",".join("?" * len(pids))
-        products = {r["pid"]: r for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))}
+        products = {r["pid"]: store.product_from_row(r) for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))}
         all_vids = [v for b in best for v in b[2]]
         marks = ",".join("?" * len(all_vids))
         sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
@@ -457,11 +469,9 @@ class ProductIndex:
         threshold = None if value is None else float(value)
         hits = []
         for rank, (pid, score, vids) in enumerate(best, start=1):
-            p = products[pid]
             hits.append(Hit(
-                rank=rank, product_id=p["product_id"], score=float(score), title=p["title"], category=p["category"],
-                price=p["price"], url=p["url"], brand=p["brand"], image=sources[vids[0]],
-                metadata=json.loads(p["extra"]), matched_images=tuple(sources[v] for v in vids),
+                rank=rank, product=products[pid], score=float(score), image=sources[vids[0]],
+                matched_images=tuple(sources[v] for v in vids),
                 confident=None if threshold is None else bool(score >= threshold),
             ))
         return hits

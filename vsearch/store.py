@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .catalog import Product
 from .errors import IndexFormatError
 
 FORMAT_NAME = "vsearch-index"
@@ -82,17 +83,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-@dataclass(frozen=True)
-class ProductRecord:
-    """One product as stored in an index."""
-
-    product_id: str
-    title: str = ""
-    category: str = ""
-    price: float | None = None
-    url: str = ""
-    brand: str = ""
-    extra: tuple[tuple[str, str], ...] = ()
+ProductRecord = Product  # the stored product's earlier name: the store keeps catalog.Product as it is
 
 
 @dataclass(frozen=True)
@@ -221,7 +212,7 @@ def write_generation(
     *,
     vectors: np.ndarray,
     images: list[ImageRecord],
-    products: list[ProductRecord],
+    products: list[Product],
     manifest: dict[str, Any],
     index_type: str,
 ) -> dict[str, Any]:
@@ -394,6 +385,12 @@ def read_faiss(generation_dir: Path):
         return faiss.read_index(str(path))
     except RuntimeError as e:
         raise IndexFormatError(f"{path} cannot be read by FAISS ({str(e).splitlines()[0]}); rebuild the index") from None
+
+
+def product_from_row(row: sqlite3.Row) -> Product:
+    """A row of the products table (``SELECT * FROM products``) as the Product that was written."""
+    return Product(row["product_id"], row["title"], row["category"], row["price"], row["url"], row["brand"],
+                   tuple(json.loads(row["extra"]).items()))
 
 
 def open_products_db(generation_dir: Path) -> sqlite3.Connection:

@@ -289,7 +289,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         d = dict(hits[evt.index])
         d.pop("image_url", None)
         d["matched_images"] = tuple(d.get("matched_images", ()))
-        hit = Hit(**d)
+        hit = Hit.from_dict(d)
         return _details(index, hit), _detail_images(index, hit), gr.update(visible=True)
 
     show_details.__annotations__["evt"] = gr.SelectData  # gradio injects the selection by this type
