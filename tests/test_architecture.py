@@ -26,7 +26,8 @@ LAYERS: list[set[str]] = [
     {"store"},
     {"calibration"},
     {"build", "search"},
-    {"evaluate"},
+    {"evaluate", "watcher", "feedback"},
+    {"api"},
     {"ui"},
     {"cli", "demo"},
 ]
