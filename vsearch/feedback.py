@@ -117,7 +117,8 @@ class FeedbackStore:
                 raise FeedbackError(f"the feedback folder {self.root} is full ({count} confirmations); "
                                     "export and review them (vsearch feedback export), then clear the folder")
             if used + new_bytes > self.max_bytes:
-                raise FeedbackError(f"the feedback folder {self.root} is full ({used / 2**20:.0f} MiB of photos); "
+                raise FeedbackError(f"the feedback folder {self.root} is full ({used / 2**20:.1f} MiB of photos, "
+                                    f"limit {self.max_bytes / 2**20:.1f} MiB); "
                                     "export and review them (vsearch feedback export), then clear the folder")
             self.photos.mkdir(parents=True, exist_ok=True)
             if new_bytes:

@@ -461,8 +461,9 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                     details = gr.Markdown(elem_classes="vs-details")
                     detail_images = gr.Gallery(label="This product's catalog images", columns=6, height=220,
                                                object_fit="contain", allow_preview=False)
-                    with gr.Row(visible=feedback_on):
-                        confirm_btn = gr.Button("This is it", variant="secondary", size="sm", elem_id="vs-this-is-it")
+                    with gr.Row():
+                        if feedback_on:  # opt-in: without --feedback the page has no such button at all
+                            confirm_btn = gr.Button("This is it", variant="secondary", size="sm", elem_id="vs-this-is-it")
                         confirm_note = gr.Markdown(elem_id="vs-feedback-note")
         files.cache_dir = gallery.GRADIO_CACHE
         hits_state = gr.State([])
