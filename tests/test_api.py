@@ -316,3 +316,42 @@ def test_feedback_over_rest_records_behind_the_key_and_rate_limited(tmp_path):
         assert len(photos) == 1
     finally:
         srv.app.close()
+
+
+# ---------------------------------------------------------------- catalog changes while serving
+
+
+def test_rebuilds_go_live_in_the_background_and_broken_ones_are_skipped(tmp_path):
+    from test_watcher import corrupt_vectors, publish_copy, wait_for
+
+    from vsearch.build import build_index
+
+    srv = start_server(tmp_path, rate_limit=0)
+    try:
+        first = srv.index.generation
+        photo = {"image": ("me.jpg", jpeg_bytes(5), "image/jpeg")}
+        old_hit = httpx.post(api(srv, "/search?k=1"), files=photo).json()["results"][0]
+        fns = {f.fn.__name__: f.fn for f in srv.app.fns.values()}
+        assert "teapot" not in fns["refresh_catalog"]()[1]["choices"]
+
+        broken = publish_copy(tmp_path / "index", corrupt_vectors)
+        assert wait_for(lambda: httpx.get(api(srv, "/health")).json()["skipped_generations"] == [broken])
+        assert httpx.get(api(srv, "/health")).json()["generation"] == first
+        assert httpx.post(api(srv, "/search?k=1"), files=photo).json()["results"][0]["product_id"] == "P005"
+
+        shop = tmp_path / "shop"
+        extra = [{"product_id": "T1", "image": "images/t1.jpg", "title": "Teapot", "category": "teapot",
+                  "price": "150.00", "url": "", "brand": "", "color": ""}]
+        draw_product(33).save(shop / "images" / "t1.jpg")
+        csv_path = write_catalog(shop, extra_rows=extra)
+        report = build_index(csv_path, tmp_path / "index", embedder=FakeEmbedder())
+        assert wait_for(lambda: httpx.get(api(srv, "/health")).json()["generation"] == report.generation)
+        teapots = httpx.post(api(srv, "/search?category=teapot"), files=photo).json()
+        assert [h["product_id"] for h in teapots["results"]] == ["T1"] and teapots["generation"] == report.generation
+        header, categories, price = fns["refresh_catalog"]()
+        assert "teapot" in categories["choices"] and "13 products, 4 categories" in header
+        assert "to 150" in price["info"]
+        # an image URL handed out just before the swap still works
+        assert httpx.get(srv.url.rstrip("/") + old_hit["image_url"]).status_code == 200
+    finally:
+        srv.app.close()

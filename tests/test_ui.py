@@ -33,15 +33,17 @@ class Server:
     service: object = None
 
 
-def give_verdicts(index, close_at: float):
-    """Make ``index`` answer like one that gives verdicts: a hit is a close match at score >= close_at.
-    (The page must show exactly what the index says, whatever rule the index uses.)"""
+def give_verdicts(index, close_at: float | None):
+    """Make ``index`` answer like one that gives verdicts: a hit is a close match at score >= close_at;
+    None: like an index that gives no verdict (confident=None). The page must show exactly what
+    the index says, whatever rule the index uses."""
     from dataclasses import replace
 
-    search = index.search
+    search = type(index).search.__get__(index)
 
     def with_verdicts(*args, **kwargs):
-        return [replace(h, confident=h.score >= close_at) for h in search(*args, **kwargs)]
+        return [replace(h, confident=None if close_at is None else h.score >= close_at)
+                for h in search(*args, **kwargs)]
 
     index.search = with_verdicts
     return index
