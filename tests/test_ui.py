@@ -305,3 +305,21 @@ def test_cropped_search_finds_the_product_inside_the_crop(server, client, tmp_pa
     assert run_search(server.index, Image.open(pair), crop=(0, 0, 50, 0))[0].product_id == "P003"
     # the /search API takes no crop and still searches the whole photo
     assert client.predict(handle_file(pair), api_name="/search")[0]["product_id"] == "P008"
+
+
+def test_crop_preview_of_a_phone_photo_decodes_at_screen_size(server, phone_photo, monkeypatch):
+    """The preview runs on every upload: a 12 MP JPEG is decoded with draft() at reduced scale."""
+    from PIL import JpegImagePlugin
+
+    requested = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size, *args, **kwargs):
+        requested.append(size)
+        return draft(self, mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    fns = {f.fn.__name__: f.fn for f in server.app.fns.values()}
+    preview = fns["prepare_crop"](str(phone_photo))[0]
+    assert max(preview.size) == 640 and preview.size[1] > preview.size[0]  # upright (portrait), screen size
+    assert requested and max(requested[0]) <= 1000  # decoded at 1/4 scale (1000x750), not 4000x3000
