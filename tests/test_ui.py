@@ -323,3 +323,17 @@ def test_crop_preview_of_a_phone_photo_decodes_at_screen_size(server, phone_phot
     preview = fns["prepare_crop"](str(phone_photo))[0]
     assert max(preview.size) == 640 and preview.size[1] > preview.size[0]  # upright (portrait), screen size
     assert requested and max(requested[0]) <= 1000  # decoded at 1/4 scale (1000x750), not 4000x3000
+
+
+def test_requests_never_load_an_index_generation(server, client, tmp_path, monkeypatch):
+    """Reloading is the background watcher's job: a search request never pays for it."""
+    from vsearch import ui
+
+    def forbidden():
+        raise AssertionError("a request tried to reload the index")
+
+    monkeypatch.setattr(server.index, "reload_if_changed", forbidden)
+    assert ui.run_search(server.index, shopper_photo(tmp_path, 4), k=1)[0].product_id == "P004"
+    assert client.predict(handle_file(shopper_photo(tmp_path, 6)), k=1, api_name="/search")[0]["product_id"] == "P006"
+    r = httpx.post(server.url + "api/v1/search?k=1", files={"image": ("q.jpg", open(shopper_photo(tmp_path, 7), "rb"))})
+    assert r.json()["results"][0]["product_id"] == "P007"
