@@ -517,7 +517,7 @@ def _run(index: "ProductIndex", service: "Service", params: Mapping[str, Any], d
         for column, value in items:
             if column not in columns:
                 raise VsearchError(f"cannot filter on {column!r}; columns: {', '.join(sorted(columns))}")
-            filters.setdefault(column, []).append(str(value))
+            filters.setdefault(column, []).extend(str(v) for v in (value if isinstance(value, list) else [value]))
     text = _one(params, "text")
     text = str(text).strip() if text is not None else None
     url = _one(params, "image_url")
