@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
     {"adaptation", "calibration"},
     {"learn"},
     {"build", "search"},
-    {"evaluate"},
+    {"evaluate", "watcher", "feedback"},
+    {"api"},
     {"ui"},
     {"cli", "demo"},
 ]

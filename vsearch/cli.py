@@ -23,6 +23,7 @@ ENV_HELP = """environment variables:
   VSEARCH_PRECISION   default for --precision (now: {precision})
   VSEARCH_HOST        default for serve --host (now: {host})
   VSEARCH_PORT        default for serve --port (now: {port})
+  VSEARCH_API_KEY     default for serve --api-key (now: {api_key})
 VSEARCH_MODEL and VSEARCH_PRETRAINED are also serve's query model when set (python app.py, the
 demo, hands over to serve with these same variables)."""
 
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vsearch",
         description="Visual product search: index a catalog's product photos, then find products from a shopper's photo.",
         epilog=ENV_HELP.format(index=index_default, model=model_default, pretrained=pretrained_default, precision=precision_default,
-                               host=host_default, port=port_default),
+                               host=host_default, port=port_default,
+                               api_key="set" if _env("VSEARCH_API_KEY", None) else None),
         formatter_class=fmt,
     )
     parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
@@ -129,14 +131,36 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
 
-    v = sub.add_parser("serve", help="start the web app on an index")
+    v = sub.add_parser("serve", help="start the web app and the REST API (/api/v1) on an index", formatter_class=fmt,
+                       description="The page at /, the REST API at /api/v1 (docs at /api/v1/docs). A rebuilt index is "
+                       "picked up in the background; a broken one is skipped and the old one keeps serving.")
     add_index(v)
-    v.add_argument("--host", default=host_default, help=f"address to listen on; 0.0.0.0 for all (default: {host_default})")
+    v.add_argument("--host", default=host_default,
+                   help=f"address to listen on (default: {host_default}; 0.0.0.0 for all - set --api-key first)")
     v.add_argument("--port", type=int, default=port_default, help=f"port (default: {port_default})")
     v.add_argument("--examples", default=None, metavar="DIR", help="offer the photos in this folder as clickable examples")
     v.add_argument("--notice", default=None, metavar="TEXT", help="a line shown at the top of the page")
+    v.add_argument("--api-key", default=_env("VSEARCH_API_KEY", None), metavar="KEY",
+                   help="require this key (header X-API-Key or Authorization: Bearer) on the REST API "
+                   "(default: $VSEARCH_API_KEY, else none)")
+    v.add_argument("--rate-limit", type=float, default=None, metavar="N",
+                   help="REST requests per minute per client address (default: 120; 0 = no limit)")
+    v.add_argument("--feedback", action="store_true",
+                   help="add a 'This is it' button (and POST /api/v1/feedback) that records the shopper's photo and "
+                   "chosen product in DIR/feedback for review; nothing is trained until you export, review and "
+                   "build with --train-pairs")
     add_model(v, for_build=False)
     v.set_defaults(func=cmd_serve, model=_env("VSEARCH_MODEL", None), pretrained=_env("VSEARCH_PRETRAINED", None))
+
+    f = sub.add_parser("feedback", help="export shoppers' confirmed matches as a pairs CSV to review", formatter_class=fmt,
+                       description="Confirmed matches recorded by `vsearch serve --feedback` become a CSV "
+                       "(image,product_id) for a person to review; build with `--train-pairs` to use them.")
+    f.add_argument("action", choices=["export"], help="export: write the pairs CSV")
+    add_index(f)
+    f.add_argument("-o", "--output", default=None, metavar="PAIRS.csv",
+                   help="where to write the CSV (default: DIR/feedback/pairs.csv); image paths are relative "
+                   "to the CSV when the photos lie below its folder, absolute otherwise")
+    f.set_defaults(func=cmd_feedback)
     return parser
 
 
@@ -401,8 +425,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .ui import serve
 
+    if args.rate_limit is not None and args.rate_limit < 0:
+        raise VsearchError(f"--rate-limit must be 0 (no limit) or more requests per minute, got {args.rate_limit:g}")
     serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained, precision=args.precision,
-          notice=args.notice, examples=_example_photos(args.examples))
+          notice=args.notice, examples=_example_photos(args.examples), api_key=args.api_key, feedback=args.feedback,
+          rate_limit=args.rate_limit)
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from .feedback import FeedbackStore
+
+    report = FeedbackStore(args.index).export_pairs(args.output)
+    print(f"wrote {report.pairs} confirmed pair(s) to {report.path}; review them (delete wrong rows), then: "
+          f"vsearch build CATALOG --index {args.index} --train-pairs {report.path}")
     return 0
 
 

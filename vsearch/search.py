@@ -8,6 +8,7 @@ any metadata column) are applied inside FAISS with an id selector, so k results 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from .images import ImageSource
 
 MAX_K = 1000
+EXACT_FALLBACK_CHUNK = 65_536  # vectors scored per step when an ANN pass comes back short
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class Hit:
     url = property(lambda self: self.product.url)
     brand = property(lambda self: self.product.brand)
     metadata = property(lambda self: self.product.metadata, doc="extra catalog columns")
+    image_id: int = -1  # id of `image` in its generation (the web app serves images by generation + id)
+    matched_image_ids: tuple[int, ...] = ()  # ids of `matched_images`, same order
+    generation: str = ""  # the index generation that answered
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (used by the CLI's --json and the web API)."""
@@ -55,6 +62,7 @@ class Hit:
         d["score"] = round(float(self.score), 6)
         d["metadata"] = dict(self.metadata)
         d["matched_images"] = list(self.matched_images)
+        d["image_id"], d["matched_image_ids"], d["generation"] = self.image_id, list(self.matched_image_ids), self.generation
         return d
 
     @classmethod
@@ -71,6 +79,7 @@ class _Generation:
 
     def __init__(self, path: Path):
         self.path = path
+        self.name = path.name
         self.manifest = store.read_manifest(path)
         self.faiss = store.read_faiss(path)
         self.db = store.open_products_db(path)
@@ -141,9 +150,11 @@ class ProductIndex:
                  pretrained: str | None = None, precision: str = "auto"):
         self.index_dir = Path(index_dir)
         self._reload_lock = threading.Lock()
+        self._skipped: dict[str, str] = {}  # generations that failed to load: name -> reason
         name = store.read_current(self.index_dir)
         self._gen = _Generation(self.index_dir / name)
         self._gen_name = name
+        self._previous: _Generation | None = None  # answers image lookups for results given just before a swap
         self.embedder = embedder if embedder is not None else self._load_model(model, pretrained, precision)
         self._check_model(self.embedder, self._gen.manifest)
 
@@ -216,48 +227,72 @@ class ProductIndex:
 
     def product(self, product_id: str) -> dict[str, Any]:
         """Everything known about one product, including all its catalog images."""
-        rows = self._gen.query("SELECT * FROM products WHERE product_id=?", (product_id,))
+        gen = self._gen  # one generation for the whole answer, even if a reload swaps meanwhile
+        rows = gen.query("SELECT * FROM products WHERE product_id=?", (product_id,))
         if not rows:
             raise KeyError(product_id)
         p = rows[0]
-        images = [r[0] for r in self._gen.query("SELECT source FROM images WHERE pid=? ORDER BY vid", (p["pid"],))]
+        images = gen.query("SELECT vid, source FROM images WHERE pid=? ORDER BY vid", (p["pid"],))
         return {
             "product_id": p["product_id"], "title": p["title"], "category": p["category"], "price": p["price"],
-            "url": p["url"], "brand": p["brand"], "metadata": json.loads(p["extra"]), "images": images,
+            "url": p["url"], "brand": p["brand"], "metadata": json.loads(p["extra"]), "images": [r[1] for r in images],
+            "image_ids": [int(r[0]) for r in images], "generation": gen.name,
         }
 
     def image_sources(self) -> set[str]:
-        """Every catalog image this index may show (the web UI serves nothing else)."""
+        """Every catalog image this index may show."""
         return {r[0] for r in self._gen.query("SELECT source FROM images")}
 
+    def image_source(self, generation: str, image_id: int) -> str | None:
+        """The catalog image with this id in this generation (the live one or the one it replaced),
+        looked up in that generation's own database; None when there is no such image."""
+        for gen in (self._gen, self._previous):
+            if gen is not None and gen.name == generation:
+                rows = gen.query("SELECT source FROM images WHERE vid=?", (int(image_id),))
+                return rows[0][0] if rows else None
+        return None
+
     # ------------------------------------------------------------ hot reload
+
+    @property
+    def skipped_generations(self) -> dict[str, str]:
+        """Published generations that could not be served (name -> why); they are never retried."""
+        return dict(self._skipped)
 
     def reload_if_changed(self) -> bool:
         """Switch to a newer generation if a build published one; True when switched.
 
-        Cheap (one small file read), so a server can call it before every request. A search
-        already running keeps the generation it started with, so no query sees a mixed state.
+        Cheap when nothing changed (one small file read). The new generation is loaded and checked
+        while the old one keeps answering, then swapped in with one assignment; a search already
+        running keeps the generation it started with, so no answer mixes two. A generation that
+        cannot be loaded or was built with another model is logged once and skipped for good (the
+        old one keeps serving) until a later build publishes a good one. `IndexWatcher` calls this
+        from a background thread so no request ever pays for a load.
         """
         name = store.read_current(self.index_dir, missing_ok=True)
-        if name is None or name == self._gen_name:
+        if name is None or name == self._gen_name or name in self._skipped:
             return False
         with self._reload_lock:
             for _ in range(5):
-                if name is None or name == self._gen_name:
+                if name is None or name == self._gen_name or name in self._skipped:
                     return False
                 try:
                     gen = _Generation(self.index_dir / name)
+                    self._check_model(self.embedder, gen.manifest)
                     break
-                except IndexFormatError:
+                except Exception as e:  # noqa: BLE001 - any failure to load means: keep serving the old one
                     # A newer build may have published and cleaned up this generation while we
                     # opened it; follow CURRENT again. If it still names this one, it is broken.
                     latest = store.read_current(self.index_dir, missing_ok=True)
                     if latest == name:
-                        raise
+                        reason = f"{type(e).__name__}: {e}"
+                        self._skipped[name] = reason
+                        log.error("index generation %s cannot be served, still serving %s: %s", name, self._gen_name, reason)
+                        return False
                     name = latest
             else:
                 return False
-            self._check_model(self.embedder, gen.manifest)
+            self._previous = self._gen
             self._gen, self._gen_name = gen, name
         return True
 
@@ -378,7 +413,8 @@ class ProductIndex:
         if query.shape[1] != gen.faiss.d:
             raise ModelMismatchError(f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}")
         query = gen.to_index_space(query)
-        selector, allowed = self._selector(gen, filters)
+        selector, allowed_vids = self._selector(gen, filters)
+        allowed = None if allowed_vids is None else len(allowed_vids)
         excluded = np.unique(np.asarray(list(exclude_images), dtype=np.int64))
         keep_alive = [selector]
         if len(excluded):
@@ -404,9 +440,42 @@ class ProductIndex:
             if len(best) >= k or fetch >= n_candidates:
                 break
             fetch = min(n_candidates, fetch * 4)
+        if len(best) < k:
+            # An ANN pass with a selective filter (IVF probes few lists, HNSW's graph walk stops early)
+            # can come back short although enough products match: score the allowed vectors exactly.
+            candidates = np.arange(gen.faiss.ntotal, dtype=np.int64) if allowed_vids is None else allowed_vids
+            if len(excluded):
+                candidates = candidates[~np.isin(candidates, excluded)]
+            if len(np.unique(gen.vid_to_pid[candidates])) > len(best):
+                best = self._exact_search(gen, query[0], candidates, max(fetch, 4 * k), k)
         if scoring != "max":
             best = self._rescore(gen, query[0], best, scoring, excluded)
         return self._hits(gen, best[:k])
+
+    @staticmethod
+    def _exact_search(gen: _Generation, query: np.ndarray, candidates: np.ndarray,
+                      n: int, want: int) -> list[tuple[int, float, list[int]]]:
+        """Best products by exact inner product over the candidate vectors (reconstructed from FAISS,
+        a chunk at a time, so a large unfiltered fallback never holds every vector)."""
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(gen.faiss)
+        if ivf is not None and not ivf.direct_map.type:
+            with gen.lock:
+                if not ivf.direct_map.type:
+                    ivf.make_direct_map()
+        scores = np.empty(len(candidates), dtype=np.float32)
+        for start in range(0, len(candidates), EXACT_FALLBACK_CHUNK):
+            chunk = candidates[start:start + EXACT_FALLBACK_CHUNK]
+            vectors = gen._vectors[chunk] if gen._vectors is not None else gen.faiss.reconstruct_batch(chunk)
+            scores[start:start + len(chunk)] = vectors @ query
+        order = np.argsort(-scores, kind="stable")
+        while True:  # enough images to cover n products (a product may own several of the best images)
+            top = order[:n]
+            best = _best_image_per_product(scores[top], candidates[top], gen.vid_to_pid)
+            if len(best) >= want or n >= len(order):
+                return best
+            n *= 4
 
     @staticmethod
     def _rescore(gen: _Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
@@ -453,8 +522,8 @@ class ProductIndex:
         pids = np.array([r[0] for r in gen.query(f"SELECT pid FROM products WHERE {where}", tuple(params))], dtype=np.int64)
         vids = np.flatnonzero(np.isin(gen.vid_to_pid, pids)).astype(np.int64)
         if len(vids) == 0:
-            return None, 0
-        return faiss.IDSelectorBatch(vids), len(vids)
+            return None, vids
+        return faiss.IDSelectorBatch(vids), vids
 
     def _hits(self, gen: _Generation, best: list[tuple[int, float, list[int]]]) -> list[Hit]:
         if not best:
@@ -472,6 +541,7 @@ class ProductIndex:
             hits.append(Hit(
                 rank=rank, product=products[pid], score=float(score), image=sources[vids[0]],
                 matched_images=tuple(sources[v] for v in vids),
+                image_id=int(vids[0]), matched_image_ids=tuple(int(v) for v in vids), generation=gen.name,
                 confident=None if threshold is None else bool(score >= threshold),
             ))
         return hits
