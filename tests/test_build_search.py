@@ -188,8 +188,13 @@ def test_model_batches_are_full_and_identical_images_are_embedded_once(tmp_path)
     csv_path = write_catalog(tmp_path / "shop", n_products=40, views=1)
     emb = FakeEmbedder()
     report = _build(csv_path, tmp_path / "idx", embedder=emb, batch_size=16)
-    # catalog images first; then the simulated shopper photos the close-match verdict is calibrated on
-    assert emb.batches[:2] == [16, 14]
-    simulated = ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["verdict_simulation"]["photos"]
-    assert simulated > 0 and sum(emb.batches[2:]) == simulated
+    # single-image products: no simulated shopper photos for the verdict either, so these are all
+    assert emb.batches == [16, 14]
+    assert "verdict_simulation" not in ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest
+    two_views = write_catalog(tmp_path / "shop2", n_products=40, views=2)
+    emb = FakeEmbedder()
+    _build(two_views, tmp_path / "idx2", embedder=emb, batch_size=16)
+    # catalog images first (60 rows, 45 distinct pictures), then the simulated photos of the verdict
+    simulated = ProductIndex.load(tmp_path / "idx2", FakeEmbedder()).manifest["verdict_simulation"]["photos"]
+    assert emb.batches[:3] == [16, 16, 13] and simulated > 0 and sum(emb.batches[3:]) == simulated
     assert (report.images, report.embedded, report.products) == (40, 30, 40)

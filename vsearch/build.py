@@ -255,15 +255,16 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         manifest["verdict"] = {"threshold": None, "reason": "no verdict: turned off at build (--no-threshold)"}
         return vectors
     simulated = None
-    if hasattr(embedder, "embed_images"):  # a loaded model: simulate shopper photos of catalog products
+    multi = {p for p, c in Counter(product_ids).items() if c >= 2}
+    # A loaded model and products with another image: simulate shopper photos of catalog products
+    # (a single-image catalog cannot answer them with the source image held out, so it skips this).
+    if hasattr(embedder, "embed_images") and multi:
         local: dict[str, tuple[str, int]] = {}
         for row, im in enumerate(images):
             if im.product_id not in local and not im.source.startswith(("http://", "https://")):
                 local[im.product_id] = (im.source, row)
         started = time.perf_counter()
-        counts = Counter(product_ids)
-        sim_vectors, sim_labels, sim_rows, failed = learn.simulated_queries(
-            embedder, local, prefer={p for p, c in counts.items() if c >= 2})
+        sim_vectors, sim_labels, sim_rows, failed = learn.simulated_queries(embedder, local, prefer=multi)
         simulated = (sim_vectors, sim_labels, sim_rows)
         manifest["verdict_simulation"] = {"photos": len(sim_labels), "failed": failed,
                                           "seconds": round(time.perf_counter() - started, 2)}

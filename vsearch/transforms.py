@@ -34,6 +34,8 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- learned projection
 
+SMALL_BATCH = 8  # rows up to which a projection is applied without BLAS threads (queries)
+
 
 @dataclass(frozen=True)
 class Projection:
@@ -46,7 +48,12 @@ class Projection:
     info: Mapping[str, Any]
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return l2_normalise((np.asarray(x, dtype=np.float32) - self.mean) @ self.matrix)
+        x = np.asarray(x, dtype=np.float32) - self.mean
+        if x.ndim == 2 and len(x) <= SMALL_BATCH:
+            # A query: a plain loop (~0.6 ms for 1280 x 1280) beats a multi-threaded BLAS call, which
+            # measured 4.6 ms on 2 busy cores and would take the cores from the model.
+            return l2_normalise(np.einsum("nj,jk->nk", x, self.matrix))
+        return l2_normalise(x @ self.matrix)
 
     def save(self, folder: str | Path, name: str = "adaptation") -> dict[str, Any]:
         """Write ``<name>_mean.npy`` / ``<name>_matrix.npy`` into the generation; returns the manifest entry."""
