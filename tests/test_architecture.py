@@ -24,9 +24,10 @@ LAYERS: list[set[str]] = [
     {"embeddings_io"},
     {"transforms"},
     {"store"},
-    {"calibration"},
+    {"calibration", "hygiene"},
     {"build", "search"},
     {"evaluate"},
+    {"report"},
     {"ui"},
     {"cli", "demo"},
 ]

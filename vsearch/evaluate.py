@@ -82,6 +82,7 @@ class EvalReport:
     results: tuple[QueryResult, ...] = field(repr=False, default=())
     skipped: tuple[str, ...] = ()  # queries that could not be run, with the reason
     options: Mapping[str, Any] = field(default_factory=dict)
+    credited_duplicates: int = 0  # queries counted right: the first result lists a near-identical photo of them
 
     def to_dict(self, *, with_results: bool = False) -> dict[str, Any]:
         d = {
@@ -89,6 +90,7 @@ class EvalReport:
             "mrr": self.mrr, "per_category_r1": dict(self.per_category_r1), "per_category_n": dict(self.per_category_n),
             "latency_p50_ms": self.latency_p50_ms, "latency_p95_ms": self.latency_p95_ms,
             "worst": [_result_dict(r) for r in self.worst], "skipped": list(self.skipped), "options": dict(self.options),
+            "credited_duplicates": self.credited_duplicates,
         }
         if with_results:
             d["results"] = [_result_dict(r) for r in self.results]
@@ -104,7 +106,7 @@ def _result_dict(r: QueryResult) -> dict[str, Any]:
 
 
 def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] = (),
-              options: Mapping[str, Any] | None = None) -> EvalReport:
+              options: Mapping[str, Any] | None = None, credited_duplicates: int = 0) -> EvalReport:
     """Metrics over per-query results (the pure part of evaluation, tested on known rankings)."""
     ranks = [r.rank for r in results]
     by_cat: dict[str, list[int | None]] = {}
@@ -122,6 +124,7 @@ def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] 
         per_category_n={c: len(v) for c, v in sorted(by_cat.items())},
         latency_p50_ms=percentile(lat, 50), latency_p95_ms=percentile(lat, 95), worst=worst,
         results=tuple(results), skipped=tuple(skipped), options=dict(options or {}),
+        credited_duplicates=credited_duplicates,
     )
 
 
@@ -164,11 +167,12 @@ def read_queries(path: str | Path) -> list[Query]:
 
 
 def evaluate(index: ProductIndex, queries: Sequence[Query] | str | Path, *, k: int = 10,
-             progress: ProgressCallback | None = None, **search_options: Any) -> EvalReport:
+             progress: ProgressCallback | None = None, credit_duplicates: bool = True, **search_options: Any) -> EvalReport:
     """Run every labelled query through ``index.search`` and report product-level quality.
 
     search_options are passed to search() (e.g. tta="flip", product_scoring="mean"), so each
-    technique's effect can be measured from the same command.
+    technique's effect can be measured from the same command. credit_duplicates: a query whose
+    first result lists a near-identical photo of it counts as right (see `_credit_duplicates`).
     """
     if not isinstance(queries, (list, tuple)):
         queries = read_queries(queries)
@@ -188,7 +192,16 @@ def evaluate(index: ProductIndex, queries: Sequence[Query] | str | Path, *, k: i
         results.append(QueryResult.from_hits(q.image, q.expected, q.category or cat_of.get(q.expected[0], ""), hits, ms))
         if progress is not None:
             progress(done, len(labelled))
-    return summarize(results, k, skipped=skipped, options=search_options)
+    results, credited = _credit_duplicates(index, results) if credit_duplicates else (results, 0)
+    return summarize(results, k, skipped=skipped, options=search_options, credited_duplicates=credited)
+
+
+def _credit_duplicates(index: ProductIndex, results: list[QueryResult]) -> tuple[list[QueryResult], int]:
+    """The catalog lists the query's own photo (or a resized / re-encoded copy) under the first
+    result's product: that answer is right even if the label names another product."""
+    from .hygiene import credit_near_duplicates
+
+    return credit_near_duplicates(results, lambda pid: index.product(pid)["images"])
 
 
 def _categories(index: ProductIndex, queries: Sequence[Query]) -> dict[str, str]:
@@ -206,7 +219,8 @@ def _categories(index: ProductIndex, queries: Sequence[Query]) -> dict[str, str]
 
 
 def self_test(index: ProductIndex, *, k: int = 10, max_queries: int = SELF_TEST_MAX_QUERIES, seed: int = 0,
-              augment_single: bool = True, progress: ProgressCallback | None = None, **search_options: Any) -> EvalReport:
+              augment_single: bool = True, progress: ProgressCallback | None = None, credit_duplicates: bool = True,
+              **search_options: Any) -> EvalReport:
     """Quality of an index with no labelled data.
 
     For each sampled product with >= 2 images, its last image is the query and that image is
@@ -243,7 +257,9 @@ def self_test(index: ProductIndex, *, k: int = 10, max_queries: int = SELF_TEST_
         results.append(QueryResult.from_hits(source, (pid,), "held-out view" if held_out else "augmented copy", hits, ms))
         if progress is not None:
             progress(done, len(picked))
-    return summarize(results, k, skipped=skipped, options={"self_test": True, **search_options})
+    results, credited = _credit_duplicates(index, results) if credit_duplicates else (results, 0)
+    return summarize(results, k, skipped=skipped, options={"self_test": True, **search_options},
+                     credited_duplicates=credited)
 
 
 def augment(image, *, seed: int = 0):
