@@ -16,7 +16,7 @@ from . import __version__
 from .errors import VsearchError
 
 DEFAULT_INDEX = "index/default"
-TINY_SIDE_HELP = 100  # vsearch.hygiene.TINY_SIDE, repeated so --help needs no numpy import
+TINY_SIDE_HELP = 64  # vsearch.hygiene.TINY_SIDE, repeated so --help needs no numpy import
 ENV_HELP = """environment variables:
   VSEARCH_INDEX       default for --index (now: {index})
   VSEARCH_MODEL       default for --model (now: {model})
@@ -127,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt,
                        description="Checks a catalog CSV, an image folder or an index folder without any model: near-identical "
                        "photos listed under different product ids (perceptual hash, so resized or re-encoded copies count), "
-                       "unreadable photos and photos under %d px on their short side. On an index it also lists views far from "
+                       "unreadable photos and photos under --min-side pixels on their short side. On an index it also lists views far from "
                        "their product's other views (from the stored vectors). Every finding names the product ids, catalog "
-                       "rows and files." % TINY_SIDE_HELP)
+                       "rows and files.")
     c.add_argument("target", metavar="CATALOG_OR_INDEX", help="catalog CSV, image folder, or index folder")
     c.add_argument("--json", action="store_true", help="print every finding as JSON")
     c.add_argument("--limit", type=int, default=20, metavar="N", help="findings of each kind printed (default: 20; --json prints all)")
+    c.add_argument("--min-side", type=int, default=TINY_SIDE_HELP, metavar="PX",
+                   help=f"photos whose shorter side is under PX pixels are reported as tiny (default: {TINY_SIDE_HELP})")
     c.add_argument("--allow-outside-paths", action="store_true", help="allow catalog image paths outside the catalog's folder")
     c.set_defaults(func=cmd_check)
 
@@ -396,7 +398,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if not Path(args.target).exists():
         raise VsearchError(f"{args.target!r} does not exist; give a catalog CSV, an image folder or an index folder")
-    report = check(args.target, allow_outside_paths=args.allow_outside_paths)
+    report = check(args.target, allow_outside_paths=args.allow_outside_paths, min_side=args.min_side)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
         return 0
@@ -412,7 +414,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"views that disagree with their product's other views: {len(report.odd_views)}")
         for v in report.odd_views[:limit]:
             print(f"  {v.photo.describe()}: best similarity to its other {v.n_views - 1} view(s) {v.agreement:.2f} "
-                  f"(typical {v.typical:.2f}), closest {v.closest.image}")
+                  f"(typical {v.typical:.2f}, unrelated photos {v.unrelated:.2f}); closest: {v.closest.image}")
     print(f"unreadable or tiny photos: {len(report.bad_photos)}")
     for b in report.bad_photos[:limit]:
         where = f"row {b.photo.row}" if b.photo.row else "catalog"

@@ -8,8 +8,8 @@ thumbnail differs much, so a resized or re-encoded copy matches while a colour v
 same way (a red and a blue chair), or two different products on white, do not. Thresholds were
 chosen by looking at jumia pairs at each distance (see the module constants).
 
-"Disagreeing" views need embeddings, so they are only checked on an index: a view whose best
-similarity to its own product's other views is an outlier for the catalog.
+"Disagreeing" views need embeddings, so they are only checked on an index: a view that looks no
+more like its own product's other views than two unrelated catalog photos look alike.
 Library code: returns a `HygieneReport`, never prints.
 """
 
@@ -38,12 +38,13 @@ DHASH_MAX = 8
 #: stay under ~10; the same photo with a caption added 10..30; colour variants of one product
 #: shot alike (blue vs black chair, red vs blue ear tips) 38..200.
 COLOUR_MAX = 30.0
-#: A photo whose shorter side is under this many pixels is reported as tiny (models see ~224 px).
-TINY_SIDE = 100
-#: Robust z-score (median / MAD of every view's best agreement with its own product) below which
-#: a view is reported as disagreeing with its product's other views.
-ODD_VIEW_Z = -3.5
-ODD_VIEW_MAX_SCORE = 0.5  # ... and only when that agreement is also low in absolute terms
+#: A photo whose shorter side is under this many pixels is reported as tiny: models look at
+#: ~224 px, so such a photo is blown up several times and carries little of the product.
+TINY_SIDE = 64
+#: Random pairs of photos of different products sampled to learn how alike unrelated photos look
+#: (a view that agrees no better with its own product is reported: 20 of jumia's 3,267 views, mostly
+#: infographics and lifestyle shots next to packshots).
+ODD_VIEW_PAIRS = 20_000
 DECODE_SIDE = 64  # JPEGs are decoded at a reduced scale with a short side of at least this
 ProgressCallback = Callable[[int, int], None]
 
@@ -99,6 +100,7 @@ class OddView:
     photo: PhotoRef
     agreement: float  # best cosine similarity to another view of the same product
     typical: float  # the catalog's median of that number
+    unrelated: float  # median similarity of two photos of different products (the bar it fell under)
     n_views: int
     closest: PhotoRef  # the product's view it agrees with best
 
@@ -135,6 +137,7 @@ class HygieneReport:
             "duplicates": [{"product_ids": list(g.product_ids), "max_distance": g.max_distance,
                             "photos": [asdict(p) for p in g.photos]} for g in self.duplicates],
             "odd_views": [{**asdict(v.photo), "agreement": round(v.agreement, 4), "typical": round(v.typical, 4),
+                           "unrelated": round(v.unrelated, 4),
                            "n_views": v.n_views, "closest": asdict(v.closest)} for v in self.odd_views],
             "bad_photos": [{**asdict(b.photo), "problem": b.problem} for b in self.bad_photos],
         }
@@ -276,16 +279,17 @@ def is_index_dir(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / CURRENT_FILE).is_file()
 
 
-def check(path: str | os.PathLike, *, progress: ProgressCallback | None = None,
-          allow_outside_paths: bool = False) -> HygieneReport:
-    """Check a catalog (CSV or image folder) or an index folder; see the module docstring."""
+def check(path: str | os.PathLike, *, progress: ProgressCallback | None = None, allow_outside_paths: bool = False,
+          min_side: int = TINY_SIDE) -> HygieneReport:
+    """Check a catalog (CSV or image folder) or an index folder; see the module docstring.
+    min_side: photos with a shorter side under this many pixels are reported as tiny."""
     if is_index_dir(path):
-        return check_index(path, progress=progress)
-    return check_catalog(path, progress=progress, allow_outside_paths=allow_outside_paths)
+        return check_index(path, progress=progress, min_side=min_side)
+    return check_catalog(path, progress=progress, allow_outside_paths=allow_outside_paths, min_side=min_side)
 
 
 def check_catalog(path: str | os.PathLike, *, progress: ProgressCallback | None = None,
-                  allow_outside_paths: bool = False) -> HygieneReport:
+                  allow_outside_paths: bool = False, min_side: int = TINY_SIDE) -> HygieneReport:
     """Duplicates and unusable photos of a catalog CSV or image folder (no model, no index)."""
     from .catalog import read_catalog
 
@@ -301,10 +305,11 @@ def check_catalog(path: str | os.PathLike, *, progress: ProgressCallback | None 
     not_checked = ["photos that disagree with their product: needs embeddings, check an index folder instead"]
     if urls:
         not_checked.append(f"{urls} image URLs (not downloaded by a check; check the index built from this catalog)")
-    return _check_photos(str(path), "catalog", photos, bad, None, not_checked, started, progress)
+    return _check_photos(str(path), "catalog", photos, bad, None, not_checked, started, progress, min_side=min_side)
 
 
-def check_index(index_dir: str | os.PathLike, *, progress: ProgressCallback | None = None) -> HygieneReport:
+def check_index(index_dir: str | os.PathLike, *, progress: ProgressCallback | None = None,
+                min_side: int = TINY_SIDE) -> HygieneReport:
     """Duplicates, unusable photos and disagreeing views of an index's live generation."""
     from . import store
 
@@ -328,7 +333,8 @@ def check_index(index_dir: str | os.PathLike, *, progress: ProgressCallback | No
     vectors = _reconstruct(faiss_index)
     if vectors.shape[0] != len(photos):
         raise VsearchError(f"{gen}: {vectors.shape[0]} vectors but {len(photos)} image records; rebuild the index")
-    return _check_photos(str(index_dir), "index", photos, [], vectors, [], started, progress, files=files)
+    return _check_photos(str(index_dir), "index", photos, [], vectors, [], started, progress, files=files,
+                         min_side=min_side)
 
 
 def _reconstruct(index) -> np.ndarray:
@@ -342,7 +348,7 @@ def _reconstruct(index) -> np.ndarray:
 
 def _check_photos(source: str, kind: str, photos: list[PhotoRef], bad: list[BadPhoto], vectors: np.ndarray | None,
                   not_checked: list[str], started: float, progress: ProgressCallback | None,
-                  files: list[str] | None = None) -> HygieneReport:
+                  files: list[str] | None = None, min_side: int = TINY_SIDE) -> HygieneReport:
     files = files or [p.image for p in photos]
     cache = FingerprintCache()
     cache.fill(files, progress=progress)
@@ -353,8 +359,8 @@ def _check_photos(source: str, kind: str, photos: list[PhotoRef], bad: list[BadP
             bad.append(BadPhoto(photo, f"unreadable: {cache.errors.get(f, 'unknown error')}"))
             continue
         readable.append(i)
-        if min(fp.width, fp.height) < TINY_SIDE:
-            bad.append(BadPhoto(photo, f"tiny: {fp.width}x{fp.height} px (under {TINY_SIDE} px on its short side); "
+        if min(fp.width, fp.height) < min_side:
+            bad.append(BadPhoto(photo, f"tiny: {fp.width}x{fp.height} px (under {min_side} px on its short side); "
                                        "upload a larger photo"))
     pairs = near_identical_pairs([cache.prints[files[i]] for i in readable])
     duplicates = _groups([(readable[i], readable[j], d) for i, j, d in pairs], photos)
@@ -398,13 +404,16 @@ def _groups(pairs: list[tuple[int, int, int]], photos: list[PhotoRef]) -> list[D
     return out
 
 
-def odd_views(photos: Sequence[PhotoRef], vectors: np.ndarray) -> list[OddView]:
-    """Views whose best similarity to another view of the same product is an outlier (robust z-score
-    under ODD_VIEW_Z) and low (under ODD_VIEW_MAX_SCORE). Products with one view are not judged; with
-    two views both are reported together when they disagree."""
+def odd_views(photos: Sequence[PhotoRef], vectors: np.ndarray, *, seed: int = 0) -> list[OddView]:
+    """Views that look no more like their own product's other views than two unrelated catalog photos
+    look like each other: the best similarity to another view of the same product is under the median
+    similarity of random pairs of photos of different products. Products with one view are not
+    judged; when a product's two views disagree, both are listed."""
     by_product: dict[str, list[int]] = {}
     for i, p in enumerate(photos):
         by_product.setdefault(p.product_id, []).append(i)
+    if len(by_product) < 2:
+        return []
     best: dict[int, tuple[float, int]] = {}
     for idx in by_product.values():
         if len(idx) < 2:
@@ -415,18 +424,27 @@ def odd_views(photos: Sequence[PhotoRef], vectors: np.ndarray) -> list[OddView]:
         arg = sims.argmax(1)
         for row, i in enumerate(idx):
             best[i] = (float(sims[row, arg[row]]), idx[int(arg[row])])
-    if len(best) < 10:
+    if not best:
         return []
-    scores = np.array([s for s, _ in best.values()])
-    median = float(np.median(scores))
-    mad = float(np.median(np.abs(scores - median))) * 1.4826 or 1e-6
-    out = []
-    for i, (s, j) in best.items():
-        if (s - median) / mad < ODD_VIEW_Z and s < ODD_VIEW_MAX_SCORE:
-            out.append(OddView(photo=photos[i], agreement=s, typical=median,
-                               n_views=len(by_product[photos[i].product_id]), closest=photos[j]))
-    out.sort(key=lambda o: o.agreement)
+    unrelated = unrelated_similarity(photos, vectors, seed=seed)
+    typical = float(np.median([s for s, _ in best.values()]))
+    out = [OddView(photo=photos[i], agreement=s, typical=typical, unrelated=unrelated,
+                   n_views=len(by_product[photos[i].product_id]), closest=photos[j])
+           for i, (s, j) in best.items() if s < unrelated]
+    out.sort(key=lambda o: (o.agreement, o.photo.row))
     return out
+
+
+def unrelated_similarity(photos: Sequence[PhotoRef], vectors: np.ndarray, *, pairs: int = ODD_VIEW_PAIRS,
+                         seed: int = 0) -> float:
+    """Median similarity of random pairs of photos of different products (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, len(photos), pairs)
+    b = rng.integers(0, len(photos), pairs)
+    keep = np.array([photos[i].product_id != photos[j].product_id for i, j in zip(a.tolist(), b.tolist())])
+    if not keep.any():
+        return -1.0
+    return float(np.median((vectors[a[keep]] * vectors[b[keep]]).sum(1)))
 
 
 # ---------------------------------------------------------------- evaluation helper

@@ -424,7 +424,7 @@ def _hygiene_section(h: HygieneReport, thumbs: _Thumbs) -> str:
             parts.append(picture_row_html([
                 _ref_cell(v.photo, thumbs, f"similarity {v.agreement:.2f}"),
                 _ref_cell(v.closest, thumbs, "its closest own view"),
-            ], title=f"{v.n_views} views; typical {v.typical:.2f}"))
+            ], title=f"{v.n_views} views; typical {v.typical:.2f}, unrelated photos {v.unrelated:.2f}"))
     parts.append(f"<h3>Unreadable or tiny photos: {len(h.bad_photos)}</h3>")
     if h.bad_photos:
         parts.append("<ul>" + "".join(f"<li>row {b.photo.row} {html.escape(b.photo.product_id)} "
