@@ -14,10 +14,11 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import VsearchError
 from .images import MAX_BYTES
+from .report import ROW_CSS
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -231,6 +232,35 @@ def _detail_images(index: ProductIndex, hit: Hit) -> list[tuple[str, str]]:
     return out
 
 
+def why_it_matched(photo: Any, margins: Sequence[float | None] | None, hit: Mapping[str, Any]) -> str:
+    """One result as a picture row (HTML): the shopper's photo as searched (crop applied) beside the
+    product's catalog image that matched it best, with the score. Pictures are inline data: URIs, so
+    nothing more has to be served. Used by the details panel; see `vsearch.report.picture_row_html`."""
+    from .images import load_image
+    from .report import PictureCell, image_data_uri, picture_row_html
+
+    query = ""
+    if photo is not None:
+        try:
+            img = load_image(photo, min_side=400, name=Path(str(photo)).name if isinstance(photo, (str, os.PathLike)) else None)
+            query = image_data_uri(crop_photo(img, margins))
+        except VsearchError:
+            query = ""
+    image = str(hit.get("image", ""))
+    matched = list(hit.get("matched_images") or [image])
+    confident = hit.get("confident")
+    verdict = {True: "close match", False: "not a close match"}.get(confident, "no verdict")
+    more = f"\n{len(matched) - 1} more of its images also matched" if len(matched) > 1 else ""
+    cells = [
+        PictureCell(query, "your photo", "as searched", alt="your photo"),
+        PictureCell("" if _is_url(image) else image_data_uri(image), f"{hit.get('title') or hit.get('product_id', '')}",
+                    f"its best-matching image, similarity {float(hit.get('score', 0.0)):.3f} ({verdict})\n"
+                    f"{Path(image).name}{more}", tone="good" if confident else "bad" if confident is False else "",
+                    alt="matched catalog image"),
+    ]
+    return picture_row_html(cells, title="Why it matched")
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -293,6 +323,13 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         return _details(index, hit), _detail_images(index, hit), gr.update(visible=True)
 
     show_details.__annotations__["evt"] = gr.SelectData  # gradio injects the selection by this type
+
+    def show_why(photo, left, top, right, bottom, hits: list[dict], evt: gr.SelectData):
+        if not hits or evt.index is None or evt.index >= len(hits):
+            return ""
+        return why_it_matched(photo, (left, top, right, bottom), hits[evt.index])
+
+    show_why.__annotations__["evt"] = gr.SelectData
 
     def _preview(photo: str, margins) -> tuple[Any, str]:
         from .images import load_image
@@ -373,6 +410,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                                      allow_preview=False, show_label=False, elem_classes="vs-gallery", elem_id="vs-results")
                 with gr.Group(visible=False) as detail_box:
                     details = gr.Markdown(elem_classes="vs-details")
+                    why = gr.HTML(elem_id="vs-why", css_template=ROW_CSS)
                     detail_images = gr.Gallery(label="This product's catalog images", columns=6, height=220,
                                                object_fit="contain", allow_preview=False)
         hits_state = gr.State([])
@@ -386,6 +424,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
               api_visibility="private", trigger_mode="always_last")
         gallery.select(show_details, [hits_state], [details, detail_images, detail_box], api_visibility="private",
                        queue=False)
+        gallery.select(show_why, [photo, *margins, hits_state], [why], api_visibility="private", queue=False)
 
         # The named API endpoint: plain file in, list of hit dicts out, same search as the page.
         with gr.Column(visible=False):
