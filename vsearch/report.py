@@ -41,7 +41,7 @@ ROW_CSS = """
 .vs-row{display:flex;gap:.8rem;align-items:flex-start;margin:.6rem 0;padding:.6rem;border:1px solid #e5e7eb;border-radius:8px;flex-wrap:wrap}
 .vs-cell{width:210px;font-size:.85rem}
 .vs-cell img{max-width:200px;max-height:200px;display:block;border-radius:4px;background:#f9fafb;border:1px solid #eee}
-.vs-cell .cap{font-weight:600;margin-top:.25rem;word-break:break-word} .vs-cell .det{color:#4b5563;word-break:break-all}
+.vs-cell .cap{font-weight:600;margin-top:.25rem;overflow-wrap:anywhere} .vs-cell .det{color:#4b5563;overflow-wrap:anywhere}
 .vs-cell.good .cap{color:#047857} .vs-cell.bad .cap{color:#b91c1c}
 .vs-missing{width:200px;height:120px;display:flex;align-items:center;justify-content:center;background:#f3f4f6;color:#6b7280;
  border-radius:4px;text-align:center;font-size:.8rem}
@@ -310,7 +310,7 @@ def _pr_section(report: EvalReport, index: ProductIndex, out: Path) -> str:
     if point is not None:
         a1.plot([point[1]], [point[0]], "o", ms=10, color="#dc2626", label="the index's close-match verdict")
         a1.annotate(f"P={point[0]:.2f} R={point[1]:.2f}", (point[1], point[0]), textcoords="offset points",
-                    xytext=(8, -14), color="#dc2626")
+                    xytext=(-80 if point[1] > 0.7 else 8, -16), color="#dc2626")
     a1.set_xlabel("recall (right first results that are called)")
     a1.set_ylabel("precision (called ones right at rank 1)")
     a1.set_xlim(0, 1.02)

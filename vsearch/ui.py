@@ -410,7 +410,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                                      allow_preview=False, show_label=False, elem_classes="vs-gallery", elem_id="vs-results")
                 with gr.Group(visible=False) as detail_box:
                     details = gr.Markdown(elem_classes="vs-details")
-                    why = gr.HTML(elem_id="vs-why", css_template=ROW_CSS)
+                    why = gr.HTML(elem_id="vs-why", css_template=ROW_CSS, js_on_load=None)
                     detail_images = gr.Gallery(label="This product's catalog images", columns=6, height=220,
                                                object_fit="contain", allow_preview=False)
         hits_state = gr.State([])
