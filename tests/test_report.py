@@ -7,7 +7,6 @@ import base64
 import csv
 import io
 import re
-from pathlib import Path
 
 import pytest
 from PIL import Image

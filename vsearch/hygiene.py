@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -124,7 +124,6 @@ class HygieneReport:
     bad_photos: tuple[BadPhoto, ...]
     not_checked: tuple[str, ...] = ()  # what could not be checked and why (URLs in a catalog, views without an index)
     seconds: float = 0.0
-    fingerprints: dict[str, Fingerprint] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_findings(self) -> int:
@@ -366,11 +365,10 @@ def _check_photos(source: str, kind: str, photos: list[PhotoRef], bad: list[BadP
     duplicates = _groups([(readable[i], readable[j], d) for i, j, d in pairs], photos)
     odd = odd_views(photos, vectors) if vectors is not None else []
     bad.sort(key=lambda b: (b.photo.row, b.photo.image))
-    prints = {p.image: cache.prints[f] for p, f in zip(photos, files) if f in cache.prints}
     return HygieneReport(
         source=source, kind=kind, n_images=len(photos), n_products=len({p.product_id for p in photos}),
         duplicates=tuple(duplicates), odd_views=tuple(odd), bad_photos=tuple(bad), not_checked=tuple(not_checked),
-        seconds=time.perf_counter() - started, fingerprints=prints,
+        seconds=time.perf_counter() - started,
     )
 
 

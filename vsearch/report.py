@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from .errors import ImageError, VsearchError
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from .evaluate import EvalReport, QueryResult
     from .hygiene import HygieneReport, PhotoRef
     from .search import ProductIndex
