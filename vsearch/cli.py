@@ -373,7 +373,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             first = f"{r.top} ({r.scores[0]:.3f})" if r.ranked else "nothing"
             print(f"  {r.image} -> {'|'.join(r.expected)} | {first}; {rank}")
     if report.credited_duplicates:
-        print(f"counted right: {report.credited_duplicates} queries whose first result lists a near-identical photo of "
+        n = report.credited_duplicates
+        print(f"counted right: {n} quer{'y' if n == 1 else 'ies'} whose first result lists a near-identical photo of "
               "the query (vsearch check lists such photos; --no-duplicate-credit to count them wrong)")
     for line in report.skipped[:10]:
         print(f"skipped {line}", file=sys.stderr)

@@ -185,8 +185,9 @@ def _headline(report: EvalReport, index: ProductIndex, title: str) -> str:
     rows.append(("latency", f"p50 {report.latency_p50_ms:.1f} ms, p95 {report.latency_p95_ms:.1f} ms per query"))
     credited = getattr(report, "credited_duplicates", 0)
     if credited:
-        rows.append(("counted right as duplicates", f"{credited} queries whose first result lists a near-identical "
-                                                     "photo of the query (see the catalog check below)"))
+        rows.append(("counted right as duplicates", f"{credited} quer{'y' if credited == 1 else 'ies'} whose first "
+                                                     "result lists a near-identical photo of the query (see the catalog "
+                                                     "check below)"))
     verdict = close_match_point(report.results)
     if verdict is not None:
         p, r, n = verdict
