@@ -1,10 +1,12 @@
-"""Start the vsearch web app: `python app.py`.
+"""Start the vsearch demo web app: `python app.py` (what `make demo` runs).
 
 Serves the index in index/default (or $VSEARCH_INDEX). When there is none yet, it first writes
 the bundled sample catalog and shopper photos to index/sample-catalog/ and builds the index —
 with CLIP when its weights are available, otherwise with the offline EfficientNet-Lite0 model
-(image search only), saying so on the console and in the page.
-Environment: VSEARCH_INDEX, VSEARCH_MODEL, VSEARCH_PRETRAINED, VSEARCH_HOST, VSEARCH_PORT.
+(image search only), saying so on the console and in the page. Then it runs `vsearch serve`
+on that index, with the sample's shopper photos as examples.
+Environment (the same as `vsearch serve`): VSEARCH_INDEX, VSEARCH_MODEL, VSEARCH_PRETRAINED,
+VSEARCH_PRECISION, VSEARCH_HOST, VSEARCH_PORT.
 """
 
 from __future__ import annotations
@@ -51,30 +53,30 @@ def build_sample(index_dir: Path, model: str | None, pretrained: str | None) -> 
     return notice
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Build the sample when there is no index yet, then hand over to `vsearch serve` (same code,
+    same environment variables); extra arguments go to `vsearch serve` as well."""
     from vsearch import store
+    from vsearch.cli import main as vsearch
     from vsearch.errors import VsearchError
-    from vsearch.ui import serve
 
     index_dir = Path(os.environ.get("VSEARCH_INDEX") or ROOT / "index" / "default")
     model = os.environ.get("VSEARCH_MODEL") or None
     pretrained = os.environ.get("VSEARCH_PRETRAINED") or None
-    host = os.environ.get("VSEARCH_HOST", "127.0.0.1")
-    port = int(os.environ.get("VSEARCH_PORT", "7860"))
     try:
         notice = None
         if store.read_current(index_dir, missing_ok=True) is None:
             notice = build_sample(index_dir, model, pretrained)
         elif not model and _model_name(index_dir) == "efficientnet-lite0":
             notice = "This index uses the offline EfficientNet-Lite0 model — image search only."
-        examples = sorted((SAMPLE_DIR / "queries").glob("*.jpg")) if _is_sample(index_dir) else []
-        serve(index_dir, host=host, port=port, model=model, pretrained=pretrained, notice=notice, examples=examples)
+        demo = ["--examples", str(SAMPLE_DIR / "queries")] if _is_sample(index_dir) else []
     except VsearchError as e:
         print(f"vsearch: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return vsearch(["serve", "--index", str(index_dir), *demo, *(["--notice", notice] if notice else []),
+                    *(sys.argv[1:] if argv is None else argv)])
 
 
 def _model_name(index_dir: Path) -> str:

@@ -1,7 +1,7 @@
 """The hostile-input zoo: generate every bad image, path, URL and CSV a shop could hand vsearch,
 run real builds over them and print one table row per input: what it was and what vsearch did.
 
-    python benchmarks/hostile_inputs.py                 # test-tiny model, temp folder
+    python benchmarks/hostile_inputs.py                 # test-tiny model (the test plugin `make test` installs), temp folder
     python benchmarks/hostile_inputs.py --keep zoo/      # keep the generated files and index
 
 Every input must end up either indexed or skipped with a reason that names it; the build must
@@ -501,7 +501,7 @@ def run(folder: Path, model: str = "test-tiny") -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, default=None, help="write the zoo and indexes here and keep them")
-    parser.add_argument("--model", default="test-tiny", help="embedder (default: test-tiny; the pipeline is what is tested)")
+    parser.add_argument("--model", default="test-tiny", help="embedder (default: test-tiny, from the test plugin `make test` installs; the pipeline is what is tested)")
     args = parser.parse_args(argv)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

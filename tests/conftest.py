@@ -14,6 +14,17 @@ from PIL import Image, ImageDraw
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_sessionstart(session):
+    """Tests name the model test-tiny, which only the test suite's own plugin registers."""
+    from importlib.metadata import entry_points
+
+    if not any(ep.value.split(":")[0] == "vsearch_test_models" for ep in entry_points(group="vsearch.models")):
+        raise pytest.UsageError(
+            "the test model plugin (test-tiny) is not installed: run `make test`, or "
+            "pip install -c constraints.txt -e tests/plugins/vsearch_test_models"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
     """No test reads the user's settings or reaches a model hub."""

@@ -24,10 +24,12 @@ LAYERS: list[set[str]] = [
     {"embeddings_io"},
     {"transforms"},
     {"store"},
-    {"calibration", "hygiene"},
+    {"adaptation", "calibration", "hygiene"},
+    {"learn"},
     {"build", "search"},
-    {"evaluate"},
+    {"evaluate", "watcher", "feedback"},
     {"report"},
+    {"api"},
     {"ui"},
     {"cli", "demo"},
 ]
@@ -179,3 +181,17 @@ def test_the_checker_sees_imports(tmp_path, source, expected):
 def test_the_checker_finds_a_cycle():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_architecture_md_lists_the_same_layers():
+    """architecture.md's layer table and LAYERS say the same thing, so the map a newcomer reads is true."""
+    import itertools
+    import re
+
+    text = (PACKAGE.parent / "architecture.md").read_text(encoding="utf-8")
+    documented = [set(m.rstrip("/") for m in re.findall(r"`([\w/]+)`", modules))
+                  for modules in re.findall(r"^\| \d+ \| ([^|]+) \|", text, flags=re.M)]
+    assert documented == LAYERS, (
+        "architecture.md's layer table differs from LAYERS in tests/test_architecture.py:\n"
+        + "\n".join(f"layer {i}: architecture.md {sorted(d)} vs LAYERS {sorted(l)}"
+                     for i, (d, l) in enumerate(itertools.zip_longest(documented, LAYERS, fillvalue=set())) if d != l))

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from conftest import FakeEmbedder, draw_product, write_catalog
 from vsearch import store
@@ -189,5 +188,8 @@ def test_model_batches_are_full_and_identical_images_are_embedded_once(tmp_path)
     csv_path = write_catalog(tmp_path / "shop", n_products=40, views=1)
     emb = FakeEmbedder()
     report = _build(csv_path, tmp_path / "idx", embedder=emb, batch_size=16)
-    assert emb.batches == [16, 14]
+    # catalog images first; then the simulated shopper photos the close-match verdict is calibrated on
+    assert emb.batches[:2] == [16, 14]
+    simulated = ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["verdict_simulation"]["photos"]
+    assert simulated > 0 and sum(emb.batches[2:]) == simulated
     assert (report.images, report.embedded, report.products) == (40, 30, 40)

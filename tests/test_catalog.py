@@ -18,6 +18,7 @@ from vsearch.catalog import (
     REQUIRED_COLUMNS,
     Catalog,
     CatalogRow,
+    Product,
     ProductInfo,
     RowProblem,
     iter_catalog_rows,
@@ -66,13 +67,14 @@ def test_good_csv_gives_rows_with_spreadsheet_row_numbers_and_resolved_paths(tmp
     assert cat.root == tmp_path.resolve()
     assert cat.rows == [
         CatalogRow(
-            row=2, product_id="P1", image=str(tmp_path.resolve() / "images" / "a.jpg"),
-            title="Red Mug", category="mug", price=12.5, url="https://shop.example/p1", brand="Acme",
-            extra=(("color", "red"), ("size", "L")),
+            row=2, image=str(tmp_path.resolve() / "images" / "a.jpg"), product=Product(
+                product_id="P1", title="Red Mug", category="mug", price=12.5, url="https://shop.example/p1",
+                brand="Acme", extra=(("color", "red"), ("size", "L"))),
         ),
         CatalogRow(
-            row=3, product_id="P2", image=str(tmp_path.resolve() / "b.png"), title="Blue Shirt",
-            category="shirt", price=None, brand="Zenith", extra=(("color", "blue"), ("size", "")),
+            row=3, image=str(tmp_path.resolve() / "b.png"), product=Product(
+                product_id="P2", title="Blue Shirt", category="shirt", price=None, brand="Zenith",
+                extra=(("color", "blue"), ("size", ""))),
         ),
     ]
     assert list(cat.products) == ["P1", "P2"]

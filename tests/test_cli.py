@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import draw_product, write_catalog
-from vsearch.cli import main
+from vsearch.cli import VERDICT_LINES, main
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,18 @@ def test_search_prints_ranked_products(built, capsys):
     csv_path, index_dir = built
     photo = csv_path.parent / "images" / "p004-0.jpg"
     assert main(["search", str(photo), "--index", str(index_dir), "-k", "3"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    verdict, *lines = capsys.readouterr().out.strip().splitlines()
+    from vsearch.search import ProductIndex
+
+    top = ProductIndex.load(index_dir).search(image=photo, k=1)[0]
+    assert verdict == VERDICT_LINES[top.confident]  # the same three states as the API
     assert len(lines) == 3
     assert lines[0].split()[2] == "P004" and "Product 4" in lines[0] and "p004-0.jpg" in lines[0]
+
+
+def test_search_says_each_verdict_in_its_own_words():
+    assert VERDICT_LINES[True] == "close match:"
+    assert VERDICT_LINES[False].startswith("no close match") and VERDICT_LINES[None].startswith("best guesses")
 
 
 def test_search_json_and_filters(built, capsys):
@@ -57,7 +66,10 @@ def test_info(built, capsys):
     _, index_dir = built
     assert main(["info", "--index", str(index_dir)]) == 0
     out = capsys.readouterr().out
-    assert "products:     9" in out and "images:       14" in out and "test-tiny" in out and "v1" in out
+    assert "products:     9" in out and "images:       14" in out and "test-tiny" in out and "v2" in out
+    # 9 products, 5 of them with two photos: too few to learn from, and info says so
+    assert "adaptation:   none: catalog adaptation needs at least 20 products" in out
+    assert "close match:  " in out
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not an image", b"\x89PNG\r\n\x1a\n\x00\x00"])

@@ -337,7 +337,7 @@ def test_unreachable_hub_fails_fast_without_offline_flag(tmp_path, monkeypatch):
 def _save_tiny_checkpoint(tiny, folder: Path) -> Path:
     import torch
 
-    from vsearch.embedders.tiny import build_tiny_model
+    from vsearch_test_models.tiny import build_tiny_model
 
     path = folder / "tiny_clip.bin"
     torch.save(build_tiny_model().state_dict(), path)
@@ -347,7 +347,7 @@ def _save_tiny_checkpoint(tiny, folder: Path) -> Path:
 def test_local_checkpoint_gives_the_same_vectors(tiny, tmp_path):
     import open_clip
 
-    from vsearch.embedders.tiny import TINY_ARCH, TINY_MODEL_CFG
+    from vsearch_test_models.tiny import TINY_ARCH, TINY_MODEL_CFG
 
     config = tmp_path / f"{TINY_ARCH}.json"
     config.write_text(json.dumps(TINY_MODEL_CFG))
@@ -389,7 +389,7 @@ def _fake_hub_cache(root: Path, repo_id: str, files: dict[str, bytes]) -> None:
 
 
 def test_hf_hub_model_loads_from_the_cache_offline(tiny, tmp_path, monkeypatch):
-    from vsearch.embedders.tiny import TINY_MODEL_CFG
+    from vsearch_test_models.tiny import TINY_MODEL_CFG
 
     ckpt = _save_tiny_checkpoint(tiny, tmp_path)
     config = json.dumps({"model_cfg": TINY_MODEL_CFG, "preprocess_cfg": {}}).encode()

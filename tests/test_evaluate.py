@@ -9,10 +9,11 @@ import pytest
 
 from conftest import FakeEmbedder, draw_product, write_catalog
 from vsearch.build import build_index
+from vsearch.calibration import calibrate_verdict, wilson_lower
 from vsearch.cli import main
 from vsearch.errors import CatalogError
 from vsearch.evaluate import (
-    QueryResult, calibrate_threshold, confidence_report, evaluate, first_correct_rank, mean_reciprocal_rank,
+    QueryResult, confidence_report, evaluate, first_correct_rank, mean_reciprocal_rank,
     read_queries, recall_at, self_test, summarize,
 )
 from vsearch.search import ProductIndex
@@ -113,39 +114,65 @@ def test_self_test_with_augmented_single_image_products(shop):
     assert report.recall[5] >= 0.8
 
 
-def test_calibrated_threshold_separates_matches_from_non_matches():
+def test_verdict_threshold_reaches_the_target_precision_and_keeps_unsold_photos_out():
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(30, 16))
-    vecs = np.concatenate([centres + 0.2 * rng.normal(size=centres.shape) for _ in range(2)])
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    pids = np.concatenate([np.arange(30), np.arange(30)]).astype(str)
-    cal = calibrate_threshold(vecs, pids)
-    assert cal.method == "held-out-view-quantile" and cal.positives == 60
-    assert cal.negative_median < cal.threshold <= cal.positive_median
-    unrelated = post_l2(np.random.default_rng(1).normal(size=(50, 16)))
-    assert np.mean((unrelated @ vecs.T).max(axis=1) >= cal.threshold) < 0.1  # unsold things fall below
-    few = calibrate_threshold(vecs[:30], pids[:30])  # no multi-image products: nothing to learn from
-    assert few.threshold is None and few.positives == 0
+    right = rng.normal(0.75, 0.08, 400)  # right first results score high...
+    wrong = rng.normal(0.55, 0.08, 400)  # ...wrong ones lower, with overlap
+    scores = np.r_[right, wrong]
+    correct = np.r_[np.ones(400, bool), np.zeros(400, bool)]
+    unsold = rng.normal(0.5, 0.08, 400)
+    v = calibrate_verdict(scores, correct, unsold, sources={"simulated": 800})
+    assert v.threshold is not None
+    above = scores >= v.threshold
+    assert correct[above].mean() >= 0.9 and v.precision == pytest.approx(correct[above].mean())
+    assert v.recall == pytest.approx(correct[above].sum() / 400) and v.recall > 0.3
+    assert np.mean(unsold >= v.threshold) <= 0.1
+    lower = v.threshold - 0.03  # the lowest qualifying threshold: a lower one would be less precise
+    assert correct[scores >= lower].mean() < correct[above].mean()
+    assert v.decide(v.threshold) is True and v.decide(v.threshold - 1e-6) is False
 
 
-def post_l2(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def test_verdict_gives_none_when_scores_cannot_tell_right_from_wrong():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(0.6, 0.1, 600)
+    correct = rng.random(600) < 0.5  # right and wrong answers score alike: precision ~0.5 everywhere
+    v = calibrate_verdict(scores, correct, rng.normal(0.6, 0.1, 300))
+    assert v.threshold is None and v.decide(0.99) is None and "no verdict" in v.reason
 
 
-def test_threshold_is_stored_in_the_manifest_and_drives_hit_confident(tmp_path):
+def test_verdict_threshold_rises_above_photos_of_unsold_products():
+    rng = np.random.default_rng(2)
+    scores = np.r_[rng.normal(0.8, 0.05, 300), rng.normal(0.5, 0.05, 100)]
+    correct = np.r_[np.ones(300, bool), np.zeros(100, bool)]
+    plain = calibrate_verdict(scores, correct, rng.normal(0.5, 0.05, 300))
+    unsold_high = rng.normal(0.75, 0.05, 300)  # unsold look-alikes score like right answers
+    strict = calibrate_verdict(scores, correct, unsold_high)
+    assert strict.threshold is not None and strict.threshold > plain.threshold
+    assert np.mean(unsold_high >= strict.threshold) <= 0.1
+
+
+def test_wilson_lower_bound_is_below_the_share_and_tightens_with_more_data():
+    assert wilson_lower(9, 10) < 0.9 < 1.0
+    assert wilson_lower(9, 10) < wilson_lower(900, 1000) < 0.9
+
+
+def test_verdict_is_stored_in_the_manifest_and_drives_hit_confident(tmp_path):
     csv_path = write_catalog(tmp_path / "shop", n_products=40, views=2)
     build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
-    assert index.score_threshold == index.manifest["score_threshold"]
-    assert index.manifest["threshold_calibration"]["method"] == "held-out-view-quantile"
+    verdict = index.manifest["verdict"]
+    assert verdict["sources"].get("simulated", 0) > 0  # calibrated on shopper-like photos
+    assert index.score_threshold == verdict["threshold"]
     src = index.product("P002")["images"][0]
-    assert index.search(image=src, k=1)[0].confident
-    from PIL import Image
-
-    grey = Image.new("RGB", (96, 96), (128, 128, 128))
-    assert not index.search(image=grey, k=1)[0].confident
+    hits = index.search(image=src, k=5)
+    if index.score_threshold is None:
+        assert all(h.confident is None for h in hits) and verdict["reason"].startswith("no verdict")
+    else:
+        assert [h.confident for h in hits] == [h.score >= index.score_threshold for h in hits]
     build_index(csv_path, tmp_path / "idx2", embedder=FakeEmbedder(), calibrate_threshold=False)
-    assert ProductIndex.load(tmp_path / "idx2", FakeEmbedder()).score_threshold is None
+    off = ProductIndex.load(tmp_path / "idx2", FakeEmbedder())
+    assert off.score_threshold is None
+    assert [h.confident for h in off.search(image=src, k=3)] == [None, None, None]
 
 
 def test_confidence_report_precision_recall():

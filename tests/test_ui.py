@@ -30,10 +30,30 @@ class Server:
     index: object
     app: object
     root: Path
+    service: object = None
 
 
-def start_server(root: Path, examples: list[str] | None = None, notice: str | None = None) -> Server:
-    """Build a small catalog with the fake model and serve it on a free loopback port."""
+def give_verdicts(index, close_at: float | None):
+    """Make ``index`` answer like one that gives verdicts: a hit is a close match at score >= close_at;
+    None: like an index that gives no verdict (confident=None). The page must show exactly what
+    the index says, whatever rule the index uses."""
+    from dataclasses import replace
+
+    search = type(index).search.__get__(index)
+
+    def with_verdicts(*args, **kwargs):
+        return [replace(h, confident=None if close_at is None else h.score >= close_at)
+                for h in search(*args, **kwargs)]
+
+    index.search = with_verdicts
+    return index
+
+
+def start_server(root: Path, examples: list[str] | None = None, notice: str | None = None, *,
+                 close_at: float | None = None, **settings) -> Server:
+    """Build a small catalog with the fake model and serve it on a free loopback port.
+    close_at: give verdicts (close match at this score); settings: ServeSettings fields."""
+    from vsearch.api import ServeSettings, Service
     from vsearch.build import build_index
     from vsearch.search import ProductIndex
     from vsearch.ui import create_app, launch_app
@@ -41,9 +61,12 @@ def start_server(root: Path, examples: list[str] | None = None, notice: str | No
     csv = write_catalog(root / "shop", extra_rows=_pointed_products(root / "shop" / "images"))
     build_index(csv, root / "index", embedder=FakeEmbedder())
     index = ProductIndex.load(root / "index", embedder=FakeEmbedder())
-    app = create_app(index, examples=examples, notice=notice)
-    url = launch_app(app, index, port=free_port(), examples=examples)
-    return Server(url=url, index=index, app=app, root=root)
+    if close_at is not None:
+        give_verdicts(index, close_at)
+    service = Service(index, ServeSettings(**settings))
+    app = create_app(index, examples=examples, notice=notice, service=service)
+    url = launch_app(app, index, port=free_port(), examples=examples, watch_interval=0.1)
+    return Server(url=url, index=index, app=app, root=root, service=service)
 
 
 def _pointed_products(images: Path) -> list[dict]:
@@ -82,9 +105,20 @@ def test_catalog_photo_finds_its_product_first(client, tmp_path):
     assert hits[0]["product_id"] == "P005"
     assert hits[0]["title"] == "Product 5"
     assert hits[0]["rank"] == 1 and hits[0]["score"] > hits[1]["score"]
-    assert {"price", "url", "category", "metadata", "matched_images", "confident", "image_url"} <= hits[0].keys()
+    assert {"price", "url", "category", "metadata", "matched_image_urls", "confident", "image_url", "verdict"} <= hits[0].keys()
     assert len({h["product_id"] for h in hits}) == len(hits)  # products appear once
     assert len(hits) == 10  # default k
+
+
+def test_api_answers_carry_image_urls_never_server_paths(server, client, tmp_path):
+    import json
+
+    hits = client.predict(handle_file(shopper_photo(tmp_path, 5)), api_name="/search")
+    text = json.dumps(hits)
+    for secret in (str(server.root), "/tmp", str(Path(server.root).resolve())):
+        assert secret not in text, f"a server path is in the /search answer: {secret}"
+    assert "image" not in hits[0] and "matched_images" not in hits[0]
+    assert hits[0]["image_url"] == f"/api/v1/images/{server.index.generation}/{hits[0]['image_id']}"
 
 
 def test_filters_and_k_narrow_results(client, tmp_path):
@@ -119,25 +153,55 @@ def test_catalog_images_are_served_but_nothing_else(server, client, tmp_path):
     hits = client.predict(handle_file(shopper_photo(tmp_path, 3)), api_name="/search")
     image = httpx.get(server.url.rstrip("/") + hits[0]["image_url"])
     assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"  # the catalog JPEG
+    catalog_image = server.root / "shop" / "images" / "p003-0.jpg"
+    assert image.content == catalog_image.read_bytes()
     for path in ["/etc/passwd", server.root / "index" / "CURRENT", server.root / "shop" / "catalog.csv",
-                 next((server.root / "index").rglob("products.sqlite"))]:
+                 next((server.root / "index").rglob("products.sqlite")), catalog_image]:
         r = httpx.get(f"{server.url}gradio_api/file={path}")
         assert r.status_code in (403, 404), f"{path} was served"
 
 
-def test_no_close_match_flag_uses_fallback_threshold(server, tmp_path, monkeypatch):
-    from PIL import Image
-
-    from vsearch import ui
-
+def unrelated_photo(tmp_path: Path) -> str:
     photo = tmp_path / "unrelated.png"
     Image.new("RGB", (64, 64), (128, 128, 128)).save(photo)  # flat grey: far from every product
-    monkeypatch.setitem(ui.FALLBACK_THRESHOLDS, "fake-thumbnail", 0.9)
-    weak = ui.run_search(server.index, str(photo), k=3)
-    assert weak and not any(h.confident for h in weak)
-    assert "No close match" in ui._status(weak, 0.9, 0.01)
-    good = ui.run_search(server.index, shopper_photo(tmp_path, 4), k=3)
-    assert good[0].product_id == "P004" and good[0].confident
+    return str(photo)
+
+
+def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
+    from vsearch import ui
+    from vsearch.search import Hit
+
+    def hit(confident, score=0.8):
+        return Hit(rank=1, product_id="P1", score=score, title="T", category="", price=None, url="", brand="",
+                   image="x.jpg", confident=confident)
+
+    headings = {state: ui._status([hit(state), hit(state)], 0.01).splitlines()[0] for state in (True, False, None)}
+    assert headings == {True: "### Close match",
+                        False: "### No close match - these are the nearest products",
+                        None: "### Best guesses (this index cannot tell a close match)"}
+    assert ui._status([], 0.01).splitlines()[0] == "### No products found"
+    # no fixed fallback threshold: a weak score the index calls a close match (or gives no verdict on)
+    # is shown as the index says
+    assert not hasattr(ui, "FALLBACK_THRESHOLDS") and not hasattr(ui, "effective_threshold")
+    assert ui._status([hit(True, score=0.2)], 0.01).startswith("### Close match\n")
+    assert ui._status([hit(None, score=0.99)], 0.01).startswith("### Best guesses")
+    details = {state: ui._details(server.index, hit(state)) for state in (True, False, None)}
+    assert "(close match)" in details[True] and "(not a close match)" in details[False]
+    assert "(no verdict)" in details[None] and "close match)" not in details[None]
+
+
+def test_run_search_passes_the_index_verdict_through_unchanged(server, tmp_path):
+    from vsearch import ui
+
+    give_verdicts(server.index, 0.95)
+    try:
+        weak = ui.run_search(server.index, unrelated_photo(tmp_path), k=3)
+        assert weak and [h.confident for h in weak] == [False] * 3
+        good = ui.run_search(server.index, shopper_photo(tmp_path, 4), k=3)
+        assert good[0].product_id == "P004" and good[0].confident is True
+        assert [h.confident for h in good[1:]] == [False, False]
+    finally:
+        del server.index.search  # back to the class's own method
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +305,35 @@ def test_cropped_search_finds_the_product_inside_the_crop(server, client, tmp_pa
     assert run_search(server.index, Image.open(pair), crop=(0, 0, 50, 0))[0].product_id == "P003"
     # the /search API takes no crop and still searches the whole photo
     assert client.predict(handle_file(pair), api_name="/search")[0]["product_id"] == "P008"
+
+
+def test_crop_preview_of_a_phone_photo_decodes_at_screen_size(server, phone_photo, monkeypatch):
+    """The preview runs on every upload: a 12 MP JPEG is decoded with draft() at reduced scale."""
+    from PIL import JpegImagePlugin
+
+    requested = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size, *args, **kwargs):
+        requested.append(size)
+        return draft(self, mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    fns = {f.fn.__name__: f.fn for f in server.app.fns.values()}
+    preview = fns["prepare_crop"](str(phone_photo))[0]
+    assert max(preview.size) == 640 and preview.size[1] > preview.size[0]  # upright (portrait), screen size
+    assert requested and max(requested[0]) <= 1000  # decoded at 1/4 scale (1000x750), not 4000x3000
+
+
+def test_requests_never_load_an_index_generation(server, client, tmp_path, monkeypatch):
+    """Reloading is the background watcher's job: a search request never pays for it."""
+    from vsearch import ui
+
+    def forbidden():
+        raise AssertionError("a request tried to reload the index")
+
+    monkeypatch.setattr(server.index, "reload_if_changed", forbidden)
+    assert ui.run_search(server.index, shopper_photo(tmp_path, 4), k=1)[0].product_id == "P004"
+    assert client.predict(handle_file(shopper_photo(tmp_path, 6)), k=1, api_name="/search")[0]["product_id"] == "P006"
+    r = httpx.post(server.url + "api/v1/search?k=1", files={"image": ("q.jpg", open(shopper_photo(tmp_path, 7), "rb"))})
+    assert r.json()["results"][0]["product_id"] == "P007"

@@ -9,7 +9,8 @@ Heavy modules (torch, faiss, open_clip) load on first use, not on import.
 
 __version__ = "0.1.0"
 
-__all__ = ["ProductIndex", "Hit", "build_index", "BuildReport", "read_catalog", "load_embedder", "load_image", "errors"]
+__all__ = ["ProductIndex", "Hit", "Product", "build_index", "BuildReport", "read_catalog", "load_embedder", "load_image",
+           "errors"]
 
 
 def __getattr__(name: str):
@@ -22,10 +23,10 @@ def __getattr__(name: str):
         from . import build
 
         return getattr(build, name)
-    if name == "read_catalog":
-        from .catalog import read_catalog
+    if name in ("read_catalog", "Product"):
+        from . import catalog
 
-        return read_catalog
+        return getattr(catalog, name)
     if name == "load_embedder":
         from .embedders import load_embedder
 

@@ -8,7 +8,6 @@ written over the live index until the new one is complete.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import shutil
@@ -99,6 +98,8 @@ def build_index(
     dba: Mapping[str, Any] | None = None,
     query_defaults: Mapping[str, Any] | None = None,
     calibrate_threshold: bool = True,
+    adapt: str = "auto",
+    train_pairs: str | os.PathLike | None = None,
 ) -> BuildReport:
     """Build or incrementally update the index in ``index_dir`` from a catalog CSV or image folder.
 
@@ -111,8 +112,16 @@ def build_index(
     ``whitening`` - PCA-whitening fitted on this catalog's vectors (True/False or
     {"power", "shrinkage", "components"}); ``dba`` - database-side augmentation {"k", "alpha"}
     ({"k": 0} = off); ``query_defaults`` - what searches use unless told otherwise ("tta",
-    "query_expansion", "product_scoring"); ``calibrate_threshold`` - learn the "close match"
-    score threshold from the catalog's own score distribution (manifest ``score_threshold``).
+    "query_expansion", "product_scoring"); ``calibrate_threshold`` - learn when a result may be
+    called a "close match" (manifest ``verdict``; False = the index gives no verdict).
+
+    Learning from the shop (``vsearch.learn``): ``adapt`` - "auto" learns a projection of the
+    vectors from the catalog's multi-image products (and ``train_pairs``), refit only when what
+    it learns from changed by more than ``learn.REFIT_FRACTION``; "refit" always refits; "off"
+    turns it off. ``train_pairs`` - a CSV of ``image,product_id`` (confirmed shopper photo ->
+    the product it shows); its photos are embedded with the index's model (so they need its
+    weights even with ``embeddings``), never enter the catalog, and bad or unknown rows are
+    reported like catalog rows ("train pairs row N").
     """
     started = time.perf_counter()
     cat = catalog if isinstance(catalog, Catalog) else read_catalog(catalog, allow_outside_paths=allow_outside_paths)
@@ -138,6 +147,13 @@ def build_index(
                 cat.rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
                 fetch_policy=fetch_policy, progress=progress,
             )
+            shopper = None
+            if train_pairs is not None:
+                shopper, pair_problems, model = _train_pair_vectors(
+                    train_pairs, {row.product_id for row, _ in kept}, embedder, cache, index_dir=index_dir,
+                    batch_size=batch_size, workers=workers, fetch_policy=fetch_policy, precision=precision)
+                problems.extend(pair_problems)
+                embedder = model if embeddings is not None and not hasattr(embedder, "embed_images") else embedder
             embed_seconds = time.perf_counter() - embed_started
         problems.extend(image_problems)
         _raise_if_strict(strict, problems, cat)
@@ -165,8 +181,9 @@ def build_index(
         tmp = store.new_generation_dir(index_dir)
         try:
             vectors = _quality_postprocess(
-                tmp, vectors, [im.product_id for im in images], manifest, whitening=whitening, dba=dba,
-                query_defaults=query_defaults, calibrate=calibrate_threshold,
+                tmp, vectors, images, manifest, whitening=whitening, dba=dba,
+                query_defaults=query_defaults, calibrate=calibrate_threshold, adapt=adapt, shopper=shopper,
+                embedder=embedder, previous=store.live_generation(index_dir),
             )
             store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest, index_type=chosen_type)
             final = store.publish_generation(index_dir, tmp)
@@ -186,21 +203,34 @@ def build_index(
     )
 
 
-def _quality_postprocess(tmp: Path, vectors: np.ndarray, product_ids: list[str], manifest: dict[str, Any], *,
+def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dict[str, Any], *,
                          whitening: bool | Mapping[str, Any] | None, dba: Mapping[str, Any] | None,
-                         query_defaults: Mapping[str, Any] | None, calibrate: bool) -> np.ndarray:
-    """Whitening and DBA on the catalog vectors (stored beside the index), query defaults and
-    the close-match threshold, all recorded in the manifest. Returns the vectors to index;
-    the embedding cache keeps the raw model vectors, so changing these options re-embeds nothing."""
+                         query_defaults: Mapping[str, Any] | None, calibrate: bool, adapt: str,
+                         shopper: tuple[np.ndarray, list[str], list[str]] | None, embedder: Any,
+                         previous: Path | None) -> np.ndarray:
+    """Catalog adaptation, whitening and DBA on the catalog vectors (stored beside the index),
+    query defaults and the "close match" verdict, all recorded in the manifest. Returns the
+    vectors to index; the embedding cache keeps the raw model vectors, so changing these options
+    re-embeds nothing."""
+    from . import learn
     from . import transforms as post
-    from .calibration import calibrate_threshold, held_out_recall
+    from .calibration import held_out_recall
     from .query_options import resolve_query_defaults
 
+    product_ids = [im.product_id for im in images]
     w_opts = post.resolve_whitening(whitening)
     d_opts = post.resolve_dba(dba)
     q_opts = resolve_query_defaults(query_defaults)
+    shopper_vectors, shopper_labels, shopper_keys = shopper if shopper is not None else (None, [], [])
+    adaptation = learn.adapt(
+        tmp, raw, product_ids, [im.content_hash or im.source for im in images], mode=adapt,
+        model_fingerprint=manifest["model"]["fingerprint"], previous=previous,
+        shopper_vectors=shopper_vectors, shopper_labels=shopper_labels, shopper_keys=shopper_keys)
+    manifest["adaptation"] = adaptation.record
+    vectors = adaptation.projection.apply(raw) if adaptation.projection is not None else raw
     record: dict[str, Any] = {"whitening": None, "dba": None}
     auto = w_opts is not None and w_opts.pop("auto", False)
+    whitener = None
     if w_opts is not None and len(vectors) >= post.MIN_WHITENING_VECTORS:
         w = post.fit_whitening(vectors, **w_opts)
         whitened = w.apply(vectors)
@@ -212,7 +242,7 @@ def _quality_postprocess(tmp: Path, vectors: np.ndarray, product_ids: list[str],
             record["whitening_auto"] = {"held_out_images": n, "r1_raw": round(before, 4), "r1_whitened": round(after, 4),
                                         "kept": keep}
         if keep:
-            vectors = whitened
+            vectors, whitener = whitened, w
             record["whitening"] = w.save(tmp)
     elif w_opts is not None:
         record["whitening_skipped"] = f"{len(vectors)} images; whitening needs at least {post.MIN_WHITENING_VECTORS}"
@@ -221,13 +251,56 @@ def _quality_postprocess(tmp: Path, vectors: np.ndarray, product_ids: list[str],
         record["dba"] = d_opts
     manifest["postprocess"] = record
     manifest["query_defaults"] = q_opts
-    if calibrate:
-        cal = calibrate_threshold(vectors, np.asarray(product_ids), query_expansion=q_opts["query_expansion"])
-        if cal is not None:
-            if cal.threshold is not None:
-                manifest["score_threshold"] = round(cal.threshold, 6)
-            manifest["threshold_calibration"] = cal.to_dict()
+    if not calibrate:
+        manifest["verdict"] = {"threshold": None, "reason": "no verdict: turned off at build (--no-threshold)"}
+        return vectors
+    simulated = None
+    if hasattr(embedder, "embed_images"):  # a loaded model: simulate shopper photos of catalog products
+        local = {}
+        for im in images:
+            if im.product_id not in local and not im.source.startswith(("http://", "https://")):
+                local[im.product_id] = im.source
+        started = time.perf_counter()
+        sim_vectors, sim_labels, failed = learn.simulated_queries(embedder, local)
+        simulated = (sim_vectors, sim_labels)
+        manifest["verdict_simulation"] = {"photos": len(sim_labels), "failed": failed,
+                                          "seconds": round(time.perf_counter() - started, 2)}
+    verdict = learn.calibrate(
+        raw, product_ids, adapted=adaptation.projection is not None, index_vectors=vectors,
+        post=whitener.apply if whitener is not None else None, simulated=simulated,
+        shopper=(shopper_vectors, shopper_labels) if shopper_vectors is not None and len(shopper_vectors) else None)
+    manifest["verdict"] = verdict.to_dict()
     return vectors
+
+
+def _train_pair_vectors(path: str | os.PathLike, known: set[str], embedder: Any, cache: EmbeddingCache, *,
+                        index_dir: Path, batch_size: int, workers: int | None, fetch_policy: Any, precision: str,
+                        ) -> tuple[tuple[np.ndarray, list[str], list[str]], list[RowProblem], Any]:
+    """Embed the photos of a train-pairs CSV (image,product_id) with the index's model, through the
+    embedding cache. Returns ((vectors, product ids, content hashes), problems, the loaded model).
+    Pairs whose product is not in the catalog are reported by row and left out."""
+    if not hasattr(embedder, "embed_images"):  # --embeddings import: the pairs still need the real model
+        from .embedders import load_embedder
+
+        model = load_embedder(embedder.spec, embedder.pretrained, precision=precision)
+        if model.fingerprint != embedder.fingerprint:
+            raise VsearchError(f"--train-pairs: the loaded model {model.name} does not match the imported vectors' model")
+        embedder = model
+    pairs = read_catalog(path, allow_outside_paths=True)  # pair photos are never served: any path may be read
+    label = f"train pairs {pairs.source}"
+    problems = [RowProblem(row=p.row, reason=f"{label}: {p.reason}", image=p.image, fatal=p.fatal) for p in pairs.problems]
+    rows = []
+    for row in pairs.rows:
+        if row.product_id in known:
+            rows.append(row)
+        else:
+            problems.append(RowProblem(row=row.row, image=row.image, reason=(
+                f"{label}: product {row.product_id!r} is not in the catalog (or has no usable image); pair left out")))
+    kept, vectors, _, _, image_problems = _embed_rows(
+        rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
+        fetch_policy=fetch_policy, progress=None)
+    problems += [RowProblem(row=p.row, reason=f"{label}: {p.reason}", image=p.image, fatal=p.fatal) for p in image_problems]
+    return (vectors, [r.product_id for r, _ in kept], [h for _, h in kept]), problems, embedder
 
 
 # ---------------------------------------------------------------- embedding pipeline
@@ -383,13 +456,7 @@ def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window
 def _products_and_images(cat: Catalog, kept: list[tuple[CatalogRow, str]]):
     """Products with at least one usable image, and one image record per kept row."""
     with_images = {row.product_id for row, _ in kept}
-    products = []
-    for pid, info in cat.products.items():
-        if pid in with_images:
-            products.append(store.ProductRecord(
-                product_id=pid, title=info.title, category=info.category, price=info.price, url=info.url,
-                brand=info.brand, extra=tuple(info.extra),
-            ))
+    products = [product for pid, product in cat.products.items() if pid in with_images]
     images = [store.ImageRecord(product_id=row.product_id, source=row.image, row=row.row, content_hash=h) for row, h in kept]
     left_out = [
         RowProblem(row=0, reason=f"product {pid!r} has no usable image and was left out", fatal=False)
@@ -451,11 +518,44 @@ def _exclusive_build(index_dir: Path):
             "choose a writable folder with --index"
         ) from None
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VsearchError(f"another build is already running on {index_dir}; wait for it to finish") from None
+        unlock = _lock_exclusive(f)
+        if unlock is None:
+            raise VsearchError(f"another build is already running on {index_dir}; wait for it to finish")
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            unlock()
+
+
+def _lock_exclusive(f) -> Callable[[], None] | None:
+    """Lock an open file without waiting; returns the unlock function, or None when another holds it.
+
+    POSIX: flock (released by the OS if the build dies). Windows, which has no fcntl: msvcrt.locking
+    on the file's first byte (also released when the process ends). Where neither exists the build
+    runs unlocked: publishing a generation is atomic either way, only the work may be done twice.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        return lambda: fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        import msvcrt
+    except ImportError:
+        return lambda: None
+    f.seek(0)  # msvcrt locks bytes from the current position; "a+" opens at the end
+    try:
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return None
+
+    def unlock() -> None:
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+    return unlock

@@ -1,6 +1,6 @@
-"""Label-free signals the build learns from the catalog's own vectors: the "close match"
-threshold and leave-one-image-out recall. Pure numpy + FAISS on stored vectors, so both the
-build (below the search stage) and the evaluation (above it) can use them.
+"""What the build learns about its own answers: leave-one-image-out recall and the "close match"
+verdict. Pure numpy + FAISS on vectors and scores, so both the build (below the search stage)
+and the evaluation (above it) can use them.
 """
 
 from __future__ import annotations
@@ -11,78 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .transforms import nearest, query_expand
+from .transforms import nearest
 
-
-
-@dataclass(frozen=True)
-class ThresholdCalibration:
-    """A close-match threshold learned from the catalog's own score distribution."""
-
-    threshold: float | None  # None: the catalog cannot tell (no multi-image products); every hit stays confident
-    method: str
-    positives: int
-    negatives: int
-    positive_median: float
-    negative_median: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) and not math.isnan(v) else v) for k, v in asdict(self).items()}
-
-
-MIN_POSITIVES = 20
-POSITIVE_QUANTILE = 0.10
-DUPLICATE_SCORE = 0.999  # byte-identical or re-encoded copies say nothing about "the same product"
-
-
-def calibrate_threshold(vectors: np.ndarray, product_of_image: np.ndarray, *, sample: int = 1000, seed: int = 0,
-                        query_expansion: Mapping[str, Any] | None = None) -> ThresholdCalibration | None:
-    """A "close match" threshold from the index's own vectors (as stored: after whitening/DBA).
-
-    For sampled images of multi-image products, with the image itself removed, the best score of
-    another image of the same product is how well a *new photo of a sold product* scores; the
-    threshold is its 10th percentile, so ~90 % of such photos are called confident. (Measured on
-    jumia: "nearest other product" scores are no lower than same-product scores - neighbours are
-    similar products of the same kind - so a threshold between the two, e.g. Youden's J, is
-    degenerate; photos of things the shop does not sell score far lower than either.)
-    Catalogs without >= 20 multi-image products get threshold None: nothing to learn from.
-    """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    product_of_image = np.asarray(product_of_image)
-    n = len(vectors)
-    if n < 3 or len(np.unique(product_of_image)) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    _, inverse = np.unique(product_of_image, return_inverse=True)
-    multi = np.flatnonzero(np.bincount(inverse)[inverse] >= 2)
-    pool = multi if len(multi) else np.arange(n)
-    picked = rng.choice(pool, size=min(sample, len(pool)), replace=False)
-    scores, ids = nearest(vectors[picked], vectors, min(n, 64))
-    qe = dict(query_expansion or {})
-    positives, negatives = [], []
-    for row, vid in enumerate(picked):
-        keep = (ids[row] != vid) & (ids[row] >= 0)
-        s, i = scores[row][keep], ids[row][keep]
-        if qe.get("k", 0) > 0 and len(i):
-            m = int(qe["k"])
-            q = query_expand(vectors[vid], vectors[i[:m]], s[:m], alpha=float(qe.get("alpha", 3.0)))
-            s = vectors[i] @ q
-            order = np.argsort(-s)
-            s, i = s[order], i[order]
-        useful = s < DUPLICATE_SCORE
-        s, i = s[useful], i[useful]
-        same = inverse[i] == inverse[vid]
-        if same.any():
-            positives.append(float(s[same][0]))
-        if (~same).any():
-            negatives.append(float(s[~same][0]))
-    neg_median = float(np.median(negatives)) if negatives else math.nan
-    if len(positives) < MIN_POSITIVES:
-        return ThresholdCalibration(None, "none: fewer than 20 multi-image products", len(positives), len(negatives),
-                                    float(np.median(positives)) if positives else math.nan, neg_median)
-    pos = np.asarray(positives)
-    return ThresholdCalibration(float(np.quantile(pos, POSITIVE_QUANTILE)), "held-out-view-quantile", len(pos),
-                                len(negatives), float(np.median(pos)), neg_median)
 
 
 def held_out_recall(vectors: np.ndarray, product_of_image: np.ndarray, *, sample: int = 1000, seed: int = 0) -> tuple[float, int]:
@@ -98,3 +28,107 @@ def held_out_recall(vectors: np.ndarray, product_of_image: np.ndarray, *, sample
     _, ids = nearest(vectors[picked], vectors, 2)
     top = np.where(ids[:, 0] == picked, ids[:, 1], ids[:, 0])
     return float(np.mean(inverse[top] == inverse[picked])), len(picked)
+
+
+# ---------------------------------------------------------------- the "close match" verdict
+
+TARGET_PRECISION = 0.90  # when the index says "close match", the first result is right this often
+MAX_UNSOLD_RATE = 0.10  # at most this share of photos of unsold products may be called a close match
+MIN_CORRECT_ABOVE = 8  # a threshold must be backed by at least this many right answers above it
+MIN_RECALL = 0.05  # a verdict that almost never says "close match" is no verdict
+WILSON_Z = 1.0  # precision is judged by its one-sigma lower bound, not the raw share
+
+
+@dataclass(frozen=True)
+class VerdictCalibration:
+    """When an index may say "close match": top-1 score >= threshold.
+
+    Learned from shopper-like queries whose answer is known (``correct``) and from the same photos
+    with their own product removed from the catalog (``unsold``: what a photo of a product the shop
+    does not sell scores). ``threshold`` None means the index gives no verdict: no threshold reaches
+    the target precision with a useful recall, so saying "close match" would mislead.
+    """
+
+    threshold: float | None
+    precision: float  # on the calibration queries, at the threshold (nan when no verdict)
+    recall: float  # share of right top-1 answers called a close match
+    unsold_rate: float  # share of unsold photos called a close match
+    queries: int
+    unsold: int
+    target_precision: float
+    sources: Mapping[str, int]  # how many calibration queries of each kind
+    reason: str  # how the threshold was chosen, or why there is none
+
+    def decide(self, top_score: float) -> bool | None:
+        """True = close match, False = no close match, None = this index gives no verdict."""
+        return None if self.threshold is None else bool(top_score >= self.threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sources"] = dict(self.sources)
+        return {k: (None if isinstance(v, float) and math.isnan(v) else round(v, 6) if isinstance(v, float) else v)
+                for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VerdictCalibration:
+        nan = float("nan")
+        return cls(threshold=None if d.get("threshold") is None else float(d["threshold"]),
+                   precision=nan if d.get("precision") is None else float(d["precision"]),
+                   recall=float(d.get("recall") or 0.0), unsold_rate=nan if d.get("unsold_rate") is None else float(d["unsold_rate"]),
+                   queries=int(d.get("queries", 0)), unsold=int(d.get("unsold", 0)),
+                   target_precision=float(d.get("target_precision", TARGET_PRECISION)),
+                   sources=dict(d.get("sources") or {}), reason=str(d.get("reason", "")))
+
+
+def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = WILSON_Z) -> np.ndarray:
+    """Lower bound of the Wilson score interval for a share successes / n (elementwise)."""
+    n = np.maximum(np.asarray(n, dtype=np.float64), 1e-12)
+    p = np.asarray(successes, dtype=np.float64) / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def calibrate_verdict(scores: np.ndarray, correct: np.ndarray, unsold_scores: np.ndarray, *,
+                      sources: Mapping[str, int] | None = None, target_precision: float = TARGET_PRECISION,
+                      max_unsold_rate: float = MAX_UNSOLD_RATE) -> VerdictCalibration:
+    """The lowest top-1 score threshold at which "close match" is right often enough.
+
+    scores/correct: top-1 score of each calibration query and whether that first product was the
+    right one; unsold_scores: top-1 scores of the same kind of photos when their product is not in
+    the catalog. A threshold t qualifies when, among queries scoring >= t, the Wilson lower bound of
+    the share that is right is >= target_precision, at least MIN_CORRECT_ABOVE right answers and
+    MIN_RECALL of all right answers are above it, and at most max_unsold_rate of the unsold photos
+    score >= t. The lowest qualifying t (the most useful verdict) wins; none qualifying = no verdict.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    unsold_scores = np.sort(np.asarray(unsold_scores, dtype=np.float64))
+    src = dict(sources or {})
+    nan = float("nan")
+    if len(scores) == 0 or not correct.any():
+        return VerdictCalibration(None, nan, 0.0, nan, len(scores), len(unsold_scores), target_precision, src,
+                                  "no verdict: no calibration query was answered right")
+    order = np.argsort(-scores, kind="stable")
+    s, c = scores[order], correct[order]
+    above = np.arange(1, len(s) + 1)
+    right = np.cumsum(c)
+    lower = wilson_lower(right, above)
+    unsold_above = (len(unsold_scores) - np.searchsorted(unsold_scores, s, side="left")) / max(len(unsold_scores), 1)
+    # a threshold sits at a query's score: everything from there up is "above"; ties share one decision
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    ok = (last_of_tie & (lower >= target_precision) & (right >= MIN_CORRECT_ABOVE)
+          & (right / correct.sum() >= MIN_RECALL) & (unsold_above <= max_unsold_rate))
+    if not ok.any():
+        best = float(np.max(np.where(right >= MIN_CORRECT_ABOVE, right / above, 0.0)))
+        return VerdictCalibration(None, nan, 0.0, nan, len(scores), len(unsold_scores), target_precision, src,
+                                  f"no verdict: no score threshold reaches precision {target_precision:.2f} with "
+                                  f"recall >= {MIN_RECALL:.2f} and <= {max_unsold_rate:.0%} unsold photos above it "
+                                  f"(best precision with {MIN_CORRECT_ABOVE}+ right answers: {best:.2f})")
+    i = int(np.flatnonzero(ok)[-1])
+    return VerdictCalibration(
+        threshold=float(s[i]), precision=float(right[i] / above[i]), recall=float(right[i] / correct.sum()),
+        unsold_rate=float(unsold_above[i]), queries=len(scores), unsold=len(unsold_scores),
+        target_precision=target_precision, sources=src,
+        reason=f"lowest top-1 score with precision >= {target_precision:.2f} (Wilson lower bound) on "
+               f"{len(scores)} shopper-like queries and <= {max_unsold_rate:.0%} of {len(unsold_scores)} unsold photos above it")

@@ -41,6 +41,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "KNOWN_COLUMNS",
     "MAX_FIELD_CHARS",
+    "Product",
     "CatalogRow",
     "RowProblem",
     "ProductInfo",
@@ -66,18 +67,45 @@ _PATH_CACHE_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
-class CatalogRow:
-    """One (product, image) pair from the catalog; a row with ``a|b`` images gives two."""
+class Product:
+    """One product, the one record that flows from the catalog through the index to search hits:
+    :class:`Catalog` merges a product's rows into it, the store writes and reads it, and every
+    ``Hit`` carries it."""
 
-    row: int
     product_id: str
-    image: str
     title: str = ""
     category: str = ""
     price: float | None = None
     url: str = ""
     brand: str = ""
-    extra: tuple[tuple[str, str], ...] = ()
+    extra: tuple[tuple[str, str], ...] = ()  # further catalog columns (name, value), in column order
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The further catalog columns as a dict (what ``Hit.metadata`` and filters see)."""
+        return dict(self.extra)
+
+
+ProductInfo = Product  # the merged record's earlier name
+
+
+@dataclass(frozen=True)  # no slots: with them, setting a shortcut below raises TypeError in Python 3.11
+class CatalogRow:
+    """One (product, image) pair from the catalog; a row with ``a|b`` images gives two. ``product``
+    is what this row says; :attr:`Catalog.products` holds the record merged over all its rows."""
+
+    row: int
+    image: str
+    product: Product
+
+    # read-only shortcuts to this row's product fields: row.product_id, row.title, ...
+    product_id = property(lambda self: self.product.product_id)
+    title = property(lambda self: self.product.title)
+    category = property(lambda self: self.product.category)
+    price = property(lambda self: self.product.price)
+    url = property(lambda self: self.product.url)
+    brand = property(lambda self: self.product.brand)
+    extra = property(lambda self: self.product.extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,19 +118,6 @@ class RowProblem:
     fatal: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class ProductInfo:
-    """Merged metadata of one product (first non-empty value per field wins)."""
-
-    product_id: str
-    title: str
-    category: str
-    price: float | None
-    url: str
-    brand: str
-    extra: tuple[tuple[str, str], ...]
-
-
 @dataclass
 class Catalog:
     """A whole catalog read into memory: good rows, every problem, and product metadata."""
@@ -111,7 +126,7 @@ class Catalog:
     root: Path
     rows: list[CatalogRow]
     problems: list[RowProblem]
-    products: dict[str, ProductInfo]
+    products: dict[str, Product]
 
     @property
     def fatal_problems(self) -> list[RowProblem]:
@@ -235,8 +250,8 @@ class _Reader:
             return self._iter_folder()
         return self._iter_csv()
 
-    def products(self) -> dict[str, ProductInfo]:
-        out: dict[str, ProductInfo] = {}
+    def products(self) -> dict[str, Product]:
+        out: dict[str, Product] = {}
         n_meta = len(_META_FIELDS)
         for pid, state in self._products.items():
             values = state[0]
@@ -246,7 +261,7 @@ class _Reader:
                 for name, value in zip(self._extra_names, values[n_meta:])
                 if value or name not in self._unnamed
             )
-            out[pid] = ProductInfo(pid, title, category, price, url, brand, extra)
+            out[pid] = Product(pid, title, category, price, url, brand, extra)
         return out
 
     # ---- folder catalogs ------------------------------------------------------------
@@ -280,7 +295,7 @@ class _Reader:
                     continue
                 if self._surrogate_free(product_id):
                     yield from self._merge(product_id, [title, "", None, "", ""], n, rel)
-                    yield CatalogRow(n, product_id, resolved, title=title)
+                    yield CatalogRow(n, resolved, Product(product_id, title=title))
                 else:
                     yield RowProblem(n, f"file name {rel!r} is not valid UTF-8; rename it", image=rel)
         while walk_errors:
@@ -550,6 +565,7 @@ class _Reader:
         yield from self._merge(
             product_id, [title, category, price, url, brand, *extra_values], row, raw_image
         )
+        product = Product(product_id, title, category, price, url, brand, extra)
         for image in images:
             key = product_id + "\x00" + image
             first = self._seen.get(key)
@@ -563,7 +579,7 @@ class _Reader:
                 )
                 continue
             self._seen[key] = row
-            yield CatalogRow(row, product_id, image, title, category, price, url, brand, extra)
+            yield CatalogRow(row, image, product)
 
     def _merge(self, product_id: str, values: list, row: int, image) -> Iterator[RowProblem]:
         """Record metadata; first non-empty value per field wins, later differing ones warn."""

@@ -21,7 +21,12 @@ ENV_HELP = """environment variables:
   VSEARCH_INDEX       default for --index (now: {index})
   VSEARCH_MODEL       default for --model (now: {model})
   VSEARCH_PRETRAINED  default for --pretrained (now: {pretrained})
-  VSEARCH_PRECISION   default for --precision (now: {precision})"""
+  VSEARCH_PRECISION   default for --precision (now: {precision})
+  VSEARCH_HOST        default for serve --host (now: {host})
+  VSEARCH_PORT        default for serve --port (now: {port})
+  VSEARCH_API_KEY     default for serve --api-key (now: {api_key})
+VSEARCH_MODEL and VSEARCH_PRETRAINED are also serve's query model when set (python app.py, the
+demo, hands over to serve with these same variables)."""
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -34,11 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_default = _env("VSEARCH_MODEL", "clip")
     pretrained_default = _env("VSEARCH_PRETRAINED", None)
     precision_default = _env("VSEARCH_PRECISION", "auto")
+    host_default = _env("VSEARCH_HOST", "127.0.0.1")
+    port_default = _env("VSEARCH_PORT", "7860")
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="vsearch",
         description="Visual product search: index a catalog's product photos, then find products from a shopper's photo.",
-        epilog=ENV_HELP.format(index=index_default, model=model_default, pretrained=pretrained_default, precision=precision_default),
+        epilog=ENV_HELP.format(index=index_default, model=model_default, pretrained=pretrained_default, precision=precision_default,
+                               host=host_default, port=port_default,
+                               api_key="set" if _env("VSEARCH_API_KEY", None) else None),
         formatter_class=fmt,
     )
     parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
@@ -52,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--model", default=model_default if for_build else None, metavar="NAME",
             help=f"{what}: 'clip' (ViT-B-32 laion2b_s34b_b79k), any open_clip architecture (e.g. ViT-B-16), "
-            "'hf-hub:ORG/REPO', or 'efficientnet-lite0' (offline, image-only)" + (f" (default: {model_default})" if for_build else ""),
+            "'hf-hub:ORG/REPO', 'efficientnet-lite0' (offline, image-only), or a model a plugin registers" + (f" (default: {model_default})" if for_build else ""),
         )
         p.add_argument(
             "--pretrained", default=pretrained_default if for_build else None, metavar="TAG_OR_PATH",
@@ -143,12 +152,36 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
 
-    v = sub.add_parser("serve", help="start the web app on an index")
+    v = sub.add_parser("serve", help="start the web app and the REST API (/api/v1) on an index", formatter_class=fmt,
+                       description="The page at /, the REST API at /api/v1 (docs at /api/v1/docs). A rebuilt index is "
+                       "picked up in the background; a broken one is skipped and the old one keeps serving.")
     add_index(v)
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
-    v.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    v.add_argument("--host", default=host_default,
+                   help=f"address to listen on (default: {host_default}; 0.0.0.0 for all - set --api-key first)")
+    v.add_argument("--port", type=int, default=port_default, help=f"port (default: {port_default})")
+    v.add_argument("--examples", default=None, metavar="DIR", help="offer the photos in this folder as clickable examples")
+    v.add_argument("--notice", default=None, metavar="TEXT", help="a line shown at the top of the page")
+    v.add_argument("--api-key", default=_env("VSEARCH_API_KEY", None), metavar="KEY",
+                   help="require this key (header X-API-Key or Authorization: Bearer) on the REST API "
+                   "(default: $VSEARCH_API_KEY, else none)")
+    v.add_argument("--rate-limit", type=float, default=None, metavar="N",
+                   help="REST requests per minute per client address (default: 120; 0 = no limit)")
+    v.add_argument("--feedback", action="store_true",
+                   help="add a 'This is it' button (and POST /api/v1/feedback) that records the shopper's photo and "
+                   "chosen product in DIR/feedback for review; nothing is trained until you export, review and "
+                   "build with --train-pairs")
     add_model(v, for_build=False)
-    v.set_defaults(func=cmd_serve)
+    v.set_defaults(func=cmd_serve, model=_env("VSEARCH_MODEL", None), pretrained=_env("VSEARCH_PRETRAINED", None))
+
+    f = sub.add_parser("feedback", help="export shoppers' confirmed matches as a pairs CSV to review", formatter_class=fmt,
+                       description="Confirmed matches recorded by `vsearch serve --feedback` become a CSV "
+                       "(image,product_id) for a person to review; build with `--train-pairs` to use them.")
+    f.add_argument("action", choices=["export"], help="export: write the pairs CSV")
+    add_index(f)
+    f.add_argument("-o", "--output", default=None, metavar="PAIRS.csv",
+                   help="where to write the CSV (default: DIR/feedback/pairs.csv); image paths are relative "
+                   "to the CSV when the photos lie below its folder, absolute otherwise")
+    f.set_defaults(func=cmd_feedback)
     return parser
 
 
@@ -167,7 +200,15 @@ def add_quality_build(p: argparse.ArgumentParser) -> None:
     g.add_argument("--default-product-scoring", default=None, choices=["max", "mean", "top2"],
                    help="how a product's image scores combine, used by searches unless told otherwise")
     g.add_argument("--no-threshold", action="store_true",
-                   help="do not calibrate the 'close match' score threshold (every hit is then reported as confident)")
+                   help="do not calibrate the 'close match' verdict (results then carry no verdict)")
+    g.add_argument("--adapt", default="auto", choices=["auto", "off", "refit"],
+                   help="catalog adaptation: learn a projection of the vectors from products with several photos "
+                   "(and --train-pairs); 'auto' refits only when what it learns from changed by more than 10%%, "
+                   "'refit' always, 'off' never (default: auto)")
+    g.add_argument("--train-pairs", default=None, metavar="PAIRS.csv",
+                   help="CSV of image,product_id: confirmed shopper photos of catalog products to learn from "
+                   "(embedded with the index's model, so its weights are needed even with --embeddings; "
+                   "never added to the catalog)")
 
 
 def add_quality_query(p: argparse.ArgumentParser) -> None:
@@ -261,7 +302,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _quality_build_options(args: argparse.Namespace) -> dict:
-    opts: dict = {"whitening": args.whiten, "calibrate_threshold": not args.no_threshold}
+    opts: dict = {"whitening": args.whiten, "calibrate_threshold": not args.no_threshold, "adapt": args.adapt,
+                  "train_pairs": args.train_pairs}
     if args.dba is not None:
         opts["dba"] = {"k": args.dba}
     query = _query_settings(args.default_tta, args.default_qe, args.default_product_scoring)
@@ -300,8 +342,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no products match")
         return 0
-    if not hits[0].confident:
-        print("no close match in this catalog; the nearest products are:")
+    print(VERDICT_LINES[hits[0].confident])
     for h in hits:
         price = f"{h.price:.2f}" if h.price is not None else "-"
         print(f"{h.rank:>3}. {h.score:.3f}  {h.product_id}  {h.title or '(no title)'}  [{h.category or '-'}]  {price}  {h.image}")
@@ -326,8 +367,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"faiss:        {manifest['index_type']} ({manifest['faiss_factory']}, {manifest['metric']})")
     print(f"format:       {manifest['format']} v{manifest['format_version']} (vsearch {manifest['vsearch_version']})")
     print(f"built:        {manifest['built_at']} from {manifest.get('catalog', '?')}")
-    if manifest.get("score_threshold") is not None:
-        print(f"close match:  score >= {manifest['score_threshold']:.3f}")
+    print("close match:  " + _verdict_summary(manifest.get("verdict") or {}))
+    print("adaptation:   " + _adaptation_summary(manifest.get("adaptation") or {}))
     post = manifest.get("postprocess") or {}
     if post:
         w = post.get("whitening")
@@ -336,6 +377,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     if manifest.get("query_defaults"):
         print("query:        " + ", ".join(f"{k}={v}" for k, v in manifest["query_defaults"].items()))
     return 0
+
+
+VERDICT_LINES = {
+    True: "close match:",
+    False: "no close match in this catalog; the nearest products are:",
+    None: "best guesses (this index cannot tell a close match reliably):",
+}
+
+
+def _verdict_summary(v: dict) -> str:
+    if v.get("threshold") is None:
+        return v.get("reason") or "no verdict"
+    src = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (v.get("sources") or {}).items())
+    return (f"top-1 score >= {v['threshold']:.3f} (precision {v['precision']:.2f}, recall {v['recall']:.2f}, "
+            f"unsold photos called close {v['unsold_rate']:.0%}; calibrated on {src})")
+
+
+def _adaptation_summary(a: dict) -> str:
+    state = a.get("state", "off")
+    if state in ("fitted", "reused"):
+        learned = (f"{a['method']} kept {a['dims_kept']} dims, learned from {a['catalog_images']} images of "
+                   f"{a['catalog_products']} multi-image products + {a['shopper_pairs']} shopper photo pairs")
+        if state == "reused":
+            return f"{learned}; reused from {a['reused_from']} ({a['changed_fraction']:.1%} of its training images changed)"
+        return learned
+    if state == "skipped":
+        return f"none: {a.get('reason', '')}"
+    return "off"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -431,8 +500,32 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .ui import serve
 
-    serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained, precision=args.precision)
+    if args.rate_limit is not None and args.rate_limit < 0:
+        raise VsearchError(f"--rate-limit must be 0 (no limit) or more requests per minute, got {args.rate_limit:g}")
+    serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained, precision=args.precision,
+          notice=args.notice, examples=_example_photos(args.examples), api_key=args.api_key, feedback=args.feedback,
+          rate_limit=args.rate_limit)
     return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from .feedback import FeedbackStore
+
+    report = FeedbackStore(args.index).export_pairs(args.output)
+    print(f"wrote {report.pairs} confirmed pair(s) to {report.path}; review them (delete wrong rows), then: "
+          f"vsearch build CATALOG --index {args.index} --train-pairs {report.path}")
+    return 0
+
+
+def _example_photos(folder: str | None) -> list[Path]:
+    if not folder:
+        return []
+    from .images import IMAGE_EXTENSIONS
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise VsearchError(f"--examples {folder!r} is not a folder of photos")
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 if __name__ == "__main__":

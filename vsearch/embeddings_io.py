@@ -272,10 +272,11 @@ def model_identity(model: str = "clip", pretrained: str | None = None) -> ModelI
     CLIP with a pretrained tag or a checkpoint file: computed from the config and the file's
     bytes, no weights loaded (a tag needs no weights at all). Anything else is loaded once.
     """
+    from .embedders import lookup
     from .embedders.clip import DEFAULT_CLIP_ARCH, DEFAULT_CLIP_PRETRAINED, parse_clip_spec
 
     spec = (model or "").strip()
-    if spec and spec.split(":", 1)[0] not in ("efficientnet-lite0", "efficientnet_lite0", "test-tiny"):
+    if spec and lookup(spec).name == "clip":  # open_clip names too; "hf-hub:" has its own entry
         arch, tag = parse_clip_spec(spec, pretrained)
         if not arch.startswith("hf-hub:"):
             return _clip_identity(arch, tag if tag is not None or arch != DEFAULT_CLIP_ARCH else DEFAULT_CLIP_PRETRAINED)

@@ -35,3 +35,11 @@ class EmbeddingsImportError(VsearchError):
 
 class FetchError(ImageError):
     """An image URL could not be fetched safely."""
+
+
+class FeedbackError(VsearchError):
+    """A shopper's confirmed match cannot be recorded (bad input, or the feedback folder is full)."""
+
+
+class ServerBusyError(VsearchError):
+    """Every search slot is taken and too many requests are already waiting; try again shortly."""

@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 
-from .calibration import (  # noqa: F401  (re-exported: evaluate was their home before)
-    DUPLICATE_SCORE, MIN_POSITIVES, POSITIVE_QUANTILE, ThresholdCalibration, calibrate_threshold, held_out_recall,
-)
 from .errors import CatalogError, ImageError, VsearchError
 from .metrics import first_correct_rank, mean_reciprocal_rank, percentile, recall_at  # noqa: F401
 

@@ -8,14 +8,16 @@ any metadata column) are applied inside FAISS with an id selector, so k results 
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from . import store
+from .catalog import Product
 from .errors import IndexFormatError, ModelError, ModelMismatchError, VsearchError
 from .query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
 
@@ -24,24 +26,35 @@ if TYPE_CHECKING:
     from .images import ImageSource
 
 MAX_K = 1000
+EXACT_FALLBACK_CHUNK = 65_536  # vectors scored per step when an ANN pass comes back short
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One product in a result list."""
+    """One product in a result list: the product's catalog record, and how it matched."""
 
     rank: int
-    product_id: str
+    product: Product  # the record the catalog gave and the index stored
     score: float  # cosine similarity of the best-matching catalog image (higher is closer)
-    title: str
-    category: str
-    price: float | None
-    url: str
-    brand: str
     image: str  # the catalog image of this product that matched best (path or URL)
-    metadata: Mapping[str, str] = field(default_factory=dict)  # extra catalog columns
     matched_images: tuple[str, ...] = ()  # this product's images among the hits, best first
-    confident: bool = True  # False when the score is below the index's "close match" threshold
+    # The index's verdict on this result: True = a close match, False = not a close match,
+    # None = this index gives no verdict (it cannot tell at the precision it promises).
+    confident: bool | None = None
+
+    # the product's fields, read straight through: hit.product_id, hit.title, ..., hit.metadata
+    product_id = property(lambda self: self.product.product_id)
+    title = property(lambda self: self.product.title)
+    category = property(lambda self: self.product.category)
+    price = property(lambda self: self.product.price)
+    url = property(lambda self: self.product.url)
+    brand = property(lambda self: self.product.brand)
+    metadata = property(lambda self: self.product.metadata, doc="extra catalog columns")
+    image_id: int = -1  # id of `image` in its generation (the web app serves images by generation + id)
+    matched_image_ids: tuple[int, ...] = ()  # ids of `matched_images`, same order
+    generation: str = ""  # the index generation that answered
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (used by the CLI's --json and the web API)."""
@@ -49,7 +62,16 @@ class Hit:
         d["score"] = round(float(self.score), 6)
         d["metadata"] = dict(self.metadata)
         d["matched_images"] = list(self.matched_images)
+        d["image_id"], d["matched_image_ids"], d["generation"] = self.image_id, list(self.matched_image_ids), self.generation
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Hit:
+        """The Hit a ``to_dict()`` came from (keys it does not know, e.g. the API's image_url, are ignored)."""
+        product = Product(d["product_id"], d.get("title", ""), d.get("category", ""), d.get("price"),
+                          d.get("url", ""), d.get("brand", ""), tuple(dict(d.get("metadata") or {}).items()))
+        own = {f.name for f in fields(cls)} - {"product"}  # every other field comes back as it was given
+        return cls(product=product, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in own})
 
 
 class _Generation:
@@ -57,6 +79,7 @@ class _Generation:
 
     def __init__(self, path: Path):
         self.path = path
+        self.name = path.name
         self.manifest = store.read_manifest(path)
         self.faiss = store.read_faiss(path)
         self.db = store.open_products_db(path)
@@ -69,13 +92,26 @@ class _Generation:
             )
         self.n_products = self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
         post = self.manifest.get("postprocess") or {}
-        self.whitening = None
+        self.whitening = self.adaptation = None
         if post.get("whitening"):
             from .transforms import Whitening
 
             self.whitening = Whitening.load(path, post["whitening"])
+        if (self.manifest.get("adaptation") or {}).get("files"):
+            from .transforms import Projection
+
+            self.adaptation = Projection.load(path, self.manifest["adaptation"])
         self._vectors: np.ndarray | None = None
         self._pid_vids: dict[int, np.ndarray] | None = None
+
+    def to_index_space(self, query: np.ndarray) -> np.ndarray:
+        """Model-space query vectors [n, d] -> the space the catalog vectors are stored in
+        (the learned projection, then whitening, as the build applied them)."""
+        if self.adaptation is not None:
+            query = self.adaptation.apply(query)
+        if self.whitening is not None:
+            query = self.whitening.apply(query)
+        return query
 
     def vectors(self) -> np.ndarray:
         """All catalog vectors as stored (after whitening/DBA), loaded on first need (QE, mean scoring)."""
@@ -114,9 +150,11 @@ class ProductIndex:
                  pretrained: str | None = None, precision: str = "auto"):
         self.index_dir = Path(index_dir)
         self._reload_lock = threading.Lock()
+        self._skipped: dict[str, str] = {}  # generations that failed to load: name -> reason
         name = store.read_current(self.index_dir)
         self._gen = _Generation(self.index_dir / name)
         self._gen_name = name
+        self._previous: _Generation | None = None  # answers image lookups for results given just before a swap
         self.embedder = embedder if embedder is not None else self._load_model(model, pretrained, precision)
         self._check_model(self.embedder, self._gen.manifest)
 
@@ -161,9 +199,14 @@ class ProductIndex:
 
     @property
     def score_threshold(self) -> float | None:
-        """Scores below this are reported as not confident ("no close match"); None = never."""
-        value = self._gen.manifest.get("score_threshold")
+        """Top-1 scores at or above this are a "close match"; None = this index gives no verdict."""
+        value = (self._gen.manifest.get("verdict") or {}).get("threshold")
         return None if value is None else float(value)
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        """How this index decides "close match" (threshold, calibrated precision/recall, why)."""
+        return dict(self._gen.manifest.get("verdict") or {"threshold": None, "reason": "no verdict"})
 
     def __len__(self) -> int:
         return self._gen.n_products
@@ -184,48 +227,72 @@ class ProductIndex:
 
     def product(self, product_id: str) -> dict[str, Any]:
         """Everything known about one product, including all its catalog images."""
-        rows = self._gen.query("SELECT * FROM products WHERE product_id=?", (product_id,))
+        gen = self._gen  # one generation for the whole answer, even if a reload swaps meanwhile
+        rows = gen.query("SELECT * FROM products WHERE product_id=?", (product_id,))
         if not rows:
             raise KeyError(product_id)
         p = rows[0]
-        images = [r[0] for r in self._gen.query("SELECT source FROM images WHERE pid=? ORDER BY vid", (p["pid"],))]
+        images = gen.query("SELECT vid, source FROM images WHERE pid=? ORDER BY vid", (p["pid"],))
         return {
             "product_id": p["product_id"], "title": p["title"], "category": p["category"], "price": p["price"],
-            "url": p["url"], "brand": p["brand"], "metadata": json.loads(p["extra"]), "images": images,
+            "url": p["url"], "brand": p["brand"], "metadata": json.loads(p["extra"]), "images": [r[1] for r in images],
+            "image_ids": [int(r[0]) for r in images], "generation": gen.name,
         }
 
     def image_sources(self) -> set[str]:
-        """Every catalog image this index may show (the web UI serves nothing else)."""
+        """Every catalog image this index may show."""
         return {r[0] for r in self._gen.query("SELECT source FROM images")}
 
+    def image_source(self, generation: str, image_id: int) -> str | None:
+        """The catalog image with this id in this generation (the live one or the one it replaced),
+        looked up in that generation's own database; None when there is no such image."""
+        for gen in (self._gen, self._previous):
+            if gen is not None and gen.name == generation:
+                rows = gen.query("SELECT source FROM images WHERE vid=?", (int(image_id),))
+                return rows[0][0] if rows else None
+        return None
+
     # ------------------------------------------------------------ hot reload
+
+    @property
+    def skipped_generations(self) -> dict[str, str]:
+        """Published generations that could not be served (name -> why); they are never retried."""
+        return dict(self._skipped)
 
     def reload_if_changed(self) -> bool:
         """Switch to a newer generation if a build published one; True when switched.
 
-        Cheap (one small file read), so a server can call it before every request. A search
-        already running keeps the generation it started with, so no query sees a mixed state.
+        Cheap when nothing changed (one small file read). The new generation is loaded and checked
+        while the old one keeps answering, then swapped in with one assignment; a search already
+        running keeps the generation it started with, so no answer mixes two. A generation that
+        cannot be loaded or was built with another model is logged once and skipped for good (the
+        old one keeps serving) until a later build publishes a good one. `IndexWatcher` calls this
+        from a background thread so no request ever pays for a load.
         """
         name = store.read_current(self.index_dir, missing_ok=True)
-        if name is None or name == self._gen_name:
+        if name is None or name == self._gen_name or name in self._skipped:
             return False
         with self._reload_lock:
             for _ in range(5):
-                if name is None or name == self._gen_name:
+                if name is None or name == self._gen_name or name in self._skipped:
                     return False
                 try:
                     gen = _Generation(self.index_dir / name)
+                    self._check_model(self.embedder, gen.manifest)
                     break
-                except IndexFormatError:
+                except Exception as e:  # noqa: BLE001 - any failure to load means: keep serving the old one
                     # A newer build may have published and cleaned up this generation while we
                     # opened it; follow CURRENT again. If it still names this one, it is broken.
                     latest = store.read_current(self.index_dir, missing_ok=True)
                     if latest == name:
-                        raise
+                        reason = f"{type(e).__name__}: {e}"
+                        self._skipped[name] = reason
+                        log.error("index generation %s cannot be served, still serving %s: %s", name, self._gen_name, reason)
+                        return False
                     name = latest
             else:
                 return False
-            self._check_model(self.embedder, gen.manifest)
+            self._previous = self._gen
             self._gen, self._gen_name = gen, name
         return True
 
@@ -345,9 +412,9 @@ class ProductIndex:
         query = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
         if query.shape[1] != gen.faiss.d:
             raise ModelMismatchError(f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}")
-        if gen.whitening is not None:
-            query = gen.whitening.apply(query)
-        selector, allowed = self._selector(gen, filters)
+        query = gen.to_index_space(query)
+        selector, allowed_vids = self._selector(gen, filters)
+        allowed = None if allowed_vids is None else len(allowed_vids)
         excluded = np.unique(np.asarray(list(exclude_images), dtype=np.int64))
         keep_alive = [selector]
         if len(excluded):
@@ -373,9 +440,42 @@ class ProductIndex:
             if len(best) >= k or fetch >= n_candidates:
                 break
             fetch = min(n_candidates, fetch * 4)
+        if len(best) < k:
+            # An ANN pass with a selective filter (IVF probes few lists, HNSW's graph walk stops early)
+            # can come back short although enough products match: score the allowed vectors exactly.
+            candidates = np.arange(gen.faiss.ntotal, dtype=np.int64) if allowed_vids is None else allowed_vids
+            if len(excluded):
+                candidates = candidates[~np.isin(candidates, excluded)]
+            if len(np.unique(gen.vid_to_pid[candidates])) > len(best):
+                best = self._exact_search(gen, query[0], candidates, max(fetch, 4 * k), k)
         if scoring != "max":
             best = self._rescore(gen, query[0], best, scoring, excluded)
         return self._hits(gen, best[:k])
+
+    @staticmethod
+    def _exact_search(gen: _Generation, query: np.ndarray, candidates: np.ndarray,
+                      n: int, want: int) -> list[tuple[int, float, list[int]]]:
+        """Best products by exact inner product over the candidate vectors (reconstructed from FAISS,
+        a chunk at a time, so a large unfiltered fallback never holds every vector)."""
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(gen.faiss)
+        if ivf is not None and not ivf.direct_map.type:
+            with gen.lock:
+                if not ivf.direct_map.type:
+                    ivf.make_direct_map()
+        scores = np.empty(len(candidates), dtype=np.float32)
+        for start in range(0, len(candidates), EXACT_FALLBACK_CHUNK):
+            chunk = candidates[start:start + EXACT_FALLBACK_CHUNK]
+            vectors = gen._vectors[chunk] if gen._vectors is not None else gen.faiss.reconstruct_batch(chunk)
+            scores[start:start + len(chunk)] = vectors @ query
+        order = np.argsort(-scores, kind="stable")
+        while True:  # enough images to cover n products (a product may own several of the best images)
+            top = order[:n]
+            best = _best_image_per_product(scores[top], candidates[top], gen.vid_to_pid)
+            if len(best) >= want or n >= len(order):
+                return best
+            n *= 4
 
     @staticmethod
     def _rescore(gen: _Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
@@ -422,28 +522,27 @@ class ProductIndex:
         pids = np.array([r[0] for r in gen.query(f"SELECT pid FROM products WHERE {where}", tuple(params))], dtype=np.int64)
         vids = np.flatnonzero(np.isin(gen.vid_to_pid, pids)).astype(np.int64)
         if len(vids) == 0:
-            return None, 0
-        return faiss.IDSelectorBatch(vids), len(vids)
+            return None, vids
+        return faiss.IDSelectorBatch(vids), vids
 
     def _hits(self, gen: _Generation, best: list[tuple[int, float, list[int]]]) -> list[Hit]:
         if not best:
             return []
         pids = [b[0] for b in best]
         marks = ",".join("?" * len(pids))
-        products = {r["pid"]: r for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))}
+        products = {r["pid"]: store.product_from_row(r) for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))}
         all_vids = [v for b in best for v in b[2]]
         marks = ",".join("?" * len(all_vids))
         sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
-        value = gen.manifest.get("score_threshold")  # this query's generation, even if a reload happened meanwhile
+        value = (gen.manifest.get("verdict") or {}).get("threshold")  # this query's generation, even after a reload
         threshold = None if value is None else float(value)
         hits = []
         for rank, (pid, score, vids) in enumerate(best, start=1):
-            p = products[pid]
             hits.append(Hit(
-                rank=rank, product_id=p["product_id"], score=float(score), title=p["title"], category=p["category"],
-                price=p["price"], url=p["url"], brand=p["brand"], image=sources[vids[0]],
-                metadata=json.loads(p["extra"]), matched_images=tuple(sources[v] for v in vids),
-                confident=threshold is None or score >= threshold,
+                rank=rank, product=products[pid], score=float(score), image=sources[vids[0]],
+                matched_images=tuple(sources[v] for v in vids),
+                image_id=int(vids[0]), matched_image_ids=tuple(int(v) for v in vids), generation=gen.name,
+                confident=None if threshold is None else bool(score >= threshold),
             ))
         return hits
 

@@ -144,12 +144,15 @@ def _scene(size: tuple[int, int], rng: random.Random) -> Image.Image:
     return img
 
 
-def shopper_photo(product: Image.Image, rng: random.Random) -> Image.Image:
-    """A phone photo: the product on a cluttered table, tilted, off-exposure, soft and noisy."""
+def shopper_photo(product: Image.Image, rng: random.Random, *, size: tuple[int, int] = (800, 600),
+                  scene: Image.Image | None = None) -> Image.Image:
+    """A phone photo: the product (RGBA, transparent around it) on a cluttered table, tilted,
+    off-exposure, soft and noisy. ``scene``: a ready background of ``size`` (making one is most
+    of the cost, so callers that need many photos reuse a few); None = draw a new one."""
     import numpy as np
 
-    size = (800, 600)
-    img = _scene(size, rng)
+    img = _scene(size, rng) if scene is None else scene.copy()
+    f = size[0] / 800  # pixel sizes below were tuned at 800 px wide
     item = fit(product, size[0] * rng.uniform(0.5, 0.62), size[1] * rng.uniform(0.6, 0.75))
     item = _tilt(item, rng)
     if item.width > size[0] * 0.85 or item.height > size[1] * 0.92:  # tilting made it too big
@@ -158,14 +161,15 @@ def shopper_photo(product: Image.Image, rng: random.Random) -> Image.Image:
     y = round((size[1] - item.height) / 2 + rng.uniform(-0.05, 0.05) * size[1])
     alpha = item.getchannel("A")
     shadow = Image.new("L", size, 0)
-    shadow.paste(alpha.point(lambda a: a * 110 // 255), (x + rng.randint(8, 24), y + rng.randint(10, 28)), alpha)
-    img.paste((10, 10, 10), (0, 0), shadow.filter(ImageFilter.GaussianBlur(10)))
+    shadow.paste(alpha.point(lambda a: a * 110 // 255),
+                 (x + round(rng.randint(8, 24) * f), y + round(rng.randint(10, 28) * f)), alpha)
+    img.paste((10, 10, 10), (0, 0), shadow.filter(ImageFilter.GaussianBlur(10 * f)))
     img.paste(item, (x, y), item)
     # exposure, contrast, softness; then uneven light (vignette + a lamp to one side),
     # a colour cast and sensor noise
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
     img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.8, 1.15))
-    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.6, 1.4)))
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.6, 1.4) * f))
     arr = np.asarray(img, dtype=np.float32)
     ys, xs = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
     xs = xs / (size[0] / 2) - 1
@@ -179,7 +183,12 @@ def shopper_photo(product: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def cutout(image_path: Path) -> Image.Image:
+def scenes(n: int, rng: random.Random, size: tuple[int, int] = (400, 300)) -> list[Image.Image]:
+    """``n`` cluttered backgrounds, drawn at 800 x 600 and scaled to ``size``, for ``shopper_photo``."""
+    return [_scene((800, 600), rng).resize(size, Image.Resampling.BILINEAR) for _ in range(n)]
+
+
+def cutout(image_path: Path, *, max_side: int = 4096) -> Image.Image:
     """A catalog packshot with its light background (and grey shadow) made transparent,
     for catalogs we did not draw ourselves."""
     import numpy as np
@@ -189,6 +198,8 @@ def cutout(image_path: Path) -> Image.Image:
             img = ImageOps.exif_transpose(im).convert("RGB")
     except (OSError, ValueError) as exc:
         raise CatalogError(f"cannot open catalog image {image_path}: {exc}") from exc
+    if max(img.size) > max_side:  # the mask does not need more pixels than the photo will have
+        img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     a = np.asarray(img, dtype=np.float32)
     bg = np.median(np.concatenate([a[:3].reshape(-1, 3), a[-3:].reshape(-1, 3),
                                    a[:, :3].reshape(-1, 3), a[:, -3:].reshape(-1, 3)]), axis=0)
@@ -198,14 +209,29 @@ def cutout(image_path: Path) -> Image.Image:
     resid = np.abs(a - (bg + np.clip(t, 0, 1)[..., None] * towards)).max(axis=2)
     backdrop = (resid < 22) & (t < 0.35)
     # the background is the backdrop region that touches the border; holes inside stay opaque
-    mask = Image.fromarray(np.where(backdrop, 0, 255).astype(np.uint8), "L").copy()  # writable
-    w, h = mask.size
-    for corner in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
-        if mask.getpixel(corner) == 0:
-            ImageDraw.floodfill(mask, corner, 128)
-    mask = mask.point(lambda v: 0 if v == 128 else 255)
+    mask = Image.fromarray(np.where(_border_connected(backdrop), 0, 255).astype(np.uint8), "L")
     mask = mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(0.8))
     out = img.convert("RGBA")
     out.putalpha(mask)
     box = mask.getbbox()
     return out.crop(box) if box else out
+
+
+def _border_connected(mask):
+    """The part of a boolean mask connected (4-neighbourhood) to the image border: a flood fill
+    from every border pixel, as whole-array steps (Pillow's floodfill is per-pixel Python)."""
+    import numpy as np
+
+    reach = np.zeros_like(mask)
+    reach[0], reach[-1], reach[:, 0], reach[:, -1] = mask[0], mask[-1], mask[:, 0], mask[:, -1]
+    while True:
+        grown = reach.copy()
+        for _ in range(8):  # several steps per convergence check
+            grown[1:] |= grown[:-1]
+            grown[:-1] |= grown[1:]
+            grown[:, 1:] |= grown[:, :-1]
+            grown[:, :-1] |= grown[:, 1:]
+            grown &= mask
+        if np.array_equal(grown, reach):
+            return reach
+        reach = grown

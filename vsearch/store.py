@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .catalog import Product
 from .errors import IndexFormatError
 
 FORMAT_NAME = "vsearch-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: learned projection ("adaptation") and three-state "verdict"
 CURRENT_FILE = "CURRENT"
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
@@ -82,17 +83,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-@dataclass(frozen=True)
-class ProductRecord:
-    """One product as stored in an index."""
-
-    product_id: str
-    title: str = ""
-    category: str = ""
-    price: float | None = None
-    url: str = ""
-    brand: str = ""
-    extra: tuple[tuple[str, str], ...] = ()
+ProductRecord = Product  # the stored product's earlier name: the store keeps catalog.Product as it is
 
 
 @dataclass(frozen=True)
@@ -221,7 +212,7 @@ def write_generation(
     *,
     vectors: np.ndarray,
     images: list[ImageRecord],
-    products: list[ProductRecord],
+    products: list[Product],
     manifest: dict[str, Any],
     index_type: str,
 ) -> dict[str, Any]:
@@ -345,6 +336,15 @@ def read_current(index_dir: Path, *, missing_ok: bool = False) -> str | None:
     return name
 
 
+def live_generation(index_dir: Path) -> Path | None:
+    """The folder of the generation CURRENT names, or None when there is no usable one yet."""
+    try:
+        name = read_current(index_dir, missing_ok=True)
+    except IndexFormatError:
+        return None
+    return None if name is None or not (index_dir / name).is_dir() else index_dir / name
+
+
 def read_manifest(generation_dir: Path) -> dict[str, Any]:
     """Read and validate manifest.json; refuse formats this version does not know."""
     path = generation_dir / MANIFEST_FILE
@@ -357,6 +357,13 @@ def read_manifest(generation_dir: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{path} is not a vsearch index manifest")
     version = manifest.get("format_version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        catalog = manifest.get("catalog") or "CATALOG"
+        raise IndexFormatError(
+            f"{path} has index format version {version}, from an older vsearch; this vsearch {__version__} reads "
+            f"version {FORMAT_VERSION}. Rebuild with `vsearch build {catalog} --index {generation_dir.parent}` "
+            "(images already embedded are reused from the cache)"
+        )
     if version != FORMAT_VERSION:
         raise IndexFormatError(
             f"{path} has index format version {version!r}; this vsearch {__version__} reads version {FORMAT_VERSION} "
@@ -378,6 +385,12 @@ def read_faiss(generation_dir: Path):
         return faiss.read_index(str(path))
     except RuntimeError as e:
         raise IndexFormatError(f"{path} cannot be read by FAISS ({str(e).splitlines()[0]}); rebuild the index") from None
+
+
+def product_from_row(row: sqlite3.Row) -> Product:
+    """A row of the products table (``SELECT * FROM products``) as the Product that was written."""
+    return Product(row["product_id"], row["title"], row["category"], row["price"], row["url"], row["brand"],
+                   tuple(json.loads(row["extra"]).items()))
 
 
 def open_products_db(generation_dir: Path) -> sqlite3.Connection:

@@ -32,6 +32,47 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+# ---------------------------------------------------------------- learned projection
+
+
+@dataclass(frozen=True)
+class Projection:
+    """x -> normalise((x - mean) @ matrix): a learned linear map of model vectors (catalog
+    adaptation, see ``vsearch.adaptation``). ``matrix`` is [d, d] (learned directions first, the
+    rest zero), so an index keeps the model's dim. ``info`` says what it was learned from."""
+
+    mean: np.ndarray  # [d]
+    matrix: np.ndarray  # [d, d]
+    info: Mapping[str, Any]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return l2_normalise((np.asarray(x, dtype=np.float32) - self.mean) @ self.matrix)
+
+    def save(self, folder: str | Path, name: str = "adaptation") -> dict[str, Any]:
+        """Write ``<name>_mean.npy`` / ``<name>_matrix.npy`` into the generation; returns the manifest entry."""
+        folder = Path(folder)
+        files = {"mean": f"{name}_mean.npy", "matrix": f"{name}_matrix.npy"}
+        np.save(folder / files["mean"], self.mean.astype(np.float32), allow_pickle=False)
+        np.save(folder / files["matrix"], self.matrix.astype(np.float32), allow_pickle=False)
+        return {**dict(self.info), "files": files}
+
+    @classmethod
+    def load(cls, folder: str | Path, entry: Mapping[str, Any]) -> Projection:
+        from .errors import IndexFormatError
+
+        folder = Path(folder)
+        try:
+            mean = np.load(folder / entry["files"]["mean"], allow_pickle=False)
+            matrix = np.load(folder / entry["files"]["matrix"], allow_pickle=False)
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{folder}: learned projection files unreadable ({e}); rebuild the index") from None
+        if mean.ndim != 1 or matrix.shape != (mean.shape[0], mean.shape[0]) or not np.isfinite(matrix).all():
+            raise IndexFormatError(
+                f"{folder}: learned projection has shapes {mean.shape} and {matrix.shape}; expected [d] and [d, d]")
+        info = {k: v for k, v in entry.items() if k != "files"}
+        return cls(mean=mean.astype(np.float32), matrix=np.ascontiguousarray(matrix, dtype=np.float32), info=info)
+
+
 # ---------------------------------------------------------------- whitening
 
 

@@ -1,9 +1,11 @@
 """The web app: a shopper's photo in, a gallery of matching products out (Gradio Blocks).
 
 The page and the named API endpoint ``/search`` share one search function (`run_search`), so a
-`gradio_client` caller gets exactly what the gallery shows. The index and its model are loaded
-once by `serve` and passed in; every request only calls the cheap `reload_if_changed()` and
-`search()`. Only the index's own catalog images (and the example photos) are servable files.
+`gradio_client` caller gets exactly what the gallery shows; the REST API (`api.py`) is mounted
+beside them at /api/v1 and shares their concurrency limit. The index and its model are loaded
+once by `serve`; a background watcher swaps in newly built generations, so a request only
+searches. No folder is servable: the gallery hands Gradio copies of exact catalog image files,
+and API answers carry image URLs by generation + id, never server paths.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import html
 import logging
 import os
+import threading
 import time
-from dataclasses import replace
+from collections import OrderedDict
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from .api import PREFIX, ServeSettings, Service, create_rest_app, hit_to_api
 from .errors import VsearchError
 from .images import MAX_BYTES
 from .report import ROW_CSS
@@ -24,22 +29,26 @@ if TYPE_CHECKING:
     import gradio as gr
     from PIL import Image
 
+    from .api import Gate
     from .search import Hit, ProductIndex
 
 log = logging.getLogger(__name__)
 
-#: "No close match" threshold used when the index carries none (``ProductIndex.score_threshold`` is
-#: None), per model. Calibrated on the bundled sample catalog with the offline EfficientNet-Lite0
-#: model: 40 generated shopper photos (``write_sample_queries(..., n_queries=40, seed=7)``) scored
-#: their true product at min 0.40 / p10 0.50 / median 0.61, while 40 unrelated images (noise,
-#: flat colours, abstract shapes, a drawn landscape) had a best score of median 0.31 / p90 0.45 /
-#: max 0.50. 0.45 keeps ~95% of true matches confident and flags ~90% of unrelated photos.
-#: Scores are model-specific cosines, so models without an entry get no fallback.
-FALLBACK_THRESHOLDS: dict[str, float] = {"efficientnet-lite0": 0.45}
-
 DEFAULT_K = 12
 MAX_RESULTS = 48
 QUEUE_SIZE = 64  # requests waiting beyond this are told the queue is full instead of piling up
+PREVIEW_SIDE = 640  # the crop preview is decoded (JPEG draft) and shown at about this size
+
+#: What the page says for each state of ``Hit.confident`` of the top result.
+VERDICT_TITLES: dict[bool | None, str] = {
+    True: "Close match",
+    False: "No close match - these are the nearest products",
+    None: "Best guesses (this index cannot tell a close match)",
+}
+GALLERY_LABELS: dict[bool | None, str] = {
+    True: "Matching products", False: "Nearest products (not close matches)", None: "Best guesses",
+}
+HIT_VERDICTS: dict[bool | None, str] = {True: "close match", False: "not a close match", None: "no verdict"}
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
@@ -60,22 +69,16 @@ footer {display: none !important;}
 # ---------------------------------------------------------------- search shared by page and API
 
 
-def effective_threshold(index: ProductIndex) -> float | None:
-    """The index's own threshold, else the calibrated fallback for its model, else None."""
-    threshold = index.score_threshold
-    if threshold is None:
-        threshold = FALLBACK_THRESHOLDS.get(getattr(index.embedder, "name", ""))
-    return threshold
-
-
 def run_search(index: ProductIndex, image: Any = None, text: str | None = None, k: int = DEFAULT_K,
                category: str | Sequence[str] | None = None, min_price: float | None = None,
-               max_price: float | None = None, crop: Sequence[float | None] | None = None) -> list[Hit]:
-    """One search as the page and the API run it: hot-reload check, filters, confidence flags.
+               max_price: float | None = None, crop: Sequence[float | None] | None = None,
+               gate: Gate | None = None) -> list[Hit]:
+    """One search as the page and the gradio_client API run it: checks, filters, crop, search.
 
     crop: margins to cut off the photo first, as `crop_photo` takes them (the page's crop panel).
+    gate: the server's shared concurrency limit (decoding and search run inside it).
+    Each hit's ``confident`` is the index's own verdict (True / False / None), unchanged.
     """
-    index.reload_if_changed()
     text = (text or "").strip() or None
     if text and not index.supports_text:
         raise VsearchError(
@@ -99,24 +102,28 @@ def run_search(index: ProductIndex, image: Any = None, text: str | None = None, 
         filters["category"] = categories
     if lo is not None or hi is not None:
         filters["price"] = (lo, hi)
-    cropping = image is not None and any(crop or ())
+    with gate.slot() if gate is not None else nullcontext():
+        image = _query_photo(index, image, crop)
+        return index.search(image=image, text=text, k=k, filters=filters or None)
+
+
+def _query_photo(index: ProductIndex, image: Any, crop: Sequence[float | None] | None) -> Any:
+    """The photo as searched: decoded (errors name the file as the shopper called it, not a server
+    temp path) and cropped. A crop keeps only part of the photo, so it decodes at full size."""
+    if image is None:
+        return None
+    cropping = any(crop or ())
     is_path = isinstance(image, (str, os.PathLike))
     if is_path:
         from .images import load_image
 
-        # decode here so an error names the file as the shopper called it, not a server temp path;
-        # a crop keeps only part of the photo, so it decodes at full size to keep the detail
         min_side = None if cropping else getattr(index.embedder, "input_size", None)
         image = load_image(image, min_side=min_side, name=Path(image).name)
     if cropping:
         from .images import load_image
 
         image = crop_photo(image if is_path else load_image(image), crop)  # upright first, as previewed
-    hits = index.search(image=image, text=text, k=k, filters=filters or None)
-    threshold = effective_threshold(index)
-    if threshold is not None:
-        hits = [replace(h, confident=h.confident and h.score >= threshold) for h in hits]
-    return hits
+    return image
 
 
 #: The crop panel's sliders, in the order `crop_photo` takes their values.
@@ -153,13 +160,6 @@ def crop_photo(image: Image.Image, margins: Sequence[float | None] | None) -> Im
     return image.crop((x0, y0, x1, y1))
 
 
-def hit_to_api(hit: Hit) -> dict[str, Any]:
-    """JSON-friendly hit for API clients, with a fetchable URL for local catalog images."""
-    d = hit.to_dict()
-    d["image_url"] = hit.image if _is_url(hit.image) else f"/gradio_api/file={hit.image}"
-    return d
-
-
 def _is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
@@ -183,17 +183,22 @@ def _caption(hit: Hit) -> str:
     return f"{hit.title or hit.product_id}\n{_money(hit.price)} · match {hit.score:.2f}"
 
 
-def _status(hits: list[Hit], threshold: float | None, seconds: float) -> str:
+def _status(hits: list[Hit], seconds: float) -> str:
+    """The status heading is exactly one of VERDICT_TITLES (from the top hit), or "No products found"."""
     if not hits:
         return "### No products found\nNothing in the catalog passes these filters. Widen the category or price range."
     took = f"{len(hits)} product{'s' if len(hits) != 1 else ''} in {seconds * 1000:.0f} ms"
-    if not hits[0].confident:
-        limit = f" (best score {hits[0].score:.2f}, a close match needs {threshold:.2f})" if threshold is not None else ""
-        return (f"### No close match\nNothing in the catalog looks convincingly like your photo{limit}. "
-                f"The nearest items are shown below, but they are probably **not** the same product. "
+    state = hits[0].confident
+    if state is True:
+        n_conf = sum(h.confident is True for h in hits)
+        more = f"{n_conf} of these look like your product." if n_conf > 1 else "The first result looks like your product."
+        return f"### {VERDICT_TITLES[True]}\n{more} <sub>{took}</sub>"
+    if state is False:
+        return (f"### {VERDICT_TITLES[False]}\nNothing in the catalog looks convincingly like your photo "
+                f"(best score {hits[0].score:.2f}); the items below are probably **not** the same product. "
                 f"Try cropping to the item, a clearer photo, or other filters. <sub>{took}</sub>")
-    n_conf = sum(h.confident for h in hits)
-    return f"### {n_conf} close match{'es' if n_conf != 1 else ''}\n<sub>{took}</sub>"
+    return (f"### {VERDICT_TITLES[None]}\nThe most similar products come first, but this catalog's index cannot "
+            f"say whether any of them is the same product. <sub>{took}</sub>")
 
 
 def _details(index: ProductIndex, hit: Hit) -> str:
@@ -211,7 +216,7 @@ def _details(index: ProductIndex, hit: Hit) -> str:
     if hit.url:
         url = hit.url.replace(")", "%29").replace(" ", "%20")
         lines.append(f"[View product page ↗]({url})" if _is_url(hit.url) else f"Product page: `{_md(hit.url)}`")
-    verdict = "close match" if hit.confident else "not a close match"
+    verdict = HIT_VERDICTS.get(hit.confident, HIT_VERDICTS[None])
     lines.append(f"\n| Detail | Value |\n|---|---|\n| Product ID | `{_md(hit.product_id)}` |\n| Similarity | {hit.score:.3f} ({verdict}) |")
     for key, value in sorted(hit.metadata.items()):
         lines.append(f"| {_md(key)} | {_md(value)} |")
@@ -222,20 +227,62 @@ def _details(index: ProductIndex, hit: Hit) -> str:
     return "\n".join(lines)
 
 
-def _detail_images(index: ProductIndex, hit: Hit) -> list[tuple[str, str]]:
+def _detail_images(index: ProductIndex, hit: Hit, files: _PageFiles) -> list[tuple[str, str]]:
     try:
-        all_images = index.product(hit.product_id)["images"]
+        product = index.product(hit.product_id)
     except KeyError:
-        all_images = []
-    out = [(src, f"matched #{i + 1}") for i, src in enumerate(hit.matched_images)]
-    out += [(src, "not matched") for src in all_images if src not in hit.matched_images]
-    return out
+        product = {"image_ids": [], "generation": hit.generation}
+    matched = list(hit.matched_image_ids)
+    out = [(files.path(hit.generation, i), f"matched #{n + 1}") for n, i in enumerate(matched)]
+    if product["generation"] == hit.generation:
+        out += [(files.path(hit.generation, i), "not matched") for i in product["image_ids"] if i not in matched]
+    return [(path, caption) for path, caption in out if path is not None]
 
 
-def why_it_matched(photo: Any, margins: Sequence[float | None] | None, hit: Mapping[str, Any]) -> str:
+class _PageFiles:
+    """Exact catalog image files handed to the page: each is copied into Gradio's upload cache
+    (the only place its file route serves from besides exact example files), found by generation
+    + image id in the index's own database. No catalog folder is ever made servable."""
+
+    MAX_REMEMBERED = 4096
+
+    def __init__(self, index: ProductIndex):
+        self.index = index
+        self.cache_dir: str | None = None  # set to the gallery's Gradio cache once the page exists
+        self._known: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def path(self, generation: str, image_id: int) -> str | None:
+        key = (generation, int(image_id))
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+        source = self.index.image_source(generation, image_id)
+        if source is None:
+            return None
+        if not _is_url(source):
+            from gradio import processing_utils
+
+            try:
+                source = processing_utils.save_file_to_cache(source, cache_dir=self.cache_dir)
+            except OSError:
+                log.warning("catalog image %s (generation %s, id %s) cannot be read", source, generation, image_id)
+                return None
+        with self._lock:
+            self._known[key] = source
+            while len(self._known) > self.MAX_REMEMBERED:
+                self._known.popitem(last=False)
+        return source
+
+
+def why_it_matched(photo: Any, margins: Sequence[float | None] | None, hit: Mapping[str, Any],
+                   source: str | None = None) -> str:
     """One result as a picture row (HTML): the shopper's photo as searched (crop applied) beside the
     product's catalog image that matched it best, with the score. Pictures are inline data: URIs, so
-    nothing more has to be served. Used by the details panel; see `vsearch.report.picture_row_html`."""
+    nothing more has to be served. hit: a `Hit.to_dict()`; source: its matched image's file as the
+    index knows it (default: ``hit["image"]``). Used by the details panel; see
+    `vsearch.report.picture_row_html`."""
     from .images import load_image
     from .report import PictureCell, image_data_uri, picture_row_html
 
@@ -246,14 +293,14 @@ def why_it_matched(photo: Any, margins: Sequence[float | None] | None, hit: Mapp
             query = image_data_uri(crop_photo(img, margins))
         except VsearchError:
             query = ""
-    image = str(hit.get("image", ""))
+    image = str(source or hit.get("image", ""))
     matched = list(hit.get("matched_images") or [image])
     confident = hit.get("confident")
     verdict = {True: "close match", False: "not a close match"}.get(confident, "no verdict")
     more = f"\n{len(matched) - 1} more of its images also matched" if len(matched) > 1 else ""
     cells = [
         PictureCell(query, "your photo", "as searched", alt="your photo"),
-        PictureCell("" if _is_url(image) else image_data_uri(image), f"{hit.get('title') or hit.get('product_id', '')}",
+        PictureCell(image if _is_url(image) else image_data_uri(image), f"{hit.get('title') or hit.get('product_id', '')}",
                     f"its best-matching image, similarity {float(hit.get('score', 0.0)):.3f} ({verdict})\n"
                     f"{Path(image).name}{more}", tone="good" if confident else "bad" if confident is False else "",
                     alt="matched catalog image"),
@@ -281,13 +328,32 @@ def _photo_component_class():
     return PhotoInput
 
 
-def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice: str | None = None) -> gr.Blocks:
-    """Build the page for a loaded index (no launching, no printing). Launch with `launch_app`."""
+def _header(index: ProductIndex, categories: list[str]) -> str:
+    cats = f"{len(categories)} categories" if categories else "no categories"
+    return (f"# Find it by photo\nPhotograph a product and find it in the catalog — "
+            f"{len(index)} products, {cats}. Model: `{_md(getattr(index.embedder, 'name', '?'))}`.")
+
+
+def _price_info(index: ProductIndex) -> str:
+    span = index.price_range()
+    return f"0 = any (catalog: {span[0]:g} to {span[1]:g})" if span else "0 = any (no prices in this catalog)"
+
+
+def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice: str | None = None,
+               service: Service | None = None) -> gr.Blocks:
+    """Build the page for a loaded index (no launching, no printing). Launch with `launch_app`.
+
+    service: what the page shares with the REST API (concurrency gate, rate limit, feedback);
+    default: a Service with default settings (no API key, feedback off).
+    """
     import gradio as gr
 
+    service = service or Service(index)
+    gate = service.gate
+    feedback_on = service.feedback is not None
+    files = _PageFiles(index)
     PhotoInput = _photo_component_class()
     categories = index.categories()
-    price_range = index.price_range()
     supports_text = index.supports_text
     model_name = getattr(index.embedder, "name", "?")
 
@@ -300,57 +366,80 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                 raise VsearchError("add a photo (upload, drag and drop, webcam or paste) to search"
                                    + (", or describe the product" if supports_text else ""))
             hits = run_search(index, photo, text, k, category, min_price, max_price,
-                              crop=(left, top, right, bottom))
+                              crop=(left, top, right, bottom), gate=gate)
         except VsearchError as e:
             return (f"### Can't search\n{_md(e)}", *empty)
         except Exception as e:  # noqa: BLE001 - the page shows a message and keeps serving
             log.exception("search failed")
             return (f"### Something went wrong\nThe search failed ({type(e).__name__}). Please try another photo.", *empty)
-        gallery = [(h.image, _caption(h)) for h in hits]
-        status = _status(hits, effective_threshold(index), time.perf_counter() - started)
-        label = "Matching products" if hits and hits[0].confident else "Nearest items (not close matches)"
+        gallery = [(path, _caption(h)) for h in hits if (path := files.path(h.generation, h.image_id)) is not None]
+        status = _status(hits, time.perf_counter() - started)
+        label = GALLERY_LABELS.get(hits[0].confident, GALLERY_LABELS[None]) if hits else GALLERY_LABELS[True]
         return status, gr.update(value=gallery, label=label), [h.to_dict() for h in hits], [], gr.update(visible=False)
 
     def show_details(hits: list[dict], evt: gr.SelectData):
         if not hits or evt.index is None or evt.index >= len(hits):
-            return "", [], gr.update(visible=False)
+            return "", [], gr.update(visible=False), "", ""
         from .search import Hit
 
         d = dict(hits[evt.index])
-        d.pop("image_url", None)
         d["matched_images"] = tuple(d.get("matched_images", ()))
-        hit = Hit(**d)
-        return _details(index, hit), _detail_images(index, hit), gr.update(visible=True)
+        d["matched_image_ids"] = tuple(d.get("matched_image_ids", ()))
+        hit = Hit.from_dict(d)
+        return _details(index, hit), _detail_images(index, hit, files), gr.update(visible=True), hit.product_id, ""
 
     show_details.__annotations__["evt"] = gr.SelectData  # gradio injects the selection by this type
 
     def show_why(photo, left, top, right, bottom, hits: list[dict], evt: gr.SelectData):
         if not hits or evt.index is None or evt.index >= len(hits):
             return ""
-        return why_it_matched(photo, (left, top, right, bottom), hits[evt.index])
+        d = hits[evt.index]
+        return why_it_matched(photo, (left, top, right, bottom), d,
+                              source=index.image_source(d.get("generation", ""), d.get("image_id", -1)))
 
     show_why.__annotations__["evt"] = gr.SelectData
+
+    def confirm(photo, left, top, right, bottom, product_id, request: gr.Request):
+        """"This is it": the product whose details are open is the one in the photo (as cropped)."""
+        if not photo or not (product_id or "").strip():
+            return "Search with a photo and open a result first."
+        client = request.client.host if request is not None and request.client else "?"
+        try:
+            with gate.slot():
+                image = _query_photo(index, photo, (left, top, right, bottom))
+            new = service.record_feedback(image, product_id.strip(), client)
+        except VsearchError as e:
+            return f"⚠️ Not recorded: {_md(e)}"
+        if not new:
+            return "✅ Already recorded - thank you."
+        return "✅ Thank you - recorded for the shop to review."
+
+    confirm.__annotations__["request"] = gr.Request  # gradio injects the request (client address) by this type
 
     def _preview(photo: str, margins) -> tuple[Any, str]:
         from .images import load_image
 
         try:
-            img = load_image(photo, name=Path(photo).name)
-            img.thumbnail((640, 640))
+            # draft decoding: a 12 MP JPEG decodes at 1/4 scale, not at full size, for a 640 px preview
+            img = load_image(photo, min_side=PREVIEW_SIDE, name=Path(photo).name)
+            img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
             return crop_photo(img, margins), ""
         except VsearchError as e:
             return None, f"⚠️ {_md(e)}"
 
     def prepare_crop(photo: str | None):
-        """A new photo starts uncropped: reset the margins and preview the whole (upright) photo."""
+        """A new photo starts uncropped: reset the margins and preview the whole (upright) photo.
+        The open details belonged to the previous photo: close them, so "This is it" can't pair
+        them with the new one."""
         zeros = [0] * len(CROP_SIDES)
+        closed = (gr.update(visible=False), "")
         if not photo:
-            return None, "", gr.update(), *zeros
+            return None, "", gr.update(), *closed, *zeros
         preview, problem = _preview(photo, zeros)
         if preview is None:
-            return None, "", f"### Can't use this photo\n{problem.removeprefix('⚠️ ')}", *zeros
+            return None, "", f"### Can't use this photo\n{problem.removeprefix('⚠️ ')}", *closed, *zeros
         # status is left alone: a search clicked right after the upload may already be writing it
-        return preview, "", gr.update(), *zeros
+        return preview, "", gr.update(), *closed, *zeros
 
     def preview_crop(photo: str | None, *margins):
         """Show exactly the area the search will use, or why these margins can't be used."""
@@ -359,13 +448,17 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         preview, problem = _preview(photo, margins)
         return (gr.update() if preview is None else preview), problem
 
+    def refresh_catalog():
+        """On page load: categories, price range and counts of the generation serving now."""
+        cats = index.categories()
+        return (_header(index, cats),
+                gr.update(choices=cats, interactive=bool(cats), info=None if cats else "This catalog has no categories."),
+                gr.update(info=_price_info(index)))
+
     api_image_doc = "photo to search with (JPEG, PNG, WebP, HEIC...)"
     with gr.Blocks(title="vsearch · visual product search", fill_width=False) as app:
-        n = len(index)
-        cats = f"{len(categories)} categories" if categories else "no categories"
         with gr.Column(elem_classes="vs-header"):
-            gr.Markdown(f"# Find it by photo\nPhotograph a product and find it in the catalog — "
-                        f"{n} products, {cats}. Model: `{_md(model_name)}`.")
+            header = gr.Markdown(_header(index, categories))
         if notice:
             gr.Markdown(f"⚠️ {_md(notice)}", elem_classes="vs-notice")
         with gr.Row(equal_height=False):
@@ -394,10 +487,8 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                                            info=None if categories else "This catalog has no categories.",
                                            interactive=bool(categories))
                     with gr.Row():
-                        lo, hi = price_range if price_range else (None, None)
-                        span = f"catalog: {lo:g} to {hi:g}" if lo is not None else "no prices in this catalog"
                         min_price = gr.Number(label="Min price", value=0, minimum=0, info="0 = any")
-                        max_price = gr.Number(label="Max price", value=0, minimum=0, info=f"0 = any ({span})")
+                        max_price = gr.Number(label="Max price", value=0, minimum=0, info=_price_info(index))
                     k = gr.Slider(1, MAX_RESULTS, value=DEFAULT_K, step=1, label="Results")
                 search_btn = gr.Button("Search", variant="primary", size="lg", elem_id="vs-search")
                 if examples:
@@ -413,18 +504,29 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                     why = gr.HTML(elem_id="vs-why", css_template=ROW_CSS, js_on_load=None)
                     detail_images = gr.Gallery(label="This product's catalog images", columns=6, height=220,
                                                object_fit="contain", allow_preview=False)
+                    with gr.Row():
+                        if feedback_on:  # opt-in: without --feedback the page has no such button at all
+                            confirm_btn = gr.Button("This is it", variant="secondary", size="sm", elem_id="vs-this-is-it")
+                        confirm_note = gr.Markdown(elem_id="vs-feedback-note")
+        files.cache_dir = gallery.GRADIO_CACHE
         hits_state = gr.State([])
+        chosen = gr.Textbox(visible=False, label="product_id")  # the result whose details are open
 
         inputs = [photo, *margins, text, k, category, min_price, max_price]
         outputs = [status, gallery, hits_state, detail_images, detail_box]
         gr.on([search_btn.click, text.submit], ui_search, inputs, outputs, api_visibility="private")
-        photo.change(prepare_crop, [photo], [crop_preview, crop_note, status, *margins], api_visibility="private",
-                     queue=False)
+        photo.change(prepare_crop, [photo], [crop_preview, crop_note, status, detail_box, chosen, *margins],
+                     api_visibility="private")
         gr.on([m.change for m in margins], preview_crop, [photo, *margins], [crop_preview, crop_note],
               api_visibility="private", trigger_mode="always_last")
-        gallery.select(show_details, [hits_state], [details, detail_images, detail_box], api_visibility="private",
-                       queue=False)
-        gallery.select(show_why, [photo, *margins, hits_state], [why], api_visibility="private", queue=False)
+        gallery.select(show_details, [hits_state], [details, detail_images, detail_box, chosen, confirm_note],
+                       api_visibility="private")
+        gallery.select(show_why, [photo, *margins, hits_state], [why], api_visibility="private")
+        if feedback_on:
+            # public, so gradio_client can press it too: (photo, 4 crop margins, product_id) -> message
+            confirm_btn.click(confirm, [photo, *margins, chosen], [confirm_note], api_name="this_is_it",
+                              api_description="Record that this product is the one in this photo (feedback for review)")
+        app.load(refresh_catalog, None, [header, category, max_price], api_visibility="private")
 
         # The named API endpoint: plain file in, list of hit dicts out, same search as the page.
         with gr.Column(visible=False):
@@ -441,7 +543,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
             min_price = min_price or None  # 0 = open end, so every argument after the photo is optional
             max_price = max_price or None
             try:
-                hits = run_search(index, image, text, k, category, min_price, max_price)
+                hits = run_search(index, image, text, k, category, min_price, max_price, gate=gate)
             except VsearchError as e:
                 raise gr.Error(str(e), print_exception=False) from None
             except Exception as e:  # noqa: BLE001
@@ -451,16 +553,18 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
 
         trigger = gr.Button(visible=False)
         trigger.click(api_search, [api_image, api_text, api_k, api_category, api_min, api_max], [api_out],
-                      api_name="search", api_description="Ranked products for a photo (and optional text / filters).")
+                      api_name="search", api_description="Ranked products for a photo (and optional text / filters); "
+                      "image_url fetches the catalog image from this server.")
+    app._vsearch_service = service  # launch_app mounts the REST API and starts the watcher from it
     return app
 
 
 def launch_settings(index: ProductIndex, examples: Sequence[str | os.PathLike] | None = None) -> dict[str, Any]:
-    """launch() keyword arguments: servable files limited to the catalog images, upload cap, offline theme."""
+    """launch() keyword arguments: only the exact example photos are servable paths (catalog images
+    reach the page as cached copies of exact files), upload cap, offline theme."""
     import gradio as gr
 
-    folders = {str(Path(src).parent) for src in index.image_sources() if not _is_url(src)}
-    allowed = sorted(folders | {str(Path(p).resolve().parent) for p in examples or []})
+    allowed = sorted({str(Path(p).resolve()) for p in examples or []})
     index_dir = str(Path(index.index_dir).resolve())
     theme = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate", font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     return {
@@ -477,33 +581,56 @@ def launch_settings(index: ProductIndex, examples: Sequence[str | os.PathLike] |
 
 def launch_app(app: gr.Blocks, index: ProductIndex, *, host: str = "127.0.0.1", port: int = 7860,
                examples: Sequence[str | os.PathLike] | None = None, concurrency: int | None = None,
-               prevent_thread_lock: bool = True, quiet: bool = True) -> str:
-    """Queue (bounded concurrency) and start the server; returns the local URL."""
-    limit = concurrency or max(1, min(4, os.cpu_count() or 1))
+               prevent_thread_lock: bool = True, quiet: bool = True, watch_interval: float | None = None) -> str:
+    """Queue (the shared concurrency limit), start the server, mount the REST API at /api/v1 and
+    start the background reload watcher; returns the local URL. ``app.close()`` stops it all."""
+    service: Service = getattr(app, "_vsearch_service", None) or Service(index)
+    limit = concurrency or service.gate.limit
     app.queue(default_concurrency_limit=limit, max_size=QUEUE_SIZE)
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
                            **launch_settings(index, examples))
+    app.app.mount(PREFIX, create_rest_app(service))
+    service.start_watcher(watch_interval)
+    close = app.close
+
+    def close_all(*args, **kwargs):
+        service.close()
+        return close(*args, **kwargs)
+
+    app.close = close_all
     return url
 
 
 def serve(index_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, model: str | None = None,
           pretrained: str | None = None, precision: str = "auto", notice: str | None = None,
-          examples: Sequence[str | os.PathLike] | None = None) -> None:
+          examples: Sequence[str | os.PathLike] | None = None, api_key: str | None = None,
+          feedback: bool = False, rate_limit: float | None = None) -> None:
     """Load the index and its model once, print where to open the page, and serve until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from .api import DEFAULT_RATE
     from .search import ProductIndex
 
     print(f"vsearch: loading index {index_dir} ...", flush=True)
     index = ProductIndex.load(index_dir, model=model, pretrained=pretrained, precision=precision)
     print(f"vsearch: {len(index)} products, model {index.embedder.name}"
           + ("" if index.supports_text else " (image search only)"), flush=True)
-    app = create_app(index, examples=[str(p) for p in examples or []], notice=notice)
+    settings = ServeSettings(api_key=api_key or None, feedback=feedback,
+                             rate_limit=DEFAULT_RATE if rate_limit is None else rate_limit)
+    service = Service(index, settings)
+    app = create_app(index, examples=[str(p) for p in examples or []], notice=notice, service=service)
     try:
         url = launch_app(app, index, host=host, port=port, examples=examples)
     except OSError as e:
         raise VsearchError(f"cannot listen on {host}:{port} ({e}); choose another --port") from None
-    shown = url if host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{port}/ (listening on all interfaces)"
-    print(f"vsearch: open {shown} in a browser (Ctrl+C to stop)", flush=True)
+    everywhere = host in ("0.0.0.0", "::")
+    shown = url if not everywhere else f"http://127.0.0.1:{port}/ (listening on all interfaces)"
+    print(f"vsearch: open {shown} in a browser (Ctrl+C to stop); REST API {url.rstrip('/')}{PREFIX}/docs", flush=True)
+    if everywhere and not api_key:
+        print("vsearch: warning: anyone who can reach this machine can search (and, with --feedback, send "
+              "confirmations); set --api-key or VSEARCH_API_KEY to protect the REST API", flush=True)
+    if feedback and service.feedback is not None:
+        print(f"vsearch: feedback on: confirmations go to {service.feedback.root} "
+              "(review with: vsearch feedback export)", flush=True)
     try:
         app.block_thread()
     finally:

@@ -111,7 +111,7 @@ def unknown_model_error(spec: str) -> ModelError:
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ModelError(
         f"model {spec!r} is not known.{hint} Accepted: 'clip' (= {DEFAULT_CLIP_ARCH}/{DEFAULT_CLIP_PRETRAINED}), "
-        "'efficientnet-lite0' (offline, image-only), 'test-tiny' (tests only), any open_clip architecture "
+        "'efficientnet-lite0' (offline, image-only), any open_clip architecture "
         f"such as ViT-B-32, ViT-B-16, ViT-L-14 (optionally as 'clip:ARCH/TAG'; {len(archs)} in all, "
         "see open_clip.list_models()), or 'hf-hub:org/repo' for an open_clip model on the Hugging Face hub."
     )

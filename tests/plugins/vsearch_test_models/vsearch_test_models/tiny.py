@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from . import precision as _precision
-from .clip import ClipEmbedder
+from vsearch.embedders import precision as _precision
+from vsearch.embedders.clip import ClipEmbedder
 
 TINY_NAME = "test-tiny"
 # Architecture name to register TINY_MODEL_CFG under with open_clip.add_model_config

@@ -1,0 +1,295 @@
+"""The build's learning step, between the embedding cache and the store.
+
+1. Catalog adaptation (``vsearch.adaptation``): learned from the catalog's multi-image products
+   and from confirmed shopper photos (``--train-pairs``), on cached vectors. It is refit only when
+   the images it would learn from changed by more than ``REFIT_FRACTION`` since the projection in
+   use was fitted (or on request); otherwise the previous generation's projection is reused, so a
+   small catalog change keeps the vector space and later index updates can stay incremental.
+2. The "close match" verdict (``vsearch.calibration.calibrate_verdict``), calibrated on queries
+   that look like a shopper's: simulated phone photos of catalog products (the only images the
+   build runs the model on that are not in the catalog), confirmed shopper photos scored by a
+   projection fitted without them, and - when neither is available - held-out catalog views,
+   again scored by a projection fitted without their products.
+
+Pure functions of vectors and labels, plus ``simulated_queries`` which needs the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from .adaptation import TooFewPairsError, fit_adaptation, training_pairs
+from .calibration import VerdictCalibration, calibrate_verdict
+from .transforms import Projection, l2_normalise, nearest
+
+if TYPE_CHECKING:
+    from .embedders import Embedder
+
+ADAPT_MODES = ("auto", "off", "refit")
+REFIT_FRACTION = 0.10  # refit when > 10 % of the images/pairs the projection learned from changed
+MEMBERS_FILE = "adaptation_members.json"
+SIMULATED_QUERIES = 240  # simulated shopper photos per build (about 8 s of EfficientNet on 2 cores)
+HELD_OUT_QUERIES = 1000
+
+
+# ---------------------------------------------------------------- adaptation: fit or reuse
+
+
+def member_keys(product_ids: Sequence[str], image_keys: Sequence[str], *, multi_only: bool = True) -> list[str]:
+    """Short digests of (product, image) for the images adaptation learns from: images of
+    products with >= 2 images (catalog), or every given pair (``multi_only=False``, train pairs)."""
+    pids = np.asarray(product_ids).astype(str)
+    if multi_only and len(pids):
+        _, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
+        keep = counts[inverse] >= 2
+    else:
+        keep = np.ones(len(pids), dtype=bool)
+    return sorted({hashlib.sha1(f"{p}\t{k}".encode()).hexdigest()[:16]
+                   for p, k, ok in zip(pids.tolist(), image_keys, keep.tolist()) if ok})
+
+
+def changed_fraction(before: Sequence[str], after: Sequence[str]) -> float:
+    """Share of the training members that were added or removed, relative to the earlier set."""
+    a, b = set(before), set(after)
+    return len(a ^ b) / max(len(a), 1)
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What the build decided: the projection to apply (None = none) and the manifest record."""
+
+    projection: Projection | None
+    record: dict[str, Any]
+
+
+def adapt(tmp: Path, vectors: np.ndarray, product_ids: Sequence[str], image_keys: Sequence[str], *, mode: str,
+          model_fingerprint: str, previous: Path | None, shopper_vectors: np.ndarray | None = None,
+          shopper_labels: Sequence[str] = (), shopper_keys: Sequence[str] = ()) -> Adaptation:
+    """Fit, reuse or skip the catalog adaptation; write its files into the new generation ``tmp``.
+
+    previous: the live generation folder (its projection is reused when the training members
+    changed by at most REFIT_FRACTION and the model is the same). Raises ValueError for a bad mode.
+    """
+    if mode not in ADAPT_MODES:
+        raise ValueError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {mode!r}")
+    if mode == "off":
+        return Adaptation(None, {"state": "off"})
+    members = member_keys(product_ids, image_keys) + member_keys(shopper_labels, shopper_keys, multi_only=False)
+    if mode == "auto" and previous is not None:
+        reused = _reuse(previous, tmp, members, model_fingerprint)
+        if reused is not None:
+            return reused
+    pairs = training_pairs(vectors, np.asarray(product_ids),
+                           shopper_vectors=shopper_vectors, shopper_labels=np.asarray(shopper_labels))
+    try:
+        projection = fit_adaptation(vectors, pairs)
+    except TooFewPairsError as e:
+        return Adaptation(None, {"state": "skipped", "reason": str(e), "products": pairs.products})
+    record = {"state": "fitted", "model_fingerprint": model_fingerprint, **projection.save(tmp),
+              "refit_fraction": REFIT_FRACTION, "members": len(members)}
+    (tmp / MEMBERS_FILE).write_text(json.dumps(members), encoding="utf-8")
+    return Adaptation(projection, record)
+
+
+def _reuse(previous: Path, tmp: Path, members: list[str], model_fingerprint: str) -> Adaptation | None:
+    """The previous generation's projection, if its training members barely changed."""
+    from .store import read_manifest
+
+    try:
+        entry = read_manifest(previous).get("adaptation") or {}
+        if not entry.get("files") or entry.get("model_fingerprint") != model_fingerprint:
+            return None
+        before = json.loads((previous / MEMBERS_FILE).read_text(encoding="utf-8"))
+        projection = Projection.load(previous, entry)
+    except (OSError, ValueError, Exception):  # an unreadable previous generation just means a refit
+        return None
+    change = changed_fraction(before, members)
+    if change > REFIT_FRACTION:
+        return None
+    for name in [*entry["files"].values(), MEMBERS_FILE]:
+        _link_or_copy(previous / name, tmp / name)
+    record = {**entry, "state": "reused", "reused_from": previous.name, "changed_fraction": round(change, 4)}
+    return Adaptation(projection, record)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Generations are immutable, so sharing a file by hard link is safe; copy where links fail."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+def verdict_from_queries(index_vectors: np.ndarray, product_ids: Sequence[str], queries: np.ndarray,
+                         labels: Sequence[str], *, exclude: Sequence[Sequence[int]] | None = None,
+                         k: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score calibration queries against the catalog, product-level, both ways.
+
+    Returns (top-1 score, top-1 is right, top-1 score with the query's own product removed).
+    exclude: per query, catalog rows it must not see (a held-out view's own image).
+    """
+    pids = np.asarray(product_ids).astype(str)
+    labels = np.asarray(labels).astype(str)
+    scores, ids = nearest(queries, index_vectors, min(k, len(index_vectors)))
+    top = np.full(len(queries), np.nan)
+    right = np.zeros(len(queries), dtype=bool)
+    unsold = np.full(len(queries), np.nan)
+    for q in range(len(queries)):
+        ok = ids[q] >= 0
+        if exclude is not None and len(exclude[q]):
+            ok &= ~np.isin(ids[q], exclude[q])
+        s, i = scores[q][ok], ids[q][ok]
+        if len(i) == 0:
+            continue
+        top[q], right[q] = s[0], pids[i[0]] == labels[q]
+        other = pids[i] != labels[q]
+        if other.any():
+            unsold[q] = s[other][0]
+    keep = ~np.isnan(top)
+    return top[keep], right[keep], unsold[~np.isnan(unsold)]
+
+
+def cross_fitted_projections(vectors: np.ndarray, product_ids: Sequence[str], *, folds: int = 2, seed: int = 0,
+                             shopper_vectors: np.ndarray | None = None, shopper_labels: Sequence[str] = (),
+                             ) -> list[tuple[np.ndarray, Projection | None]]:
+    """[(products held out, projection fitted without them)] for honest calibration scores: a
+    query must not be scored by a projection that learned from its own product."""
+    pids = np.asarray(product_ids).astype(str)
+    uniq = np.unique(pids)
+    fold_of = dict(zip(uniq.tolist(), np.random.default_rng(seed).permutation(len(uniq)) % folds))
+    q_labels = np.asarray(shopper_labels).astype(str)
+    out = []
+    for f in range(folds):
+        held = np.asarray([p for p, g in fold_of.items() if g == f])
+        # images of held-out products get unique labels, so they add no pairs
+        train_labels = np.where(np.isin(pids, held), np.char.add("__held__", np.arange(len(pids)).astype(str)), pids)
+        q_keep = ~np.isin(q_labels, held) if len(q_labels) else np.zeros(0, dtype=bool)
+        pairs = training_pairs(vectors, train_labels,
+                               shopper_vectors=None if shopper_vectors is None else shopper_vectors[q_keep],
+                               shopper_labels=q_labels[q_keep] if len(q_labels) else None)
+        try:
+            out.append((held, fit_adaptation(vectors, pairs, min_products=5)))
+        except TooFewPairsError:
+            out.append((held, None))
+    return out
+
+
+def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: bool, index_vectors: np.ndarray,
+              post: Any = None, simulated: tuple[np.ndarray, Sequence[str]] | None = None,
+              shopper: tuple[np.ndarray, Sequence[str]] | None = None, seed: int = 0) -> VerdictCalibration:
+    """The verdict for a new generation (see the module docstring).
+
+    raw_vectors: catalog vectors in model space; index_vectors: as stored (projected, whitened...);
+    post: a callable mapping projected vectors to index space (whitening), or None; simulated /
+    shopper: (model-space vectors, product ids) of simulated and confirmed shopper photos.
+    """
+    pids = np.asarray(product_ids).astype(str)
+    finish = post or (lambda v: v)
+    scores, right, unsold, sources = [], [], [], {}
+    shopper_like = [(name, q) for name, q in (("simulated", simulated), ("train_pairs", shopper)) if q is not None and len(q[0])]
+    if adapted:
+        sv, sl = shopper if shopper is not None else (None, ())
+        folds = cross_fitted_projections(raw_vectors, pids, shopper_vectors=sv, shopper_labels=sl, seed=seed)
+    for name, (qv, ql) in shopper_like:
+        ql = np.asarray(ql).astype(str)
+        if not adapted:
+            parts = [(finish(qv), ql, index_vectors)]
+        else:  # each query is scored by the projection that never saw its product
+            parts = []
+            for held, proj in folds:
+                sel = np.isin(ql, held)
+                if sel.any():
+                    tr = proj.apply if proj is not None else l2_normalise
+                    parts.append((finish(tr(qv[sel])), ql[sel], finish(tr(raw_vectors))))
+        for q, lab, cat in parts:
+            s, r, u = verdict_from_queries(cat, pids, q, lab)
+            scores.append(s), right.append(r), unsold.append(u)
+        sources[name] = int(len(qv))
+    if not shopper_like:
+        held_scores = _held_out_views(raw_vectors, pids, index_vectors, finish, folds if adapted else None, seed)
+        if held_scores is not None:
+            s, r, u = held_scores
+            scores.append(s), right.append(r), unsold.append(u)
+            sources["held_out_views"] = int(len(s))
+    if not scores:
+        return calibrate_verdict(np.empty(0), np.empty(0, bool), np.empty(0), sources=sources)
+    return calibrate_verdict(np.concatenate(scores), np.concatenate(right), np.concatenate(unsold), sources=sources)
+
+
+def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray, finish, folds, seed: int):
+    """Leave-one-image-out queries of multi-image products (studio views: the fallback when no
+    shopper-like photo is available)."""
+    _, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
+    multi = np.flatnonzero(counts[inverse] >= 2)
+    if len(multi) == 0:
+        return None
+    picked = np.random.default_rng(seed).choice(multi, size=min(HELD_OUT_QUERIES, len(multi)), replace=False)
+    out = []
+    if folds is None:
+        out.append(verdict_from_queries(index_vectors, pids, index_vectors[picked], pids[picked],
+                                        exclude=[[i] for i in picked]))
+    else:
+        for held, proj in folds:
+            sel = picked[np.isin(pids[picked], held)]
+            if len(sel) == 0:
+                continue
+            cat = finish(proj.apply(raw)) if proj is not None else index_vectors
+            out.append(verdict_from_queries(cat, pids, cat[sel], pids[sel], exclude=[[i] for i in sel]))
+    return tuple(np.concatenate([o[j] for o in out]) for j in range(3))
+
+
+# ---------------------------------------------------------------- simulated shopper photos
+
+
+def simulated_queries(embedder: Embedder, images: Mapping[str, str], *, n: int = SIMULATED_QUERIES, seed: int = 0,
+                      batch_size: int = 32) -> tuple[np.ndarray, list[str], int]:
+    """Phone-like photos of catalog products (cut out of a catalog image, put on a cluttered
+    surface, tilted, re-lit, blurred, noised - ``vsearch.shopper_photos``), embedded.
+
+    images: {product_id: a local image path of it}. Up to ``n`` photos, at most two per product
+    (small catalogs get two, so the verdict has queries to judge). Made at 400 x 300 on a few
+    reused backgrounds (~40 ms each on 2 cores) - the model sees 224 px anyway. Returns
+    (vectors, product ids, photos that could not be made). Deterministic for a seed.
+    """
+    from .errors import CatalogError, ImageError
+    from .shopper_photos import cutout, scenes, shopper_photo
+
+    rng = random.Random(f"vsearch-calibration:{seed}")
+    chosen = rng.sample(sorted(images), min(n, len(images)))
+    repeats = 2 if 2 * len(chosen) <= n else 1
+    backgrounds = scenes(6, rng)
+    vectors, labels, failed, batch = [], [], 0, []
+
+    def flush() -> None:
+        vectors.append(embedder.embed_images([p for _, p in batch]))
+        labels.extend(pid for pid, _ in batch)
+        batch.clear()
+
+    for i, pid in enumerate(chosen):
+        try:
+            product = cutout(Path(images[pid]), max_side=256)
+        except (CatalogError, ImageError, OSError, ValueError):
+            failed += 1
+            continue
+        for r in range(repeats):
+            photo_rng = random.Random(f"{seed}:{pid}:{r}")
+            batch.append((pid, shopper_photo(product, photo_rng, size=(400, 300),
+                                             scene=backgrounds[(i + r) % len(backgrounds)])))
+            if len(batch) >= batch_size:
+                flush()
+    if batch:
+        flush()
+    dim = int(embedder.dim)
+    return (np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)), labels, failed
