@@ -124,3 +124,19 @@ def test_why_it_matched_shows_the_photo_as_searched_and_the_matched_image(tmp_pa
     assert "Mug &lt;3" in html and "similarity 0.812 (close match)" in html and "1 more of its images" in html
     no_photo = why_it_matched(None, None, {**hit, "confident": None})
     assert len(_img_sources(no_photo)) == 1 and "no verdict" in no_photo
+
+
+@pytest.mark.parametrize("threshold", [None, 0.9])
+def test_report_shows_the_verdict_only_when_the_index_gives_one(shop_with_queries, monkeypatch, threshold):
+    tmp = shop_with_queries
+    monkeypatch.setattr(ProductIndex, "score_threshold", property(lambda self: threshold))
+    index = ProductIndex.load(tmp / "idx", FakeEmbedder())
+    report = evaluate(index, tmp / "q.csv", k=5)
+    page = write_eval_report(tmp / f"r{threshold}", report, index).read_text(encoding="utf-8")
+    head = page.split("<h2>", 1)[0]
+    if threshold is None:
+        assert "no verdict (the index gives none)" in head and "no operating point is marked" in page
+        assert "(no verdict)" in page.split("<h2>Worst queries</h2>", 1)[1]
+    else:
+        assert re.search(r"close match</td><td class=num>precision [\d.]+, recall [\d.]+", head)
+        assert "The red dot is the index" in page and "(threshold 0.900)" in page

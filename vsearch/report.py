@@ -188,7 +188,7 @@ def _headline(report: EvalReport, index: ProductIndex, title: str) -> str:
         rows.append(("counted right as duplicates", f"{credited} quer{'y' if credited == 1 else 'ies'} whose first "
                                                      "result lists a near-identical photo of the query (see the catalog "
                                                      "check below)"))
-    verdict = close_match_point(report.results)
+    verdict = close_match_point(report.results) if _gives_verdicts(index) else None
     if verdict is not None:
         p, r, n = verdict
         rows.append(("close match", f"precision {p:.3f}, recall {r:.3f} ({n} queries called a close match)"))
@@ -254,6 +254,11 @@ def close_match_point(results: Sequence[QueryResult]) -> tuple[float, float, int
     return (tp / len(called) if called else 0.0, tp / len(right) if right else 0.0, len(called))
 
 
+def _gives_verdicts(index: ProductIndex) -> bool:
+    """False when the index gives no close-match verdict (no threshold), whatever a result recorded."""
+    return getattr(index, "score_threshold", None) is not None
+
+
 def _pyplot():
     import matplotlib
 
@@ -301,7 +306,7 @@ def _pr_section(report: EvalReport, index: ProductIndex, out: Path) -> str:
     if not answered:
         return "<h2>Close match: precision and recall</h2><p>No answered queries.</p>"
     ts, ps, rs = pr_curve([r.scores[0] for r in answered], [r.rank == 1 for r in answered])
-    point = close_match_point(answered)
+    point = close_match_point(answered) if _gives_verdicts(index) else None
     threshold = index.score_threshold
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -400,7 +405,8 @@ def _worst_row(r: QueryResult, index: ProductIndex, thumbs: _Thumbs, opts: Mappi
     cells = [PictureCell(thumbs(r.image), "query", f"{r.category or ''}\n{r.image}", alt="query photo")]
     if r.ranked:
         top = _best_image(index, vec, [r.top], exclude, opts) if vec is not None else None
-        verdict = {True: "close match", False: "not a close match", None: "no verdict"}.get(getattr(r, "confident", None), "")
+        said = getattr(r, "confident", None) if _gives_verdicts(index) else None
+        verdict = {True: "close match", False: "not a close match", None: "no verdict"}.get(said, "")
         cells.append(PictureCell(thumbs(top[1]) if top else "", f"1st: {r.top}",
                                  f"score {r.scores[0]:.3f} ({verdict})\n{top[1] if top else ''}",
                                  tone="good" if r.rank == 1 else "bad", alt="first result"))
