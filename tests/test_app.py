@@ -42,18 +42,21 @@ def test_app_and_vsearch_serve_read_the_same_environment(app, served, catalog_cs
     monkeypatch.setenv("VSEARCH_MODEL", "fake-thumbnail")
     monkeypatch.setenv("VSEARCH_PRETRAINED", "weights.bin")
     monkeypatch.setenv("VSEARCH_PRECISION", "fp32")
+    monkeypatch.setenv("VSEARCH_API_KEY", "k-123")
 
     assert app.main([]) == 0
     assert vsearch(["serve"]) == 0
     expected = {"index_dir": str(index_dir), "host": "0.0.0.0", "port": 8123, "model": "fake-thumbnail",
-                "pretrained": "weights.bin", "precision": "fp32", "notice": None, "examples": []}
+                "pretrained": "weights.bin", "precision": "fp32", "notice": None, "examples": [],
+                "api_key": "k-123", "feedback": False, "rate_limit": None}
     assert served == [expected, expected]
 
 
 def test_serve_defaults_without_environment(served):
     assert vsearch(["serve"]) == 0
     assert served[0] == {"index_dir": "index/default", "host": "127.0.0.1", "port": 7860, "model": None,
-                         "pretrained": None, "precision": "auto", "notice": None, "examples": []}
+                         "pretrained": None, "precision": "auto", "notice": None, "examples": [],
+                         "api_key": None, "feedback": False, "rate_limit": None}
 
 
 def test_app_builds_the_sample_when_there_is_no_index_then_serves_it_with_its_photos(app, served, tmp_path,

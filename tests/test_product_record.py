@@ -36,7 +36,7 @@ def test_hit_keeps_its_dict_form_and_comes_back_from_it(index, catalog_csv):
     hit = index.search(image=catalog_csv.parent / "images" / "p002-0.jpg", k=3)[1]
     d = hit.to_dict()
     assert list(d) == ["rank", "product_id", "score", "title", "category", "price", "url", "brand", "image",
-                       "confident", "metadata", "matched_images"]
+                       "confident", "metadata", "matched_images", "image_id", "matched_image_ids", "generation"]
     assert d["product_id"] == hit.product_id and d["metadata"] == {"color": hit.metadata["color"]}
     again = Hit.from_dict({**d, "image_url": "/gradio_api/file=x"})  # what the web API adds is ignored
     assert again.product == hit.product

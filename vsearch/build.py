@@ -256,13 +256,13 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         return vectors
     simulated = None
     if hasattr(embedder, "embed_images"):  # a loaded model: simulate shopper photos of catalog products
-        local = {}
-        for im in images:
+        local: dict[str, tuple[str, int]] = {}
+        for row, im in enumerate(images):
             if im.product_id not in local and not im.source.startswith(("http://", "https://")):
-                local[im.product_id] = im.source
+                local[im.product_id] = (im.source, row)
         started = time.perf_counter()
-        sim_vectors, sim_labels, failed = learn.simulated_queries(embedder, local)
-        simulated = (sim_vectors, sim_labels)
+        sim_vectors, sim_labels, sim_rows, failed = learn.simulated_queries(embedder, local)
+        simulated = (sim_vectors, sim_labels, sim_rows)
         manifest["verdict_simulation"] = {"photos": len(sim_labels), "failed": failed,
                                           "seconds": round(time.perf_counter() - started, 2)}
     verdict = learn.calibrate(

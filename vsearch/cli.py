@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--queries", default=None, metavar="QUERIES.csv", help="labelled query photos (image,product_id[,category])")
     e.add_argument("--self-test", action="store_true", help="evaluate the index on its own images (no labels needed)")
     e.add_argument("--max-queries", type=int, default=300, metavar="N", help="self-test: products sampled (default: 300)")
+    e.add_argument("--unsold", default=None, metavar="DIR_OR_CSV",
+                   help="photos of products the shop does not sell (a folder, or a CSV with an image column): "
+                   "reports how many are wrongly called a close match")
     e.add_argument("-k", type=int, default=10, help="ranking depth (default: 10)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--report", default=None, metavar="DIR",
@@ -418,7 +421,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.self_test:
         report = self_test(index, k=args.k, max_queries=args.max_queries, credit_duplicates=args.duplicate_credit, **opts)
     else:
-        report = evaluate(index, args.queries, k=args.k, credit_duplicates=args.duplicate_credit, **opts)
+        report = evaluate(index, args.queries, k=args.k, unsold=args.unsold, credit_duplicates=args.duplicate_credit,
+                          **opts)
     what = "self-test" if args.self_test else args.queries
     written = _write_report(args, report, index, what, opts) if args.report else None
     if args.json:
@@ -432,6 +436,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print("settings:     " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     print("recall:       " + "  ".join(f"R@{k}={v:.3f}" for k, v in report.recall.items()) + f"  MRR={report.mrr:.3f}")
     print(f"latency:      p50 {report.latency_p50_ms:.1f} ms, p95 {report.latency_p95_ms:.1f} ms per query")
+    print("close match:  " + _close_match_line(report.close_match))
     print("per category (R@1):")
     for cat, r1 in report.per_category_r1.items():
         print(f"  {cat:24s} {r1:.3f}  (n={report.per_category_n[cat]})")
@@ -495,6 +500,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in report.not_checked:
         print(f"not checked: {line}")
     return 0
+
+
+def _close_match_line(cm) -> str:
+    if cm is None or not cm.verdicts:
+        return "this index gives no verdict (every answer is a best guess)"
+    precision = "-" if cm.precision is None else f"{cm.precision:.3f}"
+    line = f"said for {cm.said} queries, precision {precision} (first result right), recall {cm.recall:.3f} of right answers"
+    if cm.unsold_called_close is not None:
+        line += f"; {cm.unsold_called_close:.1%} of {cm.unsold} unsold photos called a close match"
+    return line
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ class QueryResult:
     scores: tuple[float, ...]
     rank: int | None  # 1-based rank of the first correct product; None = not in the top k
     latency_ms: float
-    confident: bool = True  # the top hit was above the index's close-match threshold
+    confident: bool | None = None  # the index's verdict on its first result (None = it gives none)
 
     @classmethod
     def from_hits(cls, image: str, expected: tuple[str, ...], category: str, hits: list, latency_ms: float) -> QueryResult:
@@ -56,11 +56,34 @@ class QueryResult:
         ranked = tuple(h.product_id for h in hits)
         return cls(image=image, expected=expected, category=category, ranked=ranked,
                    scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, expected),
-                   latency_ms=latency_ms, confident=bool(hits and hits[0].confident))
+                   latency_ms=latency_ms, confident=hits[0].confident if hits else None)
 
     @property
     def top(self) -> str:
         return self.ranked[0] if self.ranked else ""
+
+
+@dataclass(frozen=True)
+class CloseMatchReport:
+    """How far to trust "close match": on these queries, and on photos of unsold products."""
+
+    verdicts: bool  # False: the index gives no verdict (every result is a best guess)
+    said: int  # queries whose first result was called a close match
+    precision: float | None  # of those, share whose first result is right (None when never said)
+    recall: float  # of the queries answered right at rank 1, share called a close match
+    unsold: int = 0  # photos of products not in the catalog that were searched
+    unsold_called_close: float | None = None  # their share called a close match (None: no such photos)
+
+
+def close_match_report(results: Sequence[QueryResult], unsold: Sequence[QueryResult] = ()) -> CloseMatchReport:
+    """Close-match precision / recall on labelled results, and the rate on unsold photos."""
+    said = [r for r in results if r.confident]
+    right = [r for r in results if r.rank == 1]
+    return CloseMatchReport(
+        verdicts=any(r.confident is not None for r in [*results, *unsold]), said=len(said),
+        precision=sum(r.rank == 1 for r in said) / len(said) if said else None,
+        recall=sum(bool(r.confident) for r in right) / len(right) if right else 0.0,
+        unsold=len(unsold), unsold_called_close=sum(bool(r.confident) for r in unsold) / len(unsold) if unsold else None)
 
 
 @dataclass(frozen=True)
@@ -79,10 +102,12 @@ class EvalReport:
     results: tuple[QueryResult, ...] = field(repr=False, default=())
     skipped: tuple[str, ...] = ()  # queries that could not be run, with the reason
     options: Mapping[str, Any] = field(default_factory=dict)
+    close_match: CloseMatchReport | None = None
     credited_duplicates: int = 0  # queries counted right: the first result lists a near-identical photo of them
 
     def to_dict(self, *, with_results: bool = False) -> dict[str, Any]:
         d = {
+            "close_match": asdict(self.close_match) if self.close_match else None,
             "n_queries": self.n_queries, "k": self.k, "recall": {str(k): v for k, v in self.recall.items()},
             "mrr": self.mrr, "per_category_r1": dict(self.per_category_r1), "per_category_n": dict(self.per_category_n),
             "latency_p50_ms": self.latency_p50_ms, "latency_p95_ms": self.latency_p95_ms,
@@ -103,7 +128,8 @@ def _result_dict(r: QueryResult) -> dict[str, Any]:
 
 
 def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] = (),
-              options: Mapping[str, Any] | None = None, credited_duplicates: int = 0) -> EvalReport:
+              options: Mapping[str, Any] | None = None, unsold: Sequence[QueryResult] = (),
+              credited_duplicates: int = 0) -> EvalReport:
     """Metrics over per-query results (the pure part of evaluation, tested on known rankings)."""
     ranks = [r.rank for r in results]
     by_cat: dict[str, list[int | None]] = {}
@@ -121,6 +147,7 @@ def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] 
         per_category_n={c: len(v) for c, v in sorted(by_cat.items())},
         latency_p50_ms=percentile(lat, 50), latency_p95_ms=percentile(lat, 95), worst=worst,
         results=tuple(results), skipped=tuple(skipped), options=dict(options or {}),
+        close_match=close_match_report(results, unsold),
         credited_duplicates=credited_duplicates,
     )
 
@@ -128,7 +155,7 @@ def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] 
 # ---------------------------------------------------------------- labelled queries
 
 
-def read_queries(path: str | Path) -> list[Query]:
+def read_queries(path: str | Path, *, require_product_id: bool = True) -> list[Query]:
     """Read QUERIES.csv: columns ``image`` and ``product_id`` (several ids separated by '|'),
     optional ``category``. Relative image paths are relative to the CSV's folder. An empty
     product_id marks a photo of something the shop does not sell (for the threshold check).
@@ -138,7 +165,7 @@ def read_queries(path: str | Path) -> list[Query]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in ("image", "product_id") if c not in fields]
+            missing = [c for c in (("image", "product_id") if require_product_id else ("image",)) if c not in fields]
             if missing:
                 raise CatalogError(
                     f"{path}: missing column(s) {', '.join(missing)}; a queries CSV needs image,product_id "
@@ -152,7 +179,7 @@ def read_queries(path: str | Path) -> list[Query]:
                 image = row["image"]
                 if not image.startswith(("http://", "https://")) and not Path(image).is_absolute():
                     image = str(path.parent / image)
-                expected = tuple(p.strip() for p in row["product_id"].split("|") if p.strip())
+                expected = tuple(p.strip() for p in row.get("product_id", "").split("|") if p.strip())
                 queries.append(Query(image=image, expected=expected, category=row.get("category", ""), row=row_no))
     except FileNotFoundError:
         raise CatalogError(f"queries file {path} does not exist") from None
@@ -164,11 +191,14 @@ def read_queries(path: str | Path) -> list[Query]:
 
 
 def evaluate(index: ProductIndex, queries: Sequence[Query] | str | Path, *, k: int = 10,
-             progress: ProgressCallback | None = None, credit_duplicates: bool = True, **search_options: Any) -> EvalReport:
+             progress: ProgressCallback | None = None, unsold: Sequence[Query] | str | Path | None = None,
+             credit_duplicates: bool = True, **search_options: Any) -> EvalReport:
     """Run every labelled query through ``index.search`` and report product-level quality.
 
     search_options are passed to search() (e.g. tta="flip", product_scoring="mean"), so each
-    technique's effect can be measured from the same command. credit_duplicates: a query whose
+    technique's effect can be measured from the same command. unsold: photos of products the
+    shop does not sell (a folder of images, a CSV with an ``image`` column, or Query objects);
+    the report says how many of them were called a close match. credit_duplicates: a query whose
     first result lists a near-identical photo of it counts as right (see `_credit_duplicates`).
     """
     if not isinstance(queries, (list, tuple)):
@@ -189,8 +219,17 @@ def evaluate(index: ProductIndex, queries: Sequence[Query] | str | Path, *, k: i
         results.append(QueryResult.from_hits(q.image, q.expected, q.category or cat_of.get(q.expected[0], ""), hits, ms))
         if progress is not None:
             progress(done, len(labelled))
+    unsold_results = []
+    if unsold is not None:
+        unsold_queries = read_unsold(unsold) if not isinstance(unsold, (list, tuple)) else unsold
+        for q in unsold_queries:
+            try:
+                unsold_results += run_queries(index, [q], k=k, **search_options)
+            except ImageError as e:
+                skipped.append(f"unsold {q.image}: {e}")
     results, credited = _credit_duplicates(index, results) if credit_duplicates else (results, 0)
-    return summarize(results, k, skipped=skipped, options=search_options, credited_duplicates=credited)
+    return summarize(results, k, skipped=skipped, options=search_options, unsold=unsold_results,
+                     credited_duplicates=credited)
 
 
 def _credit_duplicates(index: ProductIndex, results: list[QueryResult]) -> tuple[list[QueryResult], int]:
@@ -199,6 +238,19 @@ def _credit_duplicates(index: ProductIndex, results: list[QueryResult]) -> tuple
     from .hygiene import credit_near_duplicates
 
     return credit_near_duplicates(results, lambda pid: index.product(pid)["images"])
+
+
+def read_unsold(path: str | Path) -> list[Query]:
+    """Photos of products not in the catalog: every image file in a folder, or a CSV's ``image`` column."""
+    path = Path(path)
+    if path.is_dir():
+        from .images import IMAGE_EXTENSIONS
+
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise CatalogError(f"{path}: no image files; --unsold takes a folder of photos of products you do not sell")
+        return [Query(image=str(p), expected=()) for p in files]
+    return [Query(image=q.image, expected=(), row=q.row) for q in read_queries(path, require_product_id=False)]
 
 
 def _categories(index: ProductIndex, queries: Sequence[Query]) -> dict[str, str]:
@@ -315,5 +367,5 @@ def run_queries(index: ProductIndex, queries: Sequence[Query], *, k: int = 10, *
         ranked = tuple(h.product_id for h in hits)
         out.append(QueryResult(image=q.image, expected=q.expected, category=q.category, ranked=ranked,
                                scores=tuple(h.score for h in hits), rank=first_correct_rank(ranked, q.expected),
-                               latency_ms=ms, confident=bool(hits and hits[0].confident)))
+                               latency_ms=ms, confident=hits[0].confident if hits else None))
     return out

@@ -187,34 +187,51 @@ def cross_fitted_projections(vectors: np.ndarray, product_ids: Sequence[str], *,
 
 
 def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: bool, index_vectors: np.ndarray,
-              post: Any = None, simulated: tuple[np.ndarray, Sequence[str]] | None = None,
+              post: Any = None, simulated: tuple[np.ndarray, Sequence[str], Sequence[int]] | None = None,
               shopper: tuple[np.ndarray, Sequence[str]] | None = None, seed: int = 0) -> VerdictCalibration:
     """The verdict for a new generation (see the module docstring).
 
     raw_vectors: catalog vectors in model space; index_vectors: as stored (projected, whitened...);
-    post: a callable mapping projected vectors to index space (whitening), or None; simulated /
-    shopper: (model-space vectors, product ids) of simulated and confirmed shopper photos.
+    post: a callable mapping projected vectors to index space (whitening), or None;
+    simulated: (model-space vectors, product ids, catalog row each photo was made from);
+    shopper: (model-space vectors, product ids) of confirmed shopper photos.
+
+    A simulated photo holds the very pixels of its source image, which a real shopper's photo
+    never does; so its source image is removed from the candidates, and it must find its product
+    through another image. Photos of single-image products therefore only serve as photos of
+    unsold products.
     """
     pids = np.asarray(product_ids).astype(str)
     finish = post or (lambda v: v)
     scores, right, unsold, sources = [], [], [], {}
-    shopper_like = [(name, q) for name, q in (("simulated", simulated), ("train_pairs", shopper)) if q is not None and len(q[0])]
+    _, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
+    has_other = counts[inverse] >= 2  # per catalog row: its product has another image
+    shopper_like = []
+    if simulated is not None and len(simulated[0]):
+        rows = np.asarray(simulated[2], dtype=np.int64)
+        shopper_like.append(("simulated", simulated[0], np.asarray(simulated[1]).astype(str), rows))
+    if shopper is not None and len(shopper[0]):
+        shopper_like.append(("train_pairs", shopper[0], np.asarray(shopper[1]).astype(str), None))
     if adapted:
         sv, sl = shopper if shopper is not None else (None, ())
         folds = cross_fitted_projections(raw_vectors, pids, shopper_vectors=sv, shopper_labels=sl, seed=seed)
-    for name, (qv, ql) in shopper_like:
-        ql = np.asarray(ql).astype(str)
+    for name, qv, ql, rows in shopper_like:
         if not adapted:
-            parts = [(finish(qv), ql, index_vectors)]
+            parts = [(finish(qv), np.arange(len(qv)), index_vectors)]
         else:  # each query is scored by the projection that never saw its product
             parts = []
             for held, proj in folds:
-                sel = np.isin(ql, held)
-                if sel.any():
+                sel = np.flatnonzero(np.isin(ql, held))
+                if len(sel):
                     tr = proj.apply if proj is not None else l2_normalise
-                    parts.append((finish(tr(qv[sel])), ql[sel], finish(tr(raw_vectors))))
-        for q, lab, cat in parts:
-            s, r, u = verdict_from_queries(cat, pids, q, lab)
+                    parts.append((finish(tr(qv[sel])), sel, finish(tr(raw_vectors))))
+        for q, sel, cat in parts:
+            if rows is None:
+                s, r, u = verdict_from_queries(cat, pids, q, ql[sel])
+            else:
+                found = has_other[rows[sel]]
+                s, r, u = verdict_from_queries(cat, pids, q[found], ql[sel][found], exclude=[[i] for i in rows[sel][found]])
+                unsold.append(verdict_from_queries(cat, pids, q[~found], ql[sel][~found])[2])
             scores.append(s), right.append(r), unsold.append(u)
         sources[name] = int(len(qv))
     if not shopper_like:
@@ -253,15 +270,15 @@ def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray
 # ---------------------------------------------------------------- simulated shopper photos
 
 
-def simulated_queries(embedder: Embedder, images: Mapping[str, str], *, n: int = SIMULATED_QUERIES, seed: int = 0,
-                      batch_size: int = 32) -> tuple[np.ndarray, list[str], int]:
+def simulated_queries(embedder: Embedder, images: Mapping[str, tuple[str, int]], *, n: int = SIMULATED_QUERIES,
+                      seed: int = 0, batch_size: int = 32) -> tuple[np.ndarray, list[str], list[int], int]:
     """Phone-like photos of catalog products (cut out of a catalog image, put on a cluttered
     surface, tilted, re-lit, blurred, noised - ``vsearch.shopper_photos``), embedded.
 
-    images: {product_id: a local image path of it}. Up to ``n`` photos, at most two per product
+    images: {product_id: (a local image path of it, its catalog row)}. Up to ``n`` photos, at most two per product
     (small catalogs get two, so the verdict has queries to judge). Made at 400 x 300 on a few
     reused backgrounds (~40 ms each on 2 cores) - the model sees 224 px anyway. Returns
-    (vectors, product ids, photos that could not be made). Deterministic for a seed.
+    (vectors, product ids, source rows, photos that could not be made). Deterministic for a seed.
     """
     from .errors import CatalogError, ImageError
     from .shopper_photos import cutout, scenes, shopper_photo
@@ -270,16 +287,17 @@ def simulated_queries(embedder: Embedder, images: Mapping[str, str], *, n: int =
     chosen = rng.sample(sorted(images), min(n, len(images)))
     repeats = 2 if 2 * len(chosen) <= n else 1
     backgrounds = scenes(6, rng)
-    vectors, labels, failed, batch = [], [], 0, []
+    vectors, labels, rows, failed, batch = [], [], [], 0, []
 
     def flush() -> None:
         vectors.append(embedder.embed_images([p for _, p in batch]))
         labels.extend(pid for pid, _ in batch)
+        rows.extend(images[pid][1] for pid, _ in batch)
         batch.clear()
 
     for i, pid in enumerate(chosen):
         try:
-            product = cutout(Path(images[pid]), max_side=256)
+            product = cutout(Path(images[pid][0]), max_side=256)
         except (CatalogError, ImageError, OSError, ValueError):
             failed += 1
             continue
@@ -292,4 +310,4 @@ def simulated_queries(embedder: Embedder, images: Mapping[str, str], *, n: int =
     if batch:
         flush()
     dim = int(embedder.dim)
-    return (np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)), labels, failed
+    return (np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)), labels, rows, failed

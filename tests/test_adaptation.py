@@ -1,0 +1,177 @@
+"""Catalog adaptation: the projection's properties, when a build fits / reuses / skips it, and
+--train-pairs with its per-row problems."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FakeEmbedder, draw_product, write_catalog
+from vsearch import store
+from vsearch.adaptation import TooFewPairsError, fit_adaptation, training_pairs
+from vsearch.build import build_index
+from vsearch.errors import IndexFormatError
+from vsearch.learn import REFIT_FRACTION, changed_fraction, member_keys
+from vsearch.search import ProductIndex
+
+
+def _clustered(n_products=60, views=3, d=24, noise=0.35, seed=0):
+    """Products as points; their photos vary strongly along a few shared 'nuisance' directions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_products, d))
+    nuisance = rng.normal(size=(3, d)) * 3.0  # e.g. background / lighting: same for every product
+    x = np.concatenate([centres + rng.normal(size=(n_products, 3)) @ nuisance + noise * rng.normal(size=centres.shape)
+                        for _ in range(views)])
+    labels = np.tile(np.arange(n_products).astype(str), views)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def _loo_r1(x, labels):
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    return float(np.mean(labels[sims.argmax(axis=1)] == labels))
+
+
+def test_projection_whitens_the_matching_pair_scatter():
+    x, labels = _clustered()
+    p = fit_adaptation(x, training_pairs(x, labels), shrinkage=0.0, keep=1.0)
+    y = (x - p.mean) @ p.matrix  # before the final normalisation
+    pairs = training_pairs(y, labels)
+    scatter = pairs.scatter / pairs.weight
+    # within-product variation is white: equal in every direction
+    ev = np.linalg.eigvalsh(scatter)
+    assert ev.max() / ev.min() < 1.01
+    assert np.allclose(p.matrix.T @ np.zeros(x.shape[1]), 0)  # linear, no offset but the mean
+
+
+def test_projection_finds_the_product_behind_the_nuisance():
+    x, labels = _clustered()
+    before = _loo_r1(x, labels)
+    p = fit_adaptation(x, training_pairs(x, labels))
+    after = _loo_r1(p.apply(x), labels)
+    assert before < 0.7 and after > before + 0.2, (before, after)
+    assert np.allclose(np.linalg.norm(p.apply(x), axis=1), 1, atol=1e-5)
+
+
+def test_projection_is_deterministic():
+    x, labels = _clustered()
+    a = fit_adaptation(x, training_pairs(x, labels))
+    b = fit_adaptation(x.copy(), training_pairs(x.copy(), labels.copy()))
+    assert np.array_equal(a.matrix, b.matrix) and np.array_equal(a.mean, b.mean)
+
+
+def test_too_few_products_with_pairs_is_refused_with_a_clear_message():
+    x, labels = _clustered(n_products=10)
+    with pytest.raises(TooFewPairsError, match="at least 20 products with two or more images.*--adapt off"):
+        fit_adaptation(x, training_pairs(x, labels))
+
+
+def test_shopper_photos_count_as_pairs_for_single_image_products():
+    x, labels = _clustered(n_products=30, views=1)
+    photos = x + 0.3 * np.random.default_rng(3).normal(size=x.shape)
+    with pytest.raises(TooFewPairsError):
+        fit_adaptation(x, training_pairs(x, labels))
+    pairs = training_pairs(x, labels, shopper_vectors=photos, shopper_labels=labels)
+    assert pairs.shopper_pairs == 30 and pairs.products == 30
+    unknown = training_pairs(x, labels, shopper_vectors=photos[:3], shopper_labels=np.array(["nope"] * 3))
+    assert unknown.shopper_pairs == 0  # photos of products not in the catalog are ignored
+    fit_adaptation(x, pairs)
+
+
+def test_changed_fraction_counts_added_and_removed_members():
+    before = member_keys(["a", "a", "b", "b"], ["1", "2", "3", "4"])
+    assert len(before) == 4
+    assert changed_fraction(before, before) == 0
+    after = member_keys(["a", "a", "b", "b", "b"], ["1", "2", "3", "4", "5"])
+    assert changed_fraction(before, after) == pytest.approx(0.25)
+    assert member_keys(["a", "b"], ["1", "2"]) == []  # single-image products teach nothing
+
+
+def _catalog(folder, n_products=44, views=2):
+    """write_catalog gives every other product ``views`` photos: 44 products -> 22 with pairs."""
+    return write_catalog(folder, n_products=n_products, views=views)
+
+
+def test_build_fits_then_reuses_then_refits_the_projection(tmp_path):
+    csv_path = _catalog(tmp_path / "shop")
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+    first = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    a = first.manifest["adaptation"]
+    assert a["state"] == "fitted" and a["catalog_products"] == 22 and a["catalog_images"] == 44
+    # one more product (2 images on 44 members = 4.5 %): below the refit fraction, so it is reused
+    rows = list(csv.DictReader(open(csv_path, encoding="utf-8")))
+    with open(csv_path, "a", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        for view in range(2):
+            draw_product(40, view).save(csv_path.parent / "images" / f"new-{view}.jpg")
+            w.writerow({**rows[0], "product_id": "NEW", "image": f"images/new-{view}.jpg"})
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+    second = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    b = second.manifest["adaptation"]
+    assert b["state"] == "reused" and b["reused_from"] == first.generation
+    assert 0 < b["changed_fraction"] <= REFIT_FRACTION
+    gen = tmp_path / "idx" / second.generation
+    assert np.array_equal(np.load(gen / "adaptation_matrix.npy"),
+                          np.load(tmp_path / "idx" / first.generation / "adaptation_matrix.npy"))
+    assert second.search(image=csv_path.parent / "images" / "new-0.jpg", k=1)[0].product_id == "NEW"
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="refit")
+    assert ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]["state"] == "fitted"
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="off")
+    off = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    assert off.manifest["adaptation"] == {"state": "off"} and not list((tmp_path / "idx" / off.generation).glob("adaptation*"))
+
+
+def test_a_large_change_refits(tmp_path):
+    build_index(_catalog(tmp_path / "a", n_products=44), tmp_path / "idx", embedder=FakeEmbedder())
+    build_index(_catalog(tmp_path / "b", n_products=60), tmp_path / "idx", embedder=FakeEmbedder())  # +36 %
+    assert ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]["state"] == "fitted"
+
+
+def test_the_query_goes_through_the_same_projection_as_the_catalog(tmp_path):
+    csv_path = _catalog(tmp_path / "shop")
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+    index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    image = csv_path.parent / "images" / "p014-1.jpg"
+    hit = index.search(image=image, k=1)[0]
+    assert hit.product_id == "P014" and hit.score == pytest.approx(1.0, abs=1e-4)  # itself, in the same space
+
+
+def test_train_pairs_are_learned_from_and_bad_rows_are_reported_by_row(tmp_path):
+    csv_path = _catalog(tmp_path / "shop", n_products=24, views=1)  # single-image products: nothing to learn alone
+    build_index(csv_path, tmp_path / "plain", embedder=FakeEmbedder())
+    assert ProductIndex.load(tmp_path / "plain", FakeEmbedder()).manifest["adaptation"]["state"] == "skipped"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    lines = ["image,product_id"]
+    for i in range(24):
+        draw_product(i, view=1).save(photos / f"shot-{i}.jpg")
+        lines.append(f"photos/shot-{i}.jpg,P{i:03d}")
+    lines += ["photos/shot-1.jpg,NOT-SOLD", "photos/missing.jpg,P002"]
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    lines.append("photos/broken.jpg,P003")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(lines) + "\n")
+    report = build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), train_pairs=pairs)
+    problems = {p.row: p.reason for p in report.problems if "train pairs" in p.reason}
+    assert "NOT-SOLD" in problems[26] and "not in the catalog" in problems[26]
+    assert 27 in problems and "missing.jpg" in (problems[27] + str([p.image for p in report.problems]))
+    assert 28 in problems
+    a = ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]
+    assert a["state"] == "fitted" and a["shopper_pairs"] == 24
+    index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    assert len(index) == 24  # pair photos never enter the catalog
+    assert index.manifest["verdict"]["sources"].get("train_pairs") == 24
+
+
+def test_indexes_of_the_old_format_are_refused_with_the_rebuild_command(tmp_path):
+    csv_path = _catalog(tmp_path / "shop", n_products=6)
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+    gen = store.live_generation(tmp_path / "idx")
+    manifest = json.loads((gen / store.MANIFEST_FILE).read_text())
+    manifest["format_version"] = 1
+    (gen / store.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"format version 1.*Rebuild with `vsearch build .*catalog.csv --index"):
+        ProductIndex.load(tmp_path / "idx", FakeEmbedder())
