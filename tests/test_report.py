@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import re
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -131,6 +132,9 @@ def test_report_shows_the_verdict_only_when_the_index_gives_one(shop_with_querie
     tmp = shop_with_queries
     monkeypatch.setattr(ProductIndex, "score_threshold", property(lambda self: threshold))
     index = ProductIndex.load(tmp / "idx", FakeEmbedder())
+    search = index.search  # answer like an index with this verdict rule (None: it gives none)
+    index.search = lambda *a, **kw: [replace(h, confident=None if threshold is None else h.score >= threshold)
+                                     for h in search(*a, **kw)]
     report = evaluate(index, tmp / "q.csv", k=5)
     page = write_eval_report(tmp / f"r{threshold}", report, index).read_text(encoding="utf-8")
     head = page.split("<h2>", 1)[0]

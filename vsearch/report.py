@@ -188,7 +188,7 @@ def _headline(report: EvalReport, index: ProductIndex, title: str) -> str:
         rows.append(("counted right as duplicates", f"{credited} quer{'y' if credited == 1 else 'ies'} whose first "
                                                      "result lists a near-identical photo of the query (see the catalog "
                                                      "check below)"))
-    verdict = close_match_point(report.results) if _gives_verdicts(index) else None
+    verdict = close_match_point(report.results)
     if verdict is not None:
         p, r, n = verdict
         rows.append(("close match", f"precision {p:.3f}, recall {r:.3f} ({n} queries called a close match)"))
@@ -245,18 +245,13 @@ def close_match_point(results: Sequence[QueryResult]) -> tuple[float, float, int
 
     ``confident is None`` means the index gives no verdict for that query; those are left out.
     """
-    judged = [r for r in results if r.scores and getattr(r, "confident", None) is not None]
+    judged = [r for r in results if r.scores and r.confident is not None]
     if not judged:
         return None
     called = [r for r in judged if r.confident]
     right = [r for r in judged if r.rank == 1]
     tp = sum(1 for r in called if r.rank == 1)
     return (tp / len(called) if called else 0.0, tp / len(right) if right else 0.0, len(called))
-
-
-def _gives_verdicts(index: ProductIndex) -> bool:
-    """False when the index gives no close-match verdict (no threshold), whatever a result recorded."""
-    return getattr(index, "score_threshold", None) is not None
 
 
 def _pyplot():
@@ -306,7 +301,7 @@ def _pr_section(report: EvalReport, index: ProductIndex, out: Path) -> str:
     if not answered:
         return "<h2>Close match: precision and recall</h2><p>No answered queries.</p>"
     ts, ps, rs = pr_curve([r.scores[0] for r in answered], [r.rank == 1 for r in answered])
-    point = close_match_point(answered) if _gives_verdicts(index) else None
+    point = close_match_point(answered)
     threshold = index.score_threshold
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -405,8 +400,7 @@ def _worst_row(r: QueryResult, index: ProductIndex, thumbs: _Thumbs, opts: Mappi
     cells = [PictureCell(thumbs(r.image), "query", f"{r.category or ''}\n{r.image}", alt="query photo")]
     if r.ranked:
         top = _best_image(index, vec, [r.top], exclude, opts) if vec is not None else None
-        said = getattr(r, "confident", None) if _gives_verdicts(index) else None
-        verdict = {True: "close match", False: "not a close match", None: "no verdict"}.get(said, "")
+        verdict = {True: "close match", False: "not a close match", None: "no verdict"}.get(r.confident, "")
         cells.append(PictureCell(thumbs(top[1]) if top else "", f"1st: {r.top}",
                                  f"score {r.scores[0]:.3f} ({verdict})\n{top[1] if top else ''}",
                                  tone="good" if r.rank == 1 else "bad", alt="first result"))
