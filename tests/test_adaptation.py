@@ -175,3 +175,23 @@ def test_indexes_of_the_old_format_are_refused_with_the_rebuild_command(tmp_path
     (gen / store.MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match=r"format version 1.*Rebuild with `vsearch build .*catalog.csv --index"):
         ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+
+
+def test_feedback_export_feeds_a_build_through_train_pairs(tmp_path):
+    """The opt-in loop end to end: confirmations -> reviewed CSV -> --train-pairs -> a fitted projection."""
+    from vsearch.feedback import FeedbackStore
+
+    csv_path = _catalog(tmp_path / "shop", n_products=24, views=1)
+    index_dir = tmp_path / "idx"
+    build_index(csv_path, index_dir, embedder=FakeEmbedder())
+    assert ProductIndex.load(index_dir, FakeEmbedder()).manifest["adaptation"]["state"] == "skipped"
+    store_ = FeedbackStore(index_dir)
+    for i in range(24):
+        store_.record(draw_product(i, view=1).resize((120, 120)), f"P{i:03d}")
+    for out in (None, tmp_path / "elsewhere" / "pairs.csv"):  # beside the photos, and absolute paths elsewhere
+        report = store_.export_pairs(out)
+        assert report.pairs == 24
+        build = build_index(csv_path, index_dir, embedder=FakeEmbedder(), train_pairs=report.path)
+        assert not [p for p in build.problems if "train pairs" in p.reason]
+        a = ProductIndex.load(index_dir, FakeEmbedder()).manifest["adaptation"]
+        assert a["state"] in ("fitted", "reused") and a["shopper_pairs"] == 24

@@ -22,8 +22,9 @@ pytestmark = [
     pytest.mark.skipif(not (DATA / "jumia" / "manifest.csv").is_file(), reason=f"{DATA} (real product photos) is not here"),
 ]
 JUMIA_CATEGORIES = ("mouse", "flash_drive", "office_chairs")  # 191 product groups, 854 photos
-# Measured on this subset (benchmarks/RESULTS.md, "Learning from the shop"): adapt off 0.33, adapted 0.41.
-JUMIA_ADAPTED_FLOOR = 0.36
+# Measured on this subset (143 queries; benchmarks/RESULTS.md, "Learning from the shop"):
+# adapt off R@1 0.259, adapted 0.329. The floor leaves two queries of slack.
+JUMIA_ADAPTED_FLOOR = 0.31
 
 
 def _read(path: Path) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -261,7 +261,9 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
             if im.product_id not in local and not im.source.startswith(("http://", "https://")):
                 local[im.product_id] = (im.source, row)
         started = time.perf_counter()
-        sim_vectors, sim_labels, sim_rows, failed = learn.simulated_queries(embedder, local)
+        counts = Counter(product_ids)
+        sim_vectors, sim_labels, sim_rows, failed = learn.simulated_queries(
+            embedder, local, prefer={p for p, c in counts.items() if c >= 2})
         simulated = (sim_vectors, sim_labels, sim_rows)
         manifest["verdict_simulation"] = {"photos": len(sim_labels), "failed": failed,
                                           "seconds": round(time.perf_counter() - started, 2)}

@@ -102,6 +102,7 @@ def adapt(tmp: Path, vectors: np.ndarray, product_ids: Sequence[str], image_keys
 
 def _reuse(previous: Path, tmp: Path, members: list[str], model_fingerprint: str) -> Adaptation | None:
     """The previous generation's projection, if its training members barely changed."""
+    from .errors import VsearchError
     from .store import read_manifest
 
     try:
@@ -110,7 +111,7 @@ def _reuse(previous: Path, tmp: Path, members: list[str], model_fingerprint: str
             return None
         before = json.loads((previous / MEMBERS_FILE).read_text(encoding="utf-8"))
         projection = Projection.load(previous, entry)
-    except (OSError, ValueError, Exception):  # an unreadable previous generation just means a refit
+    except (OSError, ValueError, KeyError, TypeError, VsearchError):  # unreadable: refit instead
         return None
     change = changed_fraction(before, members)
     if change > REFIT_FRACTION:
@@ -271,11 +272,14 @@ def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray
 
 
 def simulated_queries(embedder: Embedder, images: Mapping[str, tuple[str, int]], *, n: int = SIMULATED_QUERIES,
-                      seed: int = 0, batch_size: int = 32) -> tuple[np.ndarray, list[str], list[int], int]:
+                      prefer: set[str] | frozenset[str] = frozenset(), seed: int = 0,
+                      batch_size: int = 32) -> tuple[np.ndarray, list[str], list[int], int]:
     """Phone-like photos of catalog products (cut out of a catalog image, put on a cluttered
     surface, tilted, re-lit, blurred, noised - ``vsearch.shopper_photos``), embedded.
 
-    images: {product_id: (a local image path of it, its catalog row)}. Up to ``n`` photos, at most two per product
+    images: {product_id: (a local image path of it, its catalog row)}; prefer: products sampled first
+    (those with another catalog image, whose photos can be answered right while their source image
+    is held out), topped up with others (up to a third of the products). Up to ``n`` photos, at most two per product
     (small catalogs get two, so the verdict has queries to judge). Made at 400 x 300 on a few
     reused backgrounds (~40 ms each on 2 cores) - the model sees 224 px anyway. Returns
     (vectors, product ids, source rows, photos that could not be made). Deterministic for a seed.
@@ -284,7 +288,10 @@ def simulated_queries(embedder: Embedder, images: Mapping[str, tuple[str, int]],
     from .shopper_photos import cutout, scenes, shopper_photo
 
     rng = random.Random(f"vsearch-calibration:{seed}")
-    chosen = rng.sample(sorted(images), min(n, len(images)))
+    first = sorted(p for p in images if p in prefer)  # products with another image: in-catalog queries
+    rest = sorted(p for p in images if p not in prefer)  # the others can only stand for unsold products
+    chosen = rng.sample(first, min(n, len(first)))
+    chosen += rng.sample(rest, min(n - len(chosen), len(rest), max(len(chosen) // 2, n // 4)))
     repeats = 2 if 2 * len(chosen) <= n else 1
     backgrounds = scenes(6, rng)
     vectors, labels, rows, failed, batch = [], [], [], 0, []
