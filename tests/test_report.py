@@ -138,9 +138,25 @@ def test_report_shows_the_verdict_only_when_the_index_gives_one(shop_with_querie
     report = evaluate(index, tmp / "q.csv", k=5)
     page = write_eval_report(tmp / f"r{threshold}", report, index).read_text(encoding="utf-8")
     head = page.split("<h2>", 1)[0]
+    assert "unsold photos" not in head  # none were searched
     if threshold is None:
         assert "no verdict (the index gives none)" in head and "no operating point is marked" in page
         assert "(no verdict)" in page.split("<h2>Worst queries</h2>", 1)[1]
     else:
         assert re.search(r"close match</td><td class=num>precision [\d.]+, recall [\d.]+", head)
         assert "The red dot is the index" in page and "(threshold 0.900)" in page
+
+
+def test_report_says_how_many_unsold_photos_were_called_a_close_match(shop_with_queries):
+    tmp = shop_with_queries
+    index = ProductIndex.load(tmp / "idx", FakeEmbedder())
+    search = index.search
+    index.search = lambda *a, **kw: [replace(h, confident=h.score >= 0.5) for h in search(*a, **kw)]
+    unsold = tmp / "unsold"
+    unsold.mkdir()
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(unsold / "grey.jpg")
+    draw_product(2, size=96).save(unsold / "lookalike.jpg")  # scores high: called a close match
+    report = evaluate(index, tmp / "q.csv", k=5, unsold=unsold)
+    head = write_eval_report(tmp / "r", report, index).read_text(encoding="utf-8").split("<h2>", 1)[0]
+    n = report.close_match.unsold_called_close
+    assert f"2 photos of products not in the catalog; {n:.1%} called a close match" in head

@@ -194,6 +194,10 @@ def _headline(report: EvalReport, index: ProductIndex, title: str) -> str:
         rows.append(("close match", f"precision {p:.3f}, recall {r:.3f} ({n} queries called a close match)"))
     else:
         rows.append(("close match", "no verdict (the index gives none)"))
+    cm = getattr(report, "close_match", None)
+    if cm is not None and getattr(cm, "unsold", 0) and cm.unsold_called_close is not None:
+        rows.append(("unsold photos", f"{cm.unsold} photos of products not in the catalog; "
+                                      f"{cm.unsold_called_close:.1%} called a close match"))
     if report.options:
         rows.append(("settings", ", ".join(f"{k}={v}" for k, v in report.options.items())))
     body = "".join(f"<tr><td>{html.escape(a)}</td><td class=num>{html.escape(b)}</td></tr>" for a, b in rows)
