@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from test_report import shop_with_queries  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -59,6 +60,9 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
                 assert page.locator(captions).first.inner_text().startswith("Product 5")
                 page.locator("#vs-results .thumbnail-item").first.click()  # details of the top result
                 page.get_by_text("View product page").first.wait_for(timeout=10_000)
+                page.wait_for_function(  # "why it matched": the photo as searched beside the product's matched image
+                    "() => { const im = [...document.querySelectorAll('#vs-why img')];"
+                    " return im.length === 2 && im.every(i => i.complete && i.naturalWidth > 0); }", timeout=10_000)
                 assert page.locator("#vs-this-is-it").count() == 0  # feedback is off unless --feedback
 
                 # an unrelated photo: the nearest products, said to be no close match
@@ -98,3 +102,35 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
     finally:
         server.app.close()
     assert not outside, f"the page fetched assets from outside the server: {outside[:5]}"
+
+
+def test_eval_report_opens_offline_and_every_picture_loads(shop_with_queries):
+    """The --report page from disk with the network off: no request leaves file://, every <img> decodes."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from conftest import FakeEmbedder
+
+    from vsearch.evaluate import evaluate
+    from vsearch.report import write_eval_report
+    from vsearch.search import ProductIndex
+
+    tmp = shop_with_queries
+    index = ProductIndex.load(tmp / "idx", FakeEmbedder())
+    path = write_eval_report(tmp / "report", evaluate(index, tmp / "q.csv", k=5), index, title="browser check")
+    outside = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.on("request", lambda r: not r.url.startswith(("file:", "data:")) and outside.append(r.url))
+        page.goto(path.as_uri(), wait_until="load", timeout=30_000)
+        images = page.evaluate("() => [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "eval-report.png"), full_page=True)
+        assert page.locator("h2", has_text="Worst queries").count() == 1
+        browser.close()
+    assert len(images) >= 2 + 3  # two charts and one worst-query row at least
+    broken = [src for src, complete, width in images if not (complete and width > 0)]
+    assert not broken, f"pictures that did not load: {broken[:5]}"
+    assert not outside, f"the report fetched something from outside its folder: {outside[:5]}"

@@ -16,6 +16,7 @@ from . import __version__
 from .errors import VsearchError
 
 DEFAULT_INDEX = "index/default"
+TINY_SIDE_HELP = 64  # vsearch.hygiene.TINY_SIDE, repeated so --help needs no numpy import
 ENV_HELP = """environment variables:
   VSEARCH_INDEX       default for --index (now: {index})
   VSEARCH_MODEL       default for --model (now: {model})
@@ -125,9 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "reports how many are wrongly called a close match")
     e.add_argument("-k", type=int, default=10, help="ranking depth (default: 10)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("--report", default=None, metavar="DIR",
+                   help="also write a self-contained HTML report (DIR/index.html: charts, the worst queries as pictures, "
+                   "the catalog check)")
+    e.add_argument("--duplicate-credit", action=argparse.BooleanOptionalAction, default=True,
+                   help="count a query as right when the first result lists a near-identical photo of it (default: on)")
     add_quality_query(e)
     add_model(e, for_build=False)
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("check", help="find catalog problems: one photo under several products, views that disagree, unusable photos",
+                       formatter_class=fmt,
+                       description="Checks a catalog CSV, an image folder or an index folder without any model: near-identical "
+                       "photos listed under different product ids (perceptual hash, so resized or re-encoded copies count), "
+                       "unreadable photos and photos under --min-side pixels on their short side. On an index it also lists views far from "
+                       "their product's other views (from the stored vectors). Every finding names the product ids, catalog "
+                       "rows and files.")
+    c.add_argument("target", metavar="CATALOG_OR_INDEX", help="catalog CSV, image folder, or index folder")
+    c.add_argument("--json", action="store_true", help="print every finding as JSON")
+    c.add_argument("--limit", type=int, default=20, metavar="N", help="findings of each kind printed (default: 20; --json prints all)")
+    c.add_argument("--min-side", type=int, default=TINY_SIDE_HELP, metavar="PX",
+                   help=f"photos whose shorter side is under PX pixels are reported as tiny (default: {TINY_SIDE_HELP})")
+    c.add_argument("--allow-outside-paths", action="store_true", help="allow catalog image paths outside the catalog's folder")
+    c.set_defaults(func=cmd_check)
 
     i = sub.add_parser("info", help="describe an index (model, counts, format, build time)")
     add_index(i)
@@ -398,13 +419,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     index = ProductIndex.load(args.index, model=args.model, pretrained=args.pretrained, precision=args.precision)
     opts = _query_options(args)
     if args.self_test:
-        report = self_test(index, k=args.k, max_queries=args.max_queries, **opts)
+        report = self_test(index, k=args.k, max_queries=args.max_queries, credit_duplicates=args.duplicate_credit, **opts)
     else:
-        report = evaluate(index, args.queries, k=args.k, unsold=args.unsold, **opts)
+        report = evaluate(index, args.queries, k=args.k, unsold=args.unsold, credit_duplicates=args.duplicate_credit,
+                          **opts)
+    what = "self-test" if args.self_test else args.queries
+    written = _write_report(args, report, index, what, opts) if args.report else None
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        if written:
+            print(f"report: {written[0]} (written in {written[1]:.1f} s)", file=sys.stderr)
         return 0
-    what = "self-test" if args.self_test else args.queries
     print(f"{what} on {args.index}: {report.n_queries} queries, k={report.k}"
           + (f", {len(report.skipped)} skipped" if report.skipped else ""))
     settings = {**index.query_defaults(), **opts}
@@ -421,8 +446,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
             rank = f"rank {r.rank}" if r.rank else f"not in top {report.k}"
             first = f"{r.top} ({r.scores[0]:.3f})" if r.ranked else "nothing"
             print(f"  {r.image} -> {'|'.join(r.expected)} | {first}; {rank}")
+    if report.credited_duplicates:
+        n = report.credited_duplicates
+        print(f"counted right: {n} quer{'y' if n == 1 else 'ies'} whose first result lists a near-identical photo of "
+              "the query (vsearch check lists such photos; --no-duplicate-credit to count them wrong)")
     for line in report.skipped[:10]:
         print(f"skipped {line}", file=sys.stderr)
+    if written:
+        print(f"report:       {written[0]} (written in {written[1]:.1f} s)")
+    return 0
+
+
+def _write_report(args: argparse.Namespace, report, index, what: str, opts: dict) -> tuple[Path, float]:
+    import time
+
+    from .report import write_eval_report
+
+    started = time.perf_counter()
+    path = write_eval_report(args.report, report, index, title=f"vsearch eval: {what}",
+                             search_options={**index.query_defaults(), **opts})
+    return path, time.perf_counter() - started
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .hygiene import check
+
+    if not Path(args.target).exists():
+        raise VsearchError(f"{args.target!r} does not exist; give a catalog CSV, an image folder or an index folder")
+    report = check(args.target, allow_outside_paths=args.allow_outside_paths, min_side=args.min_side)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    limit = max(0, args.limit)
+    print(f"checked {report.source} ({report.kind}: {report.n_images} photos of {report.n_products} products) "
+          f"in {report.seconds:.1f} s")
+    print(f"near-identical photos under different product ids: {len(report.duplicates)} group(s)")
+    for g in report.duplicates[:limit]:
+        print(f"  {len(g.photos)} photos, products {', '.join(g.product_ids)}:")
+        for p in g.photos:
+            print(f"    {p.describe()}")
+    if report.kind == "index":
+        print(f"views that disagree with their product's other views: {len(report.odd_views)}")
+        for v in report.odd_views[:limit]:
+            print(f"  {v.photo.describe()}: best similarity to its other {v.n_views - 1} view(s) {v.agreement:.2f} "
+                  f"(typical {v.typical:.2f}, unrelated photos {v.unrelated:.2f}); closest: {v.closest.image}")
+    print(f"unreadable or tiny photos: {len(report.bad_photos)}")
+    for b in report.bad_photos[:limit]:
+        where = f"row {b.photo.row}" if b.photo.row else "catalog"
+        print(f"  {where} {b.photo.product_id + ' ' if b.photo.product_id else ''}{b.photo.image}: {b.problem}")
+    shown = max(len(report.duplicates), len(report.odd_views), len(report.bad_photos))
+    if shown > limit:
+        print(f"(at most {limit} of each kind shown; --limit N or --json for all)")
+    for line in report.not_checked:
+        print(f"not checked: {line}")
     return 0
 
 

@@ -103,6 +103,7 @@ class EvalReport:
     skipped: tuple[str, ...] = ()  # queries that could not be run, with the reason
     options: Mapping[str, Any] = field(default_factory=dict)
     close_match: CloseMatchReport | None = None
+    credited_duplicates: int = 0  # queries counted right: the first result lists a near-identical photo of them
 
     def to_dict(self, *, with_results: bool = False) -> dict[str, Any]:
         d = {
@@ -111,6 +112,7 @@ class EvalReport:
             "mrr": self.mrr, "per_category_r1": dict(self.per_category_r1), "per_category_n": dict(self.per_category_n),
             "latency_p50_ms": self.latency_p50_ms, "latency_p95_ms": self.latency_p95_ms,
             "worst": [_result_dict(r) for r in self.worst], "skipped": list(self.skipped), "options": dict(self.options),
+            "credited_duplicates": self.credited_duplicates,
         }
         if with_results:
             d["results"] = [_result_dict(r) for r in self.results]
@@ -126,7 +128,8 @@ def _result_dict(r: QueryResult) -> dict[str, Any]:
 
 
 def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] = (),
-              options: Mapping[str, Any] | None = None, unsold: Sequence[QueryResult] = ()) -> EvalReport:
+              options: Mapping[str, Any] | None = None, unsold: Sequence[QueryResult] = (),
+              credited_duplicates: int = 0) -> EvalReport:
     """Metrics over per-query results (the pure part of evaluation, tested on known rankings)."""
     ranks = [r.rank for r in results]
     by_cat: dict[str, list[int | None]] = {}
@@ -145,6 +148,7 @@ def summarize(results: Sequence[QueryResult], k: int, *, skipped: Sequence[str] 
         latency_p50_ms=percentile(lat, 50), latency_p95_ms=percentile(lat, 95), worst=worst,
         results=tuple(results), skipped=tuple(skipped), options=dict(options or {}),
         close_match=close_match_report(results, unsold),
+        credited_duplicates=credited_duplicates,
     )
 
 
@@ -188,13 +192,14 @@ def read_queries(path: str | Path, *, require_product_id: bool = True) -> list[Q
 
 def evaluate(index: ProductIndex, queries: Sequence[Query] | str | Path, *, k: int = 10,
              progress: ProgressCallback | None = None, unsold: Sequence[Query] | str | Path | None = None,
-             **search_options: Any) -> EvalReport:
+             credit_duplicates: bool = True, **search_options: Any) -> EvalReport:
     """Run every labelled query through ``index.search`` and report product-level quality.
 
     search_options are passed to search() (e.g. tta="flip", product_scoring="mean"), so each
     technique's effect can be measured from the same command. unsold: photos of products the
     shop does not sell (a folder of images, a CSV with an ``image`` column, or Query objects);
-    the report says how many of them were called a close match.
+    the report says how many of them were called a close match. credit_duplicates: a query whose
+    first result lists a near-identical photo of it counts as right (see `_credit_duplicates`).
     """
     if not isinstance(queries, (list, tuple)):
         queries = read_queries(queries)
@@ -222,7 +227,17 @@ def evaluate(index: ProductIndex, queries: Sequence[Query] | str | Path, *, k: i
                 unsold_results += run_queries(index, [q], k=k, **search_options)
             except ImageError as e:
                 skipped.append(f"unsold {q.image}: {e}")
-    return summarize(results, k, skipped=skipped, options=search_options, unsold=unsold_results)
+    results, credited = _credit_duplicates(index, results) if credit_duplicates else (results, 0)
+    return summarize(results, k, skipped=skipped, options=search_options, unsold=unsold_results,
+                     credited_duplicates=credited)
+
+
+def _credit_duplicates(index: ProductIndex, results: list[QueryResult]) -> tuple[list[QueryResult], int]:
+    """The catalog lists the query's own photo (or a resized / re-encoded copy) under the first
+    result's product: that answer is right even if the label names another product."""
+    from .hygiene import credit_near_duplicates
+
+    return credit_near_duplicates(results, lambda pid: index.product(pid)["images"])
 
 
 def read_unsold(path: str | Path) -> list[Query]:
@@ -253,7 +268,8 @@ def _categories(index: ProductIndex, queries: Sequence[Query]) -> dict[str, str]
 
 
 def self_test(index: ProductIndex, *, k: int = 10, max_queries: int = SELF_TEST_MAX_QUERIES, seed: int = 0,
-              augment_single: bool = True, progress: ProgressCallback | None = None, **search_options: Any) -> EvalReport:
+              augment_single: bool = True, progress: ProgressCallback | None = None, credit_duplicates: bool = True,
+              **search_options: Any) -> EvalReport:
     """Quality of an index with no labelled data.
 
     For each sampled product with >= 2 images, its last image is the query and that image is
@@ -290,7 +306,9 @@ def self_test(index: ProductIndex, *, k: int = 10, max_queries: int = SELF_TEST_
         results.append(QueryResult.from_hits(source, (pid,), "held-out view" if held_out else "augmented copy", hits, ms))
         if progress is not None:
             progress(done, len(picked))
-    return summarize(results, k, skipped=skipped, options={"self_test": True, **search_options})
+    results, credited = _credit_duplicates(index, results) if credit_duplicates else (results, 0)
+    return summarize(results, k, skipped=skipped, options={"self_test": True, **search_options},
+                     credited_duplicates=credited)
 
 
 def augment(image, *, seed: int = 0):

@@ -18,11 +18,12 @@ import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .api import PREFIX, ServeSettings, Service, create_rest_app, hit_to_api
 from .errors import VsearchError
 from .images import MAX_BYTES
+from .report import ROW_CSS
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -275,6 +276,38 @@ class _PageFiles:
         return source
 
 
+def why_it_matched(photo: Any, margins: Sequence[float | None] | None, hit: Mapping[str, Any],
+                   source: str | None = None) -> str:
+    """One result as a picture row (HTML): the shopper's photo as searched (crop applied) beside the
+    product's catalog image that matched it best, with the score. Pictures are inline data: URIs, so
+    nothing more has to be served. hit: a `Hit.to_dict()`; source: its matched image's file as the
+    index knows it (default: ``hit["image"]``). Used by the details panel; see
+    `vsearch.report.picture_row_html`."""
+    from .images import load_image
+    from .report import PictureCell, image_data_uri, picture_row_html
+
+    query = ""
+    if photo is not None:
+        try:
+            img = load_image(photo, min_side=400, name=Path(str(photo)).name if isinstance(photo, (str, os.PathLike)) else None)
+            query = image_data_uri(crop_photo(img, margins))
+        except VsearchError:
+            query = ""
+    image = str(source or hit.get("image", ""))
+    matched = list(hit.get("matched_images") or [image])
+    confident = hit.get("confident")
+    verdict = {True: "close match", False: "not a close match"}.get(confident, "no verdict")
+    more = f"\n{len(matched) - 1} more of its images also matched" if len(matched) > 1 else ""
+    cells = [
+        PictureCell(query, "your photo", "as searched", alt="your photo"),
+        PictureCell(image if _is_url(image) else image_data_uri(image), f"{hit.get('title') or hit.get('product_id', '')}",
+                    f"its best-matching image, similarity {float(hit.get('score', 0.0)):.3f} ({verdict})\n"
+                    f"{Path(image).name}{more}", tone="good" if confident else "bad" if confident is False else "",
+                    alt="matched catalog image"),
+    ]
+    return picture_row_html(cells, title="Why it matched")
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -356,6 +389,15 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         return _details(index, hit), _detail_images(index, hit, files), gr.update(visible=True), hit.product_id, ""
 
     show_details.__annotations__["evt"] = gr.SelectData  # gradio injects the selection by this type
+
+    def show_why(photo, left, top, right, bottom, hits: list[dict], evt: gr.SelectData):
+        if not hits or evt.index is None or evt.index >= len(hits):
+            return ""
+        d = hits[evt.index]
+        return why_it_matched(photo, (left, top, right, bottom), d,
+                              source=index.image_source(d.get("generation", ""), d.get("image_id", -1)))
+
+    show_why.__annotations__["evt"] = gr.SelectData
 
     def confirm(photo, left, top, right, bottom, product_id, request: gr.Request):
         """"This is it": the product whose details are open is the one in the photo (as cropped)."""
@@ -459,6 +501,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                                      allow_preview=False, show_label=False, elem_classes="vs-gallery", elem_id="vs-results")
                 with gr.Group(visible=False) as detail_box:
                     details = gr.Markdown(elem_classes="vs-details")
+                    why = gr.HTML(elem_id="vs-why", css_template=ROW_CSS, js_on_load=None)
                     detail_images = gr.Gallery(label="This product's catalog images", columns=6, height=220,
                                                object_fit="contain", allow_preview=False)
                     with gr.Row():
@@ -478,6 +521,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
               api_visibility="private", trigger_mode="always_last")
         gallery.select(show_details, [hits_state], [details, detail_images, detail_box, chosen, confirm_note],
                        api_visibility="private")
+        gallery.select(show_why, [photo, *margins, hits_state], [why], api_visibility="private")
         if feedback_on:
             # public, so gradio_client can press it too: (photo, 4 crop margins, product_id) -> message
             confirm_btn.click(confirm, [photo, *margins, chosen], [confirm_note], api_name="this_is_it",
