@@ -106,7 +106,11 @@ def calibrate_verdict(scores: np.ndarray, correct: np.ndarray, unsold_scores: np
     unsold_scores = np.sort(np.asarray(unsold_scores, dtype=np.float64))
     src = dict(sources or {})
     nan = float("nan")
-    if len(scores) == 0 or not correct.any():
+    if len(scores) == 0:
+        return VerdictCalibration(None, nan, 0.0, nan, 0, len(unsold_scores), target_precision, src,
+                                  "no verdict: nothing to calibrate on (no product has two photos and no "
+                                  "--train-pairs were given)")
+    if not correct.any():
         return VerdictCalibration(None, nan, 0.0, nan, len(scores), len(unsold_scores), target_precision, src,
                                   "no verdict: no calibration query was answered right")
     order = np.argsort(-scores, kind="stable")
