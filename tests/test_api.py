@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -17,8 +15,7 @@ import pytest
 from conftest import FakeEmbedder, draw_product, write_catalog
 
 pytest.importorskip("gradio")
-from PIL import Image  # noqa: E402
-from test_ui import free_port, shopper_photo, start_server  # noqa: E402
+from test_ui import free_port, start_server  # noqa: E402
 
 SECRET = "TOP-SECRET-7f3a"
 

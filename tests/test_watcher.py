@@ -9,7 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
 from conftest import FakeEmbedder, write_catalog
 
 from vsearch import store
