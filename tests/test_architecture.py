@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vsearch"
 # cycles, not for layers.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"metrics", "query_options", "images"},
+    {"metrics", "query_options", "images", "product"},
     {"catalog", "fetch", "cache", "shopper_photos"},
     {"embedders"},
     {"embeddings_io"},

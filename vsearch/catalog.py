@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vsearch.errors import CatalogError
+from vsearch.product import Product, ReadsProduct
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -66,46 +67,17 @@ _CURRENCY_CODE_END = re.compile(r"\s*[A-Za-z]{3}$")
 _PATH_CACHE_LIMIT = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Product:
-    """One product, the one record that flows from the catalog through the index to search hits:
-    :class:`Catalog` merges a product's rows into it, the store writes and reads it, and every
-    ``Hit`` carries it."""
-
-    product_id: str
-    title: str = ""
-    category: str = ""
-    price: float | None = None
-    url: str = ""
-    brand: str = ""
-    extra: tuple[tuple[str, str], ...] = ()  # further catalog columns (name, value), in column order
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The further catalog columns as a dict (what ``Hit.metadata`` and filters see)."""
-        return dict(self.extra)
-
-
 ProductInfo = Product  # the merged record's earlier name
 
 
 @dataclass(frozen=True)  # no slots: with them, setting a shortcut below raises TypeError in Python 3.11
-class CatalogRow:
+class CatalogRow(ReadsProduct):
     """One (product, image) pair from the catalog; a row with ``a|b`` images gives two. ``product``
     is what this row says; :attr:`Catalog.products` holds the record merged over all its rows."""
 
     row: int
     image: str
-    product: Product
-
-    # read-only shortcuts to this row's product fields: row.product_id, row.title, ...
-    product_id = property(lambda self: self.product.product_id)
-    title = property(lambda self: self.product.title)
-    category = property(lambda self: self.product.category)
-    price = property(lambda self: self.product.price)
-    url = property(lambda self: self.product.url)
-    brand = property(lambda self: self.product.brand)
-    extra = property(lambda self: self.product.extra)
+    product: Product  # its fields read through: row.product_id, row.title, ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from . import store
-from .catalog import Product
+from .product import Product, ReadsProduct
 from .errors import IndexFormatError, ModelError, ModelMismatchError, VsearchError
 from .query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
 
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Hit:
-    """One product in a result list: the product's catalog record, and how it matched."""
+class Hit(ReadsProduct):
+    """One product in a result list: the product's catalog record (its fields read through:
+    hit.product_id, hit.title, ..., hit.metadata), and how it matched."""
 
     rank: int
     product: Product  # the record the catalog gave and the index stored
@@ -43,15 +44,6 @@ class Hit:
     # The index's verdict on this result: True = a close match, False = not a close match,
     # None = this index gives no verdict (it cannot tell at the precision it promises).
     confident: bool | None = None
-
-    # the product's fields, read straight through: hit.product_id, hit.title, ..., hit.metadata
-    product_id = property(lambda self: self.product.product_id)
-    title = property(lambda self: self.product.title)
-    category = property(lambda self: self.product.category)
-    price = property(lambda self: self.product.price)
-    url = property(lambda self: self.product.url)
-    brand = property(lambda self: self.product.brand)
-    metadata = property(lambda self: self.product.metadata, doc="extra catalog columns")
     image_id: int = -1  # id of `image` in its generation (the web app serves images by generation + id)
     matched_image_ids: tuple[int, ...] = ()  # ids of `matched_images`, same order
     generation: str = ""  # the index generation that answered

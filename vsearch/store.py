@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .catalog import Product
+from .product import Product
 from .errors import IndexFormatError
 
 FORMAT_NAME = "vsearch-index"
