@@ -163,7 +163,9 @@ def build_index(
         if not images:
             raise CatalogError(_no_rows_message(cat, problems))
         chosen_type = store.choose_index_type(len(images), index_type)
-        previous = _previous_product_ids(index_dir)
+        name = store.read_current(index_dir, missing_ok=True)  # a malformed CURRENT stops the build here
+        live = index_dir / name if name is not None and (index_dir / name).is_dir() else None
+        previous = _previous_product_ids(live)
         manifest = {
             "model": {
                 "name": embedder.name,
@@ -183,7 +185,7 @@ def build_index(
             vectors = _quality_postprocess(
                 tmp, vectors, images, manifest, whitening=whitening, dba=dba,
                 query_defaults=query_defaults, calibrate=calibrate_threshold, adapt=adapt, shopper=shopper,
-                embedder=embedder, previous=store.live_generation(index_dir),
+                embedder=embedder, previous=live,
             )
             store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest, index_type=chosen_type)
             final = store.publish_generation(index_dir, tmp)
@@ -468,12 +470,11 @@ def _products_and_images(cat: Catalog, kept: list[tuple[CatalogRow, str]]):
     return products, images, left_out
 
 
-def _previous_product_ids(index_dir: Path) -> set[str]:
-    name = store.read_current(index_dir, missing_ok=True)
-    if name is None:
+def _previous_product_ids(previous: Path | None) -> set[str]:
+    if previous is None:
         return set()
     try:
-        db = store.open_products_db(index_dir / name)
+        db = store.open_products_db(previous)
         try:
             return {r[0] for r in db.execute("SELECT product_id FROM products")}
         finally:

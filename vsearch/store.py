@@ -336,15 +336,6 @@ def read_current(index_dir: Path, *, missing_ok: bool = False) -> str | None:
     return name
 
 
-def live_generation(index_dir: Path) -> Path | None:
-    """The folder of the generation CURRENT names, or None when there is no usable one yet."""
-    try:
-        name = read_current(index_dir, missing_ok=True)
-    except IndexFormatError:
-        return None
-    return None if name is None or not (index_dir / name).is_dir() else index_dir / name
-
-
 def read_manifest(generation_dir: Path) -> dict[str, Any]:
     """Read and validate manifest.json; refuse formats this version does not know."""
     path = generation_dir / MANIFEST_FILE
