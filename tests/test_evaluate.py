@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FakeEmbedder, draw_product, write_catalog
 from vsearch.build import build_index
-from vsearch.calibration import calibrate_verdict, wilson_lower
+from vsearch.calibration import VerdictCalibration, calibrate_verdict, wilson_lower
 from vsearch.cli import main
 from vsearch.errors import CatalogError
 from vsearch.evaluate import (
@@ -151,6 +151,49 @@ def test_verdict_threshold_rises_above_photos_of_unsold_products():
     assert np.mean(unsold_high >= strict.threshold) <= 0.1
 
 
+def test_verdict_judges_by_the_lead_over_the_runner_up_when_scores_alone_cannot_tell():
+    # Every photo scores alike (the studio look), but a right answer stands out from the runner-up.
+    rng = np.random.default_rng(3)
+    scores = rng.normal(0.7, 0.05, 800)
+    correct = np.r_[np.ones(400, bool), np.zeros(400, bool)]
+    margins = np.r_[rng.gamma(2.0, 0.04, 400), rng.gamma(1.0, 0.01, 400)]
+    unsold, unsold_margins = rng.normal(0.7, 0.05, 400), rng.gamma(1.0, 0.01, 400)
+    assert calibrate_verdict(scores, correct, unsold).threshold is None  # the score alone gives no verdict
+    v = calibrate_verdict(scores, correct, unsold, margins=margins, unsold_margins=unsold_margins)
+    assert v.signal == "margin" and v.threshold is not None and "runner-up" in v.reason
+    above = margins >= v.threshold
+    assert correct[above].mean() >= 0.9 and v.recall == pytest.approx(correct[above].sum() / 400) and v.recall > 0.3
+    assert np.mean(unsold_margins >= v.threshold) <= 0.1
+    assert v.decide(0.5, 0.5 - v.threshold - 1e-6) is True and v.decide(0.9, 0.9 - v.threshold + 1e-6) is False
+    assert v.decide(v.threshold, None) is True  # no second product: the runner-up counts as unrelated (0)
+    back = VerdictCalibration.from_dict(v.to_dict())
+    assert back.signal == "margin" and back.threshold == pytest.approx(v.threshold, abs=1e-6)
+
+
+def test_verdict_keeps_the_score_when_it_serves_as_well_as_the_margin():
+    rng = np.random.default_rng(4)
+    scores = np.r_[rng.normal(0.8, 0.05, 300), rng.normal(0.5, 0.05, 100)]
+    correct = np.r_[np.ones(300, bool), np.zeros(100, bool)]
+    noise = rng.random(400) * 0.1  # the margin says nothing here
+    v = calibrate_verdict(scores, correct, rng.normal(0.5, 0.05, 300), margins=noise, unsold_margins=rng.random(300) * 0.1)
+    assert v.signal == "score" and v.threshold is not None
+
+
+def test_calibration_queries_report_the_lead_over_the_runner_up_and_the_unsold_side():
+    from vsearch.learn import verdict_from_queries
+
+    catalog = np.eye(4, dtype=np.float32)  # products A, A, B, C
+    pids = ["A", "A", "B", "C"]
+    q = np.array([[0.9, 0.1, 0.3, 0.0]], dtype=np.float32)
+    got = verdict_from_queries(catalog, pids, q, ["A"], exclude=[[0]])
+    # image 0 is held out: A still wins through image 1 (0.1)? no - B scores 0.3, so B is first
+    assert got.top.tolist() == pytest.approx([0.3]) and got.right.tolist() == [False]
+    assert got.margin.tolist() == pytest.approx([0.2])  # B 0.3 over A 0.1
+    assert got.unsold_top.tolist() == pytest.approx([0.3]) and got.unsold_margin.tolist() == pytest.approx([0.3])
+    got = verdict_from_queries(catalog, pids, q, ["A"])
+    assert got.right.tolist() == [True] and got.margin.tolist() == pytest.approx([0.6])  # A 0.9 over B 0.3
+
+
 def test_wilson_lower_bound_is_below_the_share_and_tightens_with_more_data():
     assert wilson_lower(9, 10) < 0.9 < 1.0
     assert wilson_lower(9, 10) < wilson_lower(900, 1000) < 0.9
@@ -162,13 +205,17 @@ def test_verdict_is_stored_in_the_manifest_and_drives_hit_confident(tmp_path):
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
     verdict = index.manifest["verdict"]
     assert verdict["sources"].get("simulated", 0) > 0  # calibrated on shopper-like photos
-    assert index.score_threshold == verdict["threshold"]
     src = index.product("P002")["images"][0]
     hits = index.search(image=src, k=5)
-    if index.score_threshold is None:
+    if verdict["threshold"] is None:
         assert all(h.confident is None for h in hits) and verdict["reason"].startswith("no verdict")
-    else:
-        assert [h.confident for h in hits] == [h.score >= index.score_threshold for h in hits]
+    elif verdict["signal"] == "score":
+        assert index.score_threshold == verdict["threshold"]
+        assert [h.confident for h in hits] == [h.score >= verdict["threshold"] for h in hits]
+    else:  # judged by the lead over the runner-up: only the first result can be a close match
+        assert index.score_threshold is None
+        assert hits[0].confident is (hits[0].score - hits[1].score >= verdict["threshold"])
+        assert not any(h.confident for h in hits[1:])
     build_index(csv_path, tmp_path / "idx2", embedder=FakeEmbedder(), calibrate_threshold=False)
     off = ProductIndex.load(tmp_path / "idx2", FakeEmbedder())
     assert off.score_threshold is None

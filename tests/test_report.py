@@ -127,14 +127,22 @@ def test_why_it_matched_shows_the_photo_as_searched_and_the_matched_image(tmp_pa
     assert len(_img_sources(no_photo)) == 1 and "no verdict" in no_photo
 
 
-@pytest.mark.parametrize("threshold", [None, 0.9])
-def test_report_shows_the_verdict_only_when_the_index_gives_one(shop_with_queries, monkeypatch, threshold):
+@pytest.mark.parametrize("threshold,signal", [(None, "score"), (0.9, "score"), (0.05, "margin")])
+def test_report_shows_the_verdict_only_when_the_index_gives_one(shop_with_queries, monkeypatch, threshold, signal):
     tmp = shop_with_queries
-    monkeypatch.setattr(ProductIndex, "score_threshold", property(lambda self: threshold))
+    monkeypatch.setattr(ProductIndex, "verdict", property(lambda self: {"threshold": threshold, "signal": signal}))
     index = ProductIndex.load(tmp / "idx", FakeEmbedder())
     search = index.search  # answer like an index with this verdict rule (None: it gives none)
-    index.search = lambda *a, **kw: [replace(h, confident=None if threshold is None else h.score >= threshold)
-                                     for h in search(*a, **kw)]
+
+    def judged(*a, **kw):
+        hits = search(*a, **kw)
+        if threshold is None:
+            return [replace(h, confident=None) for h in hits]
+        if signal == "score":
+            return [replace(h, confident=h.score >= threshold) for h in hits]
+        return [replace(h, confident=i == 0 and h.score - hits[1].score >= threshold) for i, h in enumerate(hits)]
+
+    index.search = judged
     report = evaluate(index, tmp / "q.csv", k=5)
     page = write_eval_report(tmp / f"r{threshold}", report, index).read_text(encoding="utf-8")
     head = page.split("<h2>", 1)[0]
@@ -144,7 +152,8 @@ def test_report_shows_the_verdict_only_when_the_index_gives_one(shop_with_querie
         assert "(no verdict)" in page.split("<h2>Worst queries</h2>", 1)[1]
     else:
         assert re.search(r"close match</td><td class=num>precision [\d.]+, recall [\d.]+", head)
-        assert "The red dot is the index" in page and "(threshold 0.900)" in page
+        assert "The red dot is the index" in page and f"(threshold {threshold:.3f})" in page
+        assert ("minus the runner-up" in page) is (signal == "margin")  # the chart sweeps the index's own signal
 
 
 def test_report_says_how_many_unsold_photos_were_called_a_close_match(shop_with_queries):

@@ -17,6 +17,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from vsearch.calibration import VerdictCalibration  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -230,8 +232,8 @@ def test_big_exif_rotated_phone_photo_finds_its_product(client, server, phone_ph
     # P900 is the photo upright, as the shopper saw it; ignoring EXIF would have found P901 (the raw
     # pixels, pointing left) first with a near-perfect score.
     assert hits[0]["product_id"] == "P900"
-    threshold = server.index.score_threshold  # the index's own verdict, passed through unchanged
-    assert hits[0]["confident"] is (None if threshold is None else hits[0]["score"] >= threshold)
+    verdict = VerdictCalibration.from_dict(server.index.verdict)  # the index's own verdict, passed through unchanged
+    assert hits[0]["confident"] is verdict.decide(hits[0]["score"], hits[1]["score"] if verdict.signal == "margin" else None)
     assert hits[0]["score"] > next(h["score"] for h in hits if h["product_id"] == "P901") + 0.05 \
         if any(h["product_id"] == "P901" for h in hits) else True
 

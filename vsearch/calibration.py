@@ -39,9 +39,18 @@ MIN_RECALL = 0.05  # a verdict that almost never says "close match" is no verdic
 WILSON_Z = 1.0  # precision is judged by its one-sigma lower bound, not the raw share
 
 
+SIGNALS = ("score", "margin")  # what a threshold is put on: the top-1 score, or its lead over the runner-up
+
+
 @dataclass(frozen=True)
 class VerdictCalibration:
-    """When an index may say "close match": top-1 score >= threshold.
+    """When an index may say "close match": the top-1 result's signal >= threshold.
+
+    The signal is the top-1 score, or its margin over the best *other* product (s1 - s2): with a
+    model that scores every studio photo alike, a photo that clearly prefers one product is the
+    trustworthy case (grocery: recall 0.25 at precision 0.90 by margin against 0.03 by score).
+    Both are calibrated and the one with the higher recall at the target precision is kept.
+    Under the margin rule only the first result can be a close match.
 
     Learned from shopper-like queries whose answer is known (``correct``) and from the same photos
     with their own product removed from the catalog (``unsold``: what a photo of a product the shop
@@ -58,10 +67,17 @@ class VerdictCalibration:
     target_precision: float
     sources: Mapping[str, int]  # how many calibration queries of each kind
     reason: str  # how the threshold was chosen, or why there is none
+    signal: str = "score"  # "score" (top-1 score) or "margin" (top-1 score minus the runner-up's)
 
-    def decide(self, top_score: float) -> bool | None:
-        """True = close match, False = no close match, None = this index gives no verdict."""
-        return None if self.threshold is None else bool(top_score >= self.threshold)
+    def decide(self, top_score: float, runner_up: float | None = None) -> bool | None:
+        """True = close match, False = no close match, None = this index gives no verdict.
+
+        runner_up: the second product's score (None when there is no second product: the margin
+        is then the score itself, as if the runner-up scored 0, i.e. were unrelated)."""
+        if self.threshold is None:
+            return None
+        value = top_score if self.signal == "score" else top_score - (runner_up if runner_up is not None else 0.0)
+        return bool(value >= self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,12 +88,15 @@ class VerdictCalibration:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VerdictCalibration:
         nan = float("nan")
+        signal = str(d.get("signal") or "score")
+        if signal not in SIGNALS:
+            raise ValueError(f"verdict signal {signal!r} is not one of {', '.join(SIGNALS)}")
         return cls(threshold=None if d.get("threshold") is None else float(d["threshold"]),
                    precision=nan if d.get("precision") is None else float(d["precision"]),
                    recall=float(d.get("recall") or 0.0), unsold_rate=nan if d.get("unsold_rate") is None else float(d["unsold_rate"]),
                    queries=int(d.get("queries", 0)), unsold=int(d.get("unsold", 0)),
                    target_precision=float(d.get("target_precision", TARGET_PRECISION)),
-                   sources=dict(d.get("sources") or {}), reason=str(d.get("reason", "")))
+                   sources=dict(d.get("sources") or {}), reason=str(d.get("reason", "")), signal=signal)
 
 
 def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = WILSON_Z) -> np.ndarray:
@@ -90,49 +109,71 @@ def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = WILSON_Z) -> n
 
 
 def calibrate_verdict(scores: np.ndarray, correct: np.ndarray, unsold_scores: np.ndarray, *,
+                      margins: np.ndarray | None = None, unsold_margins: np.ndarray | None = None,
                       sources: Mapping[str, int] | None = None, target_precision: float = TARGET_PRECISION,
                       max_unsold_rate: float = MAX_UNSOLD_RATE) -> VerdictCalibration:
-    """The lowest top-1 score threshold at which "close match" is right often enough.
+    """The lowest threshold on the top-1 score (or margin) at which "close match" is right often enough.
 
     scores/correct: top-1 score of each calibration query and whether that first product was the
     right one; unsold_scores: top-1 scores of the same kind of photos when their product is not in
-    the catalog. A threshold t qualifies when, among queries scoring >= t, the Wilson lower bound of
-    the share that is right is >= target_precision, at least MIN_CORRECT_ABOVE right answers and
-    MIN_RECALL of all right answers are above it, and at most max_unsold_rate of the unsold photos
-    score >= t. The lowest qualifying t (the most useful verdict) wins; none qualifying = no verdict.
+    the catalog; margins/unsold_margins: the same queries' lead of the top-1 product over the
+    runner-up (optional: without them only the score is tried). A threshold t qualifies when, among
+    queries at or above t, the Wilson lower bound of the share that is right is >= target_precision,
+    at least MIN_CORRECT_ABOVE right answers and MIN_RECALL of all right answers are above it, and at
+    most max_unsold_rate of the unsold photos reach t. The lowest qualifying t (the most useful
+    verdict) wins; of the two signals, the one with the higher recall; none qualifying = no verdict.
     """
     scores = np.asarray(scores, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
-    unsold_scores = np.sort(np.asarray(unsold_scores, dtype=np.float64))
     src = dict(sources or {})
     nan = float("nan")
+    n_unsold = len(unsold_scores)
     if len(scores) == 0:
-        return VerdictCalibration(None, nan, 0.0, nan, 0, len(unsold_scores), target_precision, src,
+        return VerdictCalibration(None, nan, 0.0, nan, 0, n_unsold, target_precision, src,
                                   "no verdict: nothing to calibrate on (no product has two photos and no "
                                   "--train-pairs were given)")
     if not correct.any():
-        return VerdictCalibration(None, nan, 0.0, nan, len(scores), len(unsold_scores), target_precision, src,
+        return VerdictCalibration(None, nan, 0.0, nan, len(scores), n_unsold, target_precision, src,
                                   "no verdict: no calibration query was answered right")
-    order = np.argsort(-scores, kind="stable")
-    s, c = scores[order], correct[order]
+    tried = {"score": _lowest_threshold(scores, correct, unsold_scores, target_precision, max_unsold_rate)}
+    if margins is not None and unsold_margins is not None:
+        tried["margin"] = _lowest_threshold(margins, correct, unsold_margins, target_precision, max_unsold_rate)
+    found = {k: v for k, v in tried.items() if v[0] is not None}
+    if not found:
+        best = max(v[1] for v in tried.values())
+        signals = " or ".join(f"top-1 {k}" for k in tried)
+        return VerdictCalibration(None, nan, 0.0, nan, len(scores), n_unsold, target_precision, src,
+                                  f"no verdict: no threshold on the {signals} reaches precision {target_precision:.2f} with "
+                                  f"recall >= {MIN_RECALL:.2f} and <= {max_unsold_rate:.0%} unsold photos above it "
+                                  f"(best precision with {MIN_CORRECT_ABOVE}+ right answers: {best:.2f})")
+    signal = max(found, key=lambda k: (found[k][2], k == "score"))  # higher recall; a tie keeps the plain score
+    threshold, _, recall, precision, unsold_rate = found[signal]
+    what = "top-1 score" if signal == "score" else "lead of the top-1 product over the runner-up"
+    return VerdictCalibration(
+        threshold=threshold, precision=precision, recall=recall, unsold_rate=unsold_rate,
+        queries=len(scores), unsold=n_unsold, target_precision=target_precision, sources=src,
+        reason=f"lowest {what} with precision >= {target_precision:.2f} (Wilson lower bound) on "
+               f"{len(scores)} shopper-like queries and <= {max_unsold_rate:.0%} of {n_unsold} unsold photos above it",
+        signal=signal)
+
+
+def _lowest_threshold(values: np.ndarray, correct: np.ndarray, unsold_values: np.ndarray,
+                      target_precision: float, max_unsold_rate: float):
+    """(threshold or None, best precision seen, recall, precision, unsold rate) for one signal."""
+    values = np.asarray(values, dtype=np.float64)
+    unsold_values = np.sort(np.asarray(unsold_values, dtype=np.float64))
+    order = np.argsort(-values, kind="stable")
+    s, c = values[order], correct[order]
     above = np.arange(1, len(s) + 1)
     right = np.cumsum(c)
     lower = wilson_lower(right, above)
-    unsold_above = (len(unsold_scores) - np.searchsorted(unsold_scores, s, side="left")) / max(len(unsold_scores), 1)
-    # a threshold sits at a query's score: everything from there up is "above"; ties share one decision
+    unsold_above = (len(unsold_values) - np.searchsorted(unsold_values, s, side="left")) / max(len(unsold_values), 1)
+    # a threshold sits at a query's value: everything from there up is "above"; ties share one decision
     last_of_tie = np.r_[s[1:] != s[:-1], True]
     ok = (last_of_tie & (lower >= target_precision) & (right >= MIN_CORRECT_ABOVE)
           & (right / correct.sum() >= MIN_RECALL) & (unsold_above <= max_unsold_rate))
+    best = float(np.max(np.where(right >= MIN_CORRECT_ABOVE, right / above, 0.0)))
     if not ok.any():
-        best = float(np.max(np.where(right >= MIN_CORRECT_ABOVE, right / above, 0.0)))
-        return VerdictCalibration(None, nan, 0.0, nan, len(scores), len(unsold_scores), target_precision, src,
-                                  f"no verdict: no score threshold reaches precision {target_precision:.2f} with "
-                                  f"recall >= {MIN_RECALL:.2f} and <= {max_unsold_rate:.0%} unsold photos above it "
-                                  f"(best precision with {MIN_CORRECT_ABOVE}+ right answers: {best:.2f})")
+        return None, best, 0.0, float("nan"), float("nan")
     i = int(np.flatnonzero(ok)[-1])
-    return VerdictCalibration(
-        threshold=float(s[i]), precision=float(right[i] / above[i]), recall=float(right[i] / correct.sum()),
-        unsold_rate=float(unsold_above[i]), queries=len(scores), unsold=len(unsold_scores),
-        target_precision=target_precision, sources=src,
-        reason=f"lowest top-1 score with precision >= {target_precision:.2f} (Wilson lower bound) on "
-               f"{len(scores)} shopper-like queries and <= {max_unsold_rate:.0%} of {len(unsold_scores)} unsold photos above it")
+    return float(s[i]), best, float(right[i] / correct.sum()), float(right[i] / above[i]), float(unsold_above[i])

@@ -393,7 +393,9 @@ def _verdict_summary(v: dict) -> str:
     if v.get("threshold") is None:
         return v.get("reason") or "no verdict"
     src = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (v.get("sources") or {}).items())
-    return (f"top-1 score >= {v['threshold']:.3f} (precision {v['precision']:.2f}, recall {v['recall']:.2f}, "
+    rule = (f"top-1 score >= {v['threshold']:.3f}" if v.get("signal", "score") == "score"
+            else f"top-1 score >= runner-up's + {v['threshold']:.3f}")
+    return (f"{rule} (precision {v['precision']:.2f}, recall {v['recall']:.2f}, "
             f"unsold photos called close {v['unsold_rate']:.0%}; calibrated on {src})")
 
 

@@ -23,7 +23,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -133,33 +133,55 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 # ---------------------------------------------------------------- the verdict
 
 
+class QueryScores(NamedTuple):
+    """Calibration queries scored against a catalog, product-level (see ``verdict_from_queries``)."""
+
+    top: np.ndarray  # top-1 score
+    right: np.ndarray  # the top-1 product is the query's own
+    margin: np.ndarray  # top-1 score minus the runner-up product's
+    unsold_top: np.ndarray  # top-1 score with the query's own product removed (a photo of an unsold product)
+    unsold_margin: np.ndarray  # and its lead over the next product
+
+    @classmethod
+    def concat(cls, parts: Sequence[QueryScores]) -> QueryScores:
+        return cls(*(np.concatenate([p[j] for p in parts]) if parts else np.empty(0) for j in range(5)))
+
+
 def verdict_from_queries(index_vectors: np.ndarray, product_ids: Sequence[str], queries: np.ndarray,
                          labels: Sequence[str], *, exclude: Sequence[Sequence[int]] | None = None,
-                         k: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Score calibration queries against the catalog, product-level, both ways.
+                         k: int = 64) -> QueryScores:
+    """Score calibration queries against the catalog, product-level, both ways: as they are, and
+    as photos of unsold products (their own product removed).
 
-    Returns (top-1 score, top-1 is right, top-1 score with the query's own product removed).
-    exclude: per query, catalog rows it must not see (a held-out view's own image).
+    exclude: per query, catalog rows it must not see (a held-out view's own image). A query whose
+    k nearest images hold no second product gets the margin of a runner-up scoring 0, as search does.
     """
     pids = np.asarray(product_ids).astype(str)
     labels = np.asarray(labels).astype(str)
     scores, ids = nearest(queries, index_vectors, min(k, len(index_vectors)))
-    top = np.full(len(queries), np.nan)
+    nan = np.full(len(queries), np.nan)
+    top, margin, unsold, unsold_margin = nan.copy(), nan.copy(), nan.copy(), nan.copy()
     right = np.zeros(len(queries), dtype=bool)
-    unsold = np.full(len(queries), np.nan)
     for q in range(len(queries)):
         ok = ids[q] >= 0
         if exclude is not None and len(exclude[q]):
             ok &= ~np.isin(ids[q], exclude[q])
-        s, i = scores[q][ok], ids[q][ok]
-        if len(i) == 0:
+        s, p = scores[q][ok], pids[ids[q][ok]]
+        if len(p) == 0:
             continue
-        top[q], right[q] = s[0], pids[i[0]] == labels[q]
-        other = pids[i] != labels[q]
-        if other.any():
-            unsold[q] = s[other][0]
-    keep = ~np.isnan(top)
-    return top[keep], right[keep], unsold[~np.isnan(unsold)]
+        top[q], right[q] = s[0], p[0] == labels[q]
+        margin[q] = s[0] - _runner_up(s, p, p[0])
+        s, p = s[p != labels[q]], p[p != labels[q]]
+        if len(p):
+            unsold[q] = s[0]
+            unsold_margin[q] = s[0] - _runner_up(s, p, p[0])
+    keep, sold_out = ~np.isnan(top), ~np.isnan(unsold)
+    return QueryScores(top[keep], right[keep], margin[keep], unsold[sold_out], unsold_margin[sold_out])
+
+
+def _runner_up(scores: np.ndarray, products: np.ndarray, first: str) -> float:
+    other = np.flatnonzero(products != first)
+    return float(scores[other[0]]) if len(other) else 0.0
 
 
 def cross_fitted_projections(vectors: np.ndarray, product_ids: Sequence[str], *, folds: int = 2, seed: int = 0,
@@ -207,7 +229,8 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
     """
     pids = np.asarray(product_ids).astype(str)
     finish = post or (lambda v: v)
-    scores, right, unsold, sources = [], [], [], {}
+    scored: list[QueryScores] = []
+    sources: dict[str, int] = {}
     _, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
     has_other = counts[inverse] >= 2  # per catalog row: its product has another image
     shopper_like = []
@@ -231,22 +254,21 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
                     parts.append((finish(tr(qv[sel])), sel, finish(tr(raw_vectors))))
         for q, sel, cat in parts:
             if rows is None:
-                s, r, u = verdict_from_queries(cat, pids, q, ql[sel])
+                scored.append(verdict_from_queries(cat, pids, q, ql[sel]))
             else:
                 found = has_other[rows[sel]]
-                s, r, u = verdict_from_queries(cat, pids, q[found], ql[sel][found], exclude=[[i] for i in rows[sel][found]])
-                unsold.append(verdict_from_queries(cat, pids, q[~found], ql[sel][~found])[2])
-            scores.append(s), right.append(r), unsold.append(u)
+                scored.append(verdict_from_queries(cat, pids, q[found], ql[sel][found], exclude=[[i] for i in rows[sel][found]]))
+                alone = verdict_from_queries(cat, pids, q[~found], ql[sel][~found])  # only their unsold side counts
+                scored.append(QueryScores(*(np.empty(0),) * 3, alone.unsold_top, alone.unsold_margin))
         sources[name] = int(len(qv))
     if not shopper_like:
-        held_scores = _held_out_views(raw_vectors, pids, index_vectors, finish, folds if adapted else None, seed)
-        if held_scores is not None:
-            s, r, u = held_scores
-            scores.append(s), right.append(r), unsold.append(u)
-            sources["held_out_views"] = int(len(s))
-    if not scores:
-        return calibrate_verdict(np.empty(0), np.empty(0, bool), np.empty(0), sources=sources)
-    return calibrate_verdict(np.concatenate(scores), np.concatenate(right), np.concatenate(unsold), sources=sources)
+        held = _held_out_views(raw_vectors, pids, index_vectors, finish, folds if adapted else None, seed)
+        if held is not None:
+            scored.append(held)
+            sources["held_out_views"] = int(len(held.top))
+    got = QueryScores.concat(scored)
+    return calibrate_verdict(got.top, got.right.astype(bool), got.unsold_top, margins=got.margin,
+                             unsold_margins=got.unsold_margin, sources=sources)
 
 
 def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray, finish, folds, seed: int):
@@ -268,7 +290,7 @@ def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray
                 continue
             cat = finish(proj.apply(raw)) if proj is not None else index_vectors
             out.append(verdict_from_queries(cat, pids, cat[sel], pids[sel], exclude=[[i] for i in sel]))
-    return tuple(np.concatenate([o[j] for o in out]) for j in range(3))
+    return QueryScores.concat(out)
 
 
 # ---------------------------------------------------------------- simulated shopper photos

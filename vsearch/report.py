@@ -304,12 +304,16 @@ def _pr_section(report: EvalReport, index: ProductIndex, out: Path) -> str:
     answered = [r for r in report.results if r.scores]
     if not answered:
         return "<h2>Close match: precision and recall</h2><p>No answered queries.</p>"
-    ts, ps, rs = pr_curve([r.scores[0] for r in answered], [r.rank == 1 for r in answered])
+    verdict = index.verdict
+    by_margin = verdict.get("signal") == "margin"  # the index judges the top-1's lead over the runner-up
+    signal = [r.scores[0] - (r.scores[1] if len(r.scores) > 1 else 0.0) if by_margin else r.scores[0] for r in answered]
+    ts, ps, rs = pr_curve(signal, [r.rank == 1 for r in answered])
     point = close_match_point(answered)
-    threshold = index.score_threshold
+    threshold = verdict.get("threshold")
+    what = "top-1 score minus the runner-up's" if by_margin else "top-1 score"
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(rs, ps, color="#4f46e5", lw=2, label="score threshold swept")
+    a1.plot(rs, ps, color="#4f46e5", lw=2, label=f"threshold on the {what} swept")
     if point is not None:
         a1.plot([point[1]], [point[0]], "o", ms=10, color="#dc2626", label="the index's close-match verdict")
         a1.annotate(f"P={point[0]:.2f} R={point[1]:.2f}", (point[1], point[0]), textcoords="offset points",
@@ -324,7 +328,7 @@ def _pr_section(report: EvalReport, index: ProductIndex, out: Path) -> str:
     a2.plot(ts, rs, color="#0ea5e9", label="recall")
     if threshold is not None:
         a2.axvline(threshold, color="#dc2626", ls="--", label=f"index threshold {threshold:.3f}")
-    a2.set_xlabel("top-1 score threshold")
+    a2.set_xlabel(f"threshold on the {what}")
     a2.set_ylim(0, 1.02)
     a2.grid(alpha=0.3)
     a2.legend(loc="lower left", fontsize=8)
@@ -336,8 +340,8 @@ def _pr_section(report: EvalReport, index: ProductIndex, out: Path) -> str:
                   + (f" (threshold {threshold:.3f})." if threshold is not None else "."))
     return ("<h2>Close match: precision and recall</h2>"
             '<img class="chart" src="close_match_pr.png" alt="close-match precision-recall curve">'
-            f'<p class="note">Each query\'s top-1 score and whether its first result is right; a query is called a '
-            f"close match when its score reaches the threshold. {html.escape(chosen)}</p>")
+            f'<p class="note">Each query\'s {what} and whether its first result is right; a query is called a '
+            f"close match when it reaches the threshold. {html.escape(chosen)}</p>")
 
 
 # ---------------------------------------------------------------- worst queries

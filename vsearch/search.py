@@ -19,6 +19,7 @@ import numpy as np
 from . import store
 from .product import Product, ReadsProduct
 from .errors import IndexFormatError, ModelError, ModelMismatchError, VsearchError
+from .calibration import VerdictCalibration
 from .query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class _Generation:
             from .transforms import Projection
 
             self.adaptation = Projection.load(path, self.manifest["adaptation"])
+        self.verdict = VerdictCalibration.from_dict(self.manifest.get("verdict") or {"threshold": None})
         self._vectors: np.ndarray | None = None
         self._pid_vids: dict[int, np.ndarray] | None = None
 
@@ -191,9 +193,10 @@ class ProductIndex:
 
     @property
     def score_threshold(self) -> float | None:
-        """Top-1 scores at or above this are a "close match"; None = this index gives no verdict."""
-        value = (self._gen.manifest.get("verdict") or {}).get("threshold")
-        return None if value is None else float(value)
+        """Top-1 scores at or above this are a "close match"; None = this index gives no verdict, or
+        judges by the top-1 product's lead over the runner-up instead (``verdict["signal"] == "margin"``)."""
+        v = self._gen.verdict
+        return v.threshold if v.signal == "score" else None
 
     @property
     def verdict(self) -> dict[str, Any]:
@@ -429,20 +432,20 @@ class ProductIndex:
         while True:
             scores, vids = self._faiss_search(gen, query, fetch, selector)
             best = _best_image_per_product(scores, vids, gen.vid_to_pid)
-            if len(best) >= k or fetch >= n_candidates:
+            if len(best) > k or fetch >= n_candidates:  # one more than asked: the verdict compares with the runner-up
                 break
             fetch = min(n_candidates, fetch * 4)
-        if len(best) < k:
+        if len(best) <= k:
             # An ANN pass with a selective filter (IVF probes few lists, HNSW's graph walk stops early)
             # can come back short although enough products match: score the allowed vectors exactly.
             candidates = np.arange(gen.faiss.ntotal, dtype=np.int64) if allowed_vids is None else allowed_vids
             if len(excluded):
                 candidates = candidates[~np.isin(candidates, excluded)]
             if len(np.unique(gen.vid_to_pid[candidates])) > len(best):
-                best = self._exact_search(gen, query[0], candidates, max(fetch, 4 * k), k)
+                best = self._exact_search(gen, query[0], candidates, max(fetch, 4 * k), k + 1)
         if scoring != "max":
             best = self._rescore(gen, query[0], best, scoring, excluded)
-        return self._hits(gen, best[:k])
+        return self._hits(gen, best, k)
 
     @staticmethod
     def _exact_search(gen: _Generation, query: np.ndarray, candidates: np.ndarray,
@@ -517,7 +520,8 @@ class ProductIndex:
             return None, vids
         return faiss.IDSelectorBatch(vids), vids
 
-    def _hits(self, gen: _Generation, best: list[tuple[int, float, list[int]]]) -> list[Hit]:
+    def _hits(self, gen: _Generation, best: list[tuple[int, float, list[int]]], k: int) -> list[Hit]:
+        """The first k products as Hits; best may hold more, so the verdict can see the runner-up."""
         if not best:
             return []
         pids = [b[0] for b in best]
@@ -526,15 +530,19 @@ class ProductIndex:
         all_vids = [v for b in best for v in b[2]]
         marks = ",".join("?" * len(all_vids))
         sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
-        value = (gen.manifest.get("verdict") or {}).get("threshold")  # this query's generation, even after a reload
-        threshold = None if value is None else float(value)
+        verdict = gen.verdict  # this query's generation, even after a reload
         hits = []
-        for rank, (pid, score, vids) in enumerate(best, start=1):
+        for rank, (pid, score, vids) in enumerate(best[:k], start=1):
+            if verdict.signal == "margin":  # only the first result can lead the others
+                confident = verdict.decide(score, best[1][1] if len(best) > 1 else None) if rank == 1 else (
+                    None if verdict.threshold is None else False)
+            else:
+                confident = verdict.decide(score)
             hits.append(Hit(
                 rank=rank, product=products[pid], score=float(score), image=sources[vids[0]],
                 matched_images=tuple(sources[v] for v in vids),
                 image_id=int(vids[0]), matched_image_ids=tuple(int(v) for v in vids), generation=gen.name,
-                confident=None if threshold is None else bool(score >= threshold),
+                confident=confident,
             ))
         return hits
 
