@@ -10,6 +10,7 @@ the top-1 score (so the chosen operating point can be judged against every other
 
     python benchmarks/bench_verdict.py [--sets /tmp/vsearch-eval] [--only jumia,grocery-val] [--adapt auto,off]
     python benchmarks/bench_verdict.py --final     # grocery test, built with the 296 val photos as --train-pairs
+    add --cached-queries to take the query photos' vectors from the feature cache (same vectors, no model runs)
 """
 
 from __future__ import annotations
@@ -38,8 +39,31 @@ def pr_curve(results, points=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8)) -> str:
     return "; ".join(cells)
 
 
+def cached_search(index, feats: Features):
+    """index.search for the evaluation photos from the feature cache: the very vectors the model
+    gives them (quality_features.py), so a query costs a FAISS search instead of a forward pass."""
+    where = {p: (g, i) for g, paths in feats.paths.items() for i, p in enumerate(paths)}
+
+    def search(image=None, k: int = 10, **options):
+        g, i = where[str(image)]
+        return index.search_vector(feats.vectors(g, "avg", False)[i], k=k, **options)
+    return search
+
+
+def margin_curve(results, points=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3)) -> str:
+    """Precision / recall of "top-1 score minus the runner-up's >= t means right"."""
+    s = np.asarray([r.scores[0] - r.scores[1] if len(r.scores) > 1 else -1.0 for r in results])
+    right = np.asarray([r.rank == 1 for r in results])
+    cells = []
+    for t in points:
+        above = s >= t
+        p = right[above].mean() if above.any() else float("nan")
+        cells.append(f"m={t:.2f}: P {p:.2f} R {(right & above).sum() / max(right.sum(), 1):.2f}")
+    return "; ".join(cells)
+
+
 def run(name: str, sets: Path, feats: Features, adapt: str, train_pairs: Path | None = None,
-        queries_file: str | None = None) -> dict:
+        queries_file: str | None = None, cached: bool = False) -> dict:
     from vsearch.build import build_index
     from vsearch.embedders.efficientnet import EfficientNetEmbedder
     from vsearch.evaluate import evaluate, read_queries
@@ -56,14 +80,18 @@ def run(name: str, sets: Path, feats: Features, adapt: str, train_pairs: Path | 
                 adapt=adapt, train_pairs=train_pairs)
     build_s = time.perf_counter() - t
     index = ProductIndex.load(idx, embedder)
+    if cached:
+        index.search = cached_search(index, feats)
     report = evaluate(index, read_queries(cat_dir / qfile), k=10, unsold=sets / "ooc" / "queries.csv")
     cm = report.close_match
     v = index.verdict
     out = {"set": name, "adapt": adapt, "pairs": bool(train_pairs), "R@1": report.recall[1], "R@5": report.recall[5],
            "close_precision": cm.precision, "close_recall": cm.recall, "unsold_called_close": cm.unsold_called_close,
-           "threshold": v.get("threshold"), "verdict_reason": v.get("reason"), "build_s": round(build_s, 1),
+           "signal": v.get("signal"), "threshold": v.get("threshold"), "verdict_precision": v.get("precision"),
+           "verdict_recall": v.get("recall"), "verdict_reason": v.get("reason"), "build_s": round(build_s, 1),
            "p50_ms": round(report.latency_p50_ms, 1), "adaptation": index.manifest.get("adaptation", {}).get("state"),
-           "simulation": index.manifest.get("verdict_simulation"), "pr": pr_curve(report.results)}
+           "simulation": index.manifest.get("verdict_simulation"), "pr": pr_curve(report.results),
+           "pr_margin": margin_curve(report.results)}
     print(json.dumps(out), flush=True)
     return out
 
@@ -74,17 +102,20 @@ def main() -> None:
     ap.add_argument("--only", default="jumia,grocery-val")
     ap.add_argument("--adapt", default="auto,off")
     ap.add_argument("--final", action="store_true", help="grocery test, built with the val photos as train pairs (once)")
+    ap.add_argument("--cached-queries", action="store_true",
+                    help="query and unsold photos' vectors from the feature cache instead of running the model on them")
     args = ap.parse_args()
     feats = Features(args.sets / "features")
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
     if args.final:
         pairs = args.sets / "grocery-d2000" / "queries_val.csv"  # image,product_id: the val photos
         for adapt in args.adapt.split(","):
-            run("grocery-test", args.sets, feats, adapt, train_pairs=pairs if adapt != "off" else None)
+            run("grocery-test", args.sets, feats, adapt, train_pairs=pairs if adapt != "off" else None,
+                cached=args.cached_queries)
         return
     for name in args.only.split(","):
         for adapt in args.adapt.split(","):
-            run(name, args.sets, feats, adapt)
+            run(name, args.sets, feats, adapt, cached=args.cached_queries)
 
 
 if __name__ == "__main__":
