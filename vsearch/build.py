@@ -260,6 +260,11 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
     if not calibrate:
         manifest["verdict"] = {"threshold": None, "reason": "no verdict: turned off at build (--no-threshold)"}
         return vectors
+    reused = learn.reuse_verdict(previous, manifest, [(im.product_id, im.source) for im in images],
+                                 train_pairs=shopper_vectors is not None and len(shopper_vectors) > 0)
+    if reused is not None:  # a small change in the same vector space: the calibration still holds
+        manifest["verdict"] = reused
+        return vectors
     simulated = None
     multi = {p for p, c in Counter(product_ids).items() if c >= 2}
     # A loaded model and products with another image: simulate shopper photos of catalog products
