@@ -63,8 +63,8 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
     why = _incompatible(old, manifest, index_type, previous.name)
     if why:
         return None, why
-    old_images = _old_images(previous)
-    n_old = len(old_images)
+    old_keys, old_vids = _old_images(previous)
+    n_old = len(old_keys)
     if n_old == 0:
         return None, "previous generation is empty"
     index = store.read_faiss(previous)
@@ -74,21 +74,12 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
         ivf = faiss.extract_index_ivf(index)
         if not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists):
             return None, "previous IVF lists are not in memory (on-disk lists are rebuilt)"
-    old_vids = np.fromiter(old_images.values(), dtype=np.int64, count=n_old)
-    old_vectors = _stored_vectors(index, old_vids)
-    new_encoded = _as_stored(index, vectors)
 
-    keys = [(im.product_id, im.source) for im in images]
-    pos = {k: i for i, k in enumerate(old_images)}
-    kept_new, kept_old = [], []
-    for i, k in enumerate(keys):
-        j = pos.get(k)
-        if j is not None:
-            kept_new.append(i), kept_old.append(j)
-    kept_new_a, kept_old_a = np.asarray(kept_new, dtype=np.int64), np.asarray(kept_old, dtype=np.int64)
-    if len(kept_new_a):
-        same = np.abs(new_encoded[kept_new_a] - old_vectors[kept_old_a]).max(axis=1) <= _SAME_VECTOR_TOL
-        kept_new_a, kept_old_a = kept_new_a[same], kept_old_a[same]
+    # Same (product, image) key, and the same vector as stored: the image keeps its FAISS id.
+    new_keys = np.asarray([f"{im.product_id}\x00{im.source}" for im in images])
+    _, kept_new_a, kept_old_a = np.intersect1d(new_keys, old_keys, return_indices=True)
+    same = _same_vectors(index, old_vids[kept_old_a], vectors, kept_new_a)
+    kept_new_a, kept_old_a = kept_new_a[same], kept_old_a[same]
     added = np.setdiff1d(np.arange(len(images)), kept_new_a)
     removed_old = np.setdiff1d(np.arange(n_old), kept_old_a)
     change = len(added) + len(removed_old)
@@ -140,39 +131,41 @@ def _incompatible(old: dict[str, Any], new: dict[str, Any], index_type: str, pre
     return ""
 
 
-def _old_images(previous: Path) -> dict[tuple[str, str], int]:
-    """(product id, image source) -> FAISS id of the previous generation's images."""
+def _old_images(previous: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Keys ("product id NUL image source") and FAISS ids of the previous generation's images."""
     db = store.open_products_db(previous)
     try:
-        rows = db.execute("SELECT p.product_id, i.source, i.vid FROM images i JOIN products p ON p.pid = i.pid").fetchall()
+        rows = db.execute("SELECT p.product_id || char(0) || i.source, i.vid FROM images i "
+                          "JOIN products p ON p.pid = i.pid").fetchall()
     finally:
         db.close()
-    return {(r[0], r[1]): int(r[2]) for r in rows}
+    return (np.asarray([r[0] for r in rows]) if rows else np.empty(0, dtype=str),
+            np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
 
 
-def _stored_vectors(index, vids: np.ndarray) -> np.ndarray:
-    """The stored (decoded) vectors of these FAISS ids."""
+def _same_vectors(index, old_vids: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per pair: is ``vectors[rows[i]]``, as this index would store it, the vector stored under
+    ``old_vids[i]``? Compared a chunk at a time, so no second copy of every vector is made."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        ivf.make_direct_map()
-        out = index.reconstruct_batch(vids)
+        ivf.make_direct_map()  # reconstruct by id; dropped again before ids are removed
+        stored = index.reconstruct_batch
+        encode = lambda x: ivf.sa_decode(ivf.sa_encode(x))  # noqa: E731 - IVF codes are lossy (SQfp16)
+    else:
+        flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
+        xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+        stored = lambda ids: xb[ids]  # noqa: E731
+        encode = lambda x: x  # noqa: E731
+    same = np.zeros(len(rows), dtype=bool)
+    for start in range(0, len(rows), 8192):
+        part = slice(start, start + 8192)
+        new = encode(np.ascontiguousarray(vectors[rows[part]], dtype=np.float32))
+        same[part] = np.abs(new - stored(old_vids[part])).max(axis=1, initial=0.0) <= _SAME_VECTOR_TOL
+    if ivf is not None:
         ivf.set_direct_map_type(faiss.DirectMap.NoMap)
-        return out
-    flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
-    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)[vids]
-
-
-def _as_stored(index, vectors: np.ndarray) -> np.ndarray:
-    """New vectors as the index would store them (IVF: through its codes), for comparison."""
-    import faiss
-
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is None:
-        return vectors
-    return ivf.sa_decode(ivf.sa_encode(vectors))
+    return same
 
 
 def _remove_and_renumber(index, removed: np.ndarray, index_type: str) -> None:
