@@ -23,6 +23,7 @@ then equals a from-scratch build with the same quantizer: the same vectors under
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,14 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
     why = _incompatible(old, manifest, index_type, previous.name)
     if why:
         return None, why
-    old_keys, old_vids = _old_images(previous)
+    try:
+        old_keys, old_vids = _old_images(previous)
+        index = store.read_faiss(previous)
+    except (VsearchError, sqlite3.Error) as e:  # a damaged previous generation: build afresh
+        return None, f"previous generation unreadable ({e})"
     n_old = len(old_keys)
-    if n_old == 0:
-        return None, "previous generation is empty"
-    index = store.read_faiss(previous)
+    if n_old == 0 or index.ntotal < n_old:
+        return None, "previous generation is empty or inconsistent"
     if index_type == "ivf":
         import faiss
 
