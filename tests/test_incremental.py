@@ -293,3 +293,27 @@ def _cache_hashes(idx: Path) -> list[str]:
 
 def _cached(idx: Path) -> int:
     return len(_cache_hashes(idx))
+
+
+def test_the_verdict_is_reused_after_a_small_change_and_recalibrated_after_a_large_one(tmp_path):
+    from conftest import write_catalog
+
+    csv_path = write_catalog(tmp_path / "shop", n_products=24)
+    with open(csv_path, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+
+    def build_rows(n):
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows[:n])
+        report = build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+        return store.read_manifest(tmp_path / "idx" / report.generation)["verdict"]
+
+    first = build_rows(len(rows))
+    assert "sources" in first and "calibrated_in" not in first
+    small = build_rows(len(rows) - 1)  # 1 of 36 images: the calibration still holds
+    assert small["calibrated_in"] and small["changed_since_calibration"] < 0.1
+    assert {k: v for k, v in small.items() if k not in ("calibrated_in", "changed_since_calibration")} == first
+    large = build_rows(len(rows) - 5)  # 5 of 36 since it was calibrated: over 10 %
+    assert "calibrated_in" not in large
