@@ -202,20 +202,28 @@ def test_sigkill_during_an_incremental_build_keeps_the_previous_incremental_gene
     write_ids(tmp_path / "catalog.csv", next_ids)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VSEARCH_")}
     env["HF_HUB_OFFLINE"] = "1"
+    seen: set[str] = set()  # temporary folders of builds killed already (the next build removes them)
     cmd = [sys.executable, "-m", "vsearch", "build", str(tmp_path / "catalog.csv"), "--index", str(tmp_path / "idx"),
            "--model", "test-tiny", "--embeddings", str(tmp_path / "next.npy"), "--index-type", "hnsw", "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "idx").glob(".tmp-gen-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)  # the new generation's folder exists: the update of the index is under way
-    assert proc.poll() is None, f"the build finished before it could be killed: {proc.communicate()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    # Kill 1 once the new generation's folder exists (the index update is under way); kill 2 once
+    # the updated FAISS file is being written there (the update is done, nothing is published yet).
+    for ready in (lambda tmp: True, lambda tmp: (tmp / store.VECTORS_FILE).exists()):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            tmp = [t for t in (tmp_path / "idx").glob(".tmp-gen-*") if t.name not in seen]
+            if tmp and ready(tmp[0]):
+                seen.add(tmp[0].name)
+                break
+            time.sleep(0.0005)
+        assert proc.poll() is None, f"the build finished before it could be killed: {proc.communicate()}"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
 
-    assert store.read_current(tmp_path / "idx") == live.generation
-    index = ProductIndex.load(tmp_path / "idx", embedder)
-    assert [[(h.product_id, round(h.score, 5)) for h in index.search_vector(v, k=5)] for v in probes] == before
+        assert store.read_current(tmp_path / "idx") == live.generation
+        index = ProductIndex.load(tmp_path / "idx", embedder)
+        assert [[(h.product_id, round(h.score, 5)) for h in index.search_vector(v, k=5)] for v in probes] == before
 
     report = build_index(tmp_path / "catalog.csv", tmp_path / "idx", embedder=embedder,
                          embeddings=np.load(tmp_path / "next.npy"), index_type="hnsw")
