@@ -389,6 +389,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"products:     {counts['products']}")
     print(f"images:       {counts['images']}")
     print(f"faiss:        {manifest['index_type']} ({manifest['faiss_factory']}, {manifest['metric']})")
+    inc = manifest.get("incremental") or {}
+    if inc:
+        print("last build:   " + (f"updated {inc['base']}: +{inc['added']} -{inc['removed']} vectors, {inc['hidden']} hidden"
+                                  if inc.get("base") else f"full ({inc.get('full_build')})"))
     print(f"format:       {manifest['format']} v{manifest['format_version']} (vsearch {manifest['vsearch_version']})")
     print(f"built:        {manifest['built_at']} from {manifest.get('catalog', '?')}")
     print("close match:  " + _verdict_summary(manifest.get("verdict") or {}))
