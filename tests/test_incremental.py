@@ -172,6 +172,17 @@ def test_hidden_hnsw_vectors_past_the_fraction_force_a_full_build(tmp_path, monk
     assert len(index) == 304 and index.search_vector(vectors_of(ids[-1:])[0], k=1)[0].product_id == ids[-1]
 
 
+def test_small_changes_add_up_to_a_full_build_so_an_ivf_quantizer_is_retrained(tmp_path):
+    ids = [f"P{i}" for i in range(2000)]
+    build(tmp_path, ids, "ivf")
+    ids = edit(ids, 120, 120, start=2000)  # 12 % changed
+    first = build(tmp_path, ids, "ivf").incremental
+    assert first["changed_since_full"] == 240
+    ids = edit(ids, 120, 120, start=3000)  # another 12 %: 24 % since the full build
+    second = build(tmp_path, ids, "ivf").incremental
+    assert "since the last full build" in second["full_build"] and second["changed_since_full"] == 0
+
+
 def test_another_model_or_index_type_is_a_full_build(tmp_path):
     ids = [f"P{i}" for i in range(300)]
     build(tmp_path, ids, "flat")
