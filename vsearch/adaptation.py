@@ -62,16 +62,20 @@ def training_pairs(vectors: np.ndarray, labels: np.ndarray, *, shopper_vectors: 
     x = np.asarray(vectors, dtype=np.float32)
     labels = np.asarray(labels).astype(str)
     uniq, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    means = (np.add.reduceat(x[order], starts, axis=0) / counts[:, None]).astype(np.float32)
     multi = counts[inverse] >= 2
-    dev = x[multi] - means[inverse[multi]]
+    has_shopper = shopper_vectors is not None and len(shopper_vectors) > 0
+    if multi.any() or has_shopper:
+        order = np.argsort(inverse, kind="stable")
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        means = (np.add.reduceat(x[order], starts, axis=0) / counts[:, None]).astype(np.float32)
+        dev = x[multi] - means[inverse[multi]]
+    else:  # nothing to learn from (one image per product): skip the per-product means (seconds at 100k)
+        dev = np.zeros((0, x.shape[1]), dtype=np.float32)
     scatter = (dev.T @ dev).astype(np.float64)  # float32 product: N x d^2 is the build's main cost
     weight = float(multi.sum())
     products = set(uniq[counts >= 2].tolist())
     n_shopper = 0
-    if shopper_vectors is not None and len(shopper_vectors):
+    if has_shopper:
         q = np.asarray(shopper_vectors, dtype=np.float32)
         col = {p: i for i, p in enumerate(uniq.tolist())}
         rows = np.asarray([col.get(str(lab), -1) for lab in np.asarray(shopper_labels).astype(str)])

@@ -53,6 +53,7 @@ class BuildReport:
     embed_seconds: float
     index_type: str
     embedder: Any = field(default=None, repr=False)
+    incremental: dict[str, Any] = field(default_factory=dict)  # the manifest's "incremental": updated or why not
 
     @property
     def skipped(self) -> list[RowProblem]:
@@ -187,7 +188,9 @@ def build_index(
                 query_defaults=query_defaults, calibrate=calibrate_threshold, adapt=adapt, shopper=shopper,
                 embedder=embedder, previous=live,
             )
-            store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest, index_type=chosen_type)
+            update = _incremental_update(live, vectors, images, manifest, chosen_type)
+            store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest,
+                                   index_type=chosen_type, prebuilt=update)
             final = store.publish_generation(index_dir, tmp)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -202,6 +205,7 @@ def build_index(
         embedded=embedded, reused=reused, removed_products=removed, problems=problems,
         seconds=time.perf_counter() - started, embed_seconds=embed_seconds, index_type=chosen_type,
         embedder=embedder if hasattr(embedder, "embed_images") else None,  # imported: no model was loaded
+        incremental=dict(manifest.get("incremental") or {}),
     )
 
 
@@ -256,6 +260,11 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
     if not calibrate:
         manifest["verdict"] = {"threshold": None, "reason": "no verdict: turned off at build (--no-threshold)"}
         return vectors
+    reused = learn.reuse_verdict(previous, manifest, [(im.product_id, im.source) for im in images],
+                                 train_pairs=shopper_vectors is not None and len(shopper_vectors) > 0)
+    if reused is not None:  # a small change in the same vector space: the calibration still holds
+        manifest["verdict"] = reused
+        return vectors
     simulated = None
     multi = {p for p, c in Counter(product_ids).items() if c >= 2}
     # A loaded model and products with another image: simulate shopper photos of catalog products
@@ -276,6 +285,19 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         shopper=(shopper_vectors, shopper_labels) if shopper_vectors is not None and len(shopper_vectors) else None)
     manifest["verdict"] = verdict.to_dict()
     return vectors
+
+
+def _incremental_update(live: Path | None, vectors: np.ndarray, images: list, manifest: dict[str, Any], index_type: str):
+    """The live index updated in place of a full FAISS build when little changed (``vsearch.incremental``);
+    records what was done in the manifest's ``incremental`` entry. None = build the index afresh."""
+    from . import incremental
+
+    update, why = incremental.try_update(live, vectors, images, manifest, index_type)
+    if update is None:
+        manifest["incremental"] = {"full_build": why, "changed_since_full": 0}
+        return None
+    manifest["incremental"] = update.record
+    return update.index, update.factory, update.vids
 
 
 def _train_pair_vectors(path: str | os.PathLike, known: set[str], embedder: Any, cache: EmbeddingCache, *,
@@ -529,6 +551,9 @@ def _exclusive_build(index_dir: Path):
             yield
         finally:
             unlock()
+
+
+exclusive_build = _exclusive_build  # vsearch.gc takes the same lock
 
 
 def _lock_exclusive(f) -> Callable[[], None] | None:

@@ -185,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the CSV (default: DIR/feedback/pairs.csv); image paths are relative "
                    "to the CSV when the photos lie below its folder, absolute otherwise")
     f.set_defaults(func=cmd_feedback)
+
+    g = sub.add_parser("gc", help="delete cached embeddings and downloaded images no generation of the index uses",
+                       formatter_class=fmt, description="Keeps what the live and the previous generation use; "
+                       "safe while a server runs, waits for no build (refuses to run during one).")
+    add_index(g)
+    g.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    g.set_defaults(func=cmd_gc)
     return parser
 
 
@@ -301,6 +308,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{len(report.skipped)} rows skipped, {report.removed_products} products removed, "
         f"index {report.index_type}, {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
     )
+    inc = report.incremental
+    if inc.get("base"):
+        print(f"index updated from {inc['base']}: {inc['added']} vectors added, {inc['removed']} removed"
+              + (f" ({inc['hidden']} hidden vectors in the HNSW graph)" if inc.get("hidden") else ""))
     return 0
 
 
@@ -352,6 +363,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .gc import collect_garbage
+
+    r = collect_garbage(args.index, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{args.index}: kept what {', '.join(r.generations) or 'no generation'} use(s); {verb} {r.cache_rows} cached "
+          f"embedding(s), {r.file_rows} file record(s), {r.downloads} downloaded image(s) ({r.bytes_freed / 2**20:.1f} MiB)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import store
 
@@ -368,6 +389,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"products:     {counts['products']}")
     print(f"images:       {counts['images']}")
     print(f"faiss:        {manifest['index_type']} ({manifest['faiss_factory']}, {manifest['metric']})")
+    inc = manifest.get("incremental") or {}
+    if inc:
+        print("last build:   " + (f"updated {inc['base']}: +{inc['added']} -{inc['removed']} vectors, {inc['hidden']} hidden"
+                                  if inc.get("base") else f"full ({inc.get('full_build')})"))
     print(f"format:       {manifest['format']} v{manifest['format_version']} (vsearch {manifest['vsearch_version']})")
     print(f"built:        {manifest['built_at']} from {manifest.get('catalog', '?')}")
     print("close match:  " + _verdict_summary(manifest.get("verdict") or {}))

@@ -387,7 +387,7 @@ def check_index(index_dir: str | os.PathLike, *, progress: ProgressCallback | No
         else:
             files.append(source)
     faiss_index = store.read_faiss(gen)
-    vectors = _reconstruct(faiss_index)
+    vectors = _reconstruct(faiss_index)[np.asarray([r[0] for r in rows], dtype=np.int64)]  # FAISS id = images.vid
     if vectors.shape[0] != len(photos):
         raise VsearchError(f"{gen}: {vectors.shape[0]} vectors but {len(photos)} image records; rebuild the index")
     return _check_photos(str(index_dir), "index", photos, [], vectors, [], started, progress, files=files,

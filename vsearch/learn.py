@@ -147,6 +147,50 @@ class QueryScores(NamedTuple):
         return cls(*(np.concatenate([p[j] for p in parts]) if parts else np.empty(0) for j in range(5)))
 
 
+def reuse_verdict(previous: Path | None, manifest: Mapping[str, Any], image_keys: Sequence[tuple[str, str]], *,
+                  train_pairs: bool) -> dict[str, Any] | None:
+    """The previous generation's verdict, when this build cannot have moved it much: same model,
+    the same vector space (its projection reused, or none either way; no whitening/DBA) and at
+    most REFIT_FRACTION of the catalog's (product, image) pairs added or removed since the build that
+    calibrated it. Calibrating costs
+    simulated photos through the model and two projection fits - far more than a small catalog
+    change. Builds with train pairs always recalibrate (their photos are not tracked here)."""
+    from .errors import VsearchError
+    from .store import open_products_db, read_manifest
+
+    if previous is None or train_pairs:
+        return None
+    try:
+        old = read_manifest(previous)
+        verdict = old.get("verdict") or {}
+        if "sources" not in verdict or verdict["sources"].get("train_pairs"):  # turned off, or learnt from pairs
+            return None
+        if old["model"].get("fingerprint") != manifest["model"]["fingerprint"]:
+            return None
+        post_old, post_new = old.get("postprocess") or {}, manifest.get("postprocess") or {}
+        if any(p.get("whitening") or p.get("dba") for p in (post_old, post_new)):
+            return None
+        ad_old, ad_new = old.get("adaptation") or {}, manifest.get("adaptation") or {}
+        same_space = (ad_new.get("state") == "reused" and ad_new.get("reused_from") == previous.name) or (
+            not ad_new.get("files") and not ad_old.get("files"))
+        if not same_space:
+            return None
+        db = open_products_db(previous)
+        try:
+            before = db.execute("SELECT p.product_id, i.source FROM images i JOIN products p ON p.pid = i.pid").fetchall()
+        finally:
+            db.close()
+    except (OSError, KeyError, TypeError, ValueError, VsearchError):
+        return None
+    before_set = {tuple(r) for r in before}
+    after_set = set(map(tuple, image_keys))
+    since = float(verdict.get("changed_since_calibration", 0)) + len(before_set ^ after_set) / max(len(before_set), 1)
+    if since > REFIT_FRACTION:  # counted since the build that calibrated it, so small changes cannot add up
+        return None
+    return {**verdict, "calibrated_in": verdict.get("calibrated_in", previous.name), "changed_since_calibration": round(since, 4)}
+
+
+
 def verdict_from_queries(index_vectors: np.ndarray, product_ids: Sequence[str], queries: np.ndarray,
                          labels: Sequence[str], *, exclude: Sequence[Sequence[int]] | None = None,
                          k: int = 64) -> QueryScores:

@@ -78,11 +78,15 @@ class _Generation:
         self.db = store.open_products_db(path)
         self.lock = threading.Lock()  # sqlite3 connections are not safe for concurrent use
         rows = self.db.execute("SELECT vid, pid FROM images ORDER BY vid").fetchall()
-        self.vid_to_pid = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-        if len(self.vid_to_pid) != self.faiss.ntotal:
+        vids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        hidden = int((self.manifest.get("incremental") or {}).get("hidden", 0))  # removed, still in an HNSW graph
+        if len(vids) + hidden != self.faiss.ntotal or (len(vids) and (vids[0] < 0 or vids[-1] >= self.faiss.ntotal)):
             raise IndexFormatError(
-                f"{path}: {self.faiss.ntotal} vectors but {len(self.vid_to_pid)} image records; rebuild the index"
+                f"{path}: {self.faiss.ntotal} vectors but {len(vids)} image records; rebuild the index"
             )
+        self.vid_to_pid = np.full(self.faiss.ntotal, -1, dtype=np.int64)  # FAISS id -> pid; -1 = hidden
+        self.vid_to_pid[vids] = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        self.hidden = np.flatnonzero(self.vid_to_pid < 0).astype(np.int64) if hidden else np.empty(0, dtype=np.int64)
         self.n_products = self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
         post = self.manifest.get("postprocess") or {}
         self.whitening = self.adaptation = None
@@ -410,7 +414,7 @@ class ProductIndex:
         query = gen.to_index_space(query)
         selector, allowed_vids = self._selector(gen, filters)
         allowed = None if allowed_vids is None else len(allowed_vids)
-        excluded = np.unique(np.asarray(list(exclude_images), dtype=np.int64))
+        excluded = np.unique(np.concatenate([np.asarray(list(exclude_images), dtype=np.int64), gen.hidden]))
         keep_alive = [selector]
         if len(excluded):
             import faiss

@@ -6,7 +6,8 @@ Layout of an index folder (default ``index/default``)::
     cache.sqlite       embedding cache (content hash + model fingerprint -> vector), shared by generations
     gen-<time>-<id>/   one complete, immutable build:
         manifest.json  format version, model, dim, metric, FAISS factory, counts, build time
-        vectors.faiss  one vector per catalog image (FAISS id == images.vid)
+        vectors.faiss  one vector per catalog image (FAISS id == images.vid; an incrementally updated
+                       HNSW index also holds removed images' vectors, ids with no images row)
         products.sqlite products, images and their metadata
 
 A build writes a new generation beside the live one and only then points CURRENT at it, so a
@@ -88,7 +89,7 @@ ProductRecord = Product  # the stored product's earlier name: the store keeps ca
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One indexed catalog image; its position in the list is its FAISS id."""
+    """One indexed catalog image; its position in the list is its FAISS id (unless an incremental update says otherwise)."""
 
     product_id: str
     source: str
@@ -215,14 +216,24 @@ def write_generation(
     products: list[Product],
     manifest: dict[str, Any],
     index_type: str,
+    prebuilt: tuple[Any, str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Write vectors, metadata and manifest into tmp_dir; return the manifest as written."""
+    """Write vectors, metadata and manifest into tmp_dir; return the manifest as written.
+
+    prebuilt: (FAISS index, factory string, FAISS id of each image) from an incremental update
+    (``vsearch.incremental``) instead of a new index whose ids are the image positions.
+    """
     import faiss
 
     if len(images) != len(vectors):
         raise ValueError(f"{len(images)} image records but {len(vectors)} vectors")
     started = time.perf_counter()
-    index, factory = make_faiss_index(vectors, index_type)
+    if prebuilt is None:
+        index, factory = make_faiss_index(vectors, index_type)
+        vids = range(len(images))
+    else:
+        index, factory, vids = prebuilt
+        vids = [int(v) for v in vids]
     faiss.write_index(index, str(tmp_dir / VECTORS_FILE))
     faiss_seconds = time.perf_counter() - started
 
@@ -239,7 +250,7 @@ def write_generation(
         )
         db.executemany(
             "INSERT INTO images VALUES (?,?,?,?,?)",
-            ((vid, pid_of[im.product_id], im.source, im.row, im.content_hash) for vid, im in enumerate(images)),
+            ((vid, pid_of[im.product_id], im.source, im.row, im.content_hash) for vid, im in zip(vids, images)),
         )
         db.commit()
     finally:

@@ -1,0 +1,196 @@
+"""Incremental index maintenance: a rebuild that changed little updates the previous FAISS index.
+
+A full build trains (IVF) or links (HNSW) every vector again; at 100k HNSW vectors that is most of
+a build. When the live generation was built with the same model, index type and vector space
+(the learned projection reused, no whitening/DBA refit), the new generation starts from a copy of
+its FAISS index instead:
+
+* **matching** - an image keeps its FAISS id when the previous generation holds the same
+  (product id, image) pair *and* the same stored vector (compared after the index's own encoding,
+  so a changed embedding, projection or DBA neighbourhood counts as a change); the rest are removed
+  and added.
+* **flat / IVF** - ``remove_ids`` then ``add`` on the copy: IVF keeps its trained quantizer. The
+  remaining ids are renumbered to stay 0..n-1 (so ``id == position`` still holds for readers).
+* **HNSW** - its graph cannot drop a node: new vectors are added, removed ones stay in the file as
+  *hidden* vectors (FAISS ids with no ``images`` row; search filters them out with an id selector).
+
+A full rebuild happens instead when this build's added + removed images exceed
+``MAX_CHANGE_FRACTION`` of the previous ones, when the changes since the last full build do
+(``changed_since_full`` in the manifest: an IVF quantizer trained long ago fits a drifted catalog
+worse), or when hidden HNSW vectors would exceed ``MAX_HIDDEN_FRACTION`` of the file. The result
+then equals a from-scratch build with the same quantizer: the same vectors under the same ids' products.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import store
+from .errors import VsearchError
+
+MAX_CHANGE_FRACTION = 0.20  # added + removed images (this build, and since the last full build) / images
+MAX_HIDDEN_FRACTION = 0.20  # HNSW: hidden (removed) vectors / vectors in the file
+INCREMENTAL_TYPES = ("flat", "ivf", "hnsw")  # ivfpq: lossy codes, always rebuilt
+_SAME_VECTOR_TOL = 1e-5
+
+
+@dataclass
+class Update:
+    """An updated FAISS index for the new generation, and the FAISS id of each new image."""
+
+    index: Any
+    factory: str
+    vids: np.ndarray  # FAISS id per image, in the new generation's image order
+    record: dict[str, Any]  # the manifest's "incremental" entry
+
+
+def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.ImageRecord], manifest: dict[str, Any],
+               index_type: str) -> tuple[Update | None, str]:
+    """The previous generation's index updated to ``vectors``, or (None, why a full build is needed).
+
+    manifest: the new generation's manifest so far (model, postprocess and adaptation decided).
+    """
+    if previous is None:
+        return None, "no previous generation"
+    try:
+        old = store.read_manifest(previous)
+    except VsearchError as e:
+        return None, f"previous generation unreadable ({e})"
+    why = _incompatible(old, manifest, index_type, previous.name)
+    if why:
+        return None, why
+    try:
+        old_keys, old_vids = _old_images(previous)
+        index = store.read_faiss(previous)
+    except (VsearchError, sqlite3.Error) as e:  # a damaged previous generation: build afresh
+        return None, f"previous generation unreadable ({e})"
+    n_old = len(old_keys)
+    if n_old == 0 or index.ntotal < n_old:
+        return None, "previous generation is empty or inconsistent"
+    if index_type == "ivf":
+        import faiss
+
+        ivf = faiss.extract_index_ivf(index)
+        if not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists):
+            return None, "previous IVF lists are not in memory (on-disk lists are rebuilt)"
+
+    # Same (product, image) key, and the same vector as stored: the image keeps its FAISS id.
+    new_keys = np.asarray([f"{im.product_id}\x00{im.source}" for im in images])
+    _, kept_new_a, kept_old_a = np.intersect1d(new_keys, old_keys, return_indices=True)
+    same = _same_vectors(index, old_vids[kept_old_a], vectors, kept_new_a)
+    kept_new_a, kept_old_a = kept_new_a[same], kept_old_a[same]
+    added = np.setdiff1d(np.arange(len(images)), kept_new_a)
+    removed_old = np.setdiff1d(np.arange(n_old), kept_old_a)
+    change = len(added) + len(removed_old)
+    since = int((old.get("incremental") or {}).get("changed_since_full", 0)) + change
+    if change > MAX_CHANGE_FRACTION * n_old:
+        return None, f"{change} of {n_old} images changed (more than {MAX_CHANGE_FRACTION:.0%})"
+    if since > MAX_CHANGE_FRACTION * max(len(images), 1):
+        return None, f"{since} images changed since the last full build (more than {MAX_CHANGE_FRACTION:.0%})"
+
+    removed_vids = old_vids[removed_old]
+    vids = np.empty(len(images), dtype=np.int64)
+    if index_type == "hnsw":
+        hidden = index.ntotal - n_old + len(removed_vids)
+        if hidden > MAX_HIDDEN_FRACTION * (index.ntotal + len(added)):
+            return None, (f"{hidden} of {index.ntotal + len(added)} HNSW vectors would be hidden "
+                          f"(more than {MAX_HIDDEN_FRACTION:.0%})")
+        vids[kept_new_a] = old_vids[kept_old_a]
+        vids[added] = index.ntotal + np.arange(len(added))
+    else:
+        hidden = 0
+        _remove_and_renumber(index, removed_vids, index_type)
+        shift = np.searchsorted(np.sort(removed_vids), old_vids[kept_old_a])  # removed ids below each kept id
+        vids[kept_new_a] = old_vids[kept_old_a] - shift
+        vids[added] = index.ntotal + np.arange(len(added))
+    if len(added):
+        index.add(np.ascontiguousarray(vectors[added], dtype=np.float32))
+    record = {"base": previous.name, "added": int(len(added)), "removed": int(len(removed_vids)),
+              "kept": int(len(kept_new_a)), "hidden": int(hidden), "changed_since_full": since}
+    return Update(index, old["faiss_factory"], vids, record), ""
+
+
+def _incompatible(old: dict[str, Any], new: dict[str, Any], index_type: str, previous_name: str) -> str:
+    """Why the previous index cannot be updated into the new one ('' when it can)."""
+    if index_type not in INCREMENTAL_TYPES:
+        return f"index type {index_type} is always rebuilt"
+    if old.get("index_type") != index_type:
+        return f"index type changed ({old.get('index_type')} -> {index_type})"
+    if old["model"].get("fingerprint") != new["model"]["fingerprint"] or old.get("dim") != new["dim"]:
+        return "model changed"
+    post_old, post_new = old.get("postprocess") or {}, new.get("postprocess") or {}
+    if post_old.get("whitening") or post_new.get("whitening") or post_old.get("dba") or post_new.get("dba"):
+        return "whitening/DBA are refitted on the whole catalog"
+    ad_old, ad_new = old.get("adaptation") or {}, new.get("adaptation") or {}
+    if ad_new.get("files"):  # a projection: only the previous one, reused, keeps the vector space
+        if ad_new.get("state") != "reused" or ad_new.get("reused_from") != previous_name:
+            return "the learned projection was refitted"
+    elif ad_old.get("files"):
+        return "the learned projection was dropped"
+    return ""
+
+
+def _old_images(previous: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Keys ("product id NUL image source") and FAISS ids of the previous generation's images."""
+    db = store.open_products_db(previous)
+    try:
+        rows = db.execute("SELECT p.product_id || char(0) || i.source, i.vid FROM images i "
+                          "JOIN products p ON p.pid = i.pid").fetchall()
+    finally:
+        db.close()
+    return (np.asarray([r[0] for r in rows]) if rows else np.empty(0, dtype=str),
+            np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+
+
+def _same_vectors(index, old_vids: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per pair: is ``vectors[rows[i]]``, as this index would store it, the vector stored under
+    ``old_vids[i]``? Compared a chunk at a time, so no second copy of every vector is made."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.make_direct_map()  # reconstruct by id; dropped again before ids are removed
+        stored = index.reconstruct_batch
+        encode = lambda x: ivf.sa_decode(ivf.sa_encode(x))  # noqa: E731 - IVF codes are lossy (SQfp16)
+    else:
+        flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
+        xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+        stored = lambda ids: xb[ids]  # noqa: E731
+        encode = lambda x: x  # noqa: E731
+    same = np.zeros(len(rows), dtype=bool)
+    for start in range(0, len(rows), 8192):
+        part = slice(start, start + 8192)
+        new = encode(np.ascontiguousarray(vectors[rows[part]], dtype=np.float32))
+        same[part] = np.abs(new - stored(old_vids[part])).max(axis=1, initial=0.0) <= _SAME_VECTOR_TOL
+    if ivf is not None:
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+    return same
+
+
+def _remove_and_renumber(index, removed: np.ndarray, index_type: str) -> None:
+    """Remove ids; keep the rest numbered 0..n-1 in their old order (flat compacts by itself)."""
+    import faiss
+
+    if not len(removed):
+        return
+    before = index.ntotal
+    index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(removed, dtype=np.int64)))
+    if index.ntotal != before - len(removed):
+        raise VsearchError(f"FAISS removed {before - index.ntotal} of {len(removed)} vectors; rebuild with a full build")
+    if index_type != "ivf":
+        return
+    keep = np.ones(before, dtype=bool)
+    keep[removed] = False
+    remap = np.cumsum(keep) - 1  # old id -> new id for every kept id
+    ivf = faiss.extract_index_ivf(index)
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    for lst in range(ivf.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+            ids[:] = remap[ids]
