@@ -76,8 +76,9 @@ class _Generation:
         self.faiss = store.read_faiss(path)
         self.db = store.open_products_db(path)
         self.lock = threading.Lock()  # sqlite3 connections are not safe for concurrent use
-        rows = self.db.execute("SELECT vid, pid FROM images ORDER BY vid").fetchall()
-        self.vid_to_pid = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        self.stored = store.read_stored_vectors(path)  # float16, memory-mapped (PQ types); None otherwise
+        rows = self.db.execute("SELECT pid FROM images ORDER BY vid")  # streamed: no list of a million tuples
+        self.vid_to_pid = np.fromiter((r[0] for r in rows), dtype=np.int64)
         if len(self.vid_to_pid) != self.faiss.ntotal:
             raise IndexFormatError(
                 f"{path}: {self.faiss.ntotal} vectors but {len(self.vid_to_pid)} image records; rebuild the index"
@@ -93,7 +94,6 @@ class _Generation:
             from .transforms import Projection
 
             self.adaptation = Projection.load(path, self.manifest["adaptation"])
-        self._vectors: np.ndarray | None = None
         self._pid_vids: dict[int, np.ndarray] | None = None
 
     def to_index_space(self, query: np.ndarray) -> np.ndarray:
@@ -105,18 +105,25 @@ class _Generation:
             query = self.whitening.apply(query)
         return query
 
-    def vectors(self) -> np.ndarray:
-        """All catalog vectors as stored (after whitening/DBA), loaded on first need (QE, mean scoring)."""
-        if self._vectors is None:
-            import faiss
+    def vectors_of(self, vids: np.ndarray) -> np.ndarray:
+        """Catalog vectors as stored (after whitening/DBA) for these ids only (QE, mean scoring, exact
+        fallback): rows of the memory-mapped float16 copy, or reconstructed from FAISS one by one,
+        so nothing ever materialises the whole index."""
+        vids = np.asarray(vids, dtype=np.int64)
+        if self.stored is not None:
+            from .sharded_index import stored_rows
 
+            return stored_rows(self.stored, vids)
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(self.faiss)
+        if ivf is not None and not ivf.direct_map.type:
             with self.lock:
-                if self._vectors is None:
-                    ivf = faiss.try_extract_index_ivf(self.faiss)
-                    if ivf is not None and not ivf.direct_map.type:
-                        ivf.make_direct_map()
-                    self._vectors = self.faiss.reconstruct_n(0, self.faiss.ntotal)
-        return self._vectors
+                if not ivf.direct_map.type:
+                    ivf.make_direct_map()  # 8 bytes a vector: where each id sits in the lists
+        if len(vids) == 0:
+            return np.empty((0, self.faiss.d), dtype=np.float32)
+        return self.faiss.reconstruct_batch(vids)
 
     def vids_of(self, pid: int) -> np.ndarray:
         """FAISS ids of all images of one product."""
@@ -424,7 +431,7 @@ class ProductIndex:
             scores, vids = self._faiss_search(gen, query, min(n_candidates, qe_k), selector)
             ok = vids >= 0
             if ok.any():
-                query = query_expand(query[0], gen.vectors()[vids[ok]], scores[ok], alpha=float(qe.get("alpha", 3.0)))[None, :]
+                query = query_expand(query[0], gen.vectors_of(vids[ok]), scores[ok], alpha=float(qe.get("alpha", 3.0)))[None, :]
         fetch = min(n_candidates, max(4 * k, k + 16))
         while True:
             scores, vids = self._faiss_search(gen, query, fetch, selector)
@@ -447,20 +454,12 @@ class ProductIndex:
     @staticmethod
     def _exact_search(gen: _Generation, query: np.ndarray, candidates: np.ndarray,
                       n: int, want: int) -> list[tuple[int, float, list[int]]]:
-        """Best products by exact inner product over the candidate vectors (reconstructed from FAISS,
-        a chunk at a time, so a large unfiltered fallback never holds every vector)."""
-        import faiss
-
-        ivf = faiss.try_extract_index_ivf(gen.faiss)
-        if ivf is not None and not ivf.direct_map.type:
-            with gen.lock:
-                if not ivf.direct_map.type:
-                    ivf.make_direct_map()
+        """Best products by exact inner product over the candidate vectors (a chunk at a time, so a
+        large unfiltered fallback never holds every vector)."""
         scores = np.empty(len(candidates), dtype=np.float32)
         for start in range(0, len(candidates), EXACT_FALLBACK_CHUNK):
             chunk = candidates[start:start + EXACT_FALLBACK_CHUNK]
-            vectors = gen._vectors[chunk] if gen._vectors is not None else gen.faiss.reconstruct_batch(chunk)
-            scores[start:start + len(chunk)] = vectors @ query
+            scores[start:start + len(chunk)] = gen.vectors_of(chunk) @ query
         order = np.argsort(-scores, kind="stable")
         while True:  # enough images to cover n products (a product may own several of the best images)
             top = order[:n]
@@ -473,13 +472,12 @@ class ProductIndex:
     def _rescore(gen: _Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
                  excluded: np.ndarray) -> list[tuple[int, float, list[int]]]:
         """Score each candidate product from *all* its images (mean / top-2), not only its best one."""
-        vectors = gen.vectors()
         out = []
         for pid, score, vids in best:
             all_vids = gen.vids_of(pid)
             if len(excluded):
                 all_vids = all_vids[~np.isin(all_vids, excluded)]
-            sims = vectors[all_vids] @ query if len(all_vids) else np.asarray([score])
+            sims = gen.vectors_of(all_vids) @ query if len(all_vids) else np.asarray([score])
             out.append((pid, product_score(sims, mode), vids))
         out.sort(key=lambda b: -b[1])
         return out
@@ -499,6 +497,14 @@ class ProductIndex:
                 params = faiss.SearchParameters(sel=selector)
         elif isinstance(gen.faiss, faiss.IndexHNSW) and n > gen.faiss.hnsw.efSearch:
             params = faiss.SearchParametersHNSW(efSearch=n)
+        if gen.stored is not None:  # PQ: exact scores of the best approximate candidates
+            from .sharded_index import rerank
+
+            def approximate(m: int):
+                scores, vids = store.search_single_threaded(gen.faiss, query, m, params)
+                return scores[0], vids[0]
+
+            return rerank(approximate, gen.stored, query[0], n, gen.faiss.ntotal)
         scores, vids = store.search_single_threaded(gen.faiss, query, n, params)
         return scores[0], vids[0]
 
