@@ -53,7 +53,7 @@ def train_ivf(sample: np.ndarray, factory: str, *, nprobe: int):
     return index
 
 
-def add_shard(trained_path: str | os.PathLike, ids: np.ndarray, vectors: np.ndarray, out_path: str | os.PathLike, *,
+def add_shard(trained_path: str | os.PathLike, ids: np.ndarray, vectors: np.ndarray, out_path: str | os.PathLike,
               stored_path: str | os.PathLike | None = None) -> str:
     """Add one shard (FAISS id = the image's vid) to a copy of the trained index and write it to
     ``out_path``; with ``stored_path``, also write the vectors' float16 rows there (at row = id)."""
@@ -74,7 +74,7 @@ def add_shard(trained_path: str | os.PathLike, ids: np.ndarray, vectors: np.ndar
 
 
 def add_parquet_shard(trained_path: str | os.PathLike, parquet_path: str | os.PathLike, out_path: str | os.PathLike,
-                      ids_of_key: Mapping[str, Sequence[int]], *, fingerprint: str | None = None,
+                      ids_of_key: Mapping[str, Sequence[int]], fingerprint: str | None = None,
                       stored_path: str | os.PathLike | None = None) -> str:
     """``add_shard`` for one Parquet file of embeddings, read a row group at a time. A key maps to
     the vids of every catalog image with that content; keys not in the catalog are skipped."""
@@ -163,7 +163,7 @@ def build_ondisk(out_dir: Path, index_file: str, factory: str, *, sample: np.nda
         stored_path = out_dir / stored_file
         np.lib.format.open_memmap(stored_path, mode="w+", dtype=np.float16, shape=(n_ids, sample.shape[1])).flush()
     tasks = [(trained, ids, vecs, work / f"shard-{i:05d}.faiss", stored_path) for i, (ids, vecs) in enumerate(shards)]
-    shard_paths = run_tasks(_add_shard_task, tasks, engine=engine, workers=workers)
+    shard_paths = run_tasks(add_shard, tasks, engine=engine, workers=workers)
     return _merge_and_finish(trained, shard_paths, out_dir, index_file, factory, nprobe, work)
 
 
@@ -296,10 +296,6 @@ def read_parquet_vectors(path: str | os.PathLike, *, dim: int | None = None,
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _add_shard_task(trained, ids, vectors, out_path, stored_path) -> str:
-    return add_shard(trained, ids, vectors, out_path, stored_path=stored_path)
 
 
 def _is_fast_scan(factory: str) -> bool:
