@@ -214,3 +214,27 @@ def test_run_tasks_refuses_an_unknown_engine():
 
     with pytest.raises(VsearchError, match="not one of local, ray"):
         sharded_index.run_tasks(print, [()], engine="dask")
+
+
+@pytest.mark.slow
+def test_ray_tasks_build_the_same_shards_as_the_local_pool(tmp_path, data):
+    ray = pytest.importorskip("ray")
+    import faiss
+
+    vectors, queries = data
+    sample, factory = vectors[::2], "IVF32,SQfp16"
+    built = {}
+    try:
+        for engine in ("local", "ray"):
+            if engine == "ray":
+                ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024**2)
+            out = tmp_path / engine
+            out.mkdir()
+            built[engine] = sharded_index.build_ondisk(out, "vectors.faiss", factory, sample=sample, nprobe=8,
+                                                       shards=sharded_index.shards_of(vectors, size=1500),
+                                                       n_ids=len(vectors), engine=engine, workers=2)
+    finally:
+        ray.shutdown()
+    (d1, i1), (d2, i2) = search_both(built["ray"], built["local"], queries)
+    assert np.array_equal(i1, i2) and np.array_equal(d1, d2)
+    assert faiss.extract_index_ivf(built["ray"]).ntotal == len(vectors)
