@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * (after['Anonymous'] - model_anon) * 1024 / index_bytes:.1f} % | {r['search_vector_p50_ms']:.2f} |")
             print(serving[-1], flush=True)
             print(f"#   {json.dumps(r)}", flush=True)
-        print(f"# {index_type}: generation written in {total_s:.0f} s (files {files}); load {load_average()}", flush=True)
+        print(f"# {index_type}: generation written in {total_s:.0f} s, FAISS steps {manifest.get('sharded_build')} "
+              f"(files {files}); load {load_average()}", flush=True)
     print("\n| index | bytes/vector (files) | of which index (no float16 vectors) | build s sharded | build s single | nprobe | recall@10 | p50 ms | p95 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

@@ -94,7 +94,7 @@ class _Generation:
             from .transforms import Projection
 
             self.adaptation = Projection.load(path, self.manifest["adaptation"])
-        self._pid_vids: dict[int, np.ndarray] | None = None
+        self._pid_vids: tuple[np.ndarray, np.ndarray] | None = None
 
     def to_index_space(self, query: np.ndarray) -> np.ndarray:
         """Model-space query vectors [n, d] -> the space the catalog vectors are stored in
@@ -126,12 +126,13 @@ class _Generation:
         return self.faiss.reconstruct_batch(vids)
 
     def vids_of(self, pid: int) -> np.ndarray:
-        """FAISS ids of all images of one product."""
+        """FAISS ids of all images of one product (two arrays, 16 bytes an image, not a dict of arrays)."""
         if self._pid_vids is None:
             order = np.argsort(self.vid_to_pid, kind="stable")
-            pids, starts = np.unique(self.vid_to_pid[order], return_index=True)
-            self._pid_vids = dict(zip(pids.tolist(), np.split(order, starts[1:])))
-        return self._pid_vids.get(pid, np.empty(0, dtype=np.int64))
+            self._pid_vids = (order, self.vid_to_pid[order])
+        order, sorted_pids = self._pid_vids
+        lo, hi = np.searchsorted(sorted_pids, [pid, pid + 1])
+        return order[lo:hi]
 
     def query(self, sql: str, params: tuple = ()) -> list:
         with self.lock:
