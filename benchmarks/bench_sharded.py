@@ -77,7 +77,7 @@ def serve_child(index_dir: str, queries_path: str, model_only: bool) -> None:
     print(json.dumps(report))
 
 
-def measure(index, stored, queries, gt, nprobe=None):
+def measure(index, stored, queries, gt, nprobe=None, factor=None):
     """(recall@10, p50 ms, p95 ms), one query at a time on one FAISS thread, re-ranked when stored."""
     import faiss
 
@@ -91,7 +91,7 @@ def measure(index, stored, queries, gt, nprobe=None):
         t = time.perf_counter()
         if stored is not None:
             _, ids = sharded_index.rerank(lambda m: tuple(x[0] for x in store.search_single_threaded(index, q, m, params)),
-                                          stored, q[0], K, index.ntotal)
+                                          stored, q[0], K, index.ntotal, factor)
         else:
             ids = index.search(q, K, params=params)[1][0]
         times.append(time.perf_counter() - t)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         line += f"{(index_bytes - files.get(store.STORED_VECTORS_FILE, 0)) / n:.0f} | "
         line += f"{manifest['faiss_build_seconds']:.0f} | {'-' if single_s is None else f'{single_s:.0f}'} |"
         for probe in sorted({nprobe, 2 * nprobe}):
-            recall, p50, p95 = measure(index, stored, queries, gt, probe)
+            recall, p50, p95 = measure(index, stored, queries, gt, probe, manifest.get("rerank_factor"))
             extra = ""
             if stored is not None:
                 raw, raw50, _ = measure(index, None, queries, gt, probe)

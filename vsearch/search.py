@@ -505,7 +505,7 @@ class ProductIndex:
                 scores, vids = store.search_single_threaded(gen.faiss, query, m, params)
                 return scores[0], vids[0]
 
-            return rerank(approximate, gen.stored, query[0], n, gen.faiss.ntotal)
+            return rerank(approximate, gen.stored, query[0], n, gen.faiss.ntotal, gen.manifest.get("rerank_factor"))
         scores, vids = store.search_single_threaded(gen.faiss, query, n, params)
         return scores[0], vids[0]
 

@@ -31,8 +31,7 @@ import numpy as np
 from .errors import EmbeddingsImportError, IndexFormatError, VsearchError
 
 SHARD_VECTORS = 200_000  # vectors one shard task adds (float32 1280-d: ~1 GB); the build's memory step
-RERANK_FACTOR = 16  # PQ candidates rescored exactly per result wanted: recall@10 0.935 at 8, 0.974 at 16, 0.984 at 32
-# on 200k real vectors (IVF1788,PQ64x8, nprobe 32; benchmarks/RESULTS.md "Sharded, memory-mapped IVF")
+RERANK_FACTOR = 16  # PQ candidates rescored exactly per result wanted (the index type may ask for more)
 RERANK_MIN = 64
 ENGINES = ("local", "ray")
 
@@ -271,11 +270,11 @@ def stored_rows(stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def rerank(search: Callable[[int], tuple[np.ndarray, np.ndarray]], stored: np.ndarray, query: np.ndarray,
-           n: int, ntotal: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``n`` by exact inner product among the PQ index's ``RERANK_FACTOR * n`` candidates.
+           n: int, ntotal: int, factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``n`` by exact inner product among the PQ index's ``factor * n`` candidates.
 
     ``search(m)`` returns the approximate (scores, ids) of the best m, ids -1 for none."""
-    m = int(min(max(RERANK_FACTOR * n, RERANK_MIN), max(ntotal, 1)))
+    m = int(min(max(int(factor or RERANK_FACTOR) * n, RERANK_MIN), max(ntotal, 1)))
     _, ids = search(m)
     ids = ids[ids >= 0]
     scores = stored_rows(stored, ids) @ np.asarray(query, dtype=np.float32).reshape(-1)
