@@ -227,7 +227,8 @@ def test_ray_tasks_build_the_same_shards_as_the_local_pool(tmp_path, data):
     try:
         for engine in ("local", "ray"):
             if engine == "ray":
-                ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024**2)
+                ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=100 * 1024**2)
             out = tmp_path / engine
             out.mkdir()
             built[engine] = sharded_index.build_ondisk(out, "vectors.faiss", factory, sample=sample, nprobe=8,

@@ -135,7 +135,8 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], *, engine: str = "
         except ImportError:
             raise VsearchError("the Ray shard engine needs Ray: pip install 'vsearch[ray]' (or use the local engine)") from None
         if not ray.is_initialized():
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2)
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=256 * 1024**2)
         remote = ray.remote(num_cpus=1)(fn)
         return ray.get([remote.remote(*task) for task in tasks])
     if workers == 1 or len(tasks) <= 1:
