@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"catalog", "fetch", "cache", "shopper_photos"},
     {"embedders"},
     {"embeddings_io"},
-    {"transforms"},
+    {"transforms", "sharded_index"},
     {"store"},
     {"adaptation", "calibration", "hygiene", "incremental"},
     {"learn"},

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import draw_product, write_catalog
+from vsearch.store import FORMAT_VERSION
 from vsearch.cli import VERDICT_LINES, main
 
 
@@ -66,7 +67,7 @@ def test_info(built, capsys):
     _, index_dir = built
     assert main(["info", "--index", str(index_dir)]) == 0
     out = capsys.readouterr().out
-    assert "products:     9" in out and "images:       14" in out and "test-tiny" in out and "v2" in out
+    assert "products:     9" in out and "images:       14" in out and "test-tiny" in out and f"v{FORMAT_VERSION}" in out
     # 9 products, 5 of them with two photos: too few to learn from, and info says so
     assert "adaptation:   none: catalog adaptation needs at least 20 products" in out
     assert "close match:  " in out

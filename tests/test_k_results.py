@@ -47,7 +47,7 @@ def clustered(tmp_path_factory):
     return tmp_path_factory.mktemp("k"), model, vectors, query, rare
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf", "ivfpq", "ivfpq-fs"])
 def test_selective_category_returns_k_products_on_every_index_type(clustered, index_type):
     root, model, vectors, query, rare = clustered
     catalog = rare_catalog(root / index_type, len(vectors), set(rare))

@@ -185,12 +185,13 @@ def test_index_type_is_chosen_by_size_and_an_explicit_choice_wins():
     assert store.choose_index_type(5_000_000) == "hnsw"
     assert store.choose_index_type(10, "ivf") == "ivf"
     assert store.choose_index_type(10**7, "flat") == "flat"
-    with pytest.raises(ValueError, match="not one of auto, flat, ivf, hnsw, ivfpq"):
+    with pytest.raises(ValueError, match="not one of auto, flat, ivf, hnsw, ivfpq, ivfpq-fs"):
         store.choose_index_type(10, "annoy")
 
 
 @pytest.mark.parametrize(("index_type", "factory", "min_top1"), [
     ("ivf", r"IVF\d+,SQfp16", 0.97), ("hnsw", r"HNSW32,Flat", 0.97), ("ivfpq", r"IVF\d+,PQ\d+x8", 0.8),
+    ("ivfpq-fs", r"IVF\d+,PQ\d+x4fs", 0.8),
 ])
 def test_approximate_indexes_find_the_right_products(tmp_path, index_type, factory, min_top1):
     from vsearch.embeddings_io import ModelIdentity

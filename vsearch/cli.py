@@ -76,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("catalog", metavar="CATALOG", help="catalog CSV (product_id,image[,title,category,price,url,brand,...]) or a folder of images")
     add_index(b)
     add_model(b, for_build=True)
-    b.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"],
+    b.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq", "ivfpq-fs"],
                    help="FAISS index: auto = exact (flat) up to 20,000 images, hnsw beyond (high recall, slowest to build); "
                    "ivf = IVF with fp16 codes (half the memory, builds ~10x faster, lower recall on hard data); "
-                   "ivfpq = 16x smaller, lowest recall (default: auto)")
+                   "ivfpq = 16x smaller, re-ranked exactly from float16 vectors kept on disk; ivfpq-fs = the same with "
+                   "4-bit fast-scan codes; the ivf types are built in shards, merged on disk and served memory-mapped (default: auto)")
     b.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (default: 32)")
     b.add_argument("--workers", type=int, default=None, metavar="N", help="image decoding threads (default: min(4, CPUs))")
     b.add_argument("--embeddings", default=None, metavar="FILE",

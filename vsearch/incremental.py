@@ -9,8 +9,11 @@ its FAISS index instead:
   (product id, image) pair *and* the same stored vector (compared after the index's own encoding,
   so a changed embedding, projection or DBA neighbourhood counts as a change); the rest are removed
   and added.
-* **flat / IVF** - ``remove_ids`` then ``add`` on the copy: IVF keeps its trained quantizer. The
-  remaining ids are renumbered to stay 0..n-1 (so ``id == position`` still holds for readers).
+* **flat** - ``remove_ids`` then ``add`` on the copy. The remaining ids are renumbered to stay
+  0..n-1 (so ``id == position`` still holds for readers). IVF types (``ivf``, ``ivfpq``,
+  ``ivfpq-fs``) are built in shards whose lists are merged on disk and memory-mapped
+  (``sharded_index``): they are always rebuilt (reusing the previous generation's trained
+  quantizer for the shards is not done yet).
 * **HNSW** - its graph cannot drop a node: new vectors are added, removed ones stay in the file as
   *hidden* vectors (FAISS ids with no ``images`` row; search filters them out with an id selector).
 
@@ -35,7 +38,7 @@ from .errors import VsearchError
 
 MAX_CHANGE_FRACTION = 0.20  # added + removed images (this build, and since the last full build) / images
 MAX_HIDDEN_FRACTION = 0.20  # HNSW: hidden (removed) vectors / vectors in the file
-INCREMENTAL_TYPES = ("flat", "ivf", "hnsw")  # ivfpq: lossy codes, always rebuilt
+INCREMENTAL_TYPES = ("flat", "hnsw")  # IVF types are built in shards with on-disk lists: always rebuilt
 _SAME_VECTOR_TOL = 1e-5
 
 
@@ -72,12 +75,6 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
     n_old = len(old_keys)
     if n_old == 0 or index.ntotal < n_old:
         return None, "previous generation is empty or inconsistent"
-    if index_type == "ivf":
-        import faiss
-
-        ivf = faiss.extract_index_ivf(index)
-        if not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists):
-            return None, "previous IVF lists are not in memory (on-disk lists are rebuilt)"
 
     # Same (product, image) key, and the same vector as stored: the image keeps its FAISS id.
     new_keys = np.asarray([f"{im.product_id}\x00{im.source}" for im in images])
@@ -152,23 +149,13 @@ def _same_vectors(index, old_vids: np.ndarray, vectors: np.ndarray, rows: np.nda
     ``old_vids[i]``? Compared a chunk at a time, so no second copy of every vector is made."""
     import faiss
 
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.make_direct_map()  # reconstruct by id; dropped again before ids are removed
-        stored = index.reconstruct_batch
-        encode = lambda x: ivf.sa_decode(ivf.sa_encode(x))  # noqa: E731 - IVF codes are lossy (SQfp16)
-    else:
-        flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
-        xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
-        stored = lambda ids: xb[ids]  # noqa: E731
-        encode = lambda x: x  # noqa: E731
+    flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
+    xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
     same = np.zeros(len(rows), dtype=bool)
     for start in range(0, len(rows), 8192):
         part = slice(start, start + 8192)
-        new = encode(np.ascontiguousarray(vectors[rows[part]], dtype=np.float32))
-        same[part] = np.abs(new - stored(old_vids[part])).max(axis=1, initial=0.0) <= _SAME_VECTOR_TOL
-    if ivf is not None:
-        ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        new = np.ascontiguousarray(vectors[rows[part]], dtype=np.float32)
+        same[part] = np.abs(new - xb[old_vids[part]]).max(axis=1, initial=0.0) <= _SAME_VECTOR_TOL
     return same
 
 
@@ -182,15 +169,3 @@ def _remove_and_renumber(index, removed: np.ndarray, index_type: str) -> None:
     index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(removed, dtype=np.int64)))
     if index.ntotal != before - len(removed):
         raise VsearchError(f"FAISS removed {before - index.ntotal} of {len(removed)} vectors; rebuild with a full build")
-    if index_type != "ivf":
-        return
-    keep = np.ones(before, dtype=bool)
-    keep[removed] = False
-    remap = np.cumsum(keep) - 1  # old id -> new id for every kept id
-    ivf = faiss.extract_index_ivf(index)
-    invlists = faiss.downcast_InvertedLists(ivf.invlists)
-    for lst in range(ivf.nlist):
-        size = invlists.list_size(lst)
-        if size:
-            ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
-            ids[:] = remap[ids]

@@ -7,6 +7,7 @@ any metadata column) are applied inside FAISS with an id selector, so k results 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -77,15 +78,18 @@ class _Generation:
         self.faiss = store.read_faiss(path)
         self.db = store.open_products_db(path)
         self.lock = threading.Lock()  # sqlite3 connections are not safe for concurrent use
-        rows = self.db.execute("SELECT vid, pid FROM images ORDER BY vid").fetchall()
-        vids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self.stored = store.read_stored_vectors(path)  # float16, memory-mapped (PQ types); None otherwise
+        # (vid, pid) pairs streamed into one array: no list of a million tuples
+        pairs = np.fromiter(itertools.chain.from_iterable(self.db.execute("SELECT vid, pid FROM images ORDER BY vid")),
+                            dtype=np.int64).reshape(-1, 2)
+        vids = pairs[:, 0]
         hidden = int((self.manifest.get("incremental") or {}).get("hidden", 0))  # removed, still in an HNSW graph
         if len(vids) + hidden != self.faiss.ntotal or (len(vids) and (vids[0] < 0 or vids[-1] >= self.faiss.ntotal)):
             raise IndexFormatError(
                 f"{path}: {self.faiss.ntotal} vectors but {len(vids)} image records; rebuild the index"
             )
         self.vid_to_pid = np.full(self.faiss.ntotal, -1, dtype=np.int64)  # FAISS id -> pid; -1 = hidden
-        self.vid_to_pid[vids] = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        self.vid_to_pid[vids] = pairs[:, 1]
         self.hidden = np.flatnonzero(self.vid_to_pid < 0).astype(np.int64) if hidden else np.empty(0, dtype=np.int64)
         self.n_products = self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
         post = self.manifest.get("postprocess") or {}
@@ -99,8 +103,7 @@ class _Generation:
 
             self.adaptation = Projection.load(path, self.manifest["adaptation"])
         self.verdict = VerdictCalibration.from_dict(self.manifest.get("verdict") or {"threshold": None})
-        self._vectors: np.ndarray | None = None
-        self._pid_vids: dict[int, np.ndarray] | None = None
+        self._pid_vids: tuple[np.ndarray, np.ndarray] | None = None
 
     def to_index_space(self, query: np.ndarray) -> np.ndarray:
         """Model-space query vectors [n, d] -> the space the catalog vectors are stored in
@@ -111,26 +114,34 @@ class _Generation:
             query = self.whitening.apply(query)
         return query
 
-    def vectors(self) -> np.ndarray:
-        """All catalog vectors as stored (after whitening/DBA), loaded on first need (QE, mean scoring)."""
-        if self._vectors is None:
-            import faiss
+    def vectors_of(self, vids: np.ndarray) -> np.ndarray:
+        """Catalog vectors as stored (after whitening/DBA) for these ids only (QE, mean scoring, exact
+        fallback): rows of the memory-mapped float16 copy, or reconstructed from FAISS one by one,
+        so nothing ever materialises the whole index."""
+        vids = np.asarray(vids, dtype=np.int64)
+        if self.stored is not None:
+            from .sharded_index import stored_rows
 
+            return stored_rows(self.stored, vids)
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(self.faiss)
+        if ivf is not None and not ivf.direct_map.type:
             with self.lock:
-                if self._vectors is None:
-                    ivf = faiss.try_extract_index_ivf(self.faiss)
-                    if ivf is not None and not ivf.direct_map.type:
-                        ivf.make_direct_map()
-                    self._vectors = self.faiss.reconstruct_n(0, self.faiss.ntotal)
-        return self._vectors
+                if not ivf.direct_map.type:
+                    ivf.make_direct_map()  # 8 bytes a vector: where each id sits in the lists
+        if len(vids) == 0:
+            return np.empty((0, self.faiss.d), dtype=np.float32)
+        return self.faiss.reconstruct_batch(vids)
 
     def vids_of(self, pid: int) -> np.ndarray:
-        """FAISS ids of all images of one product."""
+        """FAISS ids of all images of one product (two arrays, 16 bytes an image, not a dict of arrays)."""
         if self._pid_vids is None:
             order = np.argsort(self.vid_to_pid, kind="stable")
-            pids, starts = np.unique(self.vid_to_pid[order], return_index=True)
-            self._pid_vids = dict(zip(pids.tolist(), np.split(order, starts[1:])))
-        return self._pid_vids.get(pid, np.empty(0, dtype=np.int64))
+            self._pid_vids = (order, self.vid_to_pid[order])
+        order, sorted_pids = self._pid_vids
+        lo, hi = np.searchsorted(sorted_pids, [pid, pid + 1])
+        return order[lo:hi]
 
     def query(self, sql: str, params: tuple = ()) -> list:
         with self.lock:
@@ -431,7 +442,7 @@ class ProductIndex:
             scores, vids = self._faiss_search(gen, query, min(n_candidates, qe_k), selector)
             ok = vids >= 0
             if ok.any():
-                query = query_expand(query[0], gen.vectors()[vids[ok]], scores[ok], alpha=float(qe.get("alpha", 3.0)))[None, :]
+                query = query_expand(query[0], gen.vectors_of(vids[ok]), scores[ok], alpha=float(qe.get("alpha", 3.0)))[None, :]
         fetch = min(n_candidates, max(4 * k, k + 16))
         while True:
             scores, vids = self._faiss_search(gen, query, fetch, selector)
@@ -454,20 +465,12 @@ class ProductIndex:
     @staticmethod
     def _exact_search(gen: _Generation, query: np.ndarray, candidates: np.ndarray,
                       n: int, want: int) -> list[tuple[int, float, list[int]]]:
-        """Best products by exact inner product over the candidate vectors (reconstructed from FAISS,
-        a chunk at a time, so a large unfiltered fallback never holds every vector)."""
-        import faiss
-
-        ivf = faiss.try_extract_index_ivf(gen.faiss)
-        if ivf is not None and not ivf.direct_map.type:
-            with gen.lock:
-                if not ivf.direct_map.type:
-                    ivf.make_direct_map()
+        """Best products by exact inner product over the candidate vectors (a chunk at a time, so a
+        large unfiltered fallback never holds every vector)."""
         scores = np.empty(len(candidates), dtype=np.float32)
         for start in range(0, len(candidates), EXACT_FALLBACK_CHUNK):
             chunk = candidates[start:start + EXACT_FALLBACK_CHUNK]
-            vectors = gen._vectors[chunk] if gen._vectors is not None else gen.faiss.reconstruct_batch(chunk)
-            scores[start:start + len(chunk)] = vectors @ query
+            scores[start:start + len(chunk)] = gen.vectors_of(chunk) @ query
         order = np.argsort(-scores, kind="stable")
         while True:  # enough images to cover n products (a product may own several of the best images)
             top = order[:n]
@@ -480,13 +483,12 @@ class ProductIndex:
     def _rescore(gen: _Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
                  excluded: np.ndarray) -> list[tuple[int, float, list[int]]]:
         """Score each candidate product from *all* its images (mean / top-2), not only its best one."""
-        vectors = gen.vectors()
         out = []
         for pid, score, vids in best:
             all_vids = gen.vids_of(pid)
             if len(excluded):
                 all_vids = all_vids[~np.isin(all_vids, excluded)]
-            sims = vectors[all_vids] @ query if len(all_vids) else np.asarray([score])
+            sims = gen.vectors_of(all_vids) @ query if len(all_vids) else np.asarray([score])
             out.append((pid, product_score(sims, mode), vids))
         out.sort(key=lambda b: -b[1])
         return out
@@ -506,6 +508,14 @@ class ProductIndex:
                 params = faiss.SearchParameters(sel=selector)
         elif isinstance(gen.faiss, faiss.IndexHNSW) and n > gen.faiss.hnsw.efSearch:
             params = faiss.SearchParametersHNSW(efSearch=n)
+        if gen.stored is not None:  # PQ: exact scores of the best approximate candidates
+            from .sharded_index import rerank
+
+            def approximate(m: int):
+                scores, vids = store.search_single_threaded(gen.faiss, query, m, params)
+                return scores[0], vids[0]
+
+            return rerank(approximate, gen.stored, query[0], n, gen.faiss.ntotal, gen.manifest.get("rerank_factor"))
         scores, vids = store.search_single_threaded(gen.faiss, query, n, params)
         return scores[0], vids[0]
 

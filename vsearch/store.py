@@ -8,6 +8,8 @@ Layout of an index folder (default ``index/default``)::
         manifest.json  format version, model, dim, metric, FAISS factory, counts, build time
         vectors.faiss  one vector per catalog image (FAISS id == images.vid; an incrementally updated
                        HNSW index also holds removed images' vectors, ids with no images row)
+        vectors.ivfdata   IVF types: the inverted lists, merged on disk from shards, read memory-mapped
+        vectors.f16.npy   PQ types: the vectors as float16 (row == vid), for exact re-ranking
         products.sqlite products, images and their metadata
 
 A build writes a new generation beside the live one and only then points CURRENT at it, so a
@@ -34,10 +36,12 @@ from .product import Product
 from .errors import IndexFormatError
 
 FORMAT_NAME = "vsearch-index"
-FORMAT_VERSION = 2  # 2: learned projection ("adaptation") and three-state "verdict"
+FORMAT_VERSION = 3  # 2: learned projection ("adaptation") and three-state "verdict"; 3: on-disk IVF (.ivfdata, .f16.npy)
 CURRENT_FILE = "CURRENT"
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
+IVFDATA_FILE = "vectors.ivfdata"
+STORED_VECTORS_FILE = "vectors.f16.npy"
 PRODUCTS_FILE = "products.sqlite"
 CACHE_FILE = "cache.sqlite"
 GENERATION_PREFIX = "gen-"
@@ -51,7 +55,16 @@ KEEP_OLD_GENERATIONS = 1  # the previous generation stays for readers that are m
 # in 5 ms. Its price is build time (~10x IVF's on 2 cores) and ~2.3 KB per vector. "ivf"
 # (IVF with fp16 codes: ~1 KB per vector, builds in minutes at 1M) suits clustered real
 # catalogs and fast rebuilds; "ivfpq" (~80 B per vector) trades recall for memory.
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+# The IVF types are built in shards and merged on disk (vsearch/sharded_index.py) and served
+# memory-mapped; the PQ ones keep float16 vectors beside them and re-rank their candidates
+# exactly; "ivfpq-fs" is PQ with 4-bit fast-scan codes (held in memory: m/2 bytes a vector).
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq", "ivfpq-fs")
+SHARDED_TYPES = ("ivf", "ivfpq", "ivfpq-fs")
+# PQ candidates re-ranked per result: recall@10 on 200k real vectors (nprobe 32) 0.935 / 0.974 /
+# 0.984 at 8 / 16 / 32 with PQ64x8; 0.914 / 0.969 / 0.983 at 16 / 32 / 64 with 4-bit fast-scan
+# (benchmarks/RESULTS.md, "Sharded, memory-mapped IVF")
+RERANK_FACTORS = {"ivfpq": 16, "ivfpq-fs": 32}
+RERANKED_TYPES = tuple(RERANK_FACTORS)
 FLAT_MAX = 20_000
 IVF_NPROBE_DIVISOR = 32  # nprobe = nlist / 32: ~3% of the lists are scanned per query
 HNSW_M = 32
@@ -117,10 +130,10 @@ def faiss_factory_string(index_type: str, n_vectors: int, dim: int) -> str:
         return f"HNSW{HNSW_M},Flat"
     if index_type == "ivf":
         return f"IVF{_ivf_lists(n_vectors)},SQfp16"
-    if index_type == "ivfpq":
+    if index_type in ("ivfpq", "ivfpq-fs"):
         nlist = int(max(1, min(65536, 4 * np.sqrt(max(n_vectors, 1)))))
         m = _pq_subquantizers(dim)
-        return f"IVF{nlist},PQ{m}x8"
+        return f"IVF{nlist},PQ{m}x8" if index_type == "ivfpq" else f"IVF{nlist},PQ{m}x4fs"
     raise ValueError(f"unknown index type {index_type!r}")
 
 
@@ -158,15 +171,8 @@ def make_faiss_index(vectors: np.ndarray, index_type: str):
     else:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
-            train = vectors
-            cap = 256 * 1024
-            if index_type == "ivf":  # k-means needs ~40 points a list; more only costs build time
-                cap = min(cap, 64 * faiss.extract_index_ivf(index).nlist)
-            if n > cap:
-                rng = np.random.default_rng(0)
-                train = vectors[np.sort(rng.choice(n, cap, replace=False))]
-            index.train(train)
-        if index_type == "ivfpq":
+            index.train(_training_sample(vectors, index_type, faiss.extract_index_ivf(index).nlist))
+        if index_type in ("ivfpq", "ivfpq-fs"):
             faiss.extract_index_ivf(index).nprobe = 32
         elif index_type == "ivf":
             ivf = faiss.extract_index_ivf(index)
@@ -174,6 +180,29 @@ def make_faiss_index(vectors: np.ndarray, index_type: str):
     if n:
         index.add(vectors)
     return index, factory
+
+
+def _training_sample(vectors: np.ndarray, index_type: str, nlist: int) -> np.ndarray:
+    from .sharded_index import training_sample
+
+    cap = 256 * 1024
+    if index_type == "ivf":  # k-means needs ~40 points a list; more only costs build time
+        cap = min(cap, 64 * nlist)
+    return training_sample(vectors, cap)
+
+
+def _write_sharded(tmp_dir: Path, vectors: np.ndarray, index_type: str, timings: dict[str, float]) -> str:
+    """IVF types: train on a sample, add shards in parallel, merge the lists on disk."""
+    from . import sharded_index
+
+    n, dim = vectors.shape
+    factory = faiss_factory_string(index_type, n, dim)
+    nlist = int(factory.split(",")[0].removeprefix("IVF"))
+    sharded_index.build_ondisk(
+        tmp_dir, VECTORS_FILE, factory, sample=_training_sample(vectors, index_type, nlist),
+        nprobe=ivf_nprobe(nlist) if index_type == "ivf" else 32, shards=sharded_index.shards_of(vectors),
+        n_ids=n, stored_file=STORED_VECTORS_FILE if index_type in RERANKED_TYPES else None, timings=timings)
+    return factory
 
 
 def search_single_threaded(index, queries: np.ndarray, k: int, params=None):
@@ -202,7 +231,10 @@ def search_single_threaded(index, queries: np.ndarray, k: int, params=None):
 def new_generation_dir(index_dir: Path) -> Path:
     """A fresh, hidden temporary folder inside index_dir for a build to write into."""
     index_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    now = time.time()
+    # Microseconds too: names sort in build order (cleanup keeps the newest by name), and
+    # incremental builds can publish several generations within one second.
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
     path = index_dir / f".tmp-{GENERATION_PREFIX}{stamp}-{secrets.token_hex(3)}"
     path.mkdir()
     return path
@@ -228,13 +260,17 @@ def write_generation(
     if len(images) != len(vectors):
         raise ValueError(f"{len(images)} image records but {len(vectors)} vectors")
     started = time.perf_counter()
-    if prebuilt is None:
-        index, factory = make_faiss_index(vectors, index_type)
-        vids = range(len(images))
+    sharded: dict[str, float] = {}
+    vids = range(len(images))
+    if prebuilt is not None:  # an incremental update of the previous generation's index (flat, HNSW)
+        index, factory, prebuilt_vids = prebuilt
+        vids = [int(v) for v in prebuilt_vids]
+        faiss.write_index(index, str(tmp_dir / VECTORS_FILE))
+    elif index_type in SHARDED_TYPES and len(vectors):
+        factory = _write_sharded(tmp_dir, vectors, index_type, sharded)  # no copy: shards read slices (a memory map stays one)
     else:
-        index, factory, vids = prebuilt
-        vids = [int(v) for v in vids]
-    faiss.write_index(index, str(tmp_dir / VECTORS_FILE))
+        index, factory = make_faiss_index(vectors, index_type)
+        faiss.write_index(index, str(tmp_dir / VECTORS_FILE))
     faiss_seconds = time.perf_counter() - started
 
     pid_of = {p.product_id: i for i, p in enumerate(products)}
@@ -268,6 +304,10 @@ def write_generation(
         counts={"products": len(products), "images": len(images)},
         faiss_build_seconds=round(faiss_seconds, 3),
     )
+    if index_type in RERANK_FACTORS:
+        manifest["rerank_factor"] = RERANK_FACTORS[index_type]
+    if sharded:  # seconds to train / add the shards / merge on disk
+        manifest["sharded_build"] = {k: round(v, 3) for k, v in sharded.items()}
     _write_json_atomic(tmp_dir / MANIFEST_FILE, manifest)
     _fsync_dir(tmp_dir)
     return manifest
@@ -384,9 +424,20 @@ def read_faiss(generation_dir: Path):
     if not path.is_file():
         raise IndexFormatError(f"{path} is missing; the index is incomplete, rebuild it")
     try:
+        if (generation_dir / IVFDATA_FILE).is_file():  # on-disk IVF: memory-mapped, lists stay in the page cache
+            from .sharded_index import open_ondisk
+
+            return open_ondisk(path)
         return faiss.read_index(str(path))
     except RuntimeError as e:
         raise IndexFormatError(f"{path} cannot be read by FAISS ({str(e).splitlines()[0]}); rebuild the index") from None
+
+
+def read_stored_vectors(generation_dir: Path) -> np.ndarray | None:
+    """The generation's float16 vectors (row == vid), memory-mapped; None for types that keep none."""
+    from .sharded_index import open_stored
+
+    return open_stored(generation_dir / STORED_VECTORS_FILE)
 
 
 def product_from_row(row: sqlite3.Row) -> Product:

@@ -1,0 +1,241 @@
+"""Indexes built in shards: trained once, shards added apart, lists merged on disk, served memory-mapped.
+
+The merge must not change a single answer: a sharded build gives the ids and scores a single
+build with the same trained quantizer gives on the same vectors. A generation of an on-disk type
+loads without materialising its vectors (no ``reconstruct_n``), and QE, mean/top-2 scoring and
+the exact fallback read only the vectors they need.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vsearch import sharded_index, store
+from vsearch.build import build_index
+from vsearch.errors import EmbeddingsImportError
+from vsearch.search import ProductIndex
+
+DIM = 32
+FACTORIES = ["IVF32,SQfp16", "IVF32,PQ8x8", "IVF32,PQ8x4fs"]
+
+
+def unit(rng, n, dim=DIM):
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    centres = unit(rng, 40)
+    labels = rng.integers(0, 40, 4000)
+    vectors = centres[labels] + 0.6 * unit(rng, 4000)  # neighbours apart by more than float16 rounding
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = unit(rng, 25) * 0.05 + vectors[rng.choice(4000, 25, replace=False)]  # shopper photos of catalog items
+    return vectors.astype(np.float32), (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+
+
+def single_build(sample, factory, ids, vectors):
+    """The reference: one index, trained like the sharded build, every vector added in one go."""
+    import faiss
+
+    index = sharded_index.train_ivf(sample, factory, nprobe=8)
+    index.add_with_ids(vectors, ids)
+    if factory.endswith("fs"):
+        index = faiss.IndexIVFPQFastScan(index)
+        index.nprobe = 8
+    return index
+
+
+def search_both(a, b, queries, k=10):
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # thread count must not decide ties
+    return a.search(queries, k), b.search(queries, k)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_sharded_build_and_merge_equals_a_single_build(tmp_path, data, factory, monkeypatch):
+    import faiss
+
+    vectors, queries = data
+    ids = np.arange(len(vectors), dtype=np.int64) * 3 + 7  # explicit ids (vids), not row positions
+    sample = vectors[::2]
+    merged = sharded_index.build_ondisk(tmp_path, "vectors.faiss", factory, sample=sample, nprobe=8,
+                                        shards=sharded_index.shards_of(vectors, ids, size=900),  # 5 shards, last one short
+                                        n_ids=int(ids.max()) + 1, workers=2)
+    reference = single_build(sample, factory, ids, vectors)
+    quantizers = [faiss.extract_index_ivf(x).quantizer for x in (merged, reference)]
+    assert np.array_equal(*(q.reconstruct_n(0, q.ntotal) for q in quantizers)), "training must be the same for the comparison to mean anything"
+    assert merged.ntotal == reference.ntotal == len(vectors)
+    (d1, i1), (d2, i2) = search_both(merged, reference, queries)
+    assert np.array_equal(i1, i2)
+    assert np.array_equal(d1, d2)
+    assert set(np.unique(i1)) <= set(ids.tolist())
+    if not factory.endswith("fs"):  # merged lists live in the .ivfdata, read memory-mapped from beside the index
+        assert (tmp_path / "vectors.ivfdata").is_file()
+        reread = sharded_index.open_ondisk(tmp_path / "vectors.faiss")
+        assert isinstance(faiss.downcast_InvertedLists(faiss.extract_index_ivf(reread).invlists), faiss.OnDiskInvertedLists)
+        (d3, i3), _ = search_both(reread, reference, queries)
+        assert np.array_equal(i3, i2) and np.array_equal(d3, d2)
+    assert not (tmp_path / ".shards").exists()
+
+
+def write_parquet(path: Path, keys, vectors, fingerprint="fp-test", row_group_size=100):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vector_type = pa.list_(pa.float32(), vectors.shape[1])
+    table = pa.table({"key": pa.array(keys, pa.string()),
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])})
+    assert table.schema.field("vector").type == vector_type
+    table = table.replace_schema_metadata({"vsearch.model_fingerprint": fingerprint, "vsearch.dim": str(vectors.shape[1])})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def test_parquet_shards_merge_to_the_single_build_of_the_catalog(tmp_path, data):
+    vectors, queries = data
+    vectors = vectors[:1000]
+    keys = [f"h{i:04d}" for i in range(1000)]
+    write_parquet(tmp_path / "part-0.parquet", keys[:600], vectors[:600])
+    write_parquet(tmp_path / "part-1.parquet", keys[600:] + ["not-in-catalog"], np.vstack([vectors[600:], vectors[:1]]))
+    # the catalog: image vid 1000 shows the same photo (content hash) as vid 5; h0999 is no longer in it
+    ids_of_key = {k: [i] for i, k in enumerate(keys[:999])}
+    ids_of_key["h0005"] = [5, 1000]
+    factory = "IVF16,PQ8x8"
+    trained = tmp_path / "trained.faiss"
+    import faiss
+
+    faiss.write_index(sharded_index.train_ivf(vectors, factory, nprobe=16), str(trained))
+    stored = tmp_path / "stored.npy"
+    np.lib.format.open_memmap(stored, mode="w+", dtype=np.float16, shape=(1001, DIM)).flush()
+    shards = sharded_index.run_tasks(sharded_index.add_parquet_shard, [
+        (trained, tmp_path / f"part-{i}.parquet", tmp_path / f"shard-{i}.faiss", ids_of_key, "fp-test", stored) for i in (0, 1)
+    ], workers=2)
+    n = sharded_index.merge_shards(trained, shards, tmp_path / "merged.faiss", tmp_path / "merged.ivfdata")
+    assert n == 1000  # 999 catalog photos, one of them twice; the stray key skipped
+    expected_ids = np.r_[np.arange(999), 1000]
+    expected_vectors = np.vstack([vectors[:999], vectors[5]])
+    reference = faiss.read_index(str(trained))
+    reference.add_with_ids(expected_vectors, expected_ids)
+    (d1, i1), (d2, i2) = search_both(sharded_index.open_ondisk(tmp_path / "merged.faiss"), reference, queries)
+    assert np.array_equal(i1, i2) and np.array_equal(d1, d2)
+    rows = sharded_index.open_stored(stored)
+    assert np.array_equal(rows[expected_ids], expected_vectors.astype(np.float16))
+
+
+def test_parquet_of_another_model_or_dim_is_refused(tmp_path, data):
+    vectors, _ = data
+    write_parquet(tmp_path / "a.parquet", ["k0", "k1"], vectors[:2], fingerprint="other-model")
+    with pytest.raises(EmbeddingsImportError, match="model"):
+        list(sharded_index.read_parquet_vectors(tmp_path / "a.parquet", dim=DIM, fingerprint="fp-test"))
+    with pytest.raises(EmbeddingsImportError, match=r"fixed_size_list<float32>\[64\]"):
+        list(sharded_index.read_parquet_vectors(tmp_path / "a.parquet", dim=64))
+
+
+# ---------------------------------------------------------------- generations served memory-mapped
+
+
+def catalog(folder: Path, n: int) -> Path:
+    """Two photos per product; category 'rare' is the last 4 products (k=5 asks for more: the exact fallback)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "catalog.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "image", "title", "category", "price"])
+        for i in range(n):
+            w.writerow([f"P{i // 2:05d}", f"img/{i:05d}.jpg", f"Product {i // 2}", "rare" if i >= n - 8 else "common", "1.00"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    from vsearch.embeddings_io import ModelIdentity
+
+    return ModelIdentity(name="vectors", spec="vectors", pretrained=None, fingerprint="vectors-32", dim=DIM, supports_text=False)
+
+
+@pytest.fixture(scope="module")
+def flat_index(tmp_path_factory, data, model):
+    root = tmp_path_factory.mktemp("flat")
+    build_index(catalog(root, len(data[0])), root / "index", embedder=model, embeddings=data[0], index_type="flat")
+    return ProductIndex.load(root / "index", model)
+
+
+@pytest.fixture
+def no_reconstruct_n(monkeypatch):
+    """Any reconstruct_n on any FAISS index fails the test."""
+    import faiss
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("reconstruct_n materialises the whole index")
+
+    for obj in vars(faiss).values():
+        if isinstance(obj, type) and "reconstruct_n" in vars(obj):
+            monkeypatch.setattr(obj, "reconstruct_n", refuse)
+
+
+@pytest.mark.parametrize("index_type", store.SHARDED_TYPES)
+def test_a_memory_mapped_generation_serves_qe_and_mean_scoring_without_reconstructing(
+        tmp_path, data, model, flat_index, index_type, monkeypatch, no_reconstruct_n):
+    import faiss
+
+    vectors, queries = data
+    monkeypatch.setattr(sharded_index, "SHARD_VECTORS", 1500)  # three shards
+    build_index(catalog(tmp_path, len(vectors)), tmp_path / "index", embedder=model, embeddings=vectors, index_type=index_type)
+    index = ProductIndex.load(tmp_path / "index", model)
+    gen = tmp_path / "index" / index.generation
+    assert index.manifest["format_version"] == store.FORMAT_VERSION
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index._gen.faiss).invlists)
+    if index_type == "ivfpq-fs":
+        assert not (gen / store.IVFDATA_FILE).exists()  # fast-scan codes (m/2 bytes a vector) are held in memory
+    else:
+        assert (gen / store.IVFDATA_FILE).is_file() and isinstance(lists, faiss.OnDiskInvertedLists)
+    reranked = index_type in store.RERANKED_TYPES
+    assert (gen / store.STORED_VECTORS_FILE).is_file() == reranked
+    assert (index._gen.stored is not None) == reranked and not any(p.name == ".shards" for p in gen.iterdir())
+    for q in queries[:8]:
+        for options in ({}, {"query_expansion": {"k": 3, "alpha": 3.0}}, {"product_scoring": "mean"},
+                        {"product_scoring": "top2"}, {"filters": {"category": "rare"}}):
+            got = index.search_vector(q, k=5, **options)
+            want = flat_index.search_vector(q, k=5, **options)
+            # the same answer up to float16 rounding (which may swap two products a few 1e-4 apart)
+            assert got[0].product_id == want[0].product_id, (index_type, options)
+            assert len({h.product_id for h in got} & {h.product_id for h in want}) >= 4, (index_type, options)
+            assert np.allclose([h.score for h in got], [h.score for h in want], atol=3e-3), (index_type, options)
+
+
+def test_run_tasks_refuses_an_unknown_engine():
+    from vsearch.errors import VsearchError
+
+    with pytest.raises(VsearchError, match="not one of local, ray"):
+        sharded_index.run_tasks(print, [()], engine="dask")
+
+
+@pytest.mark.slow
+def test_ray_tasks_build_the_same_shards_as_the_local_pool(tmp_path, data):
+    ray = pytest.importorskip("ray")
+    import faiss
+
+    vectors, queries = data
+    sample, factory = vectors[::2], "IVF32,SQfp16"
+    built = {}
+    try:
+        for engine in ("local", "ray"):
+            if engine == "ray":
+                ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=100 * 1024**2)
+            out = tmp_path / engine
+            out.mkdir()
+            built[engine] = sharded_index.build_ondisk(out, "vectors.faiss", factory, sample=sample, nprobe=8,
+                                                       shards=sharded_index.shards_of(vectors, size=1500),
+                                                       n_ids=len(vectors), engine=engine, workers=2)
+    finally:
+        ray.shutdown()
+    (d1, i1), (d2, i2) = search_both(built["ray"], built["local"], queries)
+    assert np.array_equal(i1, i2) and np.array_equal(d1, d2)
+    assert faiss.extract_index_ivf(built["ray"]).ntotal == len(vectors)
