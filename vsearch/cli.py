@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "ivfpq = 16x smaller, lowest recall (default: auto)")
     b.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (default: 32)")
     b.add_argument("--workers", type=int, default=None, metavar="N", help="image decoding threads (default: min(4, CPUs))")
+    b.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="where images are embedded: local = this process; ray = a Ray cluster (pip install 'vsearch[ray]'): "
+                   "images and --pretrained weights must be at the same path on every node (default: local)")
+    b.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a Ray started on this machine)")
+    b.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                   help="model actors on the cluster, each with its CPUs / N (default: one per 4 CPUs, or one for the whole cluster if it has fewer)")
     b.add_argument("--embeddings", default=None, metavar="FILE",
                    help="precomputed vectors (.npy float [rows, dim] in catalog order, or .parquet with an 'embedding' "
                    "or 'vector' list column, matched by 'image'/'product_id' columns when present): no image is read and "
@@ -284,7 +291,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             args.catalog, args.index, model=args.model, pretrained=args.pretrained, precision=args.precision,
             index_type=args.index_type, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
             allow_outside_paths=args.allow_outside_paths, fetch_policy=fetch_policy, progress=progress,
-            embeddings=args.embeddings, **_quality_build_options(args),
+            embeddings=args.embeddings, engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+            **_quality_build_options(args),
         )
     finally:
         if bar is not None:
