@@ -281,6 +281,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True)
         bar.update(done - bar.n)
 
+    if args.engine == "ray":
+        _quiet_ray()
     fetch_policy = None
     if args.allow_private_urls:
         from .fetch import FetchPolicy
@@ -310,6 +312,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"index {report.index_type}, {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
     )
     return 0
+
+
+def _quiet_ray() -> None:
+    """Ray Data logs each dataset's start and end at INFO; the build prints its own summary."""
+    try:
+        import logging
+
+        import ray.data  # noqa: F401  (it sets up its loggers on import; change them after)
+    except ImportError:
+        return  # build_index says how to install Ray
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _quality_build_options(args: argparse.Namespace) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 from .errors import ModelError, VsearchError
 
 ROWS_PER_READ_BLOCK = 64  # rows per read task: small enough to spread, big enough to amortise a task
-TEST_EXIT_ONCE_ENV = "VSEARCH_TEST_RAY_EXIT_ONCE"  # tests only: a marker path; the first actor to see it missing dies
+TEST_EXIT_ONCE_ENV = "VSEARCH_TEST_RAY_EXIT_ONCE"  # tests only: see _maybe_die_for_test
 
 
 @dataclass
@@ -156,7 +156,7 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
     # max_task_retries default to -1 there); tests/test_ray_engine.py kills one to prove it.
     ds = ds.map_batches(
         _EmbedActor, batch_format="pyarrow", batch_size=options.batch_size, num_cpus=cpus,
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        compute=_pool(ray, actors, cpus, total),
         fn_constructor_kwargs={"model": model, "pretrained": pretrained, "precision": precision,
                                "fingerprint": fingerprint, "threads": cpus},
     )
@@ -185,6 +185,15 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
         cause = getattr(e, "cause", None) or e
         raise VsearchError(f"the Ray embedding job failed: {type(cause).__name__}: {cause}") from e
     return errors, run
+
+
+def _pool(ray, actors: int, cpus: int, total: int):
+    """A fixed pool when the cluster has room for it now; else start what fits and grow (an
+    autoscaling cluster adds nodes) rather than wait for actors that cannot be placed."""
+    fits = max(1, total // cpus)
+    if actors <= fits:
+        return ray.data.ActorPoolStrategy(size=actors)
+    return ray.data.ActorPoolStrategy(min_size=fits, max_size=actors)
 
 
 def _read_files(batch):
@@ -293,12 +302,12 @@ def _out(keys, errors, vectors, dim, pid, host, fatal):
 
 
 def _maybe_die_for_test() -> None:
-    """Tests only: kill this worker process once, mid-run, to prove a killed actor loses nothing."""
+    """Tests only: when the file $VSEARCH_TEST_RAY_EXIT_ONCE exists, the one worker that manages to
+    delete it dies at once (mid-run), to prove that a killed actor loses nothing."""
     marker = os.environ.get(TEST_EXIT_ONCE_ENV)
     if marker:
         try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+            os.unlink(marker)
+        except OSError:
             return
-        os.close(fd)
         os._exit(1)
