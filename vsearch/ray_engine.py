@@ -303,11 +303,14 @@ def _out(keys, errors, vectors, dim, pid, host, fatal):
 
 def _maybe_die_for_test() -> None:
     """Tests only: when the file $VSEARCH_TEST_RAY_EXIT_ONCE exists, the one worker that manages to
-    delete it dies at once (mid-run), to prove that a killed actor loses nothing."""
+    delete it dies at once (mid-run, leaving its pid in FILE.killed), to prove that a killed actor
+    loses nothing."""
     marker = os.environ.get(TEST_EXIT_ONCE_ENV)
     if marker:
         try:
             os.unlink(marker)
         except OSError:
             return
+        with open(marker + ".killed", "w") as f:
+            f.write(str(os.getpid()))
         os._exit(1)
