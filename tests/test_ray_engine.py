@@ -115,11 +115,29 @@ def test_ray_build_equals_local_build_and_embeds_in_workers(tmp_path, ray_cluste
 
 
 def test_embedding_runs_in_ray_worker_processes(tmp_path, ray_cluster, hard_timeout):
-    from vsearch.build import build_index
+    """Also a catalog URL: the driver downloads it once, the workers read the downloaded file."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    report = build_index(write_catalog(tmp_path / "shop", n_products=4), tmp_path / "idx", model="test-tiny",
-                         engine="ray", ray_actors=1)
-    assert report.embedded == 6
+    from conftest import draw_product
+    from vsearch.build import build_index
+    from vsearch.fetch import FetchPolicy
+
+    served = tmp_path / "served"
+    served.mkdir()
+    draw_product(40).save(served / "remote.jpg", quality=92)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/remote.jpg"
+    try:
+        catalog = write_catalog(tmp_path / "shop", n_products=4, extra_rows=[{**BAD_ROW, "product_id": "WEB", "image": url}])
+        report = build_index(catalog, tmp_path / "idx", model="test-tiny", engine="ray", ray_actors=1,
+                             fetch_policy=FetchPolicy(allow_private=True))
+    finally:
+        server.shutdown()
+    assert report.embedded == 7 and not report.skipped
+    assert (url, 8) in [(s, r) for s, r, _ in _image_rows(tmp_path / "idx")]
     pids = report.engine["worker_pids"]
     assert pids and os.getpid() not in pids
 

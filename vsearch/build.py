@@ -77,7 +77,7 @@ class _Prepared:
     tensor: Any = None  # preprocessed image, only when the embedding is not cached
     file_entry: tuple[str, int, int, str] | None = None
     error: str | None = None
-    remote: tuple[str, str | None, bytes | None] | None = None  # a miss for Ray: (name, path, URL bytes)
+    remote: tuple[str, str | None, bytes | None] | None = None  # a miss for Ray: (name, path, bytes)
 
 
 def build_index(
@@ -459,9 +459,11 @@ class _RowPreparer:
 
         entry = None
         if row.image.startswith(("http://", "https://")):
-            from .fetch import FetchPolicy, fetch_image
+            from .fetch import FetchPolicy, downloaded_file, fetch_image
 
             data, digest = fetch_image(row.image, self.downloads, policy=self.fetch_policy or FetchPolicy())
+            if not self.decode and digest not in self.cached:
+                return _Prepared(row, content_hash=digest, remote=(row.image, str(downloaded_file(self.downloads, digest)), None))
         else:
             try:
                 st = os.stat(row.image)
@@ -477,8 +479,7 @@ class _RowPreparer:
         if digest in self.cached:
             return _Prepared(row, content_hash=digest, file_entry=entry)
         if not self.decode:
-            remote = (row.image, None, data) if entry is None else (row.image, row.image, None)
-            return _Prepared(row, content_hash=digest, file_entry=entry, remote=remote)
+            return _Prepared(row, content_hash=digest, file_entry=entry, remote=(row.image, row.image, None))
         image = load_image(io.BytesIO(data), min_side=self.min_side, name=row.image)
         return _Prepared(row, content_hash=digest, tensor=self.embedder.preprocess(image), file_entry=entry)
 
