@@ -140,6 +140,8 @@ def test_embedding_runs_in_ray_worker_processes(tmp_path, ray_cluster, hard_time
     assert (url, 8) in [(s, r) for s, r, _ in _image_rows(tmp_path / "idx")]
     pids = report.engine["worker_pids"]
     assert pids and os.getpid() not in pids
+    again = build_index(catalog, tmp_path / "idx", model="test-tiny", engine="ray", fetch_policy=FetchPolicy(allow_private=True))
+    assert (again.embedded, again.reused, again.engine["actors"]) == (0, 7, 0)  # all cached: Ray is not even asked
 
 
 def test_killed_actor_is_retried_and_every_row_is_indexed_once(tmp_path, ray_cluster, hard_timeout):

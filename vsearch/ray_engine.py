@@ -1,8 +1,8 @@
 """Embedding on a Ray cluster: the cache misses of a build go to Ray Data, vectors come back.
 
 The driver (``build``) still reads each image once to hash it, because the hash is the cache
-key; only images whose embedding is not cached are shipped, as (key, path) - or the downloaded
-bytes, for catalog URLs. Ray Data reads the files in light tasks (no CPU reserved: on a small
+key; only images whose embedding is not cached are shipped, as (key, path) - for catalog URLs
+the path of the driver's download (so the index folder must be shared too). Ray Data reads the files in light tasks (no CPU reserved: on a small
 machine a reserved CPU per read task starves the model, ray issue 44687), and an actor pool
 embeds them: each actor loads the model once, decodes in a few threads and runs torch on the
 CPUs Ray gave it. Vectors stream back to the driver, which stores them in the same cache and
@@ -11,7 +11,9 @@ is stored once.
 
 Images and ``--pretrained`` weights must be at the same path on every node (shared storage).
 A worker that cannot load the model, or loads different weights, stops the build with its own
-error. Ray is an optional extra: ``pip install 'vsearch[ray]'``.
+error. A worker that dies (killed, out of memory) is restarted by Ray Data and its batch run
+again - with no limit, Ray Data's default, so a batch that kills every worker keeps being retried.
+Ray is an optional extra: ``pip install 'vsearch[ray]'``.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def embed_into_cache(misses: Mapping[str, tuple[str, str | None, bytes | None]],
     delivers twice is kept once. Returns (new vectors by content hash, errors by hash, what ran)."""
     from .embedding_shards import write_embedding_shard
 
+    if not misses:  # everything was cached: no need to start or join a cluster
+        return {}, {}, RayRun(actors=0, cpus_per_actor=0)
     fingerprint = embedder.fingerprint
     new: dict[str, np.ndarray] = {}
     unsaved: list[str] = []
