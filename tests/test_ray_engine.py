@@ -216,3 +216,50 @@ def test_readme_scaling_out_commands_parse():
     assert words[0].startswith("RAY_ADDRESS=") and "ray start --head" in block
     args = build_parser().parse_args(words[words.index("vsearch") + 1:])
     assert (args.engine, args.ray_actors, args.ray_address) == ("ray", 4, None)
+
+
+def test_readme_cluster_recipe_on_one_machine(tmp_path):
+    """The README's recipe as far as one machine goes: `ray start --head` (its own process group,
+    ended by this test), then `RAY_ADDRESS=... vsearch build ... --engine ray` in another process.
+    Ray >= 2.59 authenticates with a token: both sides get the same one, never the user's."""
+    import secrets
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen(
+        [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head", "--block",
+         f"--port={port}", "--num-cpus=2", "--object-store-memory=200000000", "--include-dashboard=false",
+         "--disable-usage-stats"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        started = time.monotonic()
+        for line in head.stdout:
+            if "Local node IP:" in line:
+                head_ip = line.split("Local node IP:")[1].strip()
+            if "Ray runtime started" in line:
+                break
+            assert time.monotonic() - started < 180, "ray start --head did not come up"
+        else:
+            pytest.fail("ray start --head exited")
+        catalog = write_catalog(tmp_path / "shop", n_products=4)
+        out = subprocess.run(
+            [sys.executable, "-m", "vsearch", "build", str(catalog), "--index", str(tmp_path / "idx"), "--model", "test-tiny",
+             "--quiet", "--engine", "ray"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+            capture_output=True, text=True, timeout=TIMEOUT_S)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "6 images (6 embedded, 0 reused from cache)" in out.stdout
+    assert f"embedded on Ray at {head_ip}:{port}: 1 actor(s) x 2 CPU(s)" in out.stdout  # the cluster, not a Ray of its own
+    assert len(list((tmp_path / "idx" / "embeddings").glob("part-*.parquet"))) == 1

@@ -410,7 +410,7 @@ def _embed_rows(
         new_vectors, failed, run = embed_into_cache(misses, embedder, cache, job=job, progress=progress,
                                                     shards_dir=index_dir / "embeddings")
         embedded = len(new_vectors)
-        job["report"] = {"engine": "ray", "actors": run.actors, "cpus_per_actor": run.cpus_per_actor,
+        job["report"] = {"engine": "ray", "address": run.address, "actors": run.actors, "cpus_per_actor": run.cpus_per_actor,
                          "worker_pids": sorted(run.worker_pids), "hosts": sorted(run.hosts), "shards": str(index_dir / "embeddings")}
         problems += [RowProblem(row=r.row, reason=failed[h], image=r.image) for r, h in kept if h in failed]
         kept = [(r, h) for r, h in kept if h not in failed]

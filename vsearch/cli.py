@@ -305,6 +305,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     for p in report.warnings:
         where = f"row {p.row}" if p.row else "catalog"
         print(f"warning {where}: {p.reason}", file=sys.stderr)
+    if report.engine.get("actors"):
+        e = report.engine
+        print(f"embedded on Ray at {e['address']}: {e['actors']} actor(s) x {e['cpus_per_actor']} CPU(s) on {', '.join(e['hosts'])}; "
+              f"vectors also in {e['shards']}")
     print(
         f"built {report.index_dir} ({report.generation}) with {report.model}: {report.products} products, "
         f"{report.images} images ({report.embedded} embedded, {report.reused} reused from cache), "

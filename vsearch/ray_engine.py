@@ -47,6 +47,7 @@ class RayRun:
 
     actors: int
     cpus_per_actor: int
+    address: str = ""  # the cluster's GCS address
     worker_pids: set[int] = field(default_factory=set)
     hosts: set[str] = field(default_factory=set)
     batches: int = 0
@@ -142,7 +143,7 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
     else:
         cpus = options.cpus_per_actor or min(4, total)
         actors = max(1, total // cpus)
-    run = RayRun(actors=actors, cpus_per_actor=cpus)
+    run = RayRun(actors=actors, cpus_per_actor=cpus, address=ray.get_runtime_context().gcs_address)
     errors: dict[str, str] = {}
     if not misses:
         return errors, run
