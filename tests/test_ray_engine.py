@@ -43,7 +43,7 @@ def ray_cluster(tmp_path_factory):
     kill_switch = tmp_path_factory.mktemp("ray") / "kill-one-actor"
     from vsearch.ray_engine import TEST_EXIT_ONCE_ENV
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, logging_level="warning",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, logging_level="warning",
              runtime_env={"env_vars": {TEST_EXIT_ONCE_ENV: str(kill_switch)}})
     yield kill_switch
     ray.shutdown()
@@ -223,9 +223,11 @@ def test_readme_cluster_recipe_on_one_machine(tmp_path):
     ended by this test), then `RAY_ADDRESS=... vsearch build ... --engine ray` in another process.
     Ray >= 2.59 authenticates with a token: both sides get the same one, never the user's."""
     import secrets
+    import shutil
     import socket
     import subprocess
     import sys
+    import tempfile
     import time
 
     pytest.importorskip("ray")
@@ -233,11 +235,14 @@ def test_readme_cluster_recipe_on_one_machine(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    # its own temp dir (short: Ray's socket paths must fit 107 bytes), so that the "last cluster
+    # started here" file, which a plain ray.init() on this machine would follow, dies with it
+    temp_dir = tempfile.mkdtemp(prefix="vsr-", dir="/tmp")
     head = subprocess.Popen(
         [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head", "--block",
          f"--port={port}", "--num-cpus=2", "--object-store-memory=200000000", "--include-dashboard=false",
-         "--disable-usage-stats"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+         "--disable-usage-stats", f"--temp-dir={temp_dir}"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         started = time.monotonic()
         for line in head.stdout:
@@ -259,6 +264,7 @@ def test_readme_cluster_recipe_on_one_machine(tmp_path):
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "6 images (6 embedded, 0 reused from cache)" in out.stdout
     assert f"embedded on Ray at {head_ip}:{port}: 1 actor(s) x 2 CPU(s)" in out.stdout  # the cluster, not a Ray of its own

@@ -77,8 +77,13 @@ def embed_misses(
     if not ray.is_initialized():
         import logging
 
-        ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        try:
+            ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = options.address or os.environ.get("RAY_ADDRESS") or "the last cluster `ray start` ran here, or a new one"
+            raise VsearchError(f"could not start or join Ray at {where}: {e}. Check --ray-address / RAY_ADDRESS "
+                               "(and RAY_AUTH_TOKEN); `ray stop` forgets a cluster that is gone") from e
         started_here = True
     try:
         return _run(ray, misses, model=model, pretrained=pretrained, precision=precision, fingerprint=fingerprint,
