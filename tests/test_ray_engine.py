@@ -161,13 +161,16 @@ def test_killed_actor_is_retried_and_every_row_is_indexed_once(tmp_path, ray_clu
         assert cache.count() == 36
 
 
-def test_a_worker_that_cannot_load_the_model_fails_the_build_with_its_error(ray_cluster, hard_timeout):
+def test_a_worker_that_cannot_load_the_model_or_loads_other_weights_fails_with_its_error(ray_cluster, hard_timeout):
     from vsearch.errors import ModelError
     from vsearch.ray_engine import RayOptions, embed_misses
 
     with pytest.raises(ModelError, match=r"Ray worker .* could not load model no-such-model"):
         embed_misses({"0" * 64: ("a.jpg", None, b"bytes")}, model="no-such-model", pretrained=None, precision="fp32",
                      fingerprint="x", dim=4, options=RayOptions(actors=1), on_vectors=lambda k, v: None)
+    with pytest.raises(ModelError, match=r"Ray worker .* loaded test-tiny with other weights than the driver"):
+        embed_misses({"0" * 64: ("a.jpg", None, b"bytes")}, model="test-tiny", pretrained=None, precision="fp32",
+                     fingerprint="not-the-driver's", dim=32, options=RayOptions(actors=1), on_vectors=lambda k, v: None)
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):
