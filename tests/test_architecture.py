@@ -19,9 +19,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vsearch"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"metrics", "query_options", "images", "product"},
-    {"catalog", "fetch", "cache", "shopper_photos"},
+    {"catalog", "fetch", "cache", "shopper_photos", "embedding_shards"},
     {"embedders"},
-    {"embeddings_io"},
+    {"embeddings_io", "ray_engine"},
     {"transforms", "sharded_index"},
     {"store"},
     {"adaptation", "calibration", "hygiene", "incremental"},

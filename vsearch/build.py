@@ -54,6 +54,7 @@ class BuildReport:
     index_type: str
     embedder: Any = field(default=None, repr=False)
     incremental: dict[str, Any] = field(default_factory=dict)  # the manifest's "incremental": updated or why not
+    engine: dict[str, Any] = field(default_factory=dict)  # "ray": actors, worker pids and hosts, shards folder
 
     @property
     def skipped(self) -> list[RowProblem]:
@@ -77,6 +78,7 @@ class _Prepared:
     tensor: Any = None  # preprocessed image, only when the embedding is not cached
     file_entry: tuple[str, int, int, str] | None = None
     error: str | None = None
+    remote: tuple[str, str | None, bytes | None] | None = None  # a miss for Ray: (name, path, bytes)
 
 
 def build_index(
@@ -101,6 +103,9 @@ def build_index(
     calibrate_threshold: bool = True,
     adapt: str = "auto",
     train_pairs: str | os.PathLike | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> BuildReport:
     """Build or incrementally update the index in ``index_dir`` from a catalog CSV or image folder.
 
@@ -123,7 +128,13 @@ def build_index(
     the product it shows); its photos are embedded with the index's model (so they need its
     weights even with ``embeddings``), never enter the catalog, and bad or unknown rows are
     reported like catalog rows ("train pairs row N").
+
+    ``engine="ray"`` embeds the cache misses on a Ray cluster (``vsearch.ray_engine``; at
+    ``ray_address``, default $RAY_ADDRESS or a Ray started here, with ``ray_actors`` model actors)
+    and also writes their vectors as Parquet shards in ``<index_dir>/embeddings/``.
     """
+    if engine not in ("local", "ray"):
+        raise VsearchError(f"engine must be 'local' or 'ray'; got {engine!r}")
     started = time.perf_counter()
     cat = catalog if isinstance(catalog, Catalog) else read_catalog(catalog, allow_outside_paths=allow_outside_paths)
     problems = list(cat.problems)
@@ -142,11 +153,19 @@ def build_index(
             from .embedders import load_embedder
 
             embedder = load_embedder(model, pretrained, precision=precision)
+        job: dict[str, Any] = {}
+        if engine == "ray" and embeddings is None:
+            from .ray_engine import RayOptions, require_ray
+
+            require_ray()
+            job = {"options": RayOptions(address=ray_address, actors=ray_actors, batch_size=batch_size),
+                   "model": getattr(embedder, "spec", model), "pretrained": getattr(embedder, "pretrained", pretrained),
+                   "precision": getattr(embedder, "precision", precision)}
         with _cache_errors(index_dir / store.CACHE_FILE), EmbeddingCache(index_dir / store.CACHE_FILE) as cache:
             embed_started = time.perf_counter()
             kept, vectors, embedded, reused, image_problems = _imported_rows(cat, embeddings, embedder, progress) if embeddings is not None else _embed_rows(
                 cat.rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
-                fetch_policy=fetch_policy, progress=progress,
+                fetch_policy=fetch_policy, progress=progress, job=job,
             )
             shopper = None
             if train_pairs is not None:
@@ -206,6 +225,7 @@ def build_index(
         seconds=time.perf_counter() - started, embed_seconds=embed_seconds, index_type=chosen_type,
         embedder=embedder if hasattr(embedder, "embed_images") else None,  # imported: no model was loaded
         incremental=dict(manifest.get("incremental") or {}),
+        engine=job.get("report", {}),
     )
 
 
@@ -353,13 +373,15 @@ def _imported_rows(cat: Catalog, embeddings: Any, model: Any, progress: Progress
 
 def _embed_rows(
     rows: list[CatalogRow], embedder: Embedder, cache: EmbeddingCache, *, index_dir: Path, batch_size: int,
-    workers: int | None, fetch_policy: Any, progress: ProgressCallback | None,
+    workers: int | None, fetch_policy: Any, progress: ProgressCallback | None, job: dict[str, Any] | None = None,
 ) -> tuple[list[tuple[CatalogRow, str]], np.ndarray, int, int, list[RowProblem]]:
-    """Embed every row not in the cache; return kept (row, hash) pairs with their vectors in order."""
+    """Embed every row not in the cache; return kept (row, hash) pairs with their vectors in order.
+    With a Ray ``job`` the rows are only hashed here and the misses are embedded on the cluster."""
     fingerprint = embedder.fingerprint
     cached = cache.cached_hashes(fingerprint)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
-    prepare = _RowPreparer(embedder, cache, cached, index_dir / DOWNLOADS_DIR, fetch_policy)
+    prepare = _RowPreparer(embedder, cache, cached, index_dir / DOWNLOADS_DIR, fetch_policy, decode=not job)
+    misses: dict[str, tuple[str, str | None, bytes | None]] = {}
 
     kept: list[tuple[CatalogRow, str]] = []
     problems: list[RowProblem] = []
@@ -393,15 +415,27 @@ def _embed_rows(
                 kept.append((item.row, item.content_hash))
                 if item.file_entry:
                     file_entries.append(item.file_entry)
+                if item.remote is not None:
+                    misses.setdefault(item.content_hash, item.remote)
                 if item.tensor is not None and item.content_hash not in new_vectors and item.content_hash not in pending_hashes:
                     pending.append((item.content_hash, item.tensor))
                     pending_hashes.add(item.content_hash)
                     if len(pending) >= batch_size:
                         flush()
-            if progress is not None:
+            if progress is not None and not job:
                 progress(done, len(rows))
         flush()
     cache.remember_files(file_entries)
+    if job:
+        from .ray_engine import embed_into_cache
+
+        new_vectors, failed, run = embed_into_cache(misses, embedder, cache, job=job, progress=progress,
+                                                    shards_dir=index_dir / "embeddings")
+        embedded = len(new_vectors)
+        job["report"] = {"engine": "ray", "address": run.address, "actors": run.actors, "cpus_per_actor": run.cpus_per_actor,
+                         "worker_pids": sorted(run.worker_pids), "hosts": sorted(run.hosts), "shards": str(index_dir / "embeddings")}
+        problems += [RowProblem(row=r.row, reason=failed[h], image=r.image) for r, h in kept if h in failed]
+        kept = [(r, h) for r, h in kept if h not in failed]
 
     needed = list({h for _, h in kept if h not in new_vectors})
     from_cache = cache.get_many(needed, fingerprint)
@@ -424,7 +458,9 @@ def _embed_rows(
 class _RowPreparer:
     """Runs in decode workers: find a row's bytes and hash, and decode + preprocess only if needed."""
 
-    def __init__(self, embedder: Embedder, cache: EmbeddingCache, cached: set[str], downloads: Path, fetch_policy: Any):
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache, cached: set[str], downloads: Path, fetch_policy: Any,
+                 decode: bool = True):
+        self.decode = decode  # False: leave decoding to Ray workers, which read the file again themselves
         self.embedder = embedder
         self.cache = cache
         self.cached = cached
@@ -445,9 +481,11 @@ class _RowPreparer:
 
         entry = None
         if row.image.startswith(("http://", "https://")):
-            from .fetch import FetchPolicy, fetch_image
+            from .fetch import FetchPolicy, downloaded_file, fetch_image
 
             data, digest = fetch_image(row.image, self.downloads, policy=self.fetch_policy or FetchPolicy())
+            if not self.decode and digest not in self.cached:
+                return _Prepared(row, content_hash=digest, remote=(row.image, str(downloaded_file(self.downloads, digest)), None))
         else:
             try:
                 st = os.stat(row.image)
@@ -462,6 +500,8 @@ class _RowPreparer:
                 entry = (row.image, st.st_size, st.st_mtime_ns, digest)
         if digest in self.cached:
             return _Prepared(row, content_hash=digest, file_entry=entry)
+        if not self.decode:
+            return _Prepared(row, content_hash=digest, file_entry=entry, remote=(row.image, row.image, None))
         image = load_image(io.BytesIO(data), min_side=self.min_side, name=row.image)
         return _Prepared(row, content_hash=digest, tensor=self.embedder.preprocess(image), file_entry=entry)
 

@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "4-bit fast-scan codes; the ivf types are built in shards, merged on disk and served memory-mapped (default: auto)")
     b.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (default: 32)")
     b.add_argument("--workers", type=int, default=None, metavar="N", help="image decoding threads (default: min(4, CPUs))")
+    b.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="where images are embedded: local = this process; ray = a Ray cluster (pip install 'vsearch[ray]'): "
+                   "images and --pretrained weights must be at the same path on every node (default: local)")
+    b.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a Ray started on this machine)")
+    b.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                   help="model actors on the cluster, each with its CPUs / N (default: one per 4 CPUs, or one for the whole cluster if it has fewer)")
     b.add_argument("--embeddings", default=None, metavar="FILE",
                    help="precomputed vectors (.npy float [rows, dim] in catalog order, or .parquet with an 'embedding' "
                    "or 'vector' list column, matched by 'image'/'product_id' columns when present): no image is read and "
@@ -282,6 +289,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True)
         bar.update(done - bar.n)
 
+    if args.engine == "ray":
+        _quiet_ray()
     fetch_policy = None
     if args.allow_private_urls:
         from .fetch import FetchPolicy
@@ -292,7 +301,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             args.catalog, args.index, model=args.model, pretrained=args.pretrained, precision=args.precision,
             index_type=args.index_type, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
             allow_outside_paths=args.allow_outside_paths, fetch_policy=fetch_policy, progress=progress,
-            embeddings=args.embeddings, **_quality_build_options(args),
+            embeddings=args.embeddings, engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+            **_quality_build_options(args),
         )
     finally:
         if bar is not None:
@@ -303,6 +313,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     for p in report.warnings:
         where = f"row {p.row}" if p.row else "catalog"
         print(f"warning {where}: {p.reason}", file=sys.stderr)
+    if report.engine.get("actors"):
+        e = report.engine
+        print(f"embedded on Ray at {e['address']}: {e['actors']} actor(s) x {e['cpus_per_actor']} CPU(s) on {', '.join(e['hosts'])}; "
+              f"vectors also in {e['shards']}")
     print(
         f"built {report.index_dir} ({report.generation}) with {report.model}: {report.products} products, "
         f"{report.images} images ({report.embedded} embedded, {report.reused} reused from cache), "
@@ -314,6 +328,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"index updated from {inc['base']}: {inc['added']} vectors added, {inc['removed']} removed"
               + (f" ({inc['hidden']} hidden vectors in the HNSW graph)" if inc.get("hidden") else ""))
     return 0
+
+
+def _quiet_ray() -> None:
+    """Ray Data logs each dataset's start and end at INFO; the build prints its own summary."""
+    try:
+        import logging
+
+        import ray.data  # noqa: F401  (it sets up its loggers on import; change them after)
+    except ImportError:
+        return  # build_index says how to install Ray
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _quality_build_options(args: argparse.Namespace) -> dict:

@@ -93,6 +93,11 @@ def fetch_image(
         return data, sha
 
 
+def downloaded_file(cache_dir: str | os.PathLike, sha: str) -> Path:
+    """Where ``fetch_image`` keeps the bytes whose SHA-256 is ``sha`` (Ray workers read them there)."""
+    return _Cache(Path(cache_dir)).object_path(sha)
+
+
 # ---------------------------------------------------------------- cache
 
 

@@ -1,0 +1,91 @@
+"""Parquet shards of embeddings: the vectors a build made, in a form any tool can read back.
+
+One file holds rows of ``key`` (string: SHA-256 of the image file's bytes, the embedding-cache
+key) and ``vector`` (``fixed_size_list<float32>[dim]``, L2-normalised), and says in its schema
+metadata which model made them (``vsearch.model_fingerprint``) and their width (``vsearch.dim``).
+Files are written whole under a temporary name and renamed, so a reader never sees half a file.
+A key may appear in more than one file (an image embedded again after its cache entry was lost);
+the vectors are the same, so readers keep either.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VsearchError
+
+FORMAT_VERSION = "1"
+META_FINGERPRINT = b"vsearch.model_fingerprint"
+META_DIM = b"vsearch.dim"
+META_VERSION = b"vsearch.format_version"
+
+
+def write_embedding_shard(folder: str | os.PathLike, keys: list[str], vectors: np.ndarray, fingerprint: str) -> Path:
+    """Write one shard ``part-NNNNN.parquet`` (the next free number) in ``folder``; returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(keys) != vectors.shape[0]:
+        raise ValueError(f"{len(keys)} keys for vectors of shape {vectors.shape}")
+    dim = int(vectors.shape[1])
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
+    schema = pa.schema([("key", pa.string()), ("vector", pa.list_(pa.float32(), dim))],
+                       metadata={META_FINGERPRINT: fingerprint.encode(), META_DIM: str(dim).encode(),
+                                 META_VERSION: FORMAT_VERSION.encode()})
+    table = pa.table([pa.array(keys, type=pa.string()), column], schema=schema)
+    tmp = folder / f".part-{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, tmp)
+    for number in range(len(list(folder.glob("part-*.parquet"))), 10**6):
+        path = folder / f"part-{number:05d}.parquet"
+        try:
+            os.link(tmp, path)  # atomic, and never replaces another build's shard
+        except FileExistsError:
+            continue
+        except OSError:  # file systems without hard links
+            if path.exists():
+                continue
+            os.replace(tmp, path)
+            return path
+        tmp.unlink()
+        return path
+    raise VsearchError(f"{folder}: no free shard name")  # pragma: no cover
+
+
+def iter_embedding_shards(folder: str | os.PathLike, fingerprint: str | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Yield (keys, float32 [n, dim] vectors) for each shard in ``folder``, in file-name order.
+
+    With ``fingerprint``, shards of other models are skipped. A file that is not such a shard
+    (no vsearch metadata, other columns, a newer format) raises VsearchError naming it.
+    """
+    import pyarrow.parquet as pq
+
+    for path in sorted(Path(folder).glob("part-*.parquet")):
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except Exception as e:
+            raise VsearchError(f"{path}: not a readable Parquet file ({e})") from e
+        version = meta.get(META_VERSION, b"").decode()
+        if META_FINGERPRINT not in meta or META_DIM not in meta or version != FORMAT_VERSION:
+            raise VsearchError(f"{path}: not a vsearch embedding shard of format {FORMAT_VERSION} "
+                               "(needs schema metadata vsearch.model_fingerprint, vsearch.dim, vsearch.format_version)")
+        if fingerprint is not None and meta[META_FINGERPRINT].decode() != fingerprint:
+            continue
+        dim = int(meta[META_DIM])
+        table = pq.read_table(path, columns=["key", "vector"])
+        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        yield table.column("key").to_pylist(), np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, dim)
+
+
+def shard_fingerprint(path: str | os.PathLike) -> str:
+    """The model fingerprint a shard file records."""
+    import pyarrow.parquet as pq
+
+    return (pq.read_schema(path).metadata or {}).get(META_FINGERPRINT, b"").decode()
