@@ -91,16 +91,44 @@ def test_flat_update_answers_like_a_from_scratch_build(tmp_path):
     assert inc.search_vector(changed[5], k=1)[0].score > 0.999
 
 
-def test_ivf_types_are_built_in_shards_and_always_rebuilt(tmp_path):
-    """IVF lists live on disk, merged from shards (vsearch.sharded_index): a small change rebuilds them."""
+def test_ivf_rebuild_reuses_the_trained_quantizer_and_answers_like_a_build_with_it(tmp_path):
+    """IVF lists live on disk, merged from shards: a small change rebuilds them on the previous
+    generation's trained quantizer (no training) and answers exactly like a build with that quantizer."""
+    from vsearch import sharded_index
+
     ids = [f"P{i}" for i in range(2500)]
-    build(tmp_path, ids, "ivf")
+    first = build(tmp_path, ids, "ivf")
     new_ids = edit(ids, 40, 30, start=2500)
     report = build(tmp_path, new_ids, "ivf")
-    assert "always rebuilt" in report.incremental["full_build"]
-    index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    assert report.incremental["quantizer_from"] == first.generation
+    assert (report.incremental["added"], report.incremental["removed"]) == (30, 40)
+    timings = store.read_manifest(tmp_path / "idx" / report.generation)["sharded_build"]
+    assert timings["train_s"] < 1.0  # nothing was trained
+
+    # A build with the same quantizer: the first generation's trained index, filled with the new catalog.
+    ref = sharded_index.empty_copy(tmp_path / "idx" / first.generation / store.VECTORS_FILE)
     vectors = vectors_of(new_ids)
-    assert len(index) == len(new_ids) and index.search_vector(vectors[-1], k=1)[0].product_id == new_ids[-1]
+    ref.add(vectors)
+    q = queries_near(vectors)
+    _, ref_ids = ref.search(q, 10)
+    index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    assert top_ids(index, q) == [[new_ids[i] for i in row if i >= 0] for row in ref_ids]
+    a = faiss_centroids(tmp_path / "idx" / first.generation)
+    assert np.array_equal(a, faiss_centroids(tmp_path / "idx" / report.generation))
+
+    # ivfpq-fs is repacked in memory: always trained afresh
+    build(tmp_path / "fs", ids, "ivfpq-fs")
+    assert "always rebuilt" in build(tmp_path / "fs", new_ids, "ivfpq-fs").incremental["full_build"]
+
+
+def faiss_centroids(generation: Path) -> np.ndarray:
+    import faiss
+
+    from vsearch import sharded_index
+
+    index = sharded_index.empty_copy(generation / store.VECTORS_FILE)  # keep it alive while its quantizer is read
+    ivf = faiss.extract_index_ivf(index)
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
 
 
 def test_hnsw_update_has_the_recall_of_a_from_scratch_build_and_never_returns_removed_products(tmp_path):

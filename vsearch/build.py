@@ -207,9 +207,9 @@ def build_index(
                 query_defaults=query_defaults, calibrate=calibrate_threshold, adapt=adapt, shopper=shopper,
                 embedder=embedder, previous=live,
             )
-            update = _incremental_update(live, vectors, images, manifest, chosen_type)
+            update, quantizer = _incremental_update(live, vectors, images, manifest, chosen_type)
             store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest,
-                                   index_type=chosen_type, prebuilt=update)
+                                   index_type=chosen_type, prebuilt=update, quantizer=quantizer)
             final = store.publish_generation(index_dir, tmp)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -309,15 +309,22 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
 
 def _incremental_update(live: Path | None, vectors: np.ndarray, images: list, manifest: dict[str, Any], index_type: str):
     """The live index updated in place of a full FAISS build when little changed (``vsearch.incremental``);
-    records what was done in the manifest's ``incremental`` entry. None = build the index afresh."""
+    records what was done in the manifest's ``incremental`` entry. Returns (prebuilt index or
+    None, the previous trained IVF quantizer to build on or None); (None, None) = build afresh."""
     from . import incremental
 
-    update, why = incremental.try_update(live, vectors, images, manifest, index_type)
-    if update is None:
-        manifest["incremental"] = {"full_build": why, "changed_since_full": 0}
-        return None
-    manifest["incremental"] = update.record
-    return update.index, update.factory, update.vids
+    if index_type in incremental.QUANTIZER_REUSE_TYPES:
+        quantizer, why = incremental.reusable_quantizer(live, images, manifest, index_type)
+        if quantizer is not None:
+            manifest["incremental"] = {k: v for k, v in quantizer.items() if k not in ("factory", "trained_index")}
+            return None, quantizer
+    else:
+        update, why = incremental.try_update(live, vectors, images, manifest, index_type)
+        if update is not None:
+            manifest["incremental"] = update.record
+            return (update.index, update.factory, update.vids), None
+    manifest["incremental"] = {"full_build": why, "changed_since_full": 0}
+    return None, None
 
 
 def _train_pair_vectors(path: str | os.PathLike, known: set[str], embedder: Any, cache: EmbeddingCache, *,

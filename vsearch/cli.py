@@ -327,6 +327,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     if inc.get("base"):
         print(f"index updated from {inc['base']}: {inc['added']} vectors added, {inc['removed']} removed"
               + (f" ({inc['hidden']} hidden vectors in the HNSW graph)" if inc.get("hidden") else ""))
+    elif inc.get("quantizer_from"):
+        print(f"IVF lists rebuilt on the trained quantizer of {inc['quantizer_from']} "
+              f"({inc['added']} images added, {inc['removed']} removed since the last build)")
     return 0
 
 
@@ -418,7 +421,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     inc = manifest.get("incremental") or {}
     if inc:
         print("last build:   " + (f"updated {inc['base']}: +{inc['added']} -{inc['removed']} vectors, {inc['hidden']} hidden"
-                                  if inc.get("base") else f"full ({inc.get('full_build')})"))
+                                  if inc.get("base") else f"lists rebuilt on the quantizer trained in {inc['quantizer_from']}"
+                                  if inc.get("quantizer_from") else f"full ({inc.get('full_build')})"))
     print(f"format:       {manifest['format']} v{manifest['format_version']} (vsearch {manifest['vsearch_version']})")
     print(f"built:        {manifest['built_at']} from {manifest.get('catalog', '?')}")
     print("close match:  " + _verdict_summary(manifest.get("verdict") or {}))

@@ -10,10 +10,11 @@ its FAISS index instead:
   so a changed embedding, projection or DBA neighbourhood counts as a change); the rest are removed
   and added.
 * **flat** - ``remove_ids`` then ``add`` on the copy. The remaining ids are renumbered to stay
-  0..n-1 (so ``id == position`` still holds for readers). IVF types (``ivf``, ``ivfpq``,
-  ``ivfpq-fs``) are built in shards whose lists are merged on disk and memory-mapped
-  (``sharded_index``): they are always rebuilt (reusing the previous generation's trained
-  quantizer for the shards is not done yet).
+  0..n-1 (so ``id == position`` still holds for readers). IVF types are built in shards whose lists are
+  merged on disk and memory-mapped (``sharded_index``), so their lists are rebuilt; ``ivf`` and
+  ``ivfpq`` reuse the previous generation's *trained* coarse quantizer (and PQ codebooks), which
+  skips the training (most of their build) and gives exactly a from-scratch build with that
+  quantizer. ``ivfpq-fs`` (repacked in memory) is always built afresh.
 * **HNSW** - its graph cannot drop a node: new vectors are added, removed ones stay in the file as
   *hidden* vectors (FAISS ids with no ``images`` row; search filters them out with an id selector).
 
@@ -38,7 +39,8 @@ from .errors import VsearchError
 
 MAX_CHANGE_FRACTION = 0.20  # added + removed images (this build, and since the last full build) / images
 MAX_HIDDEN_FRACTION = 0.20  # HNSW: hidden (removed) vectors / vectors in the file
-INCREMENTAL_TYPES = ("flat", "hnsw")  # IVF types are built in shards with on-disk lists: always rebuilt
+INCREMENTAL_TYPES = ("flat", "hnsw")  # updated in place
+QUANTIZER_REUSE_TYPES = ("ivf", "ivfpq")  # rebuilt in shards, on the previous generation's trained quantizer
 _SAME_VECTOR_TOL = 1e-5
 
 
@@ -112,9 +114,42 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
     return Update(index, old["faiss_factory"], vids, record), ""
 
 
-def _incompatible(old: dict[str, Any], new: dict[str, Any], index_type: str, previous_name: str) -> str:
+def reusable_quantizer(previous: Path | None, images: list[store.ImageRecord], manifest: dict[str, Any],
+                       index_type: str) -> tuple[dict[str, Any] | None, str]:
+    """({"from": previous generation, "factory": its factory, record...}, '') when an IVF build may
+    start from the previous generation's trained quantizer instead of training one, or (None, why
+    not). Same rules as an update: same model and vector space, and at most MAX_CHANGE_FRACTION of
+    the images changed in this build and since the quantizer was trained (a drifted catalog gets a
+    new one). Images are compared by (product, image) only: every vector is added again anyway."""
+    if previous is None:
+        return None, "no previous generation"
+    try:
+        old = store.read_manifest(previous)
+        old_keys, _ = _old_images(previous)
+    except (VsearchError, sqlite3.Error) as e:
+        return None, f"previous generation unreadable ({e})"
+    why = _incompatible(old, manifest, index_type, previous.name, types=QUANTIZER_REUSE_TYPES)
+    if why:
+        return None, why
+    if not (previous / store.VECTORS_FILE).is_file() or not len(old_keys):
+        return None, "previous generation is empty or inconsistent"
+    new_keys = np.asarray([f"{im.product_id}\x00{im.source}" for im in images])
+    common = len(np.intersect1d(new_keys, old_keys))
+    change = (len(new_keys) - common) + (len(old_keys) - common)
+    since = int((old.get("incremental") or {}).get("changed_since_full", 0)) + change
+    if change > MAX_CHANGE_FRACTION * len(old_keys):
+        return None, f"{change} of {len(old_keys)} images changed (more than {MAX_CHANGE_FRACTION:.0%})"
+    if since > MAX_CHANGE_FRACTION * max(len(images), 1):
+        return None, f"{since} images changed since the quantizer was trained (more than {MAX_CHANGE_FRACTION:.0%})"
+    return {"quantizer_from": old.get("incremental", {}).get("quantizer_from") or previous.name,
+            "factory": old["faiss_factory"], "trained_index": previous / store.VECTORS_FILE,
+            "added": len(new_keys) - common, "removed": len(old_keys) - common, "changed_since_full": since}, ""
+
+
+def _incompatible(old: dict[str, Any], new: dict[str, Any], index_type: str, previous_name: str,
+                  types: tuple[str, ...] = INCREMENTAL_TYPES) -> str:
     """Why the previous index cannot be updated into the new one ('' when it can)."""
-    if index_type not in INCREMENTAL_TYPES:
+    if index_type not in types:
         return f"index type {index_type} is always rebuilt"
     if old.get("index_type") != index_type:
         return f"index type changed ({old.get('index_type')} -> {index_type})"

@@ -147,12 +147,15 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], *, engine: str = "
 
 def build_ondisk(out_dir: Path, index_file: str, factory: str, *, sample: np.ndarray, nprobe: int,
                  shards: Iterable[tuple[np.ndarray, np.ndarray]], n_ids: int, stored_file: str | None = None,
-                 engine: str = "local", workers: int | None = None, timings: dict[str, float] | None = None) -> Any:
+                 engine: str = "local", workers: int | None = None, timings: dict[str, float] | None = None,
+                 trained_from: str | os.PathLike | None = None) -> Any:
     """Train, add shards (ids, vectors) in parallel, merge on disk: ``out_dir/index_file`` plus its
     ``.ivfdata`` (and ``stored_file``, float16 vectors with row = id, when given). Returns the merged
     index. A fast-scan factory (``...x4fs``) is built and merged as 4-bit PQ, then repacked in memory
     into fast-scan blocks (its codes are small: m/2 bytes a vector) and written as one file.
-    ``timings`` (a dict) receives the seconds of each step and the number of shards."""
+    ``timings`` (a dict) receives the seconds of each step and the number of shards.
+    ``trained_from``: an earlier index built by this function whose trained quantizer (and PQ) is
+    reused instead of training on ``sample`` (see ``empty_copy``)."""
     import time
 
     import faiss
@@ -164,7 +167,10 @@ def build_ondisk(out_dir: Path, index_file: str, factory: str, *, sample: np.nda
     work = out_dir / ".shards"
     work.mkdir(exist_ok=True)
     trained = work / "trained.faiss"
-    faiss.write_index(train_ivf(sample, factory, nprobe=nprobe), str(trained))
+    if trained_from is not None:
+        faiss.write_index(empty_copy(trained_from), str(trained))
+    else:
+        faiss.write_index(train_ivf(sample, factory, nprobe=nprobe), str(trained))
     timings["train_s"], clock = time.perf_counter() - clock, time.perf_counter()
     stored_path = None
     if stored_file is not None:
@@ -175,6 +181,23 @@ def build_ondisk(out_dir: Path, index_file: str, factory: str, *, sample: np.nda
     timings["add_s"], clock = time.perf_counter() - clock, time.perf_counter()
     index = _merge_and_finish(trained, shard_paths, out_dir, index_file, factory, nprobe, work)
     timings["merge_s"], timings["shards"] = time.perf_counter() - clock, len(tasks)
+    return index
+
+
+def empty_copy(path: str | os.PathLike):
+    """The trained, empty index of an on-disk IVF index file (its lists are not read): its coarse
+    quantizer, PQ codebooks and nprobe, ready for ``add_shard``. What makes a rebuild of a catalog
+    that changed little skip the training, most of an IVF build."""
+    import faiss
+
+    index = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA)
+    ivf = faiss.extract_index_ivf(index)
+    if not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists):
+        raise IndexFormatError(f"{path} is not an on-disk IVF index; its quantizer cannot be reused")
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns it now
+    ivf.ntotal = index.ntotal = 0
     return index
 
 

@@ -191,17 +191,21 @@ def _training_sample(vectors: np.ndarray, index_type: str, nlist: int) -> np.nda
     return training_sample(vectors, cap)
 
 
-def _write_sharded(tmp_dir: Path, vectors: np.ndarray, index_type: str, timings: dict[str, float]) -> str:
-    """IVF types: train on a sample, add shards in parallel, merge the lists on disk."""
+def _write_sharded(tmp_dir: Path, vectors: np.ndarray, index_type: str, timings: dict[str, float],
+                   quantizer: dict[str, Any] | None = None) -> str:
+    """IVF types: train on a sample (or reuse ``quantizer``: the previous generation's trained
+    index and factory, from ``incremental.reusable_quantizer``), add shards in parallel, merge the
+    lists on disk."""
     from . import sharded_index
 
     n, dim = vectors.shape
-    factory = faiss_factory_string(index_type, n, dim)
+    factory = quantizer["factory"] if quantizer else faiss_factory_string(index_type, n, dim)
     nlist = int(factory.split(",")[0].removeprefix("IVF"))
     sharded_index.build_ondisk(
-        tmp_dir, VECTORS_FILE, factory, sample=_training_sample(vectors, index_type, nlist),
+        tmp_dir, VECTORS_FILE, factory, sample=vectors[:0] if quantizer else _training_sample(vectors, index_type, nlist),
         nprobe=ivf_nprobe(nlist) if index_type == "ivf" else 32, shards=sharded_index.shards_of(vectors),
-        n_ids=n, stored_file=STORED_VECTORS_FILE if index_type in RERANKED_TYPES else None, timings=timings)
+        n_ids=n, stored_file=STORED_VECTORS_FILE if index_type in RERANKED_TYPES else None, timings=timings,
+        trained_from=quantizer["trained_index"] if quantizer else None)
     return factory
 
 
@@ -249,11 +253,13 @@ def write_generation(
     manifest: dict[str, Any],
     index_type: str,
     prebuilt: tuple[Any, str, np.ndarray] | None = None,
+    quantizer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write vectors, metadata and manifest into tmp_dir; return the manifest as written.
 
     prebuilt: (FAISS index, factory string, FAISS id of each image) from an incremental update
-    (``vsearch.incremental``) instead of a new index whose ids are the image positions.
+    (``vsearch.incremental``) instead of a new index whose ids are the image positions;
+    quantizer: for the sharded IVF types, the previous generation's trained quantizer to reuse.
     """
     import faiss
 
@@ -267,7 +273,7 @@ def write_generation(
         vids = [int(v) for v in prebuilt_vids]
         faiss.write_index(index, str(tmp_dir / VECTORS_FILE))
     elif index_type in SHARDED_TYPES and len(vectors):
-        factory = _write_sharded(tmp_dir, vectors, index_type, sharded)  # no copy: shards read slices (a memory map stays one)
+        factory = _write_sharded(tmp_dir, vectors, index_type, sharded, quantizer)  # no copy: shards read slices
     else:
         index, factory = make_faiss_index(vectors, index_type)
         faiss.write_index(index, str(tmp_dir / VECTORS_FILE))
