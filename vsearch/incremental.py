@@ -116,7 +116,7 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
 
 def reusable_quantizer(previous: Path | None, images: list[store.ImageRecord], manifest: dict[str, Any],
                        index_type: str) -> tuple[dict[str, Any] | None, str]:
-    """({"from": previous generation, "factory": its factory, record...}, '') when an IVF build may
+    """({"quantizer_from", "factory", "trained_index", and the record}, '') when an IVF build may
     start from the previous generation's trained quantizer instead of training one, or (None, why
     not). Same rules as an update: same model and vector space, and at most MAX_CHANGE_FRACTION of
     the images changed in this build and since the quantizer was trained (a drifted catalog gets a
