@@ -16,6 +16,7 @@ import pytest
 
 from vsearch import sharded_index, store
 from vsearch.build import build_index
+from vsearch.embedding_shards import read_shard_vectors
 from vsearch.errors import EmbeddingsImportError
 from vsearch.search import ProductIndex
 
@@ -132,9 +133,9 @@ def test_parquet_of_another_model_or_dim_is_refused(tmp_path, data):
     vectors, _ = data
     write_parquet(tmp_path / "a.parquet", ["k0", "k1"], vectors[:2], fingerprint="other-model")
     with pytest.raises(EmbeddingsImportError, match="model"):
-        list(sharded_index.read_parquet_vectors(tmp_path / "a.parquet", dim=DIM, fingerprint="fp-test"))
+        list(read_shard_vectors(tmp_path / "a.parquet", dim=DIM, fingerprint="fp-test"))
     with pytest.raises(EmbeddingsImportError, match=r"fixed_size_list<float32>\[64\]"):
-        list(sharded_index.read_parquet_vectors(tmp_path / "a.parquet", dim=64))
+        list(read_shard_vectors(tmp_path / "a.parquet", dim=64))
 
 
 # ---------------------------------------------------------------- generations served memory-mapped

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VsearchError
+from .errors import EmbeddingsImportError, VsearchError
 
 FORMAT_VERSION = "1"
 META_FINGERPRINT = b"vsearch.model_fingerprint"
@@ -79,9 +79,9 @@ def iter_embedding_shards(folder: str | os.PathLike, fingerprint: str | None = N
         if fingerprint is not None and meta[META_FINGERPRINT].decode() != fingerprint:
             continue
         dim = int(meta[META_DIM])
-        table = pq.read_table(path, columns=["key", "vector"])
-        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        yield table.column("key").to_pylist(), np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, dim)
+        parts = list(read_shard_vectors(path, dim=dim))
+        yield ([k for keys, _ in parts for k in keys],
+               np.concatenate([v for _, v in parts]) if parts else np.empty((0, dim), dtype=np.float32))
 
 
 def shard_fingerprint(path: str | os.PathLike) -> str:
@@ -89,3 +89,31 @@ def shard_fingerprint(path: str | os.PathLike) -> str:
     import pyarrow.parquet as pq
 
     return (pq.read_schema(path).metadata or {}).get(META_FINGERPRINT, b"").decode()
+
+
+def read_shard_vectors(path: str | os.PathLike, *, dim: int | None = None,
+                         fingerprint: str | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(keys, float32 vectors) of one Parquet embedding file, one row group at a time (so a big
+    file never sits in memory whole). Any file with ``key`` and ``vector`` columns is accepted;
+    with ``fingerprint``, one whose metadata names another model is refused."""
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(str(path))
+    except (OSError, ValueError) as e:
+        raise EmbeddingsImportError(f"{path}: not a readable Parquet file ({e})") from None
+    meta = {k.decode(): v.decode() for k, v in (f.schema_arrow.metadata or {}).items()}
+    names = set(f.schema_arrow.names)
+    if not {"key", "vector"} <= names:
+        raise EmbeddingsImportError(f"{path}: needs columns 'key' and 'vector', has {', '.join(sorted(names))}")
+    if fingerprint is not None and meta.get("vsearch.model_fingerprint") not in (None, fingerprint):
+        raise EmbeddingsImportError(
+            f"{path}: vectors of model {meta['vsearch.model_fingerprint'][:12]}, the index's model is {fingerprint[:12]}")
+    for g in range(f.num_row_groups):
+        table = f.read_row_group(g, columns=["key", "vector"])
+        column = table.column("vector").combine_chunks()
+        width = getattr(column.type, "list_size", None)
+        if width is None or (dim is not None and width != dim):
+            raise EmbeddingsImportError(f"{path}: 'vector' must be fixed_size_list<float32>[{dim}], is {column.type}")
+        flat = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        yield table.column("key").to_pylist(), flat.reshape(len(table), width)

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EmbeddingsImportError, IndexFormatError, VsearchError
+from .embedding_shards import read_shard_vectors
+from .errors import IndexFormatError, VsearchError
 
 SHARD_VECTORS = 200_000  # vectors one shard task adds (float32 1280-d: ~1 GB); the build's memory step
 RERANK_FACTOR = 16  # PQ candidates rescored exactly per result wanted (the index type may ask for more)
@@ -82,7 +83,7 @@ def add_parquet_shard(trained_path: str | os.PathLike, parquet_path: str | os.Pa
 
     index = faiss.read_index(str(trained_path))
     stored = np.load(stored_path, mmap_mode="r+") if stored_path is not None else None
-    for keys, vectors in read_parquet_vectors(parquet_path, dim=index.d, fingerprint=fingerprint):
+    for keys, vectors in read_shard_vectors(parquet_path, dim=index.d, fingerprint=fingerprint):
         rows, ids = [], []
         for row, key in enumerate(keys):
             for vid in ids_of_key.get(key, ()):
@@ -307,32 +308,6 @@ def rerank(search: Callable[[int], tuple[np.ndarray, np.ndarray]], stored: np.nd
     out_ids = np.full(n, -1, dtype=np.int64)
     out_scores[: len(order)], out_ids[: len(order)] = scores[order], ids[order]
     return out_scores, out_ids
-
-
-def read_parquet_vectors(path: str | os.PathLike, *, dim: int | None = None,
-                         fingerprint: str | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(keys, float32 vectors) of one Parquet embedding file, one row group at a time."""
-    import pyarrow.parquet as pq
-
-    try:
-        f = pq.ParquetFile(str(path))
-    except (OSError, ValueError) as e:
-        raise EmbeddingsImportError(f"{path}: not a readable Parquet file ({e})") from None
-    meta = {k.decode(): v.decode() for k, v in (f.schema_arrow.metadata or {}).items()}
-    names = set(f.schema_arrow.names)
-    if not {"key", "vector"} <= names:
-        raise EmbeddingsImportError(f"{path}: needs columns 'key' and 'vector', has {', '.join(sorted(names))}")
-    if fingerprint is not None and meta.get("vsearch.model_fingerprint") not in (None, fingerprint):
-        raise EmbeddingsImportError(
-            f"{path}: vectors of model {meta['vsearch.model_fingerprint'][:12]}, the index's model is {fingerprint[:12]}")
-    for g in range(f.num_row_groups):
-        table = f.read_row_group(g, columns=["key", "vector"])
-        column = table.column("vector").combine_chunks()
-        width = getattr(column.type, "list_size", None)
-        if width is None or (dim is not None and width != dim):
-            raise EmbeddingsImportError(f"{path}: 'vector' must be fixed_size_list<float32>[{dim}], is {column.type}")
-        flat = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        yield table.column("key").to_pylist(), flat.reshape(len(table), width)
 
 
 # ---------------------------------------------------------------- helpers
