@@ -538,15 +538,16 @@ class ProductIndex:
         """The first k products as Hits; best may hold more, so the verdict can see the runner-up."""
         if not best:
             return []
-        pids = [b[0] for b in best]
+        shown = best[:k]
+        pids = [b[0] for b in shown]
         marks = ",".join("?" * len(pids))
         products = {r["pid"]: store.product_from_row(r) for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))}
-        all_vids = [v for b in best for v in b[2]]
+        all_vids = [v for b in shown for v in b[2]]
         marks = ",".join("?" * len(all_vids))
         sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
         verdict = gen.verdict  # this query's generation, even after a reload
         hits = []
-        for rank, (pid, score, vids) in enumerate(best[:k], start=1):
+        for rank, (pid, score, vids) in enumerate(shown, start=1):
             if verdict.signal == "margin":  # only the first result can lead the others
                 confident = verdict.decide(score, best[1][1] if len(best) > 1 else None) if rank == 1 else (
                     None if verdict.threshold is None else False)
