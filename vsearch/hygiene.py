@@ -373,12 +373,7 @@ def check_index(index_dir: str | os.PathLike, *, progress: ProgressCallback | No
     started = time.perf_counter()
     index_dir = Path(index_dir)
     gen = index_dir / store.read_current(index_dir)
-    db = store.open_products_db(gen)
-    try:
-        rows = db.execute("SELECT i.vid, p.product_id, i.source, i.row, i.content_hash FROM images i "
-                          "JOIN products p ON p.pid = i.pid ORDER BY i.vid").fetchall()
-    finally:
-        db.close()
+    rows = store.read_image_records(gen)
     photos, files = [], []
     for vid, pid, source, row, digest in rows:
         photos.append(PhotoRef(pid, source, int(row)))

@@ -79,7 +79,7 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
         return None, "previous generation is empty or inconsistent"
 
     # Same (product, image) key, and the same vector as stored: the image keeps its FAISS id.
-    new_keys = np.asarray([f"{im.product_id}\x00{im.source}" for im in images])
+    new_keys = _keys((im.product_id, im.source) for im in images)
     _, kept_new_a, kept_old_a = np.intersect1d(new_keys, old_keys, return_indices=True)
     same = _same_vectors(index, old_vids[kept_old_a], vectors, kept_new_a)
     kept_new_a, kept_old_a = kept_new_a[same], kept_old_a[same]
@@ -87,10 +87,9 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
     removed_old = np.setdiff1d(np.arange(n_old), kept_old_a)
     change = len(added) + len(removed_old)
     since = int((old.get("incremental") or {}).get("changed_since_full", 0)) + change
-    if change > MAX_CHANGE_FRACTION * n_old:
-        return None, f"{change} of {n_old} images changed (more than {MAX_CHANGE_FRACTION:.0%})"
-    if since > MAX_CHANGE_FRACTION * max(len(images), 1):
-        return None, f"{since} images changed since the last full build (more than {MAX_CHANGE_FRACTION:.0%})"
+    why = _too_much_change(change, n_old, since, len(images))
+    if why:
+        return None, why
 
     removed_vids = old_vids[removed_old]
     vids = np.empty(len(images), dtype=np.int64)
@@ -103,7 +102,7 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
         vids[added] = index.ntotal + np.arange(len(added))
     else:
         hidden = 0
-        _remove_and_renumber(index, removed_vids, index_type)
+        _remove_and_renumber(index, removed_vids)
         shift = np.searchsorted(np.sort(removed_vids), old_vids[kept_old_a])  # removed ids below each kept id
         vids[kept_new_a] = old_vids[kept_old_a] - shift
         vids[added] = index.ntotal + np.arange(len(added))
@@ -133,14 +132,13 @@ def reusable_quantizer(previous: Path | None, images: list[store.ImageRecord], m
         return None, why
     if not (previous / store.VECTORS_FILE).is_file() or not len(old_keys):
         return None, "previous generation is empty or inconsistent"
-    new_keys = np.asarray([f"{im.product_id}\x00{im.source}" for im in images])
+    new_keys = _keys((im.product_id, im.source) for im in images)
     common = len(np.intersect1d(new_keys, old_keys))
     change = (len(new_keys) - common) + (len(old_keys) - common)
     since = int((old.get("incremental") or {}).get("changed_since_full", 0)) + change
-    if change > MAX_CHANGE_FRACTION * len(old_keys):
-        return None, f"{change} of {len(old_keys)} images changed (more than {MAX_CHANGE_FRACTION:.0%})"
-    if since > MAX_CHANGE_FRACTION * max(len(images), 1):
-        return None, f"{since} images changed since the quantizer was trained (more than {MAX_CHANGE_FRACTION:.0%})"
+    why = _too_much_change(change, len(old_keys), since, len(images))
+    if why:  # a quantizer trained on a catalog that has since drifted is retrained
+        return None, why
     return {"quantizer_from": old.get("incremental", {}).get("quantizer_from") or previous.name,
             "factory": old["faiss_factory"], "trained_index": previous / store.VECTORS_FILE,
             "added": len(new_keys) - common, "removed": len(old_keys) - common, "changed_since_full": since}, ""
@@ -169,14 +167,24 @@ def _incompatible(old: dict[str, Any], new: dict[str, Any], index_type: str, pre
 
 def _old_images(previous: Path) -> tuple[np.ndarray, np.ndarray]:
     """Keys ("product id NUL image source") and FAISS ids of the previous generation's images."""
-    db = store.open_products_db(previous)
-    try:
-        rows = db.execute("SELECT p.product_id || char(0) || i.source, i.vid FROM images i "
-                          "JOIN products p ON p.pid = i.pid").fetchall()
-    finally:
-        db.close()
-    return (np.asarray([r[0] for r in rows]) if rows else np.empty(0, dtype=str),
-            np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+    rows = store.read_image_records(previous)
+    return (_keys((pid, source) for _, pid, source, _, _ in rows),
+            np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+
+
+def _keys(pairs) -> np.ndarray:
+    """One matching key per (product id, image source): the identity an image keeps across builds."""
+    keys = [f"{pid}\x00{source}" for pid, source in pairs]
+    return np.asarray(keys) if keys else np.empty(0, dtype=str)
+
+
+def _too_much_change(change: int, n_old: int, since: int, n_new: int) -> str:
+    """Why this many changed images call for a full build ('' when they do not)."""
+    if change > MAX_CHANGE_FRACTION * n_old:
+        return f"{change} of {n_old} images changed (more than {MAX_CHANGE_FRACTION:.0%})"
+    if since > MAX_CHANGE_FRACTION * max(n_new, 1):
+        return f"{since} images changed since the last full build (more than {MAX_CHANGE_FRACTION:.0%})"
+    return ""
 
 
 def _same_vectors(index, old_vids: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -194,7 +202,7 @@ def _same_vectors(index, old_vids: np.ndarray, vectors: np.ndarray, rows: np.nda
     return same
 
 
-def _remove_and_renumber(index, removed: np.ndarray, index_type: str) -> None:
+def _remove_and_renumber(index, removed: np.ndarray) -> None:
     """Remove ids; keep the rest numbered 0..n-1 in their old order (flat compacts by itself)."""
     import faiss
 

@@ -156,7 +156,7 @@ def reuse_verdict(previous: Path | None, manifest: Mapping[str, Any], image_keys
     simulated photos through the model and two projection fits - far more than a small catalog
     change. Builds with train pairs always recalibrate (their photos are not tracked here)."""
     from .errors import VsearchError
-    from .store import open_products_db, read_manifest
+    from .store import read_image_records, read_manifest
 
     if previous is None or train_pairs:
         return None
@@ -175,14 +175,10 @@ def reuse_verdict(previous: Path | None, manifest: Mapping[str, Any], image_keys
             not ad_new.get("files") and not ad_old.get("files"))
         if not same_space:
             return None
-        db = open_products_db(previous)
-        try:
-            before = db.execute("SELECT p.product_id, i.source FROM images i JOIN products p ON p.pid = i.pid").fetchall()
-        finally:
-            db.close()
+        before = read_image_records(previous)
     except (OSError, KeyError, TypeError, ValueError, VsearchError):
         return None
-    before_set = {tuple(r) for r in before}
+    before_set = {(pid, source) for _, pid, source, _, _ in before}
     after_set = set(map(tuple, image_keys))
     since = float(verdict.get("changed_since_calibration", 0)) + len(before_set ^ after_set) / max(len(before_set), 1)
     if since > REFIT_FRACTION:  # counted since the build that calibrated it, so small changes cannot add up

@@ -461,3 +461,16 @@ def open_products_db(generation_dir: Path) -> sqlite3.Connection:
     db = sqlite3.connect(uri, uri=True, check_same_thread=False)
     db.row_factory = sqlite3.Row
     return db
+
+
+def read_image_records(generation_dir: Path) -> list[tuple[int, str, str, int, str]]:
+    """(vid, product_id, source, row, content_hash) of every image of a generation, by vid: what
+    the catalog check, incremental updates and verdict reuse read about a generation's images."""
+    db = open_products_db(generation_dir)
+    try:
+        return db.execute("SELECT i.vid, p.product_id, i.source, i.row, i.content_hash FROM images i "
+                          "JOIN products p ON p.pid = i.pid ORDER BY i.vid").fetchall()
+    except sqlite3.Error as e:
+        raise IndexFormatError(f"{generation_dir / PRODUCTS_FILE} cannot be read ({e}); rebuild the index") from None
+    finally:
+        db.close()
