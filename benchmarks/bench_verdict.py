@@ -26,16 +26,22 @@ import numpy as np
 from bench_quality import SETS, Features, eval_sets
 
 
-def pr_curve(results, points=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8)) -> str:
-    """Precision / recall of "top-1 score >= t means right" at a few thresholds."""
-    s = np.asarray([r.scores[0] if r.scores else -1.0 for r in results])
+def pr_curve(results, points=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), *, margin: bool = False) -> str:
+    """Precision / recall of "top-1 score >= t means right" at a few thresholds (margin: the top-1
+    score minus the runner-up's instead)."""
+    def value(r) -> float:
+        if margin:
+            return r.scores[0] - r.scores[1] if len(r.scores) > 1 else -1.0
+        return r.scores[0] if r.scores else -1.0
+
+    s = np.asarray([value(r) for r in results])
     right = np.asarray([r.rank == 1 for r in results])
     cells = []
     for t in points:
         above = s >= t
         p = right[above].mean() if above.any() else float("nan")
         rec = (right & above).sum() / max(right.sum(), 1)
-        cells.append(f"t={t:.1f}: P {p:.2f} R {rec:.2f}")
+        cells.append(f"m={t:.2f}: P {p:.2f} R {rec:.2f}" if margin else f"t={t:.1f}: P {p:.2f} R {rec:.2f}")
     return "; ".join(cells)
 
 
@@ -48,18 +54,6 @@ def cached_search(index, feats: Features):
         g, i = where[str(image)]
         return index.search_vector(feats.vectors(g, "avg", False)[i], k=k, **options)
     return search
-
-
-def margin_curve(results, points=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3)) -> str:
-    """Precision / recall of "top-1 score minus the runner-up's >= t means right"."""
-    s = np.asarray([r.scores[0] - r.scores[1] if len(r.scores) > 1 else -1.0 for r in results])
-    right = np.asarray([r.rank == 1 for r in results])
-    cells = []
-    for t in points:
-        above = s >= t
-        p = right[above].mean() if above.any() else float("nan")
-        cells.append(f"m={t:.2f}: P {p:.2f} R {(right & above).sum() / max(right.sum(), 1):.2f}")
-    return "; ".join(cells)
 
 
 def run(name: str, sets: Path, feats: Features, adapt: str, train_pairs: Path | None = None,
@@ -91,7 +85,7 @@ def run(name: str, sets: Path, feats: Features, adapt: str, train_pairs: Path | 
            "verdict_recall": v.get("recall"), "verdict_reason": v.get("reason"), "build_s": round(build_s, 1),
            "p50_ms": round(report.latency_p50_ms, 1), "adaptation": index.manifest.get("adaptation", {}).get("state"),
            "simulation": index.manifest.get("verdict_simulation"), "pr": pr_curve(report.results),
-           "pr_margin": margin_curve(report.results)}
+           "pr_margin": pr_curve(report.results, (0.02, 0.05, 0.1, 0.15, 0.2, 0.3), margin=True)}
     print(json.dumps(out), flush=True)
     return out
 
