@@ -109,6 +109,20 @@ def draw_product(index: int, view: int = 0, size: int = 96) -> Image.Image:
     return img
 
 
+CATALOG_COLUMNS = ["product_id", "image", "title", "category", "price"]
+
+
+def write_catalog_rows(folder: Path, rows, header=CATALOG_COLUMNS) -> Path:
+    """folder/catalog.csv with these rows (lists in ``header`` order); image files are the caller's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "catalog.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
 def write_catalog(folder: Path, n_products: int = 12, views: int = 2, extra_rows: list[dict] | None = None) -> Path:
     """A CSV catalog of synthetic products (some with several views) plus its images."""
     images = folder / "images"

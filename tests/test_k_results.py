@@ -3,12 +3,12 @@ min(k, matching products) products (an ANN pass that comes back short is complet
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import write_catalog_rows
 from vsearch.build import build_index
 from vsearch.search import ProductIndex
 
@@ -16,14 +16,8 @@ DIM = 32
 
 
 def rare_catalog(folder: Path, n: int, rare: list[int]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "catalog.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["product_id", "image", "title", "category", "price"])
-        for i in range(n):
-            w.writerow([f"P{i:05d}", f"img/{i:05d}.jpg", f"Product {i}", "rare" if i in rare else "common", f"{i % 50 + 1}.00"])
-    return path
+    return write_catalog_rows(folder, ([f"P{i:05d}", f"img/{i:05d}.jpg", f"Product {i}", "rare" if i in rare else "common",
+                                        f"{i % 50 + 1}.00"] for i in range(n)))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ other tests simulate the same failures in-process where a subprocess could not a
 
 from __future__ import annotations
 
-import csv
 import errno
 import os
 import signal
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FakeEmbedder
+from conftest import FakeEmbedder, write_catalog_rows
 from vsearch import cli
 from vsearch import store
 from vsearch.build import build_index
@@ -39,13 +38,8 @@ def noise_catalog(folder: Path, ids: list[str], n_images: int, *, title: str = "
         if not p.exists():
             arr = np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
             Image.fromarray(arr).save(p)
-    path = folder / "catalog.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["product_id", "image", "title", "category", "price"])
-        for i, pid in enumerate(ids):
-            w.writerow([pid, f"images/{i:04d}.png", title or f"product {pid}", "noise", f"{1 + i % 50}.00"])
-    return path
+    return write_catalog_rows(folder, ([pid, f"images/{i:04d}.png", title or f"product {pid}", "noise", f"{1 + i % 50}.00"]
+                                       for i, pid in enumerate(ids)))
 
 
 def fingerprint_of(hits) -> list[tuple[str, float, str]]:

@@ -8,12 +8,12 @@ the exact fallback read only the vectors they need.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import write_catalog_rows
 from vsearch import sharded_index, store
 from vsearch.build import build_index
 from vsearch.embedding_shards import read_shard_vectors
@@ -143,14 +143,8 @@ def test_parquet_of_another_model_or_dim_is_refused(tmp_path, data):
 
 def catalog(folder: Path, n: int) -> Path:
     """Two photos per product; category 'rare' is the last 4 products (k=5 asks for more: the exact fallback)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "catalog.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["product_id", "image", "title", "category", "price"])
-        for i in range(n):
-            w.writerow([f"P{i // 2:05d}", f"img/{i:05d}.jpg", f"Product {i // 2}", "rare" if i >= n - 8 else "common", "1.00"])
-    return path
+    return write_catalog_rows(folder, ([f"P{i // 2:05d}", f"img/{i:05d}.jpg", f"Product {i // 2}",
+                                        "rare" if i >= n - 8 else "common", "1.00"] for i in range(n)))
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import write_catalog_rows
 from vsearch import store
 from vsearch.build import build_index
 from vsearch.catalog import read_catalog
@@ -19,15 +19,8 @@ from vsearch.search import ProductIndex
 
 def vector_catalog(folder: Path, n: int, *, images_per_product: int = 1) -> Path:
     """A catalog whose image files never exist: imported builds must not read them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "catalog.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["product_id", "image", "title", "category", "price"])
-        for i in range(n):
-            cell = "|".join(f"img/{i:04d}-{v}.jpg" for v in range(images_per_product))
-            w.writerow([f"P{i:04d}", cell, f"Product {i}", "mug" if i % 2 else "lamp", f"{i + 1}.50"])
-    return path
+    return write_catalog_rows(folder, ([f"P{i:04d}", "|".join(f"img/{i:04d}-{v}.jpg" for v in range(images_per_product)),
+                                        f"Product {i}", "mug" if i % 2 else "lamp", f"{i + 1}.50"] for i in range(n)))
 
 
 def unit(rng, n: int, dim: int) -> np.ndarray:
