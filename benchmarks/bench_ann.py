@@ -75,28 +75,26 @@ def exact_neighbours(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return gt
 
 
-def real_vectors(n: int, n_queries: int, seed: int = 0):
+def real_vectors(n: int, n_queries: int, seed: int = 0, photos: Path | None = None):
     """EfficientNet-Lite0 vectors of real photos; the rest of n is filled with perturbed mixtures of them.
 
-    Queries are real photos of jumia products whose other photos are in the base.
+    Queries are real photos of jumia products whose other photos are in the base. ``photos`` (or
+    $VSEARCH_BENCH_REAL_PHOTOS) is a file from ``export_real_photos``: the same photo vectors on a
+    machine that has no ``../shared/data`` and so cannot embed them (the set is then identical).
     """
     path = CACHE / f"real-n{n}-q{n_queries}-seed{seed}"
     if (path / "gt.npy").is_file():
         return np.load(path / "base.npy", mmap_mode="r"), np.load(path / "queries.npy"), np.load(path / "gt.npy")
-    from common import SHARED_DATA
-
-    from vsearch.embedders import load_embedder
-    from vsearch.images import load_image
-
-    files = sorted((SHARED_DATA / "jumia" / "images").glob("*.jpg")) + sorted((SHARED_DATA / "abo" / "images").rglob("*.jpg"))
+    photos = photos or (Path(os.environ["VSEARCH_BENCH_REAL_PHOTOS"]) if os.environ.get("VSEARCH_BENCH_REAL_PHOTOS") else None)
     rng = np.random.default_rng(seed)
-    files = [files[i] for i in rng.permutation(len(files))[: int(os.environ.get("VSEARCH_BENCH_REAL_IMAGES", 3000))]]
-    emb = load_embedder("efficientnet-lite0")
-    vecs = []
-    for start in range(0, len(files), 64):
-        vecs.append(emb.embed_images([load_image(f, min_side=emb.input_size) for f in files[start:start + 64]]))
-    real = np.concatenate(vecs)
-    queries, real = real[:n_queries], real[n_queries:]
+    if photos is not None:
+        saved = np.load(photos)
+        rng.permutation(int(saved["n_files"]))  # the draw of photos, so the fill below draws the same numbers
+        queries, real = saved["queries"][:n_queries], saved["real"]
+        if len(saved["queries"]) != n_queries:
+            raise SystemExit(f"{photos} holds {len(saved['queries'])} queries, not {n_queries}")
+    else:
+        queries, real = _embed_real_photos(rng, n_queries)
     fill = n - len(real)
     path.mkdir(parents=True, exist_ok=True)
     base = np.lib.format.open_memmap(path / "base.tmp.npy", mode="w+", dtype=np.float32, shape=(n, real.shape[1]))
@@ -116,6 +114,41 @@ def real_vectors(n: int, n_queries: int, seed: int = 0):
     gt = exact_neighbours(base, queries)
     np.save(path / "gt.npy", gt)
     return base, queries, gt
+
+
+def _real_photo_files() -> list[Path]:
+    from common import SHARED_DATA
+
+    return sorted((SHARED_DATA / "jumia" / "images").glob("*.jpg")) + sorted((SHARED_DATA / "abo" / "images").rglob("*.jpg"))
+
+
+def _embed_real_photos(rng: np.random.Generator, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, real): EfficientNet-Lite0 vectors of a seeded draw of ../shared/data photos."""
+    from vsearch.embedders import load_embedder
+    from vsearch.images import load_image
+
+    files = _real_photo_files()
+    files = [files[i] for i in rng.permutation(len(files))[: int(os.environ.get("VSEARCH_BENCH_REAL_IMAGES", 3000))]]
+    emb = load_embedder("efficientnet-lite0")
+    vecs = []
+    for start in range(0, len(files), 64):
+        vecs.append(emb.embed_images([load_image(f, min_side=emb.input_size) for f in files[start:start + 64]]))
+    real = np.concatenate(vecs)
+    return real[:n_queries], real[n_queries:]
+
+
+def export_real_photos(out: Path, n_queries: int, seed: int = 0) -> None:
+    """Save the photo vectors ``real_vectors`` starts from (any cached size has them first)."""
+    cached = sorted(CACHE.glob(f"real-n*-q{n_queries}-seed{seed}/gt.npy"))
+    rng = np.random.default_rng(seed)
+    n_files = len(_real_photo_files())
+    if cached:
+        folder = cached[0].parent
+        n_real = int(os.environ.get("VSEARCH_BENCH_REAL_IMAGES", 3000)) - n_queries
+        queries, real = np.load(folder / "queries.npy"), np.array(np.load(folder / "base.npy", mmap_mode="r")[:n_real])
+    else:
+        queries, real = _embed_real_photos(rng, n_queries)
+    np.savez(out, queries=queries, real=real, n_files=n_files)
 
 
 def measure(index, queries: np.ndarray, gt: np.ndarray, params=None) -> tuple[float, float, float]:
@@ -155,12 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", type=float, default=1.5)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--real", action="store_true", help="real EfficientNet-Lite0 vectors (+ mixtures as fill) instead")
+    ap.add_argument("--export-real", type=Path, metavar="FILE.npz",
+                    help="save the real photo vectors (for $VSEARCH_BENCH_REAL_PHOTOS on a machine without ../shared) and stop")
     ap.add_argument("--hnsw", action="store_true", help="also build HNSW32 (about 10x longer to build than IVF)")
     ap.add_argument("--flat", action="store_true", help="also time exact search (about 70-100 ms a query at 1M)")
     ap.add_argument("--nprobes", default="16,32,64,128,256")
     ap.add_argument("--types", default="ivf,ivfpq", help="IVF-family indexes to build (default: ivf,ivfpq; '' for none)")
     args = ap.parse_args(argv)
     types = {t.strip() for t in args.types.split(",") if t.strip()}
+    if args.export_real:
+        export_real_photos(args.export_real, args.queries)
+        return 0
 
     t = time.perf_counter()
     if args.real:
