@@ -242,6 +242,53 @@ def test_effnet_multilayer_read_out_adds_the_last_stage_and_still_retrieves(effn
     assert float(v[0] @ v[1]) > 0.8 and float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
 
 
+def test_salient_box_is_the_bounding_box_of_the_strongest_cells():
+    torch = pytest.importorskip("torch")
+    from vsearch.embedders.efficientnet import salient_boxes
+
+    fmap = torch.full((2, 8, 7, 7), 0.1)
+    fmap[0, :, 4:6, 1:3] = 1.0  # one object, lower left
+    fmap[1, :, 0, 0] = 1.0  # two objects in opposite corners: the box spans both
+    fmap[1, :, 6, 5] = 0.9
+    assert salient_boxes(fmap) == [(4, 6, 1, 3), (0, 7, 0, 6)]
+    assert salient_boxes(fmap, fraction=0.95)[1] == (0, 1, 0, 1)
+
+
+def _on_a_table(photo: Image.Image, corner: tuple[int, int]) -> Image.Image:
+    """photo, small, in one corner of a plain table with a pen lying in the opposite one."""
+    scene = Image.new("RGB", (448, 448), (196, 180, 160))
+    x, y = corner
+    ImageDraw.Draw(scene).line((448 - x - 120, 448 - y - 40, 448 - x - 60, 448 - y - 20), fill=(40, 60, 160), width=6)
+    scene.paste(photo.resize((176, 208)), corner)
+    return scene
+
+
+def test_effnet_locates_a_small_product_in_the_same_forward_pass(effnet, grace):
+    """The located vector pools the photo's most active cells: it leaves out the table's far side
+    and comes closer to the product alone than the whole photo does; the full vector is the plain
+    one. (The 7 x 7 map localises coarsely - the box still spans most of the photo - which is why
+    locate is off by default: benchmarks/RESULTS.md.)"""
+    import torch
+
+    from vsearch.embedders.efficientnet import salient_boxes
+
+    target = effnet.embed_images([grace])[0]
+    corners = ((256, 16), (16, 224))  # top right, bottom left
+    scenes = [_on_a_table(grace, corner) for corner in corners]
+    full, located = effnet.embed_images_located(scenes)
+    assert_unit_vectors(located, 2, 1280)
+    np.testing.assert_allclose(full, effnet.embed_images(scenes), atol=1e-5)
+    assert (located @ target > full @ target + 0.005).all()
+    with torch.inference_mode():
+        boxes = salient_boxes(effnet.model.forward_features(torch.stack([effnet.preprocess(s) for s in scenes])))
+    (r0, r1, c0, c1), (s0, s1, d0, d1) = boxes
+    assert c0 > 0 and c1 == 7  # product on the right: the left edge is left out
+    assert s0 > 0 and d0 == 0  # product at the bottom left: the top edge is left out
+    ml = load_embedder("efficientnet-lite0:ml", precision="fp32")
+    with pytest.raises(ModelError, match="locat"):
+        ml.embed_images_located(scenes[:1])
+
+
 def test_bundled_weights_with_wrong_shapes_are_refused(tmp_path):
     import torch
 

@@ -125,6 +125,38 @@ def test_flip_tta_helps_a_mirrored_photo(catalog_csv, tmp_path):
         index.search(image=mirrored, tta="rotate")
 
 
+class _LocatingFake(FakeEmbedder):
+    """FakeEmbedder whose "located" read-out is the photo's middle third (where these tests put the product)."""
+
+    can_locate = True
+
+    def embed_images_located(self, images):
+        middle = [im.crop((im.width // 3, im.height // 3, 2 * im.width // 3, 2 * im.height // 3)) for im in images]
+        return self.embed_images(images), self.embed_images(middle)
+
+
+def test_locate_keeps_the_better_scoring_of_the_whole_photo_and_its_located_object(catalog_csv, tmp_path):
+    build_index(catalog_csv, tmp_path / "idx", embedder=FakeEmbedder())
+    index = ProductIndex.load(tmp_path / "idx", _LocatingFake())
+    rng = np.random.default_rng(0)
+    table = Image.fromarray(rng.integers(0, 255, (288, 288, 3), dtype=np.uint8))
+    table.paste(draw_product(2), (96, 96))  # small, in the middle of clutter
+    whole = index.search(image=table, k=3)
+    middle = index.search_vector(index.embedder.embed_images_located([table])[1][0], k=3)
+    located = index.search(image=table, k=3, locate=True)
+    assert located[0].product_id == "P002" and whole[0].score < middle[0].score
+    assert [(h.product_id, h.score) for h in located] == [(h.product_id, h.score) for h in middle]
+    # a clean packshot: the whole photo scores higher than its middle, and is kept
+    shot = draw_product(5)
+    assert index.search(image=shot, k=3, locate=True)[0].score == index.search(image=shot, k=3)[0].score
+    with pytest.raises(VsearchError, match="text"):
+        index.search(image=table, text="red mug", locate=True)
+    with pytest.raises(VsearchError, match="test-time augmentation"):
+        index.search(image=table, tta="flip", locate=True)
+    with pytest.raises(ModelError, match="cannot locate"):
+        ProductIndex.load(tmp_path / "idx", FakeEmbedder()).search(image=table, locate=True)
+
+
 def test_build_options_are_stored_and_used_at_query_time(tmp_path):
     csv_path = write_catalog(tmp_path / "shop", n_products=30, views=2)
     build_index(csv_path, tmp_path / "plain", embedder=FakeEmbedder(), whitening=False)

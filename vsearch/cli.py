@@ -237,6 +237,10 @@ def add_quality_query(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qe", type=int, default=None, metavar="K", help="alpha query expansion with the top K catalog images (0 = off)")
     g.add_argument("--product-scoring", default=None, choices=["max", "mean", "top2"],
                    help="product score from its images: best one, mean of all, or mean of the best two")
+    g.add_argument("--locate", action="store_true",
+                   help="also search the photo's main object, found in the model's activation map (no second "
+                   "model run), and keep the better-scoring answer (efficientnet-lite0; off by default: it did not "
+                   "help on both evaluation sets, see benchmarks/RESULTS.md)")
 
 
 def _query_settings(tta: str | None, qe: int | None, product_scoring: str | None) -> dict:
@@ -252,7 +256,10 @@ def _query_settings(tta: str | None, qe: int | None, product_scoring: str | None
 
 
 def _query_options(args: argparse.Namespace) -> dict:
-    return _query_settings(args.tta, args.qe, args.product_scoring)
+    opts = _query_settings(args.tta, args.qe, args.product_scoring)
+    if getattr(args, "locate", False):
+        opts["locate"] = True
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -365,7 +365,7 @@ class ProductIndex:
     def search(self, image: ImageSource | None = None, text: str | None = None, k: int = 10,
                filters: Mapping[str, Any] | None = None, *, text_weight: float = 0.5, tta: str | None = None,
                query_expansion: Mapping[str, Any] | None = None, product_scoring: str | None = None,
-               zero_shot_categories: int = 0, exclude_images: Sequence[int] = ()) -> list[Hit]:
+               zero_shot_categories: int = 0, exclude_images: Sequence[int] = (), locate: bool = False) -> list[Hit]:
         """Ranked products for a photo (path, bytes, file object or PIL image) and/or a text.
 
         Quality options (None = what the index was built to use; see ``query_defaults()``):
@@ -373,13 +373,36 @@ class ProductIndex:
         for alpha-QE, or {"k": 0} for none; product_scoring - "max", "mean" or "top2" of a
         product's image scores; zero_shot_categories - CLIP only: keep only the n catalog
         categories the photo most resembles by name (0 = off); exclude_images - image ids
-        never returned (self-test holds an image out this way).
+        never returned (self-test holds an image out this way); locate - also search the main
+        object of the photo, found in the model's own activation map (same forward pass), and keep
+        whichever answer's first result scores higher (photo-only queries, EfficientNet models;
+        measured in benchmarks/RESULTS.md, off by default).
         """
+        if locate:
+            return self._search_located(image, text, k, filters, tta=tta, query_expansion=query_expansion,
+                                        product_scoring=product_scoring, exclude_images=exclude_images)
         query = self.embed_query(image, text, text_weight=text_weight, tta=tta)
         if zero_shot_categories:
             filters = self._zero_shot_filter(query, int(zero_shot_categories), filters)
         return self.search_vector(query, k=k, filters=filters, query_expansion=query_expansion,
                                   product_scoring=product_scoring, exclude_images=exclude_images)
+
+    def _search_located(self, image: ImageSource | None, text: str | None, k: int, filters: Mapping[str, Any] | None,
+                        *, tta: str | None, **options: Any) -> list[Hit]:
+        """search(locate=True): the whole photo and its located object, the better-scoring answer."""
+        from .images import load_image
+
+        if image is None or (text and text.strip()):
+            raise VsearchError("locate searches a photo alone; leave out the text")
+        if (self.query_defaults()["tta"] if tta is None else tta) != "none":
+            raise VsearchError("locate and test-time augmentation cannot be combined; use tta='none'")
+        if not getattr(self.embedder, "can_locate", False):
+            raise ModelError(f"the index's model {getattr(self.embedder, 'spec', self.embedder.name)!r} cannot locate "
+                             "the item in a photo; locate needs the plain efficientnet-lite0 read-out")
+        img = load_image(image, min_side=getattr(self.embedder, "input_size", None))
+        full, located = self.embedder.embed_images_located([img])
+        answers = [self.search_vector(v, k=k, filters=filters, **options) for v in (full[0], located[0])]
+        return max(answers, key=lambda hits: hits[0].score if hits else float("-inf"))
 
     def _zero_shot_filter(self, query: np.ndarray, n: int, filters: Mapping[str, Any] | None) -> dict[str, Any]:
         """Restrict to the n categories whose names ("a photo of a <category>") match the query best."""

@@ -22,7 +22,7 @@ import numpy as np
 from vsearch.errors import ModelError
 
 from . import precision as _precision
-from .base import TorchEmbedder, file_sha256
+from .base import TorchEmbedder, _normalise, file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,6 +40,9 @@ ML_STAGE = 6
 ML_DIM = 320
 ML_WEIGHT = 0.5
 INPUT_SIZE = 224
+# "Locate" read-out: the main object is the bounding box of the feature-map cells whose activation
+# (channel norm) reaches this share of the photo's strongest cell (benchmarks/RESULTS.md, crop).
+LOCATE_FRACTION = 0.55
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 # Bump when preprocessing or the feature read-out changes vectors for the same weights.
@@ -162,6 +165,33 @@ class EfficientNetEmbedder(TorchEmbedder):
             total = v if total is None else total + v
         return total
 
+    @property
+    def can_locate(self) -> bool:
+        """Whether ``embed_images_located`` applies: the plain single-scale, head-only read-out."""
+        return len(self.scales) == 1 and not self.multilayer
+
+    def embed_images_located(self, images: "list[Image.Image]") -> tuple[np.ndarray, np.ndarray]:
+        """(full, located) L2-normalised vectors from one forward pass per photo.
+
+        located pools the same feature map over the bounding box of its most active cells (the
+        main object of a cluttered photo), so finding the item costs no second model run.
+        """
+        import torch
+
+        if not self.can_locate:
+            raise ModelError(f"locating the item needs the plain {EFFICIENTNET_NAME} read-out, not {self.spec!r}")
+        if not images:
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            return empty, empty
+        batch = torch.stack([self.preprocess(im) for im in images])
+        batch = batch.to(_precision.input_dtype(self.precision, self.bf16_mode))
+        with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
+            fmap = self._model.forward_features(batch).float()
+            full = self._pool(fmap)
+            located = torch.stack([self._pool(f[None, :, r0:r1, c0:c1])[0]
+                                   for f, (r0, r1, c0, c1) in zip(fmap, salient_boxes(fmap))])
+        return _normalise(full), _normalise(located)
+
     def _describe(self, x: "torch.Tensor") -> "torch.Tensor":
         """One input size -> descriptor: the pooled head, plus the last stage's mean for ":ml"."""
         if not self.multilayer:
@@ -194,6 +224,17 @@ class EfficientNetEmbedder(TorchEmbedder):
         with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
             logits = self._model.forward_head(self._model.forward_features(batch))
         return np.ascontiguousarray(logits.float().softmax(dim=-1).numpy(), dtype=np.float32)
+
+
+def salient_boxes(fmap: "torch.Tensor", fraction: float = LOCATE_FRACTION) -> list[tuple[int, int, int, int]]:
+    """Per map [n, C, H, W]: (row0, row1, col0, col1), the bounding box (end-exclusive) of the
+    cells whose channel norm is >= fraction x that map's strongest cell."""
+    saliency = fmap.float().norm(dim=1)  # [n, H, W]
+    boxes = []
+    for sal in saliency:
+        rows, cols = (sal >= fraction * sal.max()).nonzero(as_tuple=True)
+        boxes.append((int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1))
+    return boxes
 
 
 def parse_efficientnet_spec(spec: str) -> dict:
