@@ -2,7 +2,7 @@
 match" verdict - designed on grocery val only, from cached features (no model runs).
 
 Nested protocol inside val, repeated over seeds: an *outer* split stands in for the shop's future
-queries - a quarter of the val products get no pairs at all (products nobody confirmed yet), and of
+queries - a quarter of the val products (--unpaired) get no pairs at all (products nobody confirmed yet), and of
 each other product one near-duplicate cluster (raw cosine >= --outer-cosine, connected components)
 is held out (a new session of a confirmed product); the rest are the pairs. The index is built from
 them as `vsearch build --train-pairs` does (vsearch.learn: projection from catalog + pairs), the
@@ -10,7 +10,7 @@ verdict is calibrated on the pairs only with each fold rule, and the chosen thre
 judged on the held-out photos (precision / recall of "close match") and on the 300 unsold ooc
 photos (share called close).
 
-    python benchmarks/bench_pair_folds.py [--seeds 4] [--outer-cosine 0.75] [--inner 0.6,0.7,0.8,0.9]
+    python benchmarks/bench_pair_folds.py [--seeds 4] [--outer-cosine 0.75] [--unpaired 0.25] [--inner product,0.8,photo]
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from vsearch import learn
 from vsearch.adaptation import fit_adaptation, training_pairs
 
 
-def outer_split(q: np.ndarray, labels: np.ndarray, cosine: float, seed: int):
+def outer_split(q: np.ndarray, labels: np.ndarray, cosine: float, seed: int, unpaired_share: float = 0.25):
     """(pair rows, held-out rows of confirmed products, rows of products with no pairs)."""
     rng = np.random.default_rng(1000 + seed)
     products = np.unique(labels)
-    unpaired = set(rng.choice(products, size=len(products) // 4, replace=False).tolist())
+    unpaired = set(rng.choice(products, size=int(len(products) * unpaired_share), replace=False).tolist())
     cluster = learn.session_clusters(q, labels, cosine=cosine)
     pairs, new_session, new_product = [], [], []
     for p in products:
@@ -45,11 +45,14 @@ def outer_split(q: np.ndarray, labels: np.ndarray, cosine: float, seed: int):
         out = rng.choice(ids)
         new_session += rows[cluster[rows] == out].tolist()
         pairs += rows[cluster[rows] != out].tolist()
-    return np.asarray(pairs), np.asarray(new_session), np.asarray(new_product)
+    return (np.asarray(pairs, dtype=np.int64), np.asarray(new_session, dtype=np.int64),
+            np.asarray(new_product, dtype=np.int64))
 
 
 def judged(index_vecs, pids, proj, q, labels, threshold, signal):
     """(n, right answers above, called close, right answers in all) for real queries."""
+    if len(q) == 0:
+        return np.zeros(4, dtype=int)
     s = learn.verdict_from_queries(index_vecs, pids, proj.apply(q), labels)
     value = s.top if signal == "score" else s.margin
     close = value >= threshold if threshold is not None else np.zeros(len(value), bool)
@@ -60,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--outer-cosine", type=float, default=0.75)
+    ap.add_argument("--unpaired", type=float, default=0.25, help="share of val products given no pairs")
     ap.add_argument("--inner", default="product,0.6,0.7,0.75,0.8,0.85,0.9,photo")
     args = ap.parse_args()
     feats = Features(SETS / "features")
@@ -69,10 +73,11 @@ def main() -> None:
     q_all = feats.vectors(es.query_group, "avg", False)[es.query_rows]
     lab_all = np.asarray(es.expected).astype(str)
     ooc = feats.vectors("ooc", "avg", False)
-    print(f"load average {os.getloadavg()[0]:.2f}; outer cosine {args.outer_cosine}; {args.seeds} seeds", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}; outer cosine {args.outer_cosine}; unpaired {args.unpaired}; "
+          f"{args.seeds} seeds", flush=True)
     totals: dict[str, dict[str, np.ndarray]] = {}
     for seed in range(args.seeds):
-        pr, ns, npd = outer_split(q_all, lab_all, args.outer_cosine, seed)
+        pr, ns, npd = outer_split(q_all, lab_all, args.outer_cosine, seed, args.unpaired)
         proj = fit_adaptation(raw, training_pairs(raw, pids, shopper_vectors=q_all[pr], shopper_labels=lab_all[pr]))
         index_vecs = proj.apply(raw)
         for rule in args.inner.split(","):

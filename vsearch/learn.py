@@ -7,9 +7,10 @@
    small catalog change keeps the vector space and later index updates can stay incremental.
 2. The "close match" verdict (``vsearch.calibration.calibrate_verdict``), calibrated on queries
    that look like a shopper's: simulated phone photos of catalog products (the only images the
-   build runs the model on that are not in the catalog), confirmed shopper photos scored by a
-   projection fitted without them, and - when neither is available - held-out catalog views,
-   again scored by a projection fitted without their products.
+   build runs the model on that are not in the catalog) scored by a projection fitted without
+   their products, confirmed shopper photos scored by one fitted without their photo session
+   (``session_folds``), and - when neither is available - held-out catalog views, again scored
+   by a projection fitted without their products.
 
 Pure functions of vectors and labels, plus ``simulated_queries`` which needs the model.
 """
@@ -21,7 +22,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
@@ -389,8 +390,13 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
             scored.append(held)
             sources["held_out_views"] = int(len(held.top))
     got = QueryScores.concat(scored)
-    return calibrate_verdict(got.top, got.right.astype(bool), got.unsold_top, margins=got.margin,
-                             unsold_margins=got.unsold_margin, sources=sources)
+    verdict = calibrate_verdict(got.top, got.right.astype(bool), got.unsold_top, margins=got.margin,
+                                unsold_margins=got.unsold_margin, sources=sources)
+    if adapted and "train_pairs" in sources:
+        how = (f"near-duplicate sessions (cosine >= {session_cosine:.2f}) held out, {PAIR_FOLDS} folds"
+               if pair_folds == "session" else "their products held out")
+        verdict = replace(verdict, reason=f"{verdict.reason}; confirmed photos cross-fitted with {how}")
+    return verdict
 
 
 def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray, finish, folds, seed: int):
