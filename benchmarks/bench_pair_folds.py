@@ -93,7 +93,8 @@ def main() -> None:
             ooc_v = ooc_s.top if v.signal == "score" else ooc_s.margin
             row = {"new session": judged(index_vecs, pids, proj, q_all[ns], lab_all[ns], v.threshold, v.signal),
                    "new product": judged(index_vecs, pids, proj, q_all[npd], lab_all[npd], v.threshold, v.signal),
-                   "ooc": np.asarray([len(ooc_v), 0, int((ooc_v >= v.threshold).sum()) if v.threshold is not None else 0, 0]),
+                   "ooc": np.asarray([len(ooc_v) if v.threshold is not None else 0, 0,
+                                      int((ooc_v >= v.threshold).sum()) if v.threshold is not None else 0, 0]),
                    "verdicts": np.asarray([1, int(v.threshold is not None), 0, 0])}
             agg = totals.setdefault(rule, {k: np.zeros(4, int) for k in row})
             for k, x in row.items():
@@ -101,7 +102,8 @@ def main() -> None:
             th = "none" if v.threshold is None else f"{v.signal} >= {v.threshold:.3f} (cal P {v.precision:.2f} R {v.recall:.2f})"
             print(f"seed {seed} {rule:>7}: pairs {len(pr)}, held-out {len(ns)} + {len(npd)}; verdict {th}; "
                   f"{time.perf_counter() - t:.1f} s", flush=True)
-    print("\n| inner fold rule | builds with a verdict | new sessions: P / R | new products: P / R | all held out: P / R | ooc called close |")
+    print("\n| inner fold rule | builds with a verdict | new sessions: P / R | new products: P / R | all held out: P / R "
+          "| ooc called close (builds with a verdict) |")
     print("|---|---|---|---|---|---|")
     for rule, agg in totals.items():
         def pr(x):
