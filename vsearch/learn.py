@@ -7,9 +7,10 @@
    small catalog change keeps the vector space and later index updates can stay incremental.
 2. The "close match" verdict (``vsearch.calibration.calibrate_verdict``), calibrated on queries
    that look like a shopper's: simulated phone photos of catalog products (the only images the
-   build runs the model on that are not in the catalog), confirmed shopper photos scored by a
-   projection fitted without them, and - when neither is available - held-out catalog views,
-   again scored by a projection fitted without their products.
+   build runs the model on that are not in the catalog) scored by a projection fitted without
+   their products, confirmed shopper photos scored by one fitted without their photo session
+   (``session_folds``), and - when neither is available - held-out catalog views, again scored
+   by a projection fitted without their products.
 
 Pure functions of vectors and labels, plus ``simulated_queries`` which needs the model.
 """
@@ -21,7 +22,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
@@ -39,6 +40,8 @@ REFIT_FRACTION = 0.10  # refit when > 10 % of the images/pairs the projection le
 MEMBERS_FILE = "adaptation_members.json"
 SIMULATED_QUERIES = 240  # simulated shopper photos per build (about 8 s of EfficientNet on 2 cores)
 HELD_OUT_QUERIES = 1000
+PAIR_FOLDS = 5  # calibration folds of the confirmed shopper photos (one projection fit each)
+SESSION_COSINE = 0.80  # confirmed photos of one product this similar count as one session (RESULTS.md)
 
 
 # ---------------------------------------------------------------- adaptation: fit or reuse
@@ -252,21 +255,95 @@ def cross_fitted_projections(vectors: np.ndarray, product_ids: Sequence[str], *,
     return out
 
 
+def session_clusters(vectors: np.ndarray, labels: Sequence[str], *, cosine: float = SESSION_COSINE) -> np.ndarray:
+    """Cluster id per confirmed photo: photos of one product joined (connected components) when their
+    model-space cosine is >= ``cosine`` - a proxy for "taken in the same session", whose photos are
+    near-duplicates that would vouch for each other in a calibration fold."""
+    x = np.asarray(vectors, dtype=np.float32)
+    labels = np.asarray(labels).astype(str)
+    cluster = np.full(len(labels), -1, dtype=np.int64)
+    nxt = 0
+    for product in np.unique(labels):
+        idx = np.flatnonzero(labels == product)
+        near = (x[idx] @ x[idx].T) >= cosine
+        for start in range(len(idx)):
+            if cluster[idx[start]] >= 0:
+                continue
+            cluster[idx[start]] = nxt
+            stack = [start]
+            while stack:
+                j = stack.pop()
+                for m in np.flatnonzero(near[j] & (cluster[idx] < 0)):
+                    cluster[idx[m]] = nxt
+                    stack.append(int(m))
+            nxt += 1
+    return cluster
+
+
+def session_folds(vectors: np.ndarray, labels: Sequence[str], *, folds: int = PAIR_FOLDS,
+                  cosine: float = SESSION_COSINE, seed: int = 0) -> np.ndarray:
+    """Fold per confirmed photo for calibrating on them: a session cluster (``session_clusters``)
+    never straddles folds, and one product's clusters are dealt to different folds, so a photo is
+    scored by a projection that learned from its product's *other* sessions but not its own."""
+    labels = np.asarray(labels).astype(str)
+    cluster = session_clusters(vectors, labels, cosine=cosine)
+    rng = np.random.default_rng(seed)
+    fold_of_cluster: dict[int, int] = {}
+    for product in np.unique(labels):
+        ids = np.unique(cluster[labels == product])
+        start = int(rng.integers(folds))
+        for n, c in enumerate(rng.permutation(ids).tolist()):
+            fold_of_cluster[c] = (start + n) % folds
+    return np.asarray([fold_of_cluster[c] for c in cluster.tolist()], dtype=np.int64)
+
+
+def session_fitted_projections(vectors: np.ndarray, product_ids: Sequence[str], shopper_vectors: np.ndarray,
+                               shopper_labels: Sequence[str], *, folds: int = PAIR_FOLDS,
+                               cosine: float = SESSION_COSINE, seed: int = 0,
+                               ) -> list[tuple[np.ndarray, Projection | None]]:
+    """[(confirmed photos held out, projection fitted on the catalog and the other photos)]: the
+    calibration of confirmed photos, between folding by product (too pessimistic: a shop's pairs
+    cover the products it is asked about) and by photo (too optimistic: near-duplicates vouch for
+    each other). See ``session_folds``; measured in RESULTS.md."""
+    fold = session_folds(shopper_vectors, shopper_labels, folds=folds, cosine=cosine, seed=seed)
+    labels = np.asarray(shopper_labels).astype(str)
+    out = []
+    for f in range(folds):
+        keep = fold != f
+        if keep.all():
+            continue
+        pairs = training_pairs(vectors, np.asarray(product_ids).astype(str), shopper_vectors=shopper_vectors[keep],
+                               shopper_labels=labels[keep])
+        try:
+            out.append((np.flatnonzero(~keep), fit_adaptation(vectors, pairs, min_products=5)))
+        except TooFewPairsError:
+            out.append((np.flatnonzero(~keep), None))
+    return out
+
+
 def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: bool, index_vectors: np.ndarray,
               post: Any = None, simulated: tuple[np.ndarray, Sequence[str], Sequence[int]] | None = None,
-              shopper: tuple[np.ndarray, Sequence[str]] | None = None, seed: int = 0) -> VerdictCalibration:
+              shopper: tuple[np.ndarray, Sequence[str]] | None = None, seed: int = 0,
+              pair_folds: str = "session", session_cosine: float = SESSION_COSINE) -> VerdictCalibration:
     """The verdict for a new generation (see the module docstring).
 
     raw_vectors: catalog vectors in model space; index_vectors: as stored (projected, whitened...);
     post: a callable mapping projected vectors to index space (whitening), or None;
     simulated: (model-space vectors, product ids, catalog row each photo was made from);
-    shopper: (model-space vectors, product ids) of confirmed shopper photos.
+    shopper: (model-space vectors, product ids) of confirmed shopper photos;
+    pair_folds: how confirmed photos are cross-fitted when the index is adapted - "session" (a
+    photo's near-duplicate cluster is held out, its product's other sessions stay in:
+    ``session_fitted_projections``) or "product" (its whole product is held out, as for the
+    simulated photos and held-out views, which come from the catalog itself); session_cosine: the
+    near-duplicate cosine of ``session_clusters``.
 
     A simulated photo holds the very pixels of its source image, which a real shopper's photo
     never does; so its source image is removed from the candidates, and it must find its product
     through another image. Photos of single-image products therefore only serve as photos of
     unsold products.
     """
+    if pair_folds not in ("session", "product"):
+        raise ValueError(f"pair_folds must be 'session' or 'product', got {pair_folds!r}")
     pids = np.asarray(product_ids).astype(str)
     finish = post or (lambda v: v)
     scored: list[QueryScores] = []
@@ -285,6 +362,12 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
     for name, qv, ql, rows in shopper_like:
         if not adapted:
             parts = [(finish(qv), np.arange(len(qv)), index_vectors)]
+        elif name == "train_pairs" and pair_folds == "session":
+            # each confirmed photo is scored by a projection that never saw its session
+            parts = []
+            for sel, proj in session_fitted_projections(raw_vectors, pids, qv, ql, cosine=session_cosine, seed=seed):
+                tr = proj.apply if proj is not None else l2_normalise
+                parts.append((finish(tr(qv[sel])), sel, finish(tr(raw_vectors))))
         else:  # each query is scored by the projection that never saw its product
             parts = []
             for held, proj in folds:
@@ -307,8 +390,13 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
             scored.append(held)
             sources["held_out_views"] = int(len(held.top))
     got = QueryScores.concat(scored)
-    return calibrate_verdict(got.top, got.right.astype(bool), got.unsold_top, margins=got.margin,
-                             unsold_margins=got.unsold_margin, sources=sources)
+    verdict = calibrate_verdict(got.top, got.right.astype(bool), got.unsold_top, margins=got.margin,
+                                unsold_margins=got.unsold_margin, sources=sources)
+    if adapted and "train_pairs" in sources:
+        how = (f"near-duplicate sessions (cosine >= {session_cosine:.2f}) held out, {PAIR_FOLDS} folds"
+               if pair_folds == "session" else "their products held out")
+        verdict = replace(verdict, reason=f"{verdict.reason}; confirmed photos cross-fitted with {how}")
+    return verdict
 
 
 def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray, finish, folds, seed: int):
