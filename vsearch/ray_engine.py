@@ -98,21 +98,23 @@ SHARD_ROWS = 50_000  # vectors per Parquet shard
 
 def embed_into_cache(misses: Mapping[str, tuple[str, str | None, bytes | None]], embedder: Any, cache: Any, *,
                      job: Mapping[str, Any], shards_dir: os.PathLike | str,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str], RayRun]:
+                     progress: Callable[[int, int], None] | None = None) -> tuple[set[str], dict[str, str], RayRun]:
     """The build's side of a Ray job: each batch that comes back goes into the embedding cache
     (committed per batch, as locally) and into Parquet shards in ``shards_dir``; a key Ray
-    delivers twice is kept once. Returns (new vectors by content hash, errors by hash, what ran)."""
+    delivers twice is kept once. The driver holds at most one shard's vectors (SHARD_ROWS), never
+    all of them: the build reads them back from the cache. Returns (content hashes embedded,
+    errors by hash, what ran)."""
     from .embedding_shards import write_embedding_shard
 
     if not misses:  # everything was cached: no need to start or join a cluster
-        return {}, {}, RayRun(actors=0, cpus_per_actor=0)
+        return set(), {}, RayRun(actors=0, cpus_per_actor=0)
     fingerprint = embedder.fingerprint
-    new: dict[str, np.ndarray] = {}
-    unsaved: list[str] = []
+    new: set[str] = set()
+    unsaved: dict[str, np.ndarray] = {}
 
     def save_shard() -> None:
         if unsaved:
-            write_embedding_shard(shards_dir, unsaved, np.stack([new[k] for k in unsaved]), fingerprint)
+            write_embedding_shard(shards_dir, list(unsaved), np.stack(list(unsaved.values())), fingerprint)
             unsaved.clear()
 
     def on_vectors(keys: list[str], vectors: np.ndarray) -> None:
@@ -121,8 +123,8 @@ def embed_into_cache(misses: Mapping[str, tuple[str, str | None, bytes | None]],
             return
         cache.put_many([k for k, _ in fresh], np.stack([v for _, v in fresh]), fingerprint)
         for k, v in fresh:
-            new[k] = v
-            unsaved.append(k)
+            new.add(k)
+            unsaved[k] = v
         if len(unsaved) >= SHARD_ROWS:
             save_shard()
         if progress is not None:

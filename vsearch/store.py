@@ -67,6 +67,7 @@ RERANK_FACTORS = {"ivfpq": 16, "ivfpq-fs": 32}
 RERANKED_TYPES = tuple(RERANK_FACTORS)
 FLAT_MAX = 20_000
 IVF_NPROBE_DIVISOR = 32  # nprobe = nlist / 32: ~3% of the lists are scanned per query
+TRAIN_SAMPLE_MAX = 256 * 1024  # IVF/PQ training sample: the most vectors the index build holds beside one shard
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
@@ -185,7 +186,7 @@ def make_faiss_index(vectors: np.ndarray, index_type: str):
 def _training_sample(vectors: np.ndarray, index_type: str, nlist: int) -> np.ndarray:
     from .sharded_index import training_sample
 
-    cap = 256 * 1024
+    cap = TRAIN_SAMPLE_MAX
     if index_type == "ivf":  # k-means needs ~40 points a list; more only costs build time
         cap = min(cap, 64 * nlist)
     return training_sample(vectors, cap)
@@ -339,6 +340,8 @@ def cleanup_generations(index_dir: Path) -> None:
     """Remove abandoned temp folders and all but the newest old generations."""
     live = read_current(index_dir, missing_ok=True)
     for tmp in index_dir.glob(f".tmp-{GENERATION_PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in index_dir.glob(".tmp-vectors-*"):  # a killed build's on-disk vectors (vsearch.build.SPILL_PREFIX)
         shutil.rmtree(tmp, ignore_errors=True)
     for stray in index_dir.glob(f".{CURRENT_FILE}.*"):
         stray.unlink(missing_ok=True)
