@@ -215,6 +215,8 @@ def build_index(
                 query_defaults=query_defaults, calibrate=calibrate_threshold, adapt=adapt, shopper=shopper,
                 embedder=embedder, previous=live, spill=spill,
             )
+            if shopper is not None:
+                manifest["train_pairs"] = store.write_train_pairs(tmp, shopper[2])
             update, quantizer = _incremental_update(live, vectors, images, manifest, chosen_type)
             store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest,
                                    index_type=chosen_type, prebuilt=update, quantizer=quantizer)

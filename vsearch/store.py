@@ -11,6 +11,7 @@ Layout of an index folder (default ``index/default``)::
         vectors.ivfdata   IVF types: the inverted lists, merged on disk from shards, read memory-mapped
         vectors.f16.npy   PQ types: the vectors as float16 (row == vid), for exact re-ranking
         products.sqlite products, images and their metadata
+        train_pairs.json  builds with --train-pairs: the pair photos' content hashes (what ``vsearch gc`` keeps cached)
 
 A build writes a new generation beside the live one and only then points CURRENT at it, so a
 crash at any moment leaves the previous index loadable, and a running server can switch by
@@ -44,6 +45,8 @@ IVFDATA_FILE = "vectors.ivfdata"
 STORED_VECTORS_FILE = "vectors.f16.npy"
 PRODUCTS_FILE = "products.sqlite"
 CACHE_FILE = "cache.sqlite"
+TRAIN_PAIRS_FILE = "train_pairs.json"  # content hashes of the --train-pairs photos a generation learned from
+TRAIN_PAIRS_FORMAT = ("vsearch-train-pairs", 1)
 GENERATION_PREFIX = "gen-"
 KEEP_OLD_GENERATIONS = 1  # the previous generation stays for readers that are mid-switch
 
@@ -318,6 +321,31 @@ def write_generation(
     _write_json_atomic(tmp_dir / MANIFEST_FILE, manifest)
     _fsync_dir(tmp_dir)
     return manifest
+
+
+def write_train_pairs(tmp_dir: Path, content_hashes: list[str]) -> dict[str, Any]:
+    """Record which confirmed shopper photos (``--train-pairs``) a generation learned from: they are
+    in no catalog table, yet ``vsearch gc`` must keep their cached vectors, or the next build with
+    the same pairs re-embeds them all. Returns the manifest's ``train_pairs`` entry."""
+    hashes = sorted(set(content_hashes))
+    name, version = TRAIN_PAIRS_FORMAT
+    _write_json_atomic(tmp_dir / TRAIN_PAIRS_FILE, {"format": name, "format_version": version, "content_hashes": hashes})
+    return {"file": TRAIN_PAIRS_FILE, "photos": len(hashes)}
+
+
+def read_train_pairs(generation_dir: Path) -> list[str]:
+    """The content hashes ``write_train_pairs`` recorded; [] for a generation built without pairs."""
+    path = generation_dir / TRAIN_PAIRS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"{path} cannot be read ({e}); rebuild the index") from None
+    if not isinstance(data, dict) or (data.get("format"), data.get("format_version")) != TRAIN_PAIRS_FORMAT:
+        raise IndexFormatError(f"{path} is not a train-pairs record of format version {TRAIN_PAIRS_FORMAT[1]}; "
+                               "rebuild the index with this vsearch")
+    return [str(h) for h in data.get("content_hashes", [])]
 
 
 def publish_generation(index_dir: Path, tmp_dir: Path) -> Path:
