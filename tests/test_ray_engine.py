@@ -173,6 +173,32 @@ def test_a_worker_that_cannot_load_the_model_or_loads_other_weights_fails_with_i
                      fingerprint="not-the-driver's", dim=32, options=RayOptions(actors=1), on_vectors=lambda k, v: None)
 
 
+class _WeightsOnlyTheDriverReads:
+    """The driver's loaded model, whose --pretrained file lives on storage the workers do not see
+    (an API caller passing a loaded model: the driver checks nothing before the job starts)."""
+
+    def __init__(self, model, pretrained):
+        self._model, self.spec, self.pretrained = model, "ViT-B-32", str(pretrained)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_a_worker_that_cannot_read_the_pretrained_file_fails_the_build_naming_the_file(tmp_path, ray_cluster, hard_timeout):
+    import re
+
+    from vsearch.build import build_index
+    from vsearch.embedders import load_embedder
+    from vsearch.errors import ModelError
+
+    catalog = write_catalog(tmp_path / "shop", n_products=3)
+    weights = tmp_path / "not-mounted-on-workers" / "vit-b-32.bin"
+    model = _WeightsOnlyTheDriverReads(load_embedder("test-tiny"), weights)
+    with pytest.raises(ModelError, match=rf"Ray worker .* \(pid \d+\) could not load model ViT-B-32: .*{re.escape(str(weights))}"):
+        build_index(catalog, tmp_path / "idx", embedder=model, engine="ray", ray_actors=1)
+    assert store.read_current(tmp_path / "idx", missing_ok=True) is None  # nothing published
+
+
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):
     import sys
 
