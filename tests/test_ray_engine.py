@@ -161,6 +161,24 @@ def test_killed_actor_is_retried_and_every_row_is_indexed_once(tmp_path, ray_clu
         assert cache.count() == 36
 
 
+def test_a_batch_that_kills_every_worker_fails_the_build_after_a_bounded_number_of_restarts(tmp_path, ray_cluster,
+                                                                                               hard_timeout):
+    from vsearch.build import build_index
+    from vsearch.ray_engine import ACTOR_MAX_RESTARTS
+
+    catalog = write_catalog(tmp_path / "shop", n_products=3)
+    always = Path(f"{ray_cluster}.always")
+    always.write_text("")  # every worker that takes a batch dies (a deterministic crash: retrying cannot help)
+    try:
+        with pytest.raises(VsearchError, match=r"the Ray embedding job failed \(a model actor died and was restarted"):
+            build_index(catalog, tmp_path / "idx", model="test-tiny", engine="ray", ray_actors=1)
+        deaths = always.read_text().split()
+    finally:
+        always.unlink()
+    assert 1 < len(deaths) <= ACTOR_MAX_RESTARTS + 1  # retried, then given up: not forever
+    assert store.read_current(tmp_path / "idx", missing_ok=True) is None
+
+
 def test_a_worker_that_cannot_load_the_model_or_loads_other_weights_fails_with_its_error(ray_cluster, hard_timeout):
     from vsearch.errors import ModelError
     from vsearch.ray_engine import RayOptions, embed_misses

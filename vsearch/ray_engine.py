@@ -11,8 +11,10 @@ is stored once.
 
 Images and ``--pretrained`` weights must be at the same path on every node (shared storage).
 A worker that cannot load the model, or loads different weights, stops the build with its own
-error. A worker that dies (killed, out of memory) is restarted by Ray Data and its batch run
-again - with no limit, Ray Data's default, so a batch that kills every worker keeps being retried.
+error. A worker that dies (killed, out of memory) is restarted by Ray and its batch run again, up
+to ACTOR_MAX_RESTARTS restarts per actor and BATCH_MAX_RETRIES retries per batch (Ray Data's
+default is no limit, so a batch that kills every worker that takes it would be retried forever);
+past that the build fails with Ray's error.
 Ray is an optional extra: ``pip install 'vsearch[ray]'``.
 """
 
@@ -27,6 +29,8 @@ import numpy as np
 
 from .errors import ModelError, VsearchError
 
+ACTOR_MAX_RESTARTS = 3  # a killed or OOM-killed model actor is restarted this often over the job, then the build fails
+BATCH_MAX_RETRIES = 3  # a batch whose actor died is run again this often (the kill test needs 1)
 ROWS_PER_READ_BLOCK = 64  # rows per read task: small enough to spread, big enough to amortise a task
 TEST_EXIT_ONCE_ENV = "VSEARCH_TEST_RAY_EXIT_ONCE"  # tests only: see _maybe_die_for_test
 
@@ -164,11 +168,11 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
     blocks = [table.slice(i, ROWS_PER_READ_BLOCK) for i in range(0, len(table), ROWS_PER_READ_BLOCK)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_read_files, batch_format="pyarrow", batch_size=None, num_cpus=0)
-    # Ray Data's actor pools restart a killed actor and run its batch again (max_restarts and
-    # max_task_retries default to -1 there); tests/test_ray_engine.py kills one to prove it.
+    # A killed actor is restarted and its batch run again, a bounded number of times (Ray Data's
+    # default, -1, is forever); tests/test_ray_engine.py kills one once, and one on every batch.
     ds = ds.map_batches(
         _EmbedActor, batch_format="pyarrow", batch_size=options.batch_size, num_cpus=cpus,
-        compute=_pool(ray, actors, cpus, total),
+        compute=_pool(ray, actors, cpus, total), max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=BATCH_MAX_RETRIES,
         fn_constructor_kwargs={"model": model, "pretrained": pretrained, "precision": precision,
                                "fingerprint": fingerprint, "threads": cpus},
     )
@@ -195,7 +199,11 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
         raise
     except Exception as e:  # a Ray error: name the cause the worker raised, not Ray's wrapper
         cause = getattr(e, "cause", None) or e
-        raise VsearchError(f"the Ray embedding job failed: {type(cause).__name__}: {cause}") from e
+        hint = ""
+        if "ActorDied" in type(cause).__name__ or "ActorDied" in str(cause)[:200]:
+            hint = (f" (a model actor died and was restarted up to {ACTOR_MAX_RESTARTS} times; look for a "
+                    "worker running out of memory, or an image that crashes the decoder)")
+        raise VsearchError(f"the Ray embedding job failed{hint}: {type(cause).__name__}: {cause}") from e
     return errors, run
 
 
@@ -316,8 +324,13 @@ def _out(keys, errors, vectors, dim, pid, host, fatal):
 def _maybe_die_for_test() -> None:
     """Tests only: when the file $VSEARCH_TEST_RAY_EXIT_ONCE exists, the one worker that manages to
     delete it dies at once (mid-run, leaving its pid in FILE.killed), to prove that a killed actor
-    loses nothing."""
+    loses nothing. While FILE.always exists, every worker dies on every batch (a pid a line in it),
+    to prove that the retries end."""
     marker = os.environ.get(TEST_EXIT_ONCE_ENV)
+    if marker and os.path.exists(marker + ".always"):
+        with open(marker + ".always", "a") as f:
+            f.write(f"{os.getpid()}\n")
+        os._exit(1)
     if marker:
         try:
             os.unlink(marker)
