@@ -200,7 +200,7 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
     except Exception as e:  # a Ray error: name the cause the worker raised, not Ray's wrapper
         cause = getattr(e, "cause", None) or e
         hint = ""
-        if "ActorDied" in type(cause).__name__ or "ActorDied" in str(cause)[:200]:
+        if any(word in f"{type(cause).__name__} {str(cause)[:200]}" for word in ("ActorDied", "ActorUnavailable")):
             hint = (f" (a model actor died and was restarted up to {ACTOR_MAX_RESTARTS} times; look for a "
                     "worker running out of memory, or an image that crashes the decoder)")
         raise VsearchError(f"the Ray embedding job failed{hint}: {type(cause).__name__}: {cause}") from e
