@@ -8,8 +8,11 @@ product catalog of N rows; then builds the same index twice, each in a fresh pro
 memory map on disk, projected and added a shard at a time: ``build.ON_DISK_MIN_VECTORS`` = 0) and
 once in memory (``ON_DISK_MIN_VECTORS`` above N). Each child samples its anonymous memory
 (RssAnon: what nothing on disk backs) every 20 ms and reports the peak, with the peak RSS
-(VmHWM, which also counts page-cache pages of the memory map it touched) and the wall time.
-The two generations' top-10 answers for 200 queries are compared. ``--train-sample`` caps
+(VmHWM, which also counts page-cache pages of the memory map it touched) and the wall time. A
+third child runs the streamed build on 8-d vectors: the memory that does not grow with the vectors
+(the catalog's Python objects, torch and FAISS imports), subtracted to show what does.
+``--shard`` sets the vectors per add task (``sharded_index.SHARD_VECTORS``, 200,000 by default:
+at 200k the whole catalog would be one shard). The two generations' top-10 answers for 200 queries are compared. ``--train-sample`` caps
 the IVF training sample (``store.TRAIN_SAMPLE_MAX``; k-means on 2 shared cores is the slow part).
 """
 
@@ -30,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_average, write_synthetic_catalog  # noqa: E402
 
 
+BASELINE_DIM = 8  # the same streamed build with 8-d vectors: the memory that does not grow with the vectors
+
+
 def _status_kb(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -39,14 +45,16 @@ def _status_kb(key: str) -> int:
 
 def child(args) -> None:
     """One build in this process; prints its memory and time as JSON."""
-    from vsearch import build, store
+    from vsearch import build, sharded_index, store
     from vsearch.build import build_index
     from vsearch.embeddings_io import ModelIdentity
 
-    build.ON_DISK_MIN_VECTORS = 0 if args.mode == "streamed" else 10**12
+    build.ON_DISK_MIN_VECTORS = 10**12 if args.mode == "in-memory" else 0
+    dim = BASELINE_DIM if args.mode == "baseline" else args.dim
+    sharded_index.SHARD_VECTORS = args.shard
     store.TRAIN_SAMPLE_MAX = args.train_sample
-    model = ModelIdentity(name="synthetic", spec="synthetic", pretrained=None, fingerprint=f"synthetic-{args.dim}",
-                          dim=args.dim, supports_text=False)
+    model = ModelIdentity(name="synthetic", spec="synthetic", pretrained=None, fingerprint=f"synthetic-{dim}",
+                          dim=dim, supports_text=False)
     work = Path(args.work)
     peak = {"anon_kb": _status_kb("RssAnon")}
     start_anon = peak["anon_kb"]
@@ -60,7 +68,7 @@ def child(args) -> None:
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
     started = time.perf_counter()
-    build_index(work / "catalog.csv", work / f"index-{args.mode}", embedder=model, embeddings=work / "parquet",
+    build_index(work / "catalog.csv", work / f"index-{args.mode}", embedder=model, embeddings=work / f"parquet-{dim}",
                 index_type=args.type)
     seconds = time.perf_counter() - started
     done.set()
@@ -76,6 +84,7 @@ def main() -> None:
     ap.add_argument("--type", default="ivf", choices=("ivf", "ivfpq", "ivfpq-fs"))
     ap.add_argument("--files", type=int, default=8, help="Parquet shards of the input")
     ap.add_argument("--train-sample", type=int, default=20_000)
+    ap.add_argument("--shard", type=int, default=25_000, help="vectors per add task (sharded_index.SHARD_VECTORS)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="streamed", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -91,18 +100,20 @@ def main() -> None:
         write_synthetic_catalog(args.n, work / "catalog.csv")
         rng = np.random.default_rng(0)
         centres = rng.standard_normal((1000, args.dim)).astype(np.float32)
-        (work / "parquet").mkdir()
-        for f, part in enumerate(np.array_split(np.arange(args.n), args.files)):
-            x = centres[rng.integers(0, 1000, len(part))] + 0.8 * rng.standard_normal((len(part), args.dim)).astype(np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            table = pa.table({"image": pa.array([f"img/{i:07d}.jpg" for i in part]),
-                              "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), args.dim)})
-            pq.write_table(table, work / "parquet" / f"part-{f:05d}.parquet", row_group_size=10_000)
+        for dim in (args.dim, BASELINE_DIM):
+            (work / f"parquet-{dim}").mkdir()
+            for f, part in enumerate(np.array_split(np.arange(args.n), args.files)):
+                x = centres[rng.integers(0, 1000, len(part)), :dim] + 0.8 * rng.standard_normal((len(part), dim)).astype(np.float32)
+                x /= np.linalg.norm(x, axis=1, keepdims=True)
+                table = pa.table({"image": pa.array([f"img/{i:07d}.jpg" for i in part]),
+                                  "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)})
+                pq.write_table(table, work / f"parquet-{dim}" / f"part-{f:05d}.parquet", row_group_size=10_000)
         results = {}
-        for mode in ("streamed", "in-memory"):
+        for mode in ("streamed", "in-memory", "baseline"):
             out = subprocess.run([sys.executable, __file__, "--child", "--mode", mode, "--work", str(work),
                                   "--n", str(args.n), "--dim", str(args.dim), "--type", args.type,
-                                  "--train-sample", str(args.train_sample)], capture_output=True, text=True)
+                                  "--train-sample", str(args.train_sample), "--shard", str(args.shard)],
+                                 capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -112,18 +123,21 @@ def main() -> None:
         model = ModelIdentity(name="synthetic", spec="synthetic", pretrained=None, fingerprint=f"synthetic-{args.dim}",
                               dim=args.dim, supports_text=False)
         a, b = (ProductIndex.load(work / f"index-{m}", model) for m in ("streamed", "in-memory"))
-        queries = pq.read_table(work / "parquet" / "part-00000.parquet").column("vector").to_numpy(zero_copy_only=False)
+        queries = pq.read_table(work / f"parquet-{args.dim}" / "part-00000.parquet").column("vector").to_numpy(zero_copy_only=False)
         same = sum([h.product_id for h in a.search_vector(np.asarray(q, np.float32), k=10)]
                    == [h.product_id for h in b.search_vector(np.asarray(q, np.float32), k=10)] for q in queries[:200])
     vector_mb = args.n * args.dim * 4 / 2**20
-    s, m = results["streamed"], results["in-memory"]
+    s, m, base = results["streamed"], results["in-memory"], results["baseline"]
     print(f"{args.n:,} x {args.dim}-d float32 vectors ({vector_mb:.0f} MB), {args.files} Parquet files, {args.type}, "
-          f"training sample {args.train_sample:,}; load average {load_average()}")
+          f"training sample {args.train_sample:,}, shards of {args.shard:,}; load average {load_average()}")
     print("| build | wall s | peak anonymous MB (start) | peak RSS MB |")
     print("|---|---|---|---|")
-    for r in (s, m):
-        print(f"| {r['mode']} | {r['seconds']} | {r['peak_anon_mb']} ({r['start_anon_mb']}) | {r['peak_rss_mb']} |")
-    print(f"peak anonymous memory streamed / in memory: {s['peak_anon_mb'] / m['peak_anon_mb']:.2f}; "
+    for r in (s, m, base):
+        print(f"| {r['mode']}{' (streamed, 8-d)' if r is base else ''} | {r['seconds']} | {r['peak_anon_mb']} "
+              f"({r['start_anon_mb']}) | {r['peak_rss_mb']} |")
+    grow_s, grow_m = s["peak_anon_mb"] - base["peak_anon_mb"], m["peak_anon_mb"] - base["peak_anon_mb"]
+    print(f"peak anonymous memory streamed / in memory: {s['peak_anon_mb'] / m['peak_anon_mb']:.2f}; above the 8-d "
+          f"baseline (what grows with the vectors): streamed {grow_s} MB, in memory {grow_m} MB, vectors {vector_mb:.0f} MB; "
           f"same top-10 for {same}/200 queries")
 
 

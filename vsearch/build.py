@@ -38,7 +38,7 @@ DOWNLOADS_DIR = "downloads"
 # in memory, and every step that can goes a shard at a time (``sharded_index.SHARD_VECTORS``):
 # below it the whole matrix is small and RAM is faster.
 ON_DISK_MIN_VECTORS = 100_000
-ASSEMBLE_ROWS = 65_536  # vectors read from the cache (or an import) per step when assembling the matrix
+ASSEMBLE_ROWS = 8_192  # vectors read from the cache (or an import) per step when assembling the matrix (40 MB at 1280-d)
 SPILL_PREFIX = ".tmp-vectors-"
 ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 
