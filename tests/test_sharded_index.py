@@ -338,3 +338,25 @@ def test_a_streamed_build_applies_the_learned_projection_a_shard_at_a_time(tmp_p
     assert streamed.manifest["adaptation"]["state"] == in_memory.manifest["adaptation"]["state"] == "fitted"
     assert calls == [4000]
     _same_answers(streamed, in_memory, vectors[::400])
+
+
+def test_a_streamed_build_from_the_embedding_cache_equals_the_in_memory_build(tmp_path, monkeypatch):
+    """The model path: vectors the build embedded are not kept in memory but read back from the
+    cache into the on-disk matrix, a step at a time; a rebuild reads them all from the cache."""
+    from conftest import FakeEmbedder, write_catalog
+    from vsearch import build as build_module
+
+    shop = write_catalog(tmp_path / "shop", n_products=30)
+    monkeypatch.setattr(build_module, "ASSEMBLE_ROWS", 7)
+    answers = {}
+    for mode, threshold in (("disk", 0), ("memory", 10**9)):
+        monkeypatch.setattr(build_module, "ON_DISK_MIN_VECTORS", threshold)
+        for attempt in ("embedded", "from cache"):
+            embedder = FakeEmbedder()
+            report = build_index(shop, tmp_path / mode, embedder=embedder, index_type="ivf", adapt="refit")
+            assert (report.embedded > 0) == (attempt == "embedded")
+            index = ProductIndex.load(tmp_path / mode, embedder)
+            answers[mode, attempt] = [[(h.product_id, round(h.score, 5)) for h in index.search(image=p, k=5)]
+                                      for p in sorted((tmp_path / "shop" / "images").glob("*.jpg"))[:10]]
+            assert not list((tmp_path / mode).glob(".tmp-*"))
+    assert answers["disk", "embedded"] == answers["memory", "embedded"] == answers["disk", "from cache"]
