@@ -139,8 +139,8 @@ def load_embeddings_into(path: str | os.PathLike | np.ndarray, catalog: Catalog,
     rows = catalog.rows
     dim = out.shape[1]
     if isinstance(path, np.ndarray):
-        source, parts = Path("<array>"), [(_check_matrix(path, Path("<array>")), None)]
-        batches = _array_batches(parts[0][0], batch_rows)
+        source = Path("<array>")
+        batches = _array_batches(_check_matrix(path, source), batch_rows)
     else:
         source = Path(path)
         files = sorted(source.glob("*.parquet")) if source.is_dir() else [source]
