@@ -21,6 +21,7 @@ Ray is an optional extra: ``pip install 'vsearch[ray]'``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,12 +171,16 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
     ds = ds.map_batches(_read_files, batch_format="pyarrow", batch_size=None, num_cpus=0)
     # A killed actor is restarted and its batch run again, a bounded number of times (Ray Data's
     # default, -1, is forever); tests/test_ray_engine.py kills one once, and one on every batch.
-    ds = ds.map_batches(
-        _EmbedActor, batch_format="pyarrow", batch_size=options.batch_size, num_cpus=cpus,
-        compute=_pool(ray, actors, cpus, total), max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=BATCH_MAX_RETRIES,
-        fn_constructor_kwargs={"model": model, "pretrained": pretrained, "precision": precision,
-                               "fingerprint": fingerprint, "threads": cpus},
-    )
+    # Ray 2.60 takes these only as ray_remote_args, which it warns are deprecated (removed in 2.64,
+    # named parameters to come): the pinned version has no other way, so that warning is silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            _EmbedActor, batch_format="pyarrow", batch_size=options.batch_size, num_cpus=cpus,
+            compute=_pool(ray, actors, cpus, total), max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=BATCH_MAX_RETRIES,
+            fn_constructor_kwargs={"model": model, "pretrained": pretrained, "precision": precision,
+                                   "fingerprint": fingerprint, "threads": cpus},
+        )
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             fatal = [f for f in batch.column("fatal").to_pylist() if f]
