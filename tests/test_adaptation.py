@@ -165,6 +165,33 @@ def test_train_pairs_are_learned_from_and_bad_rows_are_reported_by_row(tmp_path)
     assert index.manifest["verdict"]["sources"].get("train_pairs") == 24
 
 
+def test_gc_keeps_the_cached_vectors_of_the_train_pairs_the_live_generation_learned_from(tmp_path):
+    """The pair photos are no catalog images, but the next build with the same pairs must not
+    re-embed them after a gc (with --embeddings that would need the model's weights)."""
+    from vsearch.gc import collect_garbage
+
+    csv_path = _catalog(tmp_path / "shop", n_products=24, views=1)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(24):
+        draw_product(i, view=1).save(photos / f"shot-{i}.jpg")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image,product_id\n" + "".join(f"photos/shot-{i}.jpg,P{i:03d}\n" for i in range(24)))
+    first = FakeEmbedder()
+    build_index(csv_path, tmp_path / "idx", embedder=first, train_pairs=pairs)
+    assert sum(first.batches) == 48  # 24 catalog images + 24 pair photos
+    gen = tmp_path / "idx" / store.read_current(tmp_path / "idx")
+    assert store.read_manifest(gen)["train_pairs"]["photos"] == 24
+    assert collect_garbage(tmp_path / "idx").cache_rows == 0
+    again = FakeEmbedder()
+    build_index(csv_path, tmp_path / "idx", embedder=again, train_pairs=pairs, adapt="refit")
+    assert again.batches == []  # nothing ran through the model: catalog and pairs came from the cache
+    # a build without the pairs no longer uses them: then gc drops them
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="refit")  # the older generation goes too
+    assert collect_garbage(tmp_path / "idx").cache_rows == 24
+
+
 def test_indexes_of_the_old_format_are_refused_with_the_rebuild_command(tmp_path):
     csv_path = _catalog(tmp_path / "shop", n_products=6)
     build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())

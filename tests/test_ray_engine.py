@@ -161,6 +161,24 @@ def test_killed_actor_is_retried_and_every_row_is_indexed_once(tmp_path, ray_clu
         assert cache.count() == 36
 
 
+def test_a_batch_that_kills_every_worker_fails_the_build_after_a_bounded_number_of_restarts(tmp_path, ray_cluster,
+                                                                                               hard_timeout):
+    from vsearch.build import build_index
+    from vsearch.ray_engine import ACTOR_MAX_RESTARTS
+
+    catalog = write_catalog(tmp_path / "shop", n_products=3)
+    always = Path(f"{ray_cluster}.always")
+    always.write_text("")  # every worker that takes a batch dies (a deterministic crash: retrying cannot help)
+    try:
+        with pytest.raises(VsearchError, match=r"the Ray embedding job failed \(a model actor died and was restarted"):
+            build_index(catalog, tmp_path / "idx", model="test-tiny", engine="ray", ray_actors=1)
+        deaths = always.read_text().split()
+    finally:
+        always.unlink()
+    assert 1 < len(deaths) <= ACTOR_MAX_RESTARTS + 1  # retried, then given up: not forever
+    assert store.read_current(tmp_path / "idx", missing_ok=True) is None
+
+
 def test_a_worker_that_cannot_load_the_model_or_loads_other_weights_fails_with_its_error(ray_cluster, hard_timeout):
     from vsearch.errors import ModelError
     from vsearch.ray_engine import RayOptions, embed_misses
@@ -171,6 +189,32 @@ def test_a_worker_that_cannot_load_the_model_or_loads_other_weights_fails_with_i
     with pytest.raises(ModelError, match=r"Ray worker .* loaded test-tiny with other weights than the driver"):
         embed_misses({"0" * 64: ("a.jpg", None, b"bytes")}, model="test-tiny", pretrained=None, precision="fp32",
                      fingerprint="not-the-driver's", dim=32, options=RayOptions(actors=1), on_vectors=lambda k, v: None)
+
+
+class _WeightsOnlyTheDriverReads:
+    """The driver's loaded model, whose --pretrained file lives on storage the workers do not see
+    (an API caller passing a loaded model: the driver checks nothing before the job starts)."""
+
+    def __init__(self, model, pretrained):
+        self._model, self.spec, self.pretrained = model, "ViT-B-32", str(pretrained)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_a_worker_that_cannot_read_the_pretrained_file_fails_the_build_naming_the_file(tmp_path, ray_cluster, hard_timeout):
+    import re
+
+    from vsearch.build import build_index
+    from vsearch.embedders import load_embedder
+    from vsearch.errors import ModelError
+
+    catalog = write_catalog(tmp_path / "shop", n_products=3)
+    weights = tmp_path / "not-mounted-on-workers" / "vit-b-32.bin"
+    model = _WeightsOnlyTheDriverReads(load_embedder("test-tiny"), weights)
+    with pytest.raises(ModelError, match=rf"Ray worker .* \(pid \d+\) could not load model ViT-B-32: .*{re.escape(str(weights))}"):
+        build_index(catalog, tmp_path / "idx", embedder=model, engine="ray", ray_actors=1)
+    assert store.read_current(tmp_path / "idx", missing_ok=True) is None  # nothing published
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):

@@ -234,3 +234,129 @@ def test_ray_tasks_build_the_same_shards_as_the_local_pool(tmp_path, data):
     (d1, i1), (d2, i2) = search_both(built["ray"], built["local"], queries)
     assert np.array_equal(i1, i2) and np.array_equal(d1, d2)
     assert faiss.extract_index_ivf(built["ray"]).ntotal == len(vectors)
+
+
+# ---------------------------------------------------------------- a build that never holds every vector
+
+def _parquet_shards(folder: Path, images: list[str], vectors: np.ndarray, files: int) -> Path:
+    """``files`` Parquet files of (image, vector), the rows shuffled across them (matched by key, not order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    order = np.random.default_rng(5).permutation(len(images))
+    for f, part in enumerate(np.array_split(order, files)):
+        table = pa.table({"image": pa.array([images[i] for i in part]),
+                          "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[part].reshape(-1)), vectors.shape[1])})
+        pq.write_table(table, folder / f"part-{f:05d}.parquet", row_group_size=500)
+    return folder
+
+
+STREAM = {"shard": 1000, "sample": 2000, "batch": 500}  # vectors per add task, IVF/PQ training sample, import step
+
+
+def _streamed_build(tmp_path, monkeypatch, *, n: int, dim: int, views: int, on_disk: bool, **options):
+    """An ivfpq build (PQ4x8: quick to train) of ``n`` images from 6 Parquet files, with the sizes
+    of STREAM; ``on_disk`` picks the streamed build or the in-memory one. Returns (the index, the
+    vectors, the peak bytes tracemalloc saw during the build)."""
+    import tracemalloc
+
+    import faiss  # noqa: F401  (imported before measuring: module imports are not the build's memory)
+    import pyarrow.parquet  # noqa: F401
+
+    from vsearch import build as build_module
+    from vsearch.catalog import read_catalog
+    from vsearch.embeddings_io import ModelIdentity
+
+    rng = np.random.default_rng(11)
+    centres = unit(rng, 60, dim)
+    vectors = centres[rng.integers(0, 60, n)] + 0.7 * unit(rng, n, dim)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    images = [f"img/{i:05d}.jpg" for i in range(n)]
+    cat = read_catalog(write_catalog_rows(tmp_path / "shop", ([f"P{i // views:05d}", images[i], f"Product {i // views}", "mug",
+                                                               "1.00"] for i in range(n))))
+    shards = _parquet_shards(tmp_path / "parquet", images, vectors, files=6)
+    model = ModelIdentity(name="vectors", spec="vectors", pretrained=None, fingerprint=f"vectors-{dim}", dim=dim,
+                          supports_text=False)
+    monkeypatch.setattr(build_module, "ON_DISK_MIN_VECTORS", 0 if on_disk else 10**9)
+    monkeypatch.setattr(build_module, "ASSEMBLE_ROWS", STREAM["batch"])
+    monkeypatch.setattr(sharded_index, "SHARD_VECTORS", STREAM["shard"])
+    monkeypatch.setattr(store, "TRAIN_SAMPLE_MAX", STREAM["sample"])
+    monkeypatch.setattr(store, "_pq_subquantizers", lambda d: 4)
+    tracemalloc.start()
+    try:
+        build_index(cat, tmp_path / "index", embedder=model, embeddings=shards, index_type="ivfpq", **options)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not list((tmp_path / "index").glob(".tmp-*")), "the on-disk vectors outlived the build"
+    return ProductIndex.load(tmp_path / "index", model), vectors, peak
+
+
+def _same_answers(a: ProductIndex, b: ProductIndex, queries: np.ndarray) -> None:
+    sa = np.load(a.index_dir / a.generation / store.STORED_VECTORS_FILE)
+    sb = np.load(b.index_dir / b.generation / store.STORED_VECTORS_FILE)
+    assert np.array_equal(sa, sb)
+    for q in queries:
+        got, want = a.search_vector(q, k=10), b.search_vector(q, k=10)
+        assert [h.product_id for h in got] == [h.product_id for h in want]
+        assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-6)
+
+
+def test_a_streamed_ivfpq_build_from_parquet_shards_answers_like_the_in_memory_build_holding_a_shard_not_every_vector(
+        tmp_path, monkeypatch):
+    """tracemalloc sees every numpy array the build allocates (not FAISS's C++ memory). What does
+    not depend on the vectors' width (the catalog's Python objects) is taken out by a build of the
+    same catalog at width 8: what is left grows with one shard + the training sample + a few
+    import steps in the streamed build, and with all the vectors in the in-memory one."""
+    n, dim, small = 12_000, 256, 8
+    streamed, vectors, peak_streamed = _streamed_build(tmp_path / "streamed", monkeypatch, n=n, dim=dim, views=1, on_disk=True)
+    in_memory, _, peak_in_memory = _streamed_build(tmp_path / "memory", monkeypatch, n=n, dim=dim, views=1, on_disk=False)
+    _, _, peak_small = _streamed_build(tmp_path / "small", monkeypatch, n=n, dim=small, views=1, on_disk=True)
+    assert streamed.manifest["sharded_build"]["shards"] == n // STREAM["shard"]
+    _same_answers(streamed, in_memory, vectors[::1000])
+
+    every = n * (dim - small) * 4  # all the vectors' bytes beyond width 8
+    bound = (STREAM["shard"] + STREAM["sample"] + 6 * STREAM["batch"]) * (dim - small) * 4
+    assert bound <= every / 2
+    print(f"vector-width-dependent peak: streamed {(peak_streamed - peak_small) / 1e6:.1f} MB, in memory "
+          f"{(peak_in_memory - peak_small) / 1e6:.1f} MB, bound {bound / 1e6:.1f} MB, all vectors {every / 1e6:.1f} MB")
+    assert peak_in_memory - peak_small > every  # the measurement does see the vectors
+    assert peak_streamed - peak_small < bound, (peak_streamed, peak_small, bound, every)
+
+
+def test_a_streamed_build_applies_the_learned_projection_a_shard_at_a_time(tmp_path, monkeypatch):
+    """Two views per product: the projection is fitted (on every vector, memory-mapped) and applied
+    shard by shard into another memory map; the answers are the in-memory build's."""
+    from vsearch import sharded_index as shards_module
+
+    calls = []
+    real = shards_module.map_shards
+    monkeypatch.setattr(shards_module, "map_shards", lambda fn, x, out, size=None: calls.append(len(x)) or real(fn, x, out, size))
+    streamed, vectors, _ = _streamed_build(tmp_path / "streamed", monkeypatch, n=4000, dim=32, views=2, on_disk=True)
+    in_memory, _, _ = _streamed_build(tmp_path / "memory", monkeypatch, n=4000, dim=32, views=2, on_disk=False)
+    assert streamed.manifest["adaptation"]["state"] == in_memory.manifest["adaptation"]["state"] == "fitted"
+    assert calls == [4000]
+    _same_answers(streamed, in_memory, vectors[::400])
+
+
+def test_a_streamed_build_from_the_embedding_cache_equals_the_in_memory_build(tmp_path, monkeypatch):
+    """The model path: vectors the build embedded are not kept in memory but read back from the
+    cache into the on-disk matrix, a step at a time; a rebuild reads them all from the cache."""
+    from conftest import FakeEmbedder, write_catalog
+    from vsearch import build as build_module
+
+    shop = write_catalog(tmp_path / "shop", n_products=30)
+    monkeypatch.setattr(build_module, "ASSEMBLE_ROWS", 7)
+    answers = {}
+    for mode, threshold in (("disk", 0), ("memory", 10**9)):
+        monkeypatch.setattr(build_module, "ON_DISK_MIN_VECTORS", threshold)
+        for attempt in ("embedded", "from cache"):
+            embedder = FakeEmbedder()
+            report = build_index(shop, tmp_path / mode, embedder=embedder, index_type="ivf", adapt="refit")
+            assert (report.embedded > 0) == (attempt == "embedded")
+            index = ProductIndex.load(tmp_path / mode, embedder)
+            answers[mode, attempt] = [[(h.product_id, round(h.score, 5)) for h in index.search(image=p, k=5)]
+                                      for p in sorted((tmp_path / "shop" / "images").glob("*.jpg"))[:10]]
+            assert not list((tmp_path / mode).glob(".tmp-*"))
+    assert answers["disk", "embedded"] == answers["memory", "embedded"] == answers["disk", "from cache"]

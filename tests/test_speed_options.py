@@ -218,3 +218,33 @@ def test_single_query_search_leaves_the_thread_count_alone():
     _, ids = store.search_single_threaded(index, unit(np.random.default_rng(6), 1, 8), 3)
     assert ids.shape == (1, 3)
     assert faiss.omp_get_max_threads() == before
+
+
+def test_streamed_import_gives_the_vectors_and_errors_of_the_in_memory_import(tmp_path):
+    """load_embeddings_into (big IVF builds) reads a few rows at a time into a given array; it must
+    align, normalise and refuse exactly like load_embeddings."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from vsearch.embeddings_io import load_embeddings_into
+
+    catalog = read_catalog(vector_catalog(tmp_path / "shop", 10, images_per_product=2))
+    vectors = 3 * unit(np.random.default_rng(2), 20, 16)  # not unit length: normalised, and counted
+    np.save(tmp_path / "v.npy", vectors)
+    images = [f"img/{i // 2:04d}-{i % 2}.jpg" for i in range(20)]
+    order = np.random.default_rng(3).permutation(20)
+    pq.write_table(pa.table({"image": [images[i] for i in order],
+                             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[order].reshape(-1)), 16)}),
+                   tmp_path / "v.parquet", row_group_size=6)
+    for source in (vectors, tmp_path / "v.npy", tmp_path / "v.parquet"):
+        want = load_embeddings(source, catalog, dim=16)
+        got = load_embeddings_into(source, catalog, np.empty((20, 16), np.float32), batch_rows=7)
+        assert np.array_equal(got.vectors, want.vectors)
+        assert (got.aligned_by, got.renormalised, got.unused) == (want.aligned_by, want.renormalised, want.unused)
+    keep = [i for i in range(20) if images[i] != "img/0003-1.jpg"]
+    pq.write_table(pa.table({"image": [images[i] for i in keep],
+                             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[keep].reshape(-1)), 16)}),
+                   tmp_path / "short.parquet")
+    with pytest.raises(EmbeddingsImportError, match=r"no vector for 1 catalog image\(s\): row \d+ 'P0003' \S*img/0003-1.jpg"):
+        load_embeddings_into(tmp_path / "short.parquet", catalog, np.empty((20, 16), np.float32), batch_rows=7)
+    with pytest.raises(EmbeddingsImportError, match="19 vectors but the catalog"):
+        load_embeddings_into(vectors[:19], catalog, np.empty((20, 16), np.float32), batch_rows=7)

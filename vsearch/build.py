@@ -33,6 +33,13 @@ if TYPE_CHECKING:
     from .embedders import Embedder
 
 DOWNLOADS_DIR = "downloads"
+# From this many catalog images on, a build of a sharded IVF type (ivf, ivfpq, ivfpq-fs) keeps the
+# catalog's vectors in a float32 file on disk (memory-mapped, removed after the build) instead of
+# in memory, and every step that can goes a shard at a time (``sharded_index.SHARD_VECTORS``):
+# below it the whole matrix is small and RAM is faster.
+ON_DISK_MIN_VECTORS = 100_000
+ASSEMBLE_ROWS = 8_192  # vectors read from the cache (or an import) per step when assembling the matrix (40 MB at 1280-d)
+SPILL_PREFIX = ".tmp-vectors-"
 ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 
 
@@ -144,7 +151,8 @@ def build_index(
     store.choose_index_type(len(cat.rows), index_type)  # validate before any heavy work
 
     index_dir = Path(index_dir)
-    with _exclusive_build(index_dir):
+    on_disk = index_type in store.SHARDED_TYPES and len(cat.rows) >= ON_DISK_MIN_VECTORS
+    with _exclusive_build(index_dir), _spill_folder(index_dir, on_disk) as spill:
         if embedder is None and embeddings is not None:
             from .embeddings_io import model_identity
 
@@ -163,9 +171,9 @@ def build_index(
                    "precision": getattr(embedder, "precision", precision)}
         with _cache_errors(index_dir / store.CACHE_FILE), EmbeddingCache(index_dir / store.CACHE_FILE) as cache:
             embed_started = time.perf_counter()
-            kept, vectors, embedded, reused, image_problems = _imported_rows(cat, embeddings, embedder, progress) if embeddings is not None else _embed_rows(
+            kept, vectors, embedded, reused, image_problems = _imported_rows(cat, embeddings, embedder, progress, spill) if embeddings is not None else _embed_rows(
                 cat.rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
-                fetch_policy=fetch_policy, progress=progress, job=job,
+                fetch_policy=fetch_policy, progress=progress, job=job, spill=spill,
             )
             shopper = None
             if train_pairs is not None:
@@ -205,8 +213,10 @@ def build_index(
             vectors = _quality_postprocess(
                 tmp, vectors, images, manifest, whitening=whitening, dba=dba,
                 query_defaults=query_defaults, calibrate=calibrate_threshold, adapt=adapt, shopper=shopper,
-                embedder=embedder, previous=live,
+                embedder=embedder, previous=live, spill=spill,
             )
+            if shopper is not None:
+                manifest["train_pairs"] = store.write_train_pairs(tmp, shopper[2])
             update, quantizer = _incremental_update(live, vectors, images, manifest, chosen_type)
             store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest,
                                    index_type=chosen_type, prebuilt=update, quantizer=quantizer)
@@ -233,11 +243,13 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
                          whitening: bool | Mapping[str, Any] | None, dba: Mapping[str, Any] | None,
                          query_defaults: Mapping[str, Any] | None, calibrate: bool, adapt: str,
                          shopper: tuple[np.ndarray, list[str], list[str]] | None, embedder: Any,
-                         previous: Path | None) -> np.ndarray:
+                         previous: Path | None, spill: Path | None = None) -> np.ndarray:
     """Catalog adaptation, whitening and DBA on the catalog vectors (stored beside the index),
     query defaults and the "close match" verdict, all recorded in the manifest. Returns the
     vectors to index; the embedding cache keeps the raw model vectors, so changing these options
-    re-embeds nothing."""
+    re-embeds nothing. With ``spill`` (a folder, see ON_DISK_MIN_VECTORS) ``raw`` is a memory map
+    and the projected vectors go to another one, a shard at a time; fitting the projection,
+    whitening, DBA and the verdict still read every vector (from the memory map)."""
     from . import learn
     from . import transforms as post
     from .calibration import held_out_recall
@@ -253,7 +265,14 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         model_fingerprint=manifest["model"]["fingerprint"], previous=previous,
         shopper_vectors=shopper_vectors, shopper_labels=shopper_labels, shopper_keys=shopper_keys)
     manifest["adaptation"] = adaptation.record
-    vectors = adaptation.projection.apply(raw) if adaptation.projection is not None else raw
+    if adaptation.projection is None:
+        vectors = raw
+    elif spill is not None:
+        from .sharded_index import map_shards
+
+        vectors = map_shards(adaptation.projection.apply, raw, _matrix(spill / "adapted.f32.npy", len(raw), raw.shape[1]))
+    else:
+        vectors = adaptation.projection.apply(raw)
     record: dict[str, Any] = {"whitening": None, "dba": None}
     auto = w_opts is not None and w_opts.pop("auto", False)
     whitener = None
@@ -360,11 +379,16 @@ def _train_pair_vectors(path: str | os.PathLike, known: set[str], embedder: Any,
 # ---------------------------------------------------------------- embedding pipeline
 
 
-def _imported_rows(cat: Catalog, embeddings: Any, model: Any, progress: ProgressCallback | None):
-    """Precomputed vectors instead of the model: same shape of result as ``_embed_rows``."""
-    from .embeddings_io import load_embeddings
+def _imported_rows(cat: Catalog, embeddings: Any, model: Any, progress: ProgressCallback | None, spill: Path | None = None):
+    """Precomputed vectors instead of the model: same shape of result as ``_embed_rows``. With
+    ``spill`` they are streamed into a memory map there, a batch of rows at a time."""
+    from .embeddings_io import load_embeddings, load_embeddings_into
 
-    imported = load_embeddings(embeddings, cat, dim=int(model.dim))
+    if spill is not None:
+        out = _matrix(spill / "raw.f32.npy", len(cat.rows), int(model.dim))
+        imported = load_embeddings_into(embeddings, cat, out, batch_rows=ASSEMBLE_ROWS)
+    else:
+        imported = load_embeddings(embeddings, cat, dim=int(model.dim))
     if progress is not None:
         progress(len(cat.rows), len(cat.rows))
     kept = [(row, "") for row in cat.rows]  # images are never read, so there is no content hash
@@ -381,9 +405,12 @@ def _imported_rows(cat: Catalog, embeddings: Any, model: Any, progress: Progress
 def _embed_rows(
     rows: list[CatalogRow], embedder: Embedder, cache: EmbeddingCache, *, index_dir: Path, batch_size: int,
     workers: int | None, fetch_policy: Any, progress: ProgressCallback | None, job: dict[str, Any] | None = None,
+    spill: Path | None = None,
 ) -> tuple[list[tuple[CatalogRow, str]], np.ndarray, int, int, list[RowProblem]]:
     """Embed every row not in the cache; return kept (row, hash) pairs with their vectors in order.
-    With a Ray ``job`` the rows are only hashed here and the misses are embedded on the cluster."""
+    With a Ray ``job`` the rows are only hashed here and the misses are embedded on the cluster.
+    With ``spill`` (a folder) the vectors are assembled from the cache into a memory map there,
+    ASSEMBLE_ROWS at a time, and new vectors are not kept in memory (they are in the cache)."""
     fingerprint = embedder.fingerprint
     cached = cache.cached_hashes(fingerprint)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
@@ -392,7 +419,7 @@ def _embed_rows(
 
     kept: list[tuple[CatalogRow, str]] = []
     problems: list[RowProblem] = []
-    new_vectors: dict[str, np.ndarray] = {}
+    new_vectors: dict[str, np.ndarray | None] = {}  # None: read it back from the cache
     pending: list[tuple[str, Any]] = []
     pending_hashes: set[str] = set()
     file_entries: list[tuple[str, int, int, str]] = []
@@ -409,7 +436,7 @@ def _embed_rows(
         cache.put_many(hashes, vecs, fingerprint)
         cache.remember_files(file_entries)
         file_entries.clear()
-        new_vectors.update(zip(hashes, vecs))
+        new_vectors.update(zip(hashes, vecs) if spill is None else dict.fromkeys(hashes))
         embedded += len(hashes)
         pending.clear()
         pending_hashes.clear()
@@ -436,29 +463,36 @@ def _embed_rows(
     if job:
         from .ray_engine import embed_into_cache
 
-        new_vectors, failed, run = embed_into_cache(misses, embedder, cache, job=job, progress=progress,
-                                                    shards_dir=index_dir / "embeddings")
+        new_hashes, failed, run = embed_into_cache(misses, embedder, cache, job=job, progress=progress,
+                                                   shards_dir=index_dir / "embeddings")
+        new_vectors = dict.fromkeys(new_hashes)
         embedded = len(new_vectors)
         job["report"] = {"engine": "ray", "address": run.address, "actors": run.actors, "cpus_per_actor": run.cpus_per_actor,
                          "worker_pids": sorted(run.worker_pids), "hosts": sorted(run.hosts), "shards": str(index_dir / "embeddings")}
         problems += [RowProblem(row=r.row, reason=failed[h], image=r.image) for r, h in kept if h in failed]
         kept = [(r, h) for r, h in kept if h not in failed]
 
-    needed = list({h for _, h in kept if h not in new_vectors})
-    from_cache = cache.get_many(needed, fingerprint)
     dim = int(embedder.dim)
-    vectors = np.empty((len(kept), dim), dtype=np.float32)
+    vectors = _matrix(spill / "raw.f32.npy", len(kept), dim) if spill is not None else np.empty((len(kept), dim), dtype=np.float32)
     final_kept: list[tuple[CatalogRow, str]] = []
-    for row, h in kept:
-        vec = new_vectors.get(h)
-        if vec is None:
-            vec = from_cache.get(h)
-        if vec is None or vec.shape[0] != dim:
-            problems.append(RowProblem(row=row.row, reason="embedding missing from the cache; rebuild to retry", image=row.image))
-            continue
-        vectors[len(final_kept)] = vec
-        final_kept.append((row, h))
+    for start in range(0, len(kept), ASSEMBLE_ROWS):  # one step's vectors at a time, in catalog order
+        part = kept[start:start + ASSEMBLE_ROWS]
+        from_cache = cache.get_many(list({h for _, h in part if new_vectors.get(h) is None}), fingerprint)
+        block = np.empty((len(part), dim), dtype=np.float32)
+        first = len(final_kept)
+        for row, h in part:
+            vec = new_vectors.get(h)
+            if vec is None:
+                vec = from_cache.get(h)
+            if vec is None or vec.shape[0] != dim:
+                problems.append(RowProblem(row=row.row, reason="embedding missing from the cache; rebuild to retry", image=row.image))
+                continue
+            block[len(final_kept) - first] = vec
+            final_kept.append((row, h))
+        vectors[first:len(final_kept)] = block[:len(final_kept) - first]
     reused = sum(1 for _, h in final_kept if h not in new_vectors)
+    if hasattr(vectors, "flush"):
+        vectors.flush()
     return final_kept, vectors[: len(final_kept)], embedded, reused, problems
 
 
@@ -525,6 +559,28 @@ def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window
 
 
 # ---------------------------------------------------------------- assembling the index
+
+
+@contextmanager
+def _spill_folder(index_dir: Path, enabled: bool) -> Iterator[Path | None]:
+    """A private folder for the build's on-disk vector matrices (see ON_DISK_MIN_VECTORS), removed
+    when the build ends; one a killed build left behind is removed by the next publish."""
+    if not enabled:
+        yield None
+        return
+    import secrets
+
+    path = index_dir / f"{SPILL_PREFIX}{secrets.token_hex(4)}"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _matrix(path: Path, rows: int, dim: int) -> np.ndarray:
+    """A float32 [rows, dim] .npy on disk, memory-mapped for writing: vectors in page cache, not in the heap."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
 
 
 def _products_and_images(cat: Catalog, kept: list[tuple[CatalogRow, str]]):

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model actors on the cluster, each with its CPUs / N (default: one per 4 CPUs, or one for the whole cluster if it has fewer)")
     b.add_argument("--embeddings", default=None, metavar="FILE",
                    help="precomputed vectors (.npy float [rows, dim] in catalog order, or .parquet with an 'embedding' "
-                   "or 'vector' list column, matched by 'image'/'product_id' columns when present): no image is read and "
+                   "or 'vector' list column, matched by 'image'/'product_id' columns when present; or a folder of such .parquet "
+                   "files, read in name order as one): no image is read and "
                    "no model runs; --model/--pretrained name the model they came from, used later for queries")
     b.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
     b.add_argument("--allow-outside-paths", action="store_true",

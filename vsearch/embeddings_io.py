@@ -77,13 +77,18 @@ def expected_rows(catalog: Catalog) -> list[tuple[str, str]]:
 def load_embeddings(path: str | os.PathLike | np.ndarray, catalog: Catalog, *, dim: int | None = None) -> ImportedEmbeddings:
     """Read, validate, align and normalise precomputed vectors for ``catalog``'s good rows.
 
-    Raises EmbeddingsImportError naming the file and the row/value at fault.
+    ``path``: a .npy or Parquet file, an array, or a folder of Parquet files (read in name order,
+    as if one file). Raises EmbeddingsImportError naming the file and the row/value at fault.
     """
     if isinstance(path, np.ndarray):
         source = Path("<array>")
         vectors, keys = _check_matrix(path, source), None
     else:
         source = Path(path)
+        if source.is_dir():  # a folder of Parquet shards: read as one file, into memory
+            if dim is None:
+                dim = next(_parquet_batches(sorted(source.glob("*.parquet"))[:1], 1), (None, np.empty((0, 0)), None))[1].shape[1]
+            return load_embeddings_into(source, catalog, np.empty((len(catalog.rows), dim), dtype=np.float32))
         if not source.is_file():
             raise EmbeddingsImportError(f"embeddings file {source} does not exist or is not a file")
         suffix = source.suffix.lower()
@@ -124,6 +129,133 @@ def load_embeddings(path: str | os.PathLike | np.ndarray, catalog: Catalog, *, d
     return ImportedEmbeddings(vectors=vectors, source=source, aligned_by=how, renormalised=renormalised, unused=unused)
 
 
+def load_embeddings_into(path: str | os.PathLike | np.ndarray, catalog: Catalog, out: np.ndarray, *,
+                         batch_rows: int = 65536) -> ImportedEmbeddings:
+    """``load_embeddings`` for catalogs bigger than memory: the vectors are written into ``out``
+    (a [rows, dim] float32 array, normally a memory map on disk) ``batch_rows`` at a time, so no
+    step holds more than one batch. ``path`` may also be a folder of Parquet files (read in name
+    order, as if one file: Ray's ``embeddings/part-*.parquet``, or any exporter's shards).
+    Same checks and messages as ``load_embeddings``."""
+    rows = catalog.rows
+    dim = out.shape[1]
+    if isinstance(path, np.ndarray):
+        source = Path("<array>")
+        batches = _array_batches(_check_matrix(path, source), batch_rows)
+    else:
+        source = Path(path)
+        files = sorted(source.glob("*.parquet")) if source.is_dir() else [source]
+        if source.is_dir() and not files:
+            raise EmbeddingsImportError(f"embeddings folder {source} holds no .parquet files")
+        if not source.is_dir() and not source.is_file():
+            raise EmbeddingsImportError(f"embeddings file {source} does not exist or is not a file")
+        suffix = source.suffix.lower() if source.is_file() else ".parquet"
+        if suffix == ".npy":
+            batches = _array_batches(_read_npy(source), batch_rows)
+        elif suffix in (".parquet", ".pq"):
+            batches = _parquet_batches(files, batch_rows)
+        else:
+            raise EmbeddingsImportError(
+                f"embeddings file {source} has suffix {suffix or '(none)'!r}; accepted: .npy "
+                "(float array [rows, dim]) or .parquet (a list column 'embedding' or 'vector')"
+            )
+    root = Path(catalog.root)
+    slots: dict[Any, list[int]] | None = None
+    filled = np.zeros(len(rows), dtype=bool)
+    seen: dict[Any, int] = {}
+    done = renormalised = unused = 0
+    how = "position"
+    for where, vectors, keys in batches:
+        if vectors.shape[1] != dim:
+            raise EmbeddingsImportError(
+                f"{where}: vectors have dimension {vectors.shape[1]}, but the model's embeddings have dimension {dim}; "
+                "check --model/--pretrained name the model the vectors came from"
+            )
+        if keys is not None and "image" in keys:
+            how = "key"
+            with_pid = "product_id" in keys
+            if slots is None:
+                slots = {}
+                for n, row in enumerate(rows):
+                    slots.setdefault((row.product_id if with_pid else None, _normalise_image(row.image, root)), []).append(n)
+            picks, targets = [], []
+            for i, image in enumerate(keys["image"]):
+                key = (keys["product_id"][i] if with_pid else None, _normalise_image(image, root))
+                if key in seen:
+                    raise EmbeddingsImportError(
+                        f"{where}: rows {seen[key]} and {done + i} both give a vector for image {image!r}"
+                        + (f" of product {key[0]!r}" if with_pid else "") + "; keep one vector per (product_id, image)")
+                seen[key] = done + i
+                for n in slots.get(key, ()):
+                    picks.append(i)
+                    targets.append(n)
+            unused += len(keys["image"]) - len(set(picks))
+            picks_a, targets_a = np.asarray(picks, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+        else:
+            if done + len(vectors) > len(rows):
+                raise EmbeddingsImportError(
+                    f"{source}: more vectors than the catalog {catalog.source} has usable image rows ({len(rows)}); "
+                    "give one vector per usable row in catalog order, or a Parquet file with 'image' (and "
+                    "'product_id') columns to match by key")
+            if keys is not None and "product_id" in keys:
+                for i, pid in enumerate(keys["product_id"]):
+                    row = rows[done + i]
+                    if pid != row.product_id:
+                        raise EmbeddingsImportError(
+                            f"{where}: vector {done + i} is for product_id {pid!r}, but catalog row {row.row} "
+                            f"(image {row.image}) is product {row.product_id!r}; vectors must follow catalog order")
+            picks_a = np.arange(len(vectors), dtype=np.int64)
+            targets_a = np.arange(done, done + len(vectors), dtype=np.int64)
+        if len(picks_a):
+            chosen, extra = _normalise(vectors[picks_a], where, [rows[n] for n in targets_a])
+            renormalised += extra
+            order = np.argsort(targets_a, kind="stable")  # rows in file order: forward writes to the map
+            out[targets_a[order]] = chosen[order]
+            filled[targets_a] = True
+        done += len(vectors)
+    missing = [rows[n] for n in np.flatnonzero(~filled)[:3]]
+    if how == "position" and done != len(rows):
+        raise EmbeddingsImportError(
+            f"{source}: {done} vectors but the catalog {catalog.source} has {len(rows)} usable image rows "
+            f"({len(catalog.fatal_problems)} bad rows have no vector slot); give one vector per usable row in "
+            "catalog order, or a Parquet file with 'image' (and 'product_id') columns to match by key")
+    if missing:
+        shown = "; ".join(f"row {r.row} {r.product_id!r} {r.image}" for r in missing)
+        count = int((~filled).sum())
+        more = f" (and {count - 3} more)" if count > 3 else ""
+        raise EmbeddingsImportError(
+            f"{source}: no vector for {count} catalog image(s): {shown}{more}; its 'image' column must name "
+            "each catalog image as the catalog does (relative to the catalog's folder, or absolute)")
+    if hasattr(out, "flush"):
+        out.flush()
+    return ImportedEmbeddings(vectors=out, source=source, aligned_by=how, renormalised=renormalised, unused=unused)
+
+
+def _array_batches(arr: np.ndarray, batch_rows: int):
+    for start in range(0, len(arr), batch_rows):
+        yield Path("<array>"), np.asarray(arr[start:start + batch_rows]), None
+
+
+def _parquet_batches(files: list[Path], batch_rows: int):
+    """(file, vectors, keys) of each batch of rows of each file, in order."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise EmbeddingsImportError(
+            f"{files[0]}: reading Parquet needs pyarrow (pip install 'vsearch[parquet]'), or save the vectors as .npy"
+        ) from None
+    for path in files:
+        try:
+            f = pq.ParquetFile(str(path))
+        except Exception as e:
+            raise EmbeddingsImportError(f"{path}: cannot read as Parquet ({e})") from None
+        first = 0
+        for batch in f.iter_batches(batch_size=batch_rows):
+            vectors, keys = _table_arrays(pa.Table.from_batches([batch]), path, first)
+            first += len(vectors)
+            yield path, vectors, keys
+
+
 # ---------------------------------------------------------------- readers
 
 
@@ -149,7 +281,6 @@ def _check_matrix(arr: np.ndarray, source: Path) -> np.ndarray:
 
 def _read_parquet(path: Path) -> tuple[np.ndarray, dict[str, list[str]]]:
     try:
-        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise EmbeddingsImportError(
@@ -159,6 +290,14 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, dict[str, list[str]]]:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
         raise EmbeddingsImportError(f"{path}: cannot read as Parquet ({e})") from None
+    return _table_arrays(table, path)
+
+
+def _table_arrays(table: Any, path: Path, first_row: int = 0) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """(vectors, {"image"/"product_id": values}) of a Parquet table, or of one batch of a file's
+    rows that starts at row ``first_row`` (for the row numbers in errors)."""
+    import pyarrow as pa
+
     column = next((c for c in VECTOR_COLUMNS if c in table.column_names), None)
     if column is None:
         raise EmbeddingsImportError(
@@ -169,7 +308,7 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, dict[str, list[str]]]:
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
         raise EmbeddingsImportError(f"{path}: column {column!r} has type {col.type}; expected a list of floats per row")
     if col.null_count:
-        first = col.is_null().to_numpy(zero_copy_only=False).nonzero()[0][0]
+        first = first_row + col.is_null().to_numpy(zero_copy_only=False).nonzero()[0][0]
         raise EmbeddingsImportError(f"{path}: column {column!r} is empty (null) in row {first}")
     value_type = col.type.value_type
     if not pa.types.is_floating(value_type):
@@ -184,7 +323,8 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, dict[str, list[str]]]:
         if len(lengths) and (lengths != lengths[0]).any():
             bad = int(np.flatnonzero(lengths != lengths[0])[0])
             raise EmbeddingsImportError(
-                f"{path}: row {bad} of {column!r} has {lengths[bad]} values, row 0 has {lengths[0]}; all vectors need one length"
+                f"{path}: row {first_row + bad} of {column!r} has {lengths[bad]} values, row {first_row} has {lengths[0]}; "
+                "all vectors need one length"
             )
         dim = int(lengths[0]) if len(lengths) else 0
         flat = col.flatten().to_numpy(zero_copy_only=False)
@@ -194,7 +334,7 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, dict[str, list[str]]]:
         if name in table.column_names:
             values = table.column(name).to_pylist()
             if any(v is None for v in values):
-                raise EmbeddingsImportError(f"{path}: column {name!r} has empty values (row {values.index(None)})")
+                raise EmbeddingsImportError(f"{path}: column {name!r} has empty values (row {first_row + values.index(None)})")
             keys[name] = [str(v) for v in values]
     return _check_matrix(arr, path), keys
 

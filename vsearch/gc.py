@@ -9,8 +9,9 @@ rows of those hashes, and downloaded objects of those hashes. Everything else go
 Safe beside a running server: generation folders are never touched, and a server reads neither
 the cache nor the downloads. It takes the build lock, so it never runs during a build (which may
 have cached vectors for a generation not published yet). Confirmed shopper photos
-(``--train-pairs``) are not recorded in a generation, so their cached vectors are dropped too and
-re-embedded by the next build that uses them.
+(``--train-pairs``) are no catalog images, but a generation records the ones it learned from
+(``train_pairs.json``), and their cached vectors are kept too: a rebuild with the same pairs then
+embeds none of them (with ``--embeddings`` that would need the model's weights).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def collect_garbage(index_dir: str | os.PathLike, *, dry_run: bool = False) -> G
             fingerprint = store.read_manifest(gen)["model"]["fingerprint"]
             with closing(store.open_products_db(gen)) as db:
                 used.update((h, fingerprint) for (h,) in db.execute("SELECT DISTINCT content_hash FROM images"))
+            used.update((h, fingerprint) for h in store.read_train_pairs(gen))
         hashes = {h for h, _ in used}
         cache_rows = file_rows = 0
         cache_path = index_dir / store.CACHE_FILE

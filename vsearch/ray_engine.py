@@ -11,14 +11,17 @@ is stored once.
 
 Images and ``--pretrained`` weights must be at the same path on every node (shared storage).
 A worker that cannot load the model, or loads different weights, stops the build with its own
-error. A worker that dies (killed, out of memory) is restarted by Ray Data and its batch run
-again - with no limit, Ray Data's default, so a batch that kills every worker keeps being retried.
+error. A worker that dies (killed, out of memory) is restarted by Ray and its batch run again, up
+to ACTOR_MAX_RESTARTS restarts per actor and BATCH_MAX_RETRIES retries per batch (Ray Data's
+default is no limit, so a batch that kills every worker that takes it would be retried forever);
+past that the build fails with Ray's error.
 Ray is an optional extra: ``pip install 'vsearch[ray]'``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +30,8 @@ import numpy as np
 
 from .errors import ModelError, VsearchError
 
+ACTOR_MAX_RESTARTS = 3  # a killed or OOM-killed model actor is restarted this often over the job, then the build fails
+BATCH_MAX_RETRIES = 3  # a batch whose actor died is run again this often (the kill test needs 1)
 ROWS_PER_READ_BLOCK = 64  # rows per read task: small enough to spread, big enough to amortise a task
 TEST_EXIT_ONCE_ENV = "VSEARCH_TEST_RAY_EXIT_ONCE"  # tests only: see _maybe_die_for_test
 
@@ -98,21 +103,23 @@ SHARD_ROWS = 50_000  # vectors per Parquet shard
 
 def embed_into_cache(misses: Mapping[str, tuple[str, str | None, bytes | None]], embedder: Any, cache: Any, *,
                      job: Mapping[str, Any], shards_dir: os.PathLike | str,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str], RayRun]:
+                     progress: Callable[[int, int], None] | None = None) -> tuple[set[str], dict[str, str], RayRun]:
     """The build's side of a Ray job: each batch that comes back goes into the embedding cache
     (committed per batch, as locally) and into Parquet shards in ``shards_dir``; a key Ray
-    delivers twice is kept once. Returns (new vectors by content hash, errors by hash, what ran)."""
+    delivers twice is kept once. The driver holds at most one shard's vectors (SHARD_ROWS), never
+    all of them: the build reads them back from the cache. Returns (content hashes embedded,
+    errors by hash, what ran)."""
     from .embedding_shards import write_embedding_shard
 
     if not misses:  # everything was cached: no need to start or join a cluster
-        return {}, {}, RayRun(actors=0, cpus_per_actor=0)
+        return set(), {}, RayRun(actors=0, cpus_per_actor=0)
     fingerprint = embedder.fingerprint
-    new: dict[str, np.ndarray] = {}
-    unsaved: list[str] = []
+    new: set[str] = set()
+    unsaved: dict[str, np.ndarray] = {}
 
     def save_shard() -> None:
         if unsaved:
-            write_embedding_shard(shards_dir, unsaved, np.stack([new[k] for k in unsaved]), fingerprint)
+            write_embedding_shard(shards_dir, list(unsaved), np.stack(list(unsaved.values())), fingerprint)
             unsaved.clear()
 
     def on_vectors(keys: list[str], vectors: np.ndarray) -> None:
@@ -121,8 +128,8 @@ def embed_into_cache(misses: Mapping[str, tuple[str, str | None, bytes | None]],
             return
         cache.put_many([k for k, _ in fresh], np.stack([v for _, v in fresh]), fingerprint)
         for k, v in fresh:
-            new[k] = v
-            unsaved.append(k)
+            new.add(k)
+            unsaved[k] = v
         if len(unsaved) >= SHARD_ROWS:
             save_shard()
         if progress is not None:
@@ -162,14 +169,18 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
     blocks = [table.slice(i, ROWS_PER_READ_BLOCK) for i in range(0, len(table), ROWS_PER_READ_BLOCK)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_read_files, batch_format="pyarrow", batch_size=None, num_cpus=0)
-    # Ray Data's actor pools restart a killed actor and run its batch again (max_restarts and
-    # max_task_retries default to -1 there); tests/test_ray_engine.py kills one to prove it.
-    ds = ds.map_batches(
-        _EmbedActor, batch_format="pyarrow", batch_size=options.batch_size, num_cpus=cpus,
-        compute=_pool(ray, actors, cpus, total),
-        fn_constructor_kwargs={"model": model, "pretrained": pretrained, "precision": precision,
-                               "fingerprint": fingerprint, "threads": cpus},
-    )
+    # A killed actor is restarted and its batch run again, a bounded number of times (Ray Data's
+    # default, -1, is forever); tests/test_ray_engine.py kills one once, and one on every batch.
+    # Ray 2.60 takes these only as ray_remote_args, which it warns are deprecated (removed in 2.64,
+    # named parameters to come): the pinned version has no other way, so that warning is silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            _EmbedActor, batch_format="pyarrow", batch_size=options.batch_size, num_cpus=cpus,
+            compute=_pool(ray, actors, cpus, total), max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=BATCH_MAX_RETRIES,
+            fn_constructor_kwargs={"model": model, "pretrained": pretrained, "precision": precision,
+                                   "fingerprint": fingerprint, "threads": cpus},
+        )
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             fatal = [f for f in batch.column("fatal").to_pylist() if f]
@@ -193,7 +204,11 @@ def _run(ray, misses, *, model, pretrained, precision, fingerprint, dim, options
         raise
     except Exception as e:  # a Ray error: name the cause the worker raised, not Ray's wrapper
         cause = getattr(e, "cause", None) or e
-        raise VsearchError(f"the Ray embedding job failed: {type(cause).__name__}: {cause}") from e
+        hint = ""
+        if any(word in f"{type(cause).__name__} {str(cause)[:200]}" for word in ("ActorDied", "ActorUnavailable")):
+            hint = (f" (a model actor died and was restarted up to {ACTOR_MAX_RESTARTS} times; look for a "
+                    "worker running out of memory, or an image that crashes the decoder)")
+        raise VsearchError(f"the Ray embedding job failed{hint}: {type(cause).__name__}: {cause}") from e
     return errors, run
 
 
@@ -314,8 +329,13 @@ def _out(keys, errors, vectors, dim, pid, host, fatal):
 def _maybe_die_for_test() -> None:
     """Tests only: when the file $VSEARCH_TEST_RAY_EXIT_ONCE exists, the one worker that manages to
     delete it dies at once (mid-run, leaving its pid in FILE.killed), to prove that a killed actor
-    loses nothing."""
+    loses nothing. While FILE.always exists, every worker dies on every batch (a pid a line in it),
+    to prove that the retries end."""
     marker = os.environ.get(TEST_EXIT_ONCE_ENV)
+    if marker and os.path.exists(marker + ".always"):
+        with open(marker + ".always", "a") as f:
+            f.write(f"{os.getpid()}\n")
+        os._exit(1)
     if marker:
         try:
             os.unlink(marker)

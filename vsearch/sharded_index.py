@@ -230,13 +230,33 @@ def shards_of(vectors: np.ndarray, ids: np.ndarray | None = None, size: int | No
         yield ids[start:start + size], vectors[start:start + size]
 
 
-def training_sample(vectors: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
-    """At most ``cap`` rows, drawn without replacement (sorted, so a memory map reads forward)."""
+def training_sample(vectors: np.ndarray, cap: int, seed: int = 0, size: int | None = None) -> np.ndarray:
+    """At most ``cap`` rows, drawn without replacement (deterministic for a seed), gathered shard
+    by shard (``size`` rows, default SHARD_VECTORS): on a memory map only the sample and one
+    shard's pages are touched, never the whole matrix."""
     n = len(vectors)
     if n <= cap:
         return np.ascontiguousarray(vectors, dtype=np.float32)
     rows = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
-    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    size = int(size or SHARD_VECTORS)
+    out = np.empty((cap, vectors.shape[1]), dtype=np.float32)
+    bounds = np.searchsorted(rows, np.arange(0, n + size, size))
+    for shard, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if hi > lo:
+            out[lo:hi] = vectors[shard * size:(shard + 1) * size][rows[lo:hi] - shard * size]
+    return out
+
+
+def map_shards(fn: Callable[[np.ndarray], np.ndarray], vectors: np.ndarray, out: np.ndarray,
+               size: int | None = None) -> np.ndarray:
+    """``out[i] = fn(vectors[i])`` a shard at a time (a learned projection over a memory-mapped
+    matrix), so the whole matrix is never in memory; returns ``out``."""
+    size = int(size or SHARD_VECTORS)
+    for start in range(0, len(vectors), size):
+        out[start:start + size] = fn(np.asarray(vectors[start:start + size]))
+    if hasattr(out, "flush"):
+        out.flush()
+    return out
 
 
 # ---------------------------------------------------------------- reading

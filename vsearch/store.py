@@ -11,6 +11,7 @@ Layout of an index folder (default ``index/default``)::
         vectors.ivfdata   IVF types: the inverted lists, merged on disk from shards, read memory-mapped
         vectors.f16.npy   PQ types: the vectors as float16 (row == vid), for exact re-ranking
         products.sqlite products, images and their metadata
+        train_pairs.json  builds with --train-pairs: the pair photos' content hashes (what ``vsearch gc`` keeps cached)
 
 A build writes a new generation beside the live one and only then points CURRENT at it, so a
 crash at any moment leaves the previous index loadable, and a running server can switch by
@@ -44,6 +45,8 @@ IVFDATA_FILE = "vectors.ivfdata"
 STORED_VECTORS_FILE = "vectors.f16.npy"
 PRODUCTS_FILE = "products.sqlite"
 CACHE_FILE = "cache.sqlite"
+TRAIN_PAIRS_FILE = "train_pairs.json"  # content hashes of the --train-pairs photos a generation learned from
+TRAIN_PAIRS_FORMAT = ("vsearch-train-pairs", 1)
 GENERATION_PREFIX = "gen-"
 KEEP_OLD_GENERATIONS = 1  # the previous generation stays for readers that are mid-switch
 
@@ -67,6 +70,7 @@ RERANK_FACTORS = {"ivfpq": 16, "ivfpq-fs": 32}
 RERANKED_TYPES = tuple(RERANK_FACTORS)
 FLAT_MAX = 20_000
 IVF_NPROBE_DIVISOR = 32  # nprobe = nlist / 32: ~3% of the lists are scanned per query
+TRAIN_SAMPLE_MAX = 256 * 1024  # IVF/PQ training sample: the most vectors the index build holds beside one shard
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
@@ -185,7 +189,7 @@ def make_faiss_index(vectors: np.ndarray, index_type: str):
 def _training_sample(vectors: np.ndarray, index_type: str, nlist: int) -> np.ndarray:
     from .sharded_index import training_sample
 
-    cap = 256 * 1024
+    cap = TRAIN_SAMPLE_MAX
     if index_type == "ivf":  # k-means needs ~40 points a list; more only costs build time
         cap = min(cap, 64 * nlist)
     return training_sample(vectors, cap)
@@ -319,6 +323,31 @@ def write_generation(
     return manifest
 
 
+def write_train_pairs(tmp_dir: Path, content_hashes: list[str]) -> dict[str, Any]:
+    """Record which confirmed shopper photos (``--train-pairs``) a generation learned from: they are
+    in no catalog table, yet ``vsearch gc`` must keep their cached vectors, or the next build with
+    the same pairs re-embeds them all. Returns the manifest's ``train_pairs`` entry."""
+    hashes = sorted(set(content_hashes))
+    name, version = TRAIN_PAIRS_FORMAT
+    _write_json_atomic(tmp_dir / TRAIN_PAIRS_FILE, {"format": name, "format_version": version, "content_hashes": hashes})
+    return {"file": TRAIN_PAIRS_FILE, "photos": len(hashes)}
+
+
+def read_train_pairs(generation_dir: Path) -> list[str]:
+    """The content hashes ``write_train_pairs`` recorded; [] for a generation built without pairs."""
+    path = generation_dir / TRAIN_PAIRS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"{path} cannot be read ({e}); rebuild the index") from None
+    if not isinstance(data, dict) or (data.get("format"), data.get("format_version")) != TRAIN_PAIRS_FORMAT:
+        raise IndexFormatError(f"{path} is not a train-pairs record of format version {TRAIN_PAIRS_FORMAT[1]}; "
+                               "rebuild the index with this vsearch")
+    return [str(h) for h in data.get("content_hashes", [])]
+
+
 def publish_generation(index_dir: Path, tmp_dir: Path) -> Path:
     """Make a finished generation live: rename it, then atomically repoint CURRENT."""
     final = index_dir / tmp_dir.name.removeprefix(".tmp-")
@@ -339,6 +368,8 @@ def cleanup_generations(index_dir: Path) -> None:
     """Remove abandoned temp folders and all but the newest old generations."""
     live = read_current(index_dir, missing_ok=True)
     for tmp in index_dir.glob(f".tmp-{GENERATION_PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in index_dir.glob(".tmp-vectors-*"):  # a killed build's on-disk vectors (vsearch.build.SPILL_PREFIX)
         shutil.rmtree(tmp, ignore_errors=True)
     for stray in index_dir.glob(f".{CURRENT_FILE}.*"):
         stray.unlink(missing_ok=True)
