@@ -62,6 +62,32 @@ def test_projection_is_deterministic():
     assert np.array_equal(a.matrix, b.matrix) and np.array_equal(a.mean, b.mean)
 
 
+def test_fitting_reads_a_memory_mapped_catalog_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """A catalog bigger than RAM arrives as a memory map (build.ON_DISK_MIN_VECTORS): the fit reads it
+    CHUNK_ROWS rows at a time, never a whole copy, and learns what it learns from the array in memory."""
+    import tracemalloc
+
+    from vsearch import adaptation
+
+    x, labels = _clustered(n_products=250, views=20, d=128)
+    x, labels = x.astype(np.float32), labels.astype("U4")
+    mm = np.lib.format.open_memmap(tmp_path / "raw.f32.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    mm = np.load(tmp_path / "raw.f32.npy", mmap_mode="r")
+    whole = fit_adaptation(x, training_pairs(x, labels))
+    monkeypatch.setattr(adaptation, "CHUNK_ROWS", 250)
+    tracemalloc.start()
+    try:
+        chunked = fit_adaptation(mm, training_pairs(mm, labels))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ((chunked.apply(x) * whole.apply(x)).sum(axis=1) > 0.9999).all()  # the same projection, up to rounding
+    # the vectors are 2.6 MB; one copy of them (or of their centred version) would pass this bound
+    assert peak < 0.6 * x.nbytes, (peak, x.nbytes)
+
+
 def test_too_few_products_with_pairs_is_refused_with_a_clear_message():
     x, labels = _clustered(n_products=10)
     with pytest.raises(TooFewPairsError, match="at least 20 products with two or more images.*--adapt off"):

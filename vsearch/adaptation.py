@@ -30,6 +30,7 @@ MIN_PRODUCTS = 20  # products with >= 2 images (or with a confirmed photo) neede
 DEFAULT_SHRINKAGE = 0.3  # fraction of the mean eigenvalue added to the pair scatter (measured, RESULTS.md)
 DEFAULT_KEEP = 0.5  # share of dimensions kept after the rotation (measured, RESULTS.md)
 PAIR_WEIGHT = 2.0  # weight of one confirmed shopper photo against one catalog image's deviation
+CHUNK_ROWS = 65_536  # catalog rows read at a time (a memory-mapped catalog is never copied whole)
 
 
 class TooFewPairsError(ValueError):
@@ -58,30 +59,44 @@ class TrainingPairs:
 def training_pairs(vectors: np.ndarray, labels: np.ndarray, *, shopper_vectors: np.ndarray | None = None,
                    shopper_labels: np.ndarray | None = None, pair_weight: float = PAIR_WEIGHT) -> TrainingPairs:
     """Matching pairs from catalog images of one product, plus (shopper photo, its product) for
-    confirmed photos. Shopper photos of products that are not in ``labels`` are ignored."""
-    x = np.asarray(vectors, dtype=np.float32)
+    confirmed photos. Shopper photos of products that are not in ``labels`` are ignored.
+
+    ``vectors`` is read CHUNK_ROWS rows at a time (two passes), so a memory-mapped catalog is never
+    copied whole; what is held is one mean per product that has a pair."""
+    vectors = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, dtype=np.float32)
     labels = np.asarray(labels).astype(str)
+    n, d = vectors.shape
     uniq, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     multi = counts[inverse] >= 2
     has_shopper = shopper_vectors is not None and len(shopper_vectors) > 0
-    if multi.any() or has_shopper:
-        order = np.argsort(inverse, kind="stable")
-        starts = np.r_[0, np.cumsum(counts)[:-1]]
-        means = (np.add.reduceat(x[order], starts, axis=0) / counts[:, None]).astype(np.float32)
-        dev = x[multi] - means[inverse[multi]]
-    else:  # nothing to learn from (one image per product): skip the per-product means (seconds at 100k)
-        dev = np.zeros((0, x.shape[1]), dtype=np.float32)
-    scatter = (dev.T @ dev).astype(np.float64)  # float32 product: N x d^2 is the build's main cost
+    rows = np.zeros(0, dtype=np.int64)
+    if has_shopper:
+        col = {p: i for i, p in enumerate(uniq.tolist())}
+        rows = np.asarray([col.get(str(lab), -1) for lab in np.asarray(shopper_labels).astype(str)], dtype=np.int64)
+    need = counts >= 2
+    need[rows[rows >= 0]] = True
+    slot = np.full(len(uniq), -1, dtype=np.int64)
+    slot[need] = np.arange(int(need.sum()))
+    sums = np.zeros((int(need.sum()), d), dtype=np.float64)
+    for c in _chunks(n):
+        s = slot[inverse[c]]
+        if (s >= 0).any():
+            _add_rows(sums, s[s >= 0], np.asarray(vectors[c], dtype=np.float32)[s >= 0])
+    means = (sums / np.maximum(counts[need], 1)[:, None]).astype(np.float32)
+    scatter = np.zeros((d, d), dtype=np.float64)
+    for c in _chunks(n):
+        m = multi[c]
+        if m.any():
+            dev = np.asarray(vectors[c], dtype=np.float32)[m] - means[slot[inverse[c][m]]]
+            scatter += (dev.T @ dev).astype(np.float64)  # float32 products: N x d^2 is the build's main cost
     weight = float(multi.sum())
     products = set(uniq[counts >= 2].tolist())
     n_shopper = 0
     if has_shopper:
         q = np.asarray(shopper_vectors, dtype=np.float32)
-        col = {p: i for i, p in enumerate(uniq.tolist())}
-        rows = np.asarray([col.get(str(lab), -1) for lab in np.asarray(shopper_labels).astype(str)])
         ok = rows >= 0
         if ok.any():
-            qd = q[ok] - means[rows[ok]]
+            qd = q[ok] - means[slot[rows[ok]]]
             scatter = scatter + pair_weight * (qd.T @ qd).astype(np.float64)
             weight += pair_weight * int(ok.sum())
             products.update(uniq[rows[ok]].tolist())
@@ -106,11 +121,14 @@ def fit_adaptation(vectors: np.ndarray, pairs: TrainingPairs, *, shrinkage: floa
             "or build with --adapt off")
     if shrinkage < 0 or not 0 < keep <= 1:
         raise ValueError(f"shrinkage must be >= 0 and keep in (0, 1], got {shrinkage} and {keep}")
-    x = np.asarray(vectors, dtype=np.float32)
-    n, d = x.shape
-    mean = x.mean(axis=0, dtype=np.float64)
-    xc = x - mean.astype(np.float32)
-    total = (xc.T @ xc).astype(np.float64) / max(n - 1, 1)  # catalog covariance (one N x d^2 product)
+    vectors = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    mean = sum(np.asarray(vectors[c], dtype=np.float32).sum(axis=0, dtype=np.float64) for c in _chunks(n)) / max(n, 1)
+    total = np.zeros((d, d), dtype=np.float64)  # catalog covariance, a chunk of rows at a time
+    for c in _chunks(n):
+        xc = np.asarray(vectors[c], dtype=np.float32) - mean.astype(np.float32)
+        total += (xc.T @ xc).astype(np.float64)
+    total /= max(n - 1, 1)
     scatter = pairs.scatter / max(pairs.weight, 1e-12)
     ev, evec = np.linalg.eigh((scatter + scatter.T) / 2)
     ev = np.clip(ev, 0.0, None)
@@ -131,3 +149,16 @@ def fit_adaptation(vectors: np.ndarray, pairs: TrainingPairs, *, shrinkage: floa
               "catalog_products": pairs.catalog_products, "catalog_images": pairs.catalog_images,
               "shopper_pairs": pairs.shopper_pairs, "products": pairs.products, "fitted_on": n},
     )
+
+
+def _chunks(n: int):
+    """Row slices of CHUNK_ROWS."""
+    return (slice(a, min(n, a + CHUNK_ROWS)) for a in range(0, n, CHUNK_ROWS))
+
+
+def _add_rows(sums: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:
+    """sums[slots[i]] += rows[i] for every i, repeated slots included (a sort and one reduceat)."""
+    order = np.argsort(slots, kind="stable")
+    s = slots[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    sums[s[starts]] += np.add.reduceat(rows[order], starts, axis=0)
