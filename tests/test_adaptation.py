@@ -88,6 +88,44 @@ def test_fitting_reads_a_memory_mapped_catalog_a_chunk_at_a_time(tmp_path, monke
     assert peak < 0.6 * x.nbytes, (peak, x.nbytes)
 
 
+def test_the_verdict_calibration_reads_a_memory_mapped_catalog_a_block_at_a_time(tmp_path, monkeypatch):
+    """The build's verdict on a catalog bigger than RAM: the cross-fitted projections are fitted and
+    applied a block of rows at a time (no projected copy of the catalog), with the same verdict.
+    Memory is compared with an 8-d twin, which has the same labels and bookkeeping but no vectors
+    to speak of."""
+    import tracemalloc
+
+    from vsearch import adaptation, transforms
+    from vsearch.learn import calibrate
+
+    monkeypatch.setattr(adaptation, "CHUNK_ROWS", 1_000)
+    monkeypatch.setattr(transforms, "NEAREST_ROWS", 1_000)
+
+    def run(d):
+        x, labels = _clustered(n_products=2_000, views=20, d=d)
+        x, labels = x.astype(np.float32), labels.astype("U4")
+        adapted = fit_adaptation(x, training_pairs(x, labels)).apply(x)
+        np.save(tmp_path / f"raw{d}.npy", x)
+        np.save(tmp_path / f"adapted{d}.npy", adapted)
+        raw_mm, adapted_mm = (np.load(tmp_path / f"{name}{d}.npy", mmap_mode="r") for name in ("raw", "adapted"))
+        whole = calibrate(x, labels, adapted=True, index_vectors=adapted).to_dict()
+        tracemalloc.start()
+        try:
+            streamed = calibrate(raw_mm, labels, adapted=True, index_vectors=adapted_mm).to_dict()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return whole, streamed, peak, x.nbytes
+
+    whole, streamed, peak, nbytes = run(128)
+    assert streamed["queries"] == whole["queries"] > 0
+    assert (streamed["threshold"], streamed["signal"]) == (whole["threshold"], whole["signal"]) or \
+        abs(streamed["threshold"] - whole["threshold"]) < 1e-4
+    _, _, twin_peak, _ = run(8)
+    # the vectors are 20 MB; one projected copy of the catalog would pass this bound
+    assert peak - twin_peak < 0.3 * nbytes, (peak, twin_peak, nbytes)
+
+
 def test_too_few_products_with_pairs_is_refused_with_a_clear_message():
     x, labels = _clustered(n_products=10)
     with pytest.raises(TooFewPairsError, match="at least 20 products with two or more images.*--adapt off"):

@@ -24,7 +24,7 @@ import random
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -192,16 +192,18 @@ def reuse_verdict(previous: Path | None, manifest: Mapping[str, Any], image_keys
 
 def verdict_from_queries(index_vectors: np.ndarray, product_ids: Sequence[str], queries: np.ndarray,
                          labels: Sequence[str], *, exclude: Sequence[Sequence[int]] | None = None,
-                         k: int = 64) -> QueryScores:
+                         k: int = 64, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> QueryScores:
     """Score calibration queries against the catalog, product-level, both ways: as they are, and
     as photos of unsold products (their own product removed).
 
     exclude: per query, catalog rows it must not see (a held-out view's own image). A query whose
     k nearest images hold no second product gets the margin of a runner-up scoring 0, as search does.
+    transform: applied to the catalog rows a block at a time (``transforms.nearest``), so a
+    cross-fitted projection of a memory-mapped catalog is never held whole.
     """
     pids = np.asarray(product_ids).astype(str)
     labels = np.asarray(labels).astype(str)
-    scores, ids = nearest(queries, index_vectors, min(k, len(index_vectors)))
+    scores, ids = nearest(queries, index_vectors, min(k, len(index_vectors)), transform=transform)
     nan = np.full(len(queries), np.nan)
     top, margin, unsold, unsold_margin = nan.copy(), nan.copy(), nan.copy(), nan.copy()
     right = np.zeros(len(queries), dtype=bool)
@@ -360,28 +362,31 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
         sv, sl = shopper if shopper is not None else (None, ())
         folds = cross_fitted_projections(raw_vectors, pids, shopper_vectors=sv, shopper_labels=sl, seed=seed)
     for name, qv, ql, rows in shopper_like:
+        # (queries, their rows in qv, catalog, map of its rows): the catalog is projected a block at
+        # a time inside the search, never copied whole (a big catalog is a memory map)
         if not adapted:
-            parts = [(finish(qv), np.arange(len(qv)), index_vectors)]
+            parts = [(finish(qv), np.arange(len(qv)), index_vectors, None)]
         elif name == "train_pairs" and pair_folds == "session":
             # each confirmed photo is scored by a projection that never saw its session
             parts = []
             for sel, proj in session_fitted_projections(raw_vectors, pids, qv, ql, cosine=session_cosine, seed=seed):
-                tr = proj.apply if proj is not None else l2_normalise
-                parts.append((finish(tr(qv[sel])), sel, finish(tr(raw_vectors))))
+                tr = _through(proj, finish)
+                parts.append((tr(qv[sel]), sel, raw_vectors, tr))
         else:  # each query is scored by the projection that never saw its product
             parts = []
             for held, proj in folds:
                 sel = np.flatnonzero(np.isin(ql, held))
                 if len(sel):
-                    tr = proj.apply if proj is not None else l2_normalise
-                    parts.append((finish(tr(qv[sel])), sel, finish(tr(raw_vectors))))
-        for q, sel, cat in parts:
+                    tr = _through(proj, finish)
+                    parts.append((tr(qv[sel]), sel, raw_vectors, tr))
+        for q, sel, cat, tr in parts:
             if rows is None:
-                scored.append(verdict_from_queries(cat, pids, q, ql[sel]))
+                scored.append(verdict_from_queries(cat, pids, q, ql[sel], transform=tr))
             else:
                 found = has_other[rows[sel]]
-                scored.append(verdict_from_queries(cat, pids, q[found], ql[sel][found], exclude=[[i] for i in rows[sel][found]]))
-                alone = verdict_from_queries(cat, pids, q[~found], ql[sel][~found])  # only their unsold side counts
+                scored.append(verdict_from_queries(cat, pids, q[found], ql[sel][found], exclude=[[i] for i in rows[sel][found]],
+                                                   transform=tr))
+                alone = verdict_from_queries(cat, pids, q[~found], ql[sel][~found], transform=tr)  # only their unsold side counts
                 scored.append(QueryScores(*(np.empty(0),) * 3, alone.unsold_top, alone.unsold_margin))
         sources[name] = int(len(qv))
     if not shopper_like:
@@ -416,9 +421,18 @@ def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray
             sel = picked[np.isin(pids[picked], held)]
             if len(sel) == 0:
                 continue
-            cat = finish(proj.apply(raw)) if proj is not None else index_vectors
-            out.append(verdict_from_queries(cat, pids, cat[sel], pids[sel], exclude=[[i] for i in sel]))
+            if proj is None:
+                out.append(verdict_from_queries(index_vectors, pids, index_vectors[sel], pids[sel], exclude=[[i] for i in sel]))
+                continue
+            tr = _through(proj, finish)
+            out.append(verdict_from_queries(raw, pids, tr(raw[sel]), pids[sel], exclude=[[i] for i in sel], transform=tr))
     return QueryScores.concat(out)
+
+
+def _through(proj: Projection | None, finish: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """Row-wise map of model-space vectors into a cross-fitted index space: the fold's projection
+    (or plain normalisation when it had too few pairs), then the index's post-processing."""
+    return lambda v: finish(proj.apply(v) if proj is not None else l2_normalise(v))
 
 
 # ---------------------------------------------------------------- simulated shopper photos
