@@ -82,6 +82,45 @@ def test_session_folds_give_a_verdict_where_product_folds_cannot_and_it_holds_on
     assert close.sum() >= 10 and future.right[close].mean() >= 0.9  # the promise holds on unseen sessions
 
 
+def test_a_verdict_learnt_from_confirmed_photos_covers_only_their_products(tmp_path):
+    """Products nobody confirmed a photo of were not learnt from their other sessions: the index
+    gives their top-1 answers no verdict, through the manifest and a search alike."""
+    import json
+
+    from conftest import FakeEmbedder, write_catalog
+    from vsearch.build import build_index
+    from vsearch.calibration import VerdictCalibration
+    from vsearch.search import ProductIndex
+
+    catalog, pids, q, labels, session = _shop(sessions=3, seed=1)
+    confirmed = session % 3 < 2
+    _, index_vectors = _index(catalog, pids, q[confirmed], labels[confirmed])
+    verdict = learn.calibrate(catalog, pids, adapted=True, index_vectors=index_vectors,
+                              shopper=(q[confirmed], labels[confirmed]))
+    assert verdict.threshold is not None and verdict.covers == frozenset(labels.tolist())  # P*, not the X* distractors
+    assert "30 products with confirmed photos (of 130)" in verdict.reason
+    high = verdict.threshold + 1.0
+    assert verdict.decide(high, 0.0, "P3") is True and verdict.decide(high, 0.0, "X3") is None
+    again = VerdictCalibration.from_dict(json.loads(json.dumps(verdict.to_dict())))
+    assert again.covers == verdict.covers and again.decide(high, 0.0, "X3") is None
+    from vsearch.cli import _verdict_summary
+    assert "only for the 30 products with confirmed photos" in _verdict_summary(verdict.to_dict())
+    # product folds speak for every product (pessimistically): no restriction
+    assert learn.calibrate(catalog, pids, adapted=True, index_vectors=index_vectors, shopper=(q[confirmed], labels[confirmed]),
+                           pair_folds="product").covers is None
+
+    build_index(write_catalog(tmp_path / "shop"), tmp_path / "idx", embedder=FakeEmbedder())
+    index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    shot = tmp_path / "shop" / "images" / "p002-0.jpg"
+    first = index.search(image=shot, k=2)[0].product_id
+    index._gen.verdict = VerdictCalibration(0.0, 1.0, 0.5, 0.0, 10, 10, 0.9, {"train_pairs": 10}, "test", "score",
+                                            covers=frozenset({first}))
+    assert index.search(image=shot, k=2)[0].confident is True
+    index._gen.verdict = VerdictCalibration(0.0, 1.0, 0.5, 0.0, 10, 10, 0.9, {"train_pairs": 10}, "test", "score",
+                                            covers=frozenset({"someone-else"}))
+    assert index.search(image=shot, k=2)[0].confident is None
+
+
 def test_one_session_per_product_is_not_vouched_for_by_its_own_near_duplicates():
     """Folding by photo would let a photo's near-duplicate siblings teach the projection, promising
     a verdict nothing in the pairs supports; folding by session treats it like an unseen product."""

@@ -68,13 +68,18 @@ class VerdictCalibration:
     sources: Mapping[str, int]  # how many calibration queries of each kind
     reason: str  # how the threshold was chosen, or why there is none
     signal: str = "score"  # "score" (top-1 score) or "margin" (top-1 score minus the runner-up's)
+    # Products the threshold was calibrated for; None = every product. A verdict that rests on
+    # confirmed shopper photos (which also taught the projection their products) says nothing about
+    # products nobody confirmed a photo of: their top-1 answers get no verdict.
+    covers: frozenset[str] | None = None
 
-    def decide(self, top_score: float, runner_up: float | None = None) -> bool | None:
-        """True = close match, False = no close match, None = this index gives no verdict.
+    def decide(self, top_score: float, runner_up: float | None = None, product_id: str | None = None) -> bool | None:
+        """True = close match, False = no close match, None = this index gives no verdict (at all,
+        or for this top-1 product: see ``covers``).
 
         runner_up: the second product's score (None when there is no second product: the margin
         is then the score itself, as if the runner-up scored 0, i.e. were unrelated)."""
-        if self.threshold is None:
+        if self.threshold is None or (self.covers is not None and product_id not in self.covers):
             return None
         value = top_score if self.signal == "score" else top_score - (runner_up if runner_up is not None else 0.0)
         return bool(value >= self.threshold)
@@ -82,6 +87,7 @@ class VerdictCalibration:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["sources"] = dict(self.sources)
+        d["covers"] = None if self.covers is None else sorted(self.covers)
         return {k: (None if isinstance(v, float) and math.isnan(v) else round(v, 6) if isinstance(v, float) else v)
                 for k, v in d.items()}
 
@@ -96,7 +102,8 @@ class VerdictCalibration:
                    recall=float(d.get("recall") or 0.0), unsold_rate=nan if d.get("unsold_rate") is None else float(d["unsold_rate"]),
                    queries=int(d.get("queries", 0)), unsold=int(d.get("unsold", 0)),
                    target_precision=float(d.get("target_precision", TARGET_PRECISION)),
-                   sources=dict(d.get("sources") or {}), reason=str(d.get("reason", "")), signal=signal)
+                   sources=dict(d.get("sources") or {}), reason=str(d.get("reason", "")), signal=signal,
+                   covers=None if d.get("covers") is None else frozenset(str(p) for p in d["covers"]))
 
 
 def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = WILSON_Z) -> np.ndarray:

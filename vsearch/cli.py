@@ -458,8 +458,10 @@ def _verdict_summary(v: dict) -> str:
     src = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (v.get("sources") or {}).items())
     rule = (f"top-1 score >= {v['threshold']:.3f}" if v.get("signal", "score") == "score"
             else f"top-1 score >= runner-up's + {v['threshold']:.3f}")
+    covers = v.get("covers")
     return (f"{rule} (precision {v['precision']:.2f}, recall {v['recall']:.2f}, "
-            f"unsold photos called close {v['unsold_rate']:.0%}; calibrated on {src})")
+            f"unsold photos called close {v['unsold_rate']:.0%}; calibrated on {src})"
+            + (f"; only for the {len(covers)} products with confirmed photos" if covers is not None else ""))
 
 
 def _adaptation_summary(a: dict) -> str:

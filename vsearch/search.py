@@ -571,11 +571,12 @@ class ProductIndex:
         verdict = gen.verdict  # this query's generation, even after a reload
         hits = []
         for rank, (pid, score, vids) in enumerate(shown, start=1):
+            product_id = products[pid].product_id
             if verdict.signal == "margin":  # only the first result can lead the others
-                confident = verdict.decide(score, best[1][1] if len(best) > 1 else None) if rank == 1 else (
+                confident = verdict.decide(score, best[1][1] if len(best) > 1 else None, product_id) if rank == 1 else (
                     None if verdict.threshold is None else False)
             else:
-                confident = verdict.decide(score)
+                confident = verdict.decide(score, product_id=product_id)
             hits.append(Hit(
                 rank=rank, product=products[pid], score=float(score), image=sources[vids[0]],
                 matched_images=tuple(sources[v] for v in vids),
