@@ -248,8 +248,8 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
     query defaults and the "close match" verdict, all recorded in the manifest. Returns the
     vectors to index; the embedding cache keeps the raw model vectors, so changing these options
     re-embeds nothing. With ``spill`` (a folder, see ON_DISK_MIN_VECTORS) ``raw`` is a memory map
-    and the projected vectors go to another one, a shard at a time; fitting the projection,
-    whitening, DBA and the verdict still read every vector (from the memory map)."""
+    and the projected vectors go to another one, a shard at a time; fitting the projection and
+    the verdict read it a block of rows at a time; whitening and DBA still read every vector."""
     from . import learn
     from . import transforms as post
     from .calibration import held_out_recall
