@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-single", action="store_true", help="skip the single in-memory build used for comparison")
     ap.add_argument("--no-serve", action="store_true", help="skip the serving-memory processes")
+    ap.add_argument("--rerank", default="", metavar="F1,F2", help="also measure these re-rank depths (candidates per result) for PQ types")
     ap.add_argument("--synthetic", action="store_true", help="bench_ann's synthetic set (1280-d) instead: a quick check of the script")
     ap.add_argument("--out", default=None, help="folder for the generations (default: a temporary folder)")
     ap.add_argument("--serve-child", nargs=3, metavar=("INDEX", "QUERIES", "MODEL_ONLY"), help=argparse.SUPPRESS)
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 raw, raw50, _ = measure(index, None, queries, gt, probe)
                 extra = f" (no re-rank: {raw:.3f}, {raw50:.2f} ms)"
             rows.append(f"{line} nprobe {probe}{' (default)' if probe == nprobe else ''} | {recall:.3f}{extra} | {p50:.2f} | {p95:.2f} |")
+            print(rows[-1], flush=True)
+        for factor in [int(f) for f in args.rerank.split(",") if f.strip()] if stored is not None else []:
+            recall, p50, p95 = measure(index, stored, queries, gt, nprobe, factor)
+            rows.append(f"{line} nprobe {nprobe}, {factor} re-ranked a result | {recall:.3f} | {p50:.2f} | {p95:.2f} |")
             print(rows[-1], flush=True)
         del index, stored
         if not args.no_serve:
