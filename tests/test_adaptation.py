@@ -64,10 +64,10 @@ def test_projection_is_deterministic():
 
 def test_fitting_reads_a_memory_mapped_catalog_a_chunk_at_a_time(tmp_path, monkeypatch):
     """A catalog bigger than RAM arrives as a memory map (build.ON_DISK_MIN_VECTORS): the fit reads it
-    CHUNK_ROWS rows at a time, never a whole copy, and learns what it learns from the array in memory."""
+    BLOCK_ROWS rows at a time, never a whole copy, and learns what it learns from the array in memory."""
     import tracemalloc
 
-    from vsearch import adaptation
+    from vsearch import transforms
 
     x, labels = _clustered(n_products=250, views=20, d=128)
     x, labels = x.astype(np.float32), labels.astype("U4")
@@ -76,7 +76,7 @@ def test_fitting_reads_a_memory_mapped_catalog_a_chunk_at_a_time(tmp_path, monke
     mm.flush()
     mm = np.load(tmp_path / "raw.f32.npy", mmap_mode="r")
     whole = fit_adaptation(x, training_pairs(x, labels))
-    monkeypatch.setattr(adaptation, "CHUNK_ROWS", 250)
+    monkeypatch.setattr(transforms, "BLOCK_ROWS", 250)
     tracemalloc.start()
     try:
         chunked = fit_adaptation(mm, training_pairs(mm, labels))
@@ -95,11 +95,10 @@ def test_the_verdict_calibration_reads_a_memory_mapped_catalog_a_block_at_a_time
     to speak of."""
     import tracemalloc
 
-    from vsearch import adaptation, transforms
+    from vsearch import transforms
     from vsearch.learn import calibrate
 
-    monkeypatch.setattr(adaptation, "CHUNK_ROWS", 1_000)
-    monkeypatch.setattr(transforms, "NEAREST_ROWS", 1_000)
+    monkeypatch.setattr(transforms, "BLOCK_ROWS", 1_000)
 
     def run(d):
         x, labels = _clustered(n_products=2_000, views=20, d=d)

@@ -84,7 +84,7 @@ def test_nearest_reads_the_database_a_block_at_a_time_and_merges_the_blocks(monk
         seen.append(len(block))
         return post.l2_normalise(block @ m)
 
-    monkeypatch.setattr(post, "NEAREST_ROWS", 7)
+    monkeypatch.setattr(post, "BLOCK_ROWS", 7)
     s, i = post.nearest(q, db, 5, transform=project)
     assert max(seen) == 7 and sum(seen) == 100
     np.testing.assert_array_equal(i, whole_i)

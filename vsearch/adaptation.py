@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .transforms import Projection
+from .transforms import Projection, row_blocks
 
 MIN_PRODUCTS = 20  # products with >= 2 images (or with a confirmed photo) needed to learn anything
 DEFAULT_SHRINKAGE = 0.3  # fraction of the mean eigenvalue added to the pair scatter (measured, RESULTS.md)
 DEFAULT_KEEP = 0.5  # share of dimensions kept after the rotation (measured, RESULTS.md)
 PAIR_WEIGHT = 2.0  # weight of one confirmed shopper photo against one catalog image's deviation
-CHUNK_ROWS = 65_536  # catalog rows read at a time (a memory-mapped catalog is never copied whole)
 
 
 class TooFewPairsError(ValueError):
@@ -61,8 +60,8 @@ def training_pairs(vectors: np.ndarray, labels: np.ndarray, *, shopper_vectors: 
     """Matching pairs from catalog images of one product, plus (shopper photo, its product) for
     confirmed photos. Shopper photos of products that are not in ``labels`` are ignored.
 
-    ``vectors`` is read CHUNK_ROWS rows at a time (two passes), so a memory-mapped catalog is never
-    copied whole; what is held is one mean per product that has a pair."""
+    ``vectors`` is read a block of rows at a time (``transforms.row_blocks``, two passes), so a
+    memory-mapped catalog is never copied whole; what is held is one mean per product that has a pair."""
     vectors = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, dtype=np.float32)
     labels = np.asarray(labels).astype(str)
     n, d = vectors.shape
@@ -78,13 +77,13 @@ def training_pairs(vectors: np.ndarray, labels: np.ndarray, *, shopper_vectors: 
     slot = np.full(len(uniq), -1, dtype=np.int64)
     slot[need] = np.arange(int(need.sum()))
     sums = np.zeros((int(need.sum()), d), dtype=np.float64)
-    for c in _chunks(n):
+    for c in row_blocks(n):
         s = slot[inverse[c]]
         if (s >= 0).any():
             _add_rows(sums, s[s >= 0], np.asarray(vectors[c], dtype=np.float32)[s >= 0])
     means = (sums / np.maximum(counts[need], 1)[:, None]).astype(np.float32)
     scatter = np.zeros((d, d), dtype=np.float64)
-    for c in _chunks(n):
+    for c in row_blocks(n):
         m = multi[c]
         if m.any():
             dev = np.asarray(vectors[c], dtype=np.float32)[m] - means[slot[inverse[c][m]]]
@@ -123,9 +122,9 @@ def fit_adaptation(vectors: np.ndarray, pairs: TrainingPairs, *, shrinkage: floa
         raise ValueError(f"shrinkage must be >= 0 and keep in (0, 1], got {shrinkage} and {keep}")
     vectors = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, dtype=np.float32)
     n, d = vectors.shape
-    mean = sum(np.asarray(vectors[c], dtype=np.float32).sum(axis=0, dtype=np.float64) for c in _chunks(n)) / max(n, 1)
+    mean = sum(np.asarray(vectors[c], dtype=np.float32).sum(axis=0, dtype=np.float64) for c in row_blocks(n)) / max(n, 1)
     total = np.zeros((d, d), dtype=np.float64)  # catalog covariance, a chunk of rows at a time
-    for c in _chunks(n):
+    for c in row_blocks(n):
         xc = np.asarray(vectors[c], dtype=np.float32) - mean.astype(np.float32)
         total += (xc.T @ xc).astype(np.float64)
     total /= max(n - 1, 1)
@@ -149,11 +148,6 @@ def fit_adaptation(vectors: np.ndarray, pairs: TrainingPairs, *, shrinkage: floa
               "catalog_products": pairs.catalog_products, "catalog_images": pairs.catalog_images,
               "shopper_pairs": pairs.shopper_pairs, "products": pairs.products, "fitted_on": n},
     )
-
-
-def _chunks(n: int):
-    """Row slices of CHUNK_ROWS."""
-    return (slice(a, min(n, a + CHUNK_ROWS)) for a in range(0, n, CHUNK_ROWS))
 
 
 def _add_rows(sums: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -167,14 +167,19 @@ def fit_whitening(vectors: np.ndarray, *, power: float = 0.5, shrinkage: float =
 # ---------------------------------------------------------------- neighbours, DBA, QE
 
 
-NEAREST_ROWS = 65_536  # database rows scored at a time by ``nearest``
+BLOCK_ROWS = 65_536  # rows of a (possibly memory-mapped) catalog read at a time: one copy of it is never made
+
+
+def row_blocks(n: int) -> Iterator[slice]:
+    """Slices of BLOCK_ROWS rows covering range(n): how steps that see every catalog vector read it."""
+    return (slice(start, min(n, start + BLOCK_ROWS)) for start in range(0, n, BLOCK_ROWS))
 
 
 def nearest(queries: np.ndarray, database: np.ndarray, k: int, *,
             transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products (scores, ids), best first.
 
-    The database is read NEAREST_ROWS rows at a time, each block passed through ``transform`` (a
+    The database is read BLOCK_ROWS rows at a time (``row_blocks``), each passed through ``transform`` (a
     row-wise map such as a projection) when given, so neither a memory-mapped catalog nor its
     transformed copy is ever held whole; the blocks' top-k are merged.
     """
@@ -185,13 +190,13 @@ def nearest(queries: np.ndarray, database: np.ndarray, k: int, *,
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     ids = np.zeros((len(queries), 0), dtype=np.int64)
-    for start in range(0, n, NEAREST_ROWS):
-        block = np.asarray(database[start:start + NEAREST_ROWS], dtype=np.float32)
+    for rows in row_blocks(n):
+        block = np.asarray(database[rows], dtype=np.float32)
         block = np.ascontiguousarray(transform(block) if transform is not None else block, dtype=np.float32)
         index = faiss.IndexFlatIP(block.shape[1])
         index.add(block)
         s, i = index.search(queries, min(k, len(block)))
-        scores, ids = np.concatenate([scores, s], axis=1), np.concatenate([ids, i + start], axis=1)
+        scores, ids = np.concatenate([scores, s], axis=1), np.concatenate([ids, i + rows.start], axis=1)
         if scores.shape[1] > k:  # stable: on equal scores the earlier (lower) id stays first
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
