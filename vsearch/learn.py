@@ -402,12 +402,12 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
                if pair_folds == "session" else "their products held out")
         verdict = replace(verdict, reason=f"{verdict.reason}; confirmed photos cross-fitted with {how}")
         confirmed = frozenset(np.asarray(shopper[1]).astype(str).tolist()) & frozenset(pids.tolist())
-        if pair_folds == "session" and verdict.threshold is not None and len(confirmed) < len(np.unique(pids)):
+        if pair_folds == "session" and verdict.threshold is not None and len(confirmed) < len(counts):
             # session folds let a photo's product be learnt from its other sessions: the threshold
             # holds for products with confirmed photos (on grocery val, products without any were
             # right 19-50 % of the time at the same leads), so the others get no verdict
             verdict = replace(verdict, covers=confirmed, reason=f"{verdict.reason}; applies to the {len(confirmed)} "
-                              f"products with confirmed photos (of {len(np.unique(pids))}); the others get no verdict")
+                              f"products with confirmed photos (of {len(counts)}); the others get no verdict")
     return verdict
 
 
