@@ -53,6 +53,7 @@ def child(args) -> None:
     dim = BASELINE_DIM if args.mode == "baseline" else args.dim
     sharded_index.SHARD_VECTORS = args.shard
     store.TRAIN_SAMPLE_MAX = args.train_sample
+    store.MIN_TRAIN_PER_LIST = 0  # exactly --train-sample
     model = ModelIdentity(name="synthetic", spec="synthetic", pretrained=None, fingerprint=f"synthetic-{dim}",
                           dim=dim, supports_text=False)
     work = Path(args.work)

@@ -9,7 +9,8 @@ import types
 import pytest
 
 from conftest import FakeEmbedder
-from vsearch.build import _exclusive_build, build_index
+from vsearch.build import build_index
+from vsearch.build_lock import exclusive_build
 from vsearch.errors import VsearchError
 from vsearch.search import ProductIndex
 
@@ -50,7 +51,7 @@ def windows(monkeypatch):
 
 def test_a_second_build_on_the_same_folder_is_refused_while_one_runs(catalog_csv, tmp_path):
     index_dir = tmp_path / "idx"
-    with _exclusive_build(index_dir):
+    with exclusive_build(index_dir):
         with pytest.raises(VsearchError, match="another build is already running"):
             build_index(catalog_csv, index_dir, embedder=FakeEmbedder())
     report = build_index(catalog_csv, index_dir, embedder=FakeEmbedder())  # lock released
@@ -72,7 +73,7 @@ def test_build_works_without_fcntl(windows, catalog_csv, tmp_path):
 
 def test_without_fcntl_a_second_build_is_still_refused(windows, catalog_csv, tmp_path):
     index_dir = tmp_path / "idx"
-    with _exclusive_build(index_dir):
+    with exclusive_build(index_dir):
         with pytest.raises(VsearchError, match="another build is already running"):
             build_index(catalog_csv, index_dir, embedder=FakeEmbedder())
     assert build_index(catalog_csv, index_dir, embedder=FakeEmbedder()).products == 12

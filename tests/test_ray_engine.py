@@ -15,7 +15,8 @@ import pytest
 from conftest import write_catalog
 from vsearch import store
 from vsearch.cache import EmbeddingCache
-from vsearch.embedding_shards import iter_embedding_shards, shard_fingerprint, write_embedding_shard
+from vsearch.embedding_shards import (fill_from_shards, iter_embedding_shards, prune_shards, shard_fingerprint, shard_keys,
+                                      write_embedding_shard)
 from vsearch.errors import VsearchError
 
 TIMEOUT_S = 300
@@ -245,6 +246,91 @@ def test_embedding_shards_round_trip(tmp_path):
     pq.write_table(pa.table({"key": ["q"]}), tmp_path / "part-00002.parquet")
     with pytest.raises(VsearchError, match="part-00002.parquet: not a vsearch embedding shard"):
         list(iter_embedding_shards(tmp_path))
+
+
+def test_the_shards_join_reads_each_vector_into_its_rows_and_gc_drops_unused_and_repeated_keys(tmp_path):
+    rng = np.random.default_rng(1)
+    vecs = {f"k{i}": rng.standard_normal(4).astype(np.float32) for i in range(7)}
+    write_embedding_shard(tmp_path, ["k0", "k1", "k2"], np.stack([vecs[k] for k in ("k0", "k1", "k2")]), "model-a")
+    write_embedding_shard(tmp_path, ["k2", "k3", "k4"], np.stack([vecs[k] for k in ("k2", "k3", "k4")]), "model-a")
+    write_embedding_shard(tmp_path, ["k5", "k6"], np.stack([vecs[k] for k in ("k5", "k6")]), "model-b")
+    assert shard_keys(tmp_path, "model-a") == {"k0", "k1", "k2", "k3", "k4"}
+
+    out = np.zeros((5, 4), dtype=np.float32)
+    wanted = {"k4": [0, 3], "k1": [1], "k5": [2], "nowhere": [4]}  # k5 is another model's
+    fill_from_shards(tmp_path, "model-a", wanted, out)
+    assert set(wanted) == {"k5", "nowhere"}, "only what no shard of this model holds is left"
+    assert np.array_equal(out[[0, 1, 3]], np.stack([vecs["k4"], vecs["k1"], vecs["k4"]]))
+    assert not out[[2, 4]].any()
+
+    used = {("k0", "model-a"), ("k2", "model-a"), ("k4", "model-a"), ("k6", "model-b"), ("k1", "model-b")}
+    assert prune_shards(tmp_path, used, dry_run=True) == 4 and len(list(tmp_path.glob("part-*"))) == 3
+    assert prune_shards(tmp_path, used) == 4  # k1 k3 k5 unused (k1 only by another model), k2 repeated
+    assert shard_keys(tmp_path, "model-a") == {"k0", "k2", "k4"} and shard_keys(tmp_path, "model-b") == {"k6"}
+    kept = {k: v for keys, part in iter_embedding_shards(tmp_path) for k, v in zip(keys, part)}
+    assert len(kept) == 4 and all(np.array_equal(v, vecs[k]) for k, v in kept.items())
+    assert sum(len(keys) for keys, _ in iter_embedding_shards(tmp_path)) == 4, "no key twice"
+    assert prune_shards(tmp_path, used) == 0
+
+
+def test_compacting_keeps_the_marked_rows_in_order(monkeypatch):
+    from vsearch import build as build_module
+
+    monkeypatch.setattr(build_module, "ASSEMBLE_ROWS", 3)
+    vectors = np.arange(20, dtype=np.float32).reshape(10, 2)
+    keep = np.array([0, 1, 1, 0, 0, 1, 1, 1, 0, 1], dtype=bool)
+    want = vectors[keep].copy()
+    build_module._compact(vectors, keep)
+    assert np.array_equal(vectors[: keep.sum()], want)
+
+
+def test_at_scale_the_parquet_shards_are_the_ray_builds_only_cache(tmp_path, ray_cluster, hard_timeout, monkeypatch):
+    """From build.ON_DISK_MIN_VECTORS images on (0 here) a Ray build of an IVF index keeps the
+    vectors it makes in Parquet shards only: the SQLite cache holds none, the index answers like
+    the local build's, a rebuild (Ray or local) embeds nothing and reads them back shard by
+    shard, and gc drops the shard rows of images no generation uses."""
+    from vsearch import build as build_module
+    from vsearch import ray_engine
+    from vsearch.build import build_index
+    from vsearch.gc import collect_garbage
+    from vsearch.search import ProductIndex
+
+    catalog = _catalog(tmp_path / "shop")
+    build_index(catalog, tmp_path / "local", model="test-tiny", index_type="ivf")
+    monkeypatch.setattr(build_module, "ON_DISK_MIN_VECTORS", 0)
+    monkeypatch.setattr(ray_engine, "SHARD_ROWS", 4)
+    index = tmp_path / "ray"
+    first = build_index(catalog, index, model="test-tiny", index_type="ivf", engine="ray", ray_actors=1, batch_size=4)
+    rows = _image_rows(index)
+    hashes = {h for _, _, h in rows}
+    fp = store.read_manifest(_generation(index))["model"]["fingerprint"]
+    assert first.engine["shards_are_cache"] and first.embedded == len(hashes) and len(rows) == 15
+    assert [p.row for p in first.skipped] == [17]
+    with EmbeddingCache(index / store.CACHE_FILE) as cache:
+        assert cache.count() == 0, "at this scale the vectors live in the shards only"
+    assert len(list((index / "embeddings").glob("part-*.parquet"))) >= 3
+    assert shard_keys(index / "embeddings", fp) == hashes
+
+    local, ray = ProductIndex.load(tmp_path / "local"), ProductIndex.load(index)
+    for source, _, _ in rows:
+        got, want = ray.search(image=source, k=3), local.search(image=source, k=3)
+        assert [h.product_id for h in got] == [h.product_id for h in want]
+        assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-4)
+
+    again = build_index(catalog, index, model="test-tiny", index_type="ivf", engine="ray", ray_actors=1)
+    assert (again.embedded, again.reused) == (0, 15)  # (the broken row is tried again, as locally)
+    by_local = build_index(catalog, index, model="test-tiny", index_type="ivf")
+    assert (by_local.embedded, by_local.reused) == (0, 15), "a local build reads the shards too"
+
+    smaller = _catalog(tmp_path / "smaller", n_products=6)
+    for _ in range(2):  # gc keeps the live and the previous generation: let the 10-product one go
+        assert build_index(smaller, index, model="test-tiny", index_type="ivf", engine="ray").embedded == 0
+    kept = {h for _, _, h in _image_rows(index)}
+    assert kept < hashes
+    report = collect_garbage(index)
+    assert report.shard_rows == len(hashes - kept) and report.cache_rows == 0
+    assert shard_keys(index / "embeddings", fp) == kept
+    assert build_index(smaller, index, model="test-tiny", index_type="ivf", engine="ray").embedded == 0
 
 
 def test_readme_scaling_out_commands_parse():

@@ -282,6 +282,7 @@ def _streamed_build(tmp_path, monkeypatch, *, n: int, dim: int, views: int, on_d
     monkeypatch.setattr(build_module, "ASSEMBLE_ROWS", STREAM["batch"])
     monkeypatch.setattr(sharded_index, "SHARD_VECTORS", STREAM["shard"])
     monkeypatch.setattr(store, "TRAIN_SAMPLE_MAX", STREAM["sample"])
+    monkeypatch.setattr(store, "MIN_TRAIN_PER_LIST", 0)  # exactly STREAM["sample"], however many lists
     monkeypatch.setattr(store, "_pq_subquantizers", lambda d: 4)
     tracemalloc.start()
     try:
@@ -338,6 +339,38 @@ def test_a_streamed_build_applies_the_learned_projection_a_shard_at_a_time(tmp_p
     assert streamed.manifest["adaptation"]["state"] == in_memory.manifest["adaptation"]["state"] == "fitted"
     assert calls == [4000]
     _same_answers(streamed, in_memory, vectors[::400])
+
+
+def test_the_training_sample_grows_with_the_lists_past_the_fixed_cap():
+    assert store.training_sample_size("ivfpq", 4000) == store.TRAIN_SAMPLE_MAX  # 1 M vectors: 65 a list
+    assert store.training_sample_size("ivfpq", 40_000) == 39 * 40_000  # 100 M vectors: 39 a list, not 6.6
+    assert store.training_sample_size("ivf", 1024) == 64 * 1024  # ivf stops at 64 a list
+    assert store.training_sample_size("ivf", 65_536) == 39 * 65_536
+
+
+def test_a_streamed_build_whitens_from_a_sample_a_shard_at_a_time_and_refuses_dba(tmp_path, monkeypatch):
+    """Whitening at scale is fitted on the training sample (STREAM["sample"] of 4,000 vectors) and
+    applied shard by shard into a memory map; it answers like a whitening fitted on every vector
+    in memory. DBA needs every vector at once, so such a build refuses it before any work."""
+    from vsearch import sharded_index as shards_module
+    from vsearch.errors import VsearchError
+
+    calls = []
+    real = shards_module.map_shards
+    monkeypatch.setattr(shards_module, "map_shards", lambda fn, x, out, size=None: calls.append(len(x)) or real(fn, x, out, size))
+    options = {"adapt": "off", "whitening": {"power": 0.5, "shrinkage": 0.1}}
+    streamed, vectors, _ = _streamed_build(tmp_path / "streamed", monkeypatch, n=4000, dim=32, views=2, on_disk=True, **options)
+    in_memory, _, _ = _streamed_build(tmp_path / "memory", monkeypatch, n=4000, dim=32, views=2, on_disk=False, **options)
+    assert streamed.manifest["postprocess"]["whitening"]["fitted_on"] == STREAM["sample"]
+    assert in_memory.manifest["postprocess"]["whitening"]["fitted_on"] == 4000
+    assert calls == [4000], "the whitened vectors were made a shard at a time"
+    queries = vectors[::100]
+    same = [streamed.search_vector(q, k=1)[0].product_id == in_memory.search_vector(q, k=1)[0].product_id for q in queries]
+    assert np.mean(same) >= 0.9
+
+    with pytest.raises(VsearchError, match="DBA .* not available for an ivfpq build"):
+        _streamed_build(tmp_path / "dba", monkeypatch, n=4000, dim=32, views=2, on_disk=True, dba={"k": 2})
+    assert not (tmp_path / "dba" / "index").exists() or store.read_current(tmp_path / "dba" / "index", missing_ok=True) is None
 
 
 def test_a_streamed_build_from_the_embedding_cache_equals_the_in_memory_build(tmp_path, monkeypatch):

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import store
+from .build_lock import exclusive_build
 from .cache import EmbeddingCache
+from .embedding_shards import fill_from_shards, shard_keys
 from .catalog import Catalog, CatalogRow, RowProblem, read_catalog
 from .errors import CatalogError, ImageError, VsearchError
 
@@ -33,10 +35,12 @@ if TYPE_CHECKING:
     from .embedders import Embedder
 
 DOWNLOADS_DIR = "downloads"
+SHARDS_DIR = "embeddings"  # Parquet shards of vectors a Ray build made (vsearch.embedding_shards)
 # From this many catalog images on, a build of a sharded IVF type (ivf, ivfpq, ivfpq-fs) keeps the
 # catalog's vectors in a float32 file on disk (memory-mapped, removed after the build) instead of
 # in memory, and every step that can goes a shard at a time (``sharded_index.SHARD_VECTORS``):
-# below it the whole matrix is small and RAM is faster.
+# below it the whole matrix is small and RAM is faster. A Ray build of that size keeps the vectors
+# it makes only in Parquet shards (SHARDS_DIR), not in the SQLite cache as well.
 ON_DISK_MIN_VECTORS = 100_000
 ASSEMBLE_ROWS = 8_192  # vectors read from the cache (or an import) per step when assembling the matrix (40 MB at 1280-d)
 SPILL_PREFIX = ".tmp-vectors-"
@@ -152,7 +156,10 @@ def build_index(
 
     index_dir = Path(index_dir)
     on_disk = index_type in store.SHARDED_TYPES and len(cat.rows) >= ON_DISK_MIN_VECTORS
-    with _exclusive_build(index_dir), _spill_folder(index_dir, on_disk) as spill:
+    if on_disk and dba is not None and int(dict(dba).get("k", 0)) > 0:
+        raise VsearchError(f"DBA (--dba) rewrites every vector from its neighbours, so it needs them all in memory: not "
+                           f"available for an {index_type} build of {ON_DISK_MIN_VECTORS:,} images or more; build without --dba")
+    with exclusive_build(index_dir), _spill_folder(index_dir, on_disk) as spill:
         if embedder is None and embeddings is not None:
             from .embeddings_io import model_identity
 
@@ -248,8 +255,9 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
     query defaults and the "close match" verdict, all recorded in the manifest. Returns the
     vectors to index; the embedding cache keeps the raw model vectors, so changing these options
     re-embeds nothing. With ``spill`` (a folder, see ON_DISK_MIN_VECTORS) ``raw`` is a memory map
-    and the projected vectors go to another one, a shard at a time; fitting the projection and
-    the verdict read it a block of rows at a time; whitening and DBA still read every vector."""
+    and the projected (or whitened) vectors go to another one, a shard at a time; fitting the
+    projection and the verdict read it a block of rows at a time, whitening is fitted on a
+    sample (store.TRAIN_SAMPLE_MAX rows); DBA, which needs every vector, is refused there."""
     from . import learn
     from . import transforms as post
     from .calibration import held_out_recall
@@ -277,8 +285,14 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
     auto = w_opts is not None and w_opts.pop("auto", False)
     whitener = None
     if w_opts is not None and len(vectors) >= post.MIN_WHITENING_VECTORS:
-        w = post.fit_whitening(vectors, **w_opts)
-        whitened = w.apply(vectors)
+        if spill is not None:  # fitted on the IVF training sample, applied a shard at a time
+            from .sharded_index import map_shards, training_sample
+
+            w = post.fit_whitening(training_sample(vectors, store.TRAIN_SAMPLE_MAX), **w_opts)
+            whitened = map_shards(w.apply, vectors, _matrix(spill / "whitened.f32.npy", len(vectors), vectors.shape[1]))
+        else:
+            w = post.fit_whitening(vectors, **w_opts)
+            whitened = w.apply(vectors)
         keep = True
         if auto:  # keep it only if it measurably helps this catalog's own held-out views
             before, n = held_out_recall(vectors, np.asarray(product_ids))
@@ -409,10 +423,15 @@ def _embed_rows(
 ) -> tuple[list[tuple[CatalogRow, str]], np.ndarray, int, int, list[RowProblem]]:
     """Embed every row not in the cache; return kept (row, hash) pairs with their vectors in order.
     With a Ray ``job`` the rows are only hashed here and the misses are embedded on the cluster.
-    With ``spill`` (a folder) the vectors are assembled from the cache into a memory map there,
-    ASSEMBLE_ROWS at a time, and new vectors are not kept in memory (they are in the cache)."""
+    With ``spill`` (a folder) the vectors are assembled into a memory map there, ASSEMBLE_ROWS at
+    a time, and new vectors are not kept in memory. Vectors come from the SQLite cache or from
+    the Parquet shards in ``<index_dir>/embeddings/`` (which a Ray build writes; with ``spill``
+    they are its only cache, see ON_DISK_MIN_VECTORS), joined a shard at a time."""
     fingerprint = embedder.fingerprint
+    shards_dir = index_dir / SHARDS_DIR
     cached = cache.cached_hashes(fingerprint)
+    in_shards_only = shard_keys(shards_dir, fingerprint) - cached  # read from the shards, not SQLite
+    cached |= in_shards_only
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     prepare = _RowPreparer(embedder, cache, cached, index_dir / DOWNLOADS_DIR, fetch_policy, decode=not job)
     misses: dict[str, tuple[str, str | None, bytes | None]] = {}
@@ -463,37 +482,60 @@ def _embed_rows(
     if job:
         from .ray_engine import embed_into_cache
 
+        shards_only = spill is not None  # too big for the SQLite cache: the shards are the cache
         new_hashes, failed, run = embed_into_cache(misses, embedder, cache, job=job, progress=progress,
-                                                   shards_dir=index_dir / "embeddings")
+                                                   shards_dir=shards_dir, shards_only=shards_only)
         new_vectors = dict.fromkeys(new_hashes)
+        if shards_only:
+            in_shards_only |= new_hashes
         embedded = len(new_vectors)
         job["report"] = {"engine": "ray", "address": run.address, "actors": run.actors, "cpus_per_actor": run.cpus_per_actor,
-                         "worker_pids": sorted(run.worker_pids), "hosts": sorted(run.hosts), "shards": str(index_dir / "embeddings")}
+                         "worker_pids": sorted(run.worker_pids), "hosts": sorted(run.hosts), "shards": str(shards_dir),
+                         "shards_are_cache": shards_only}
         problems += [RowProblem(row=r.row, reason=failed[h], image=r.image) for r, h in kept if h in failed]
         kept = [(r, h) for r, h in kept if h not in failed]
 
     dim = int(embedder.dim)
     vectors = _matrix(spill / "raw.f32.npy", len(kept), dim) if spill is not None else np.empty((len(kept), dim), dtype=np.float32)
-    final_kept: list[tuple[CatalogRow, str]] = []
+    found = np.zeros(len(kept), dtype=bool)
     for start in range(0, len(kept), ASSEMBLE_ROWS):  # one step's vectors at a time, in catalog order
         part = kept[start:start + ASSEMBLE_ROWS]
-        from_cache = cache.get_many(list({h for _, h in part if new_vectors.get(h) is None}), fingerprint)
+        from_cache = cache.get_many(
+            list({h for _, h in part if new_vectors.get(h) is None and h not in in_shards_only}), fingerprint)
         block = np.empty((len(part), dim), dtype=np.float32)
-        first = len(final_kept)
-        for row, h in part:
+        for i, (_, h) in enumerate(part):
             vec = new_vectors.get(h)
             if vec is None:
                 vec = from_cache.get(h)
-            if vec is None or vec.shape[0] != dim:
-                problems.append(RowProblem(row=row.row, reason="embedding missing from the cache; rebuild to retry", image=row.image))
-                continue
-            block[len(final_kept) - first] = vec
-            final_kept.append((row, h))
-        vectors[first:len(final_kept)] = block[:len(final_kept) - first]
+            if vec is not None and vec.shape[0] == dim:
+                block[i] = vec
+                found[start + i] = True
+        vectors[start:start + len(part)] = block
+    wanted: dict[str, list[int]] = {}
+    for i in np.flatnonzero(~found):
+        wanted.setdefault(kept[i][1], []).append(int(i))
+    fill_from_shards(shards_dir, fingerprint, wanted, vectors)  # one pass over the shards; leaves what none held
+    found[:] = True
+    found[[i for rows in wanted.values() for i in rows]] = False
+    problems += [RowProblem(row=kept[i][0].row, reason="embedding missing from the cache; rebuild to retry", image=kept[i][0].image)
+                 for i in np.flatnonzero(~found)]
+    final_kept = [pair for pair, ok in zip(kept, found) if ok]
+    _compact(vectors, found)
     reused = sum(1 for _, h in final_kept if h not in new_vectors)
     if hasattr(vectors, "flush"):
         vectors.flush()
     return final_kept, vectors[: len(final_kept)], embedded, reused, problems
+
+
+def _compact(vectors: np.ndarray, keep: np.ndarray) -> None:
+    """Move the rows ``keep`` marks to the front of ``vectors``, in order, in place and
+    ASSEMBLE_ROWS at a time (``vectors`` may be a memory map bigger than RAM)."""
+    rows = np.flatnonzero(keep)
+    if len(rows) == len(keep):
+        return
+    for start in range(0, len(rows), ASSEMBLE_ROWS):  # a row only moves up, past rows already read
+        chunk = rows[start:start + ASSEMBLE_ROWS]
+        vectors[start:start + len(chunk)] = vectors[chunk]
 
 
 class _RowPreparer:
@@ -632,62 +674,3 @@ def _cache_errors(path: Path):
             f"embedding cache {path} failed ({e}); the previous index is unchanged. Free disk space, "
             "or delete that file to start the cache afresh (everything will be re-embedded)"
         ) from e
-
-
-@contextmanager
-def _exclusive_build(index_dir: Path):
-    """One build at a time per index folder (a second one fails at once with a clear message)."""
-    lock_path = index_dir / ".build.lock"
-    try:
-        index_dir.mkdir(parents=True, exist_ok=True)
-        f = open(lock_path, "a+")
-    except OSError as e:  # parent is a file, read-only file system, no permission, disk full...
-        raise VsearchError(
-            f"cannot write to the index folder {index_dir} ({e.strerror or e}); "
-            "choose a writable folder with --index"
-        ) from None
-    with f:
-        unlock = _lock_exclusive(f)
-        if unlock is None:
-            raise VsearchError(f"another build is already running on {index_dir}; wait for it to finish")
-        try:
-            yield
-        finally:
-            unlock()
-
-
-exclusive_build = _exclusive_build  # vsearch.gc takes the same lock
-
-
-def _lock_exclusive(f) -> Callable[[], None] | None:
-    """Lock an open file without waiting; returns the unlock function, or None when another holds it.
-
-    POSIX: flock (released by the OS if the build dies). Windows, which has no fcntl: msvcrt.locking
-    on the file's first byte (also released when the process ends). Where neither exists the build
-    runs unlocked: publishing a generation is atomic either way, only the work may be done twice.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    if fcntl is not None:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        return lambda: fcntl.flock(f, fcntl.LOCK_UN)
-    try:
-        import msvcrt
-    except ImportError:
-        return lambda: None
-    f.seek(0)  # msvcrt locks bytes from the current position; "a+" opens at the end
-    try:
-        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-    except OSError:
-        return None
-
-    def unlock() -> None:
-        f.seek(0)
-        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-
-    return unlock

@@ -18,8 +18,8 @@ from .transforms import nearest
 def held_out_recall(vectors: np.ndarray, product_of_image: np.ndarray, *, sample: int = 1000, seed: int = 0) -> tuple[float, int]:
     """(R@1, n) of leave-one-image-out retrieval on stored vectors: each sampled image of a
     multi-image product, with itself removed, must rank its own product first (max over images).
-    The cheap, label-free signal build uses to decide per catalog whether whitening helps."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    The cheap, label-free signal build uses to decide per catalog whether whitening helps.
+    ``vectors`` may be a memory map: only the sampled rows and a block at a time are read."""
     _, inverse = np.unique(np.asarray(product_of_image), return_inverse=True)
     multi = np.flatnonzero(np.bincount(inverse)[inverse] >= 2)
     if len(multi) == 0:

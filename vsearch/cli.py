@@ -406,7 +406,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     r = collect_garbage(args.index, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{args.index}: kept what {', '.join(r.generations) or 'no generation'} use(s); {verb} {r.cache_rows} cached "
-          f"embedding(s), {r.file_rows} file record(s), {r.downloads} downloaded image(s) ({r.bytes_freed / 2**20:.1f} MiB)")
+          f"embedding(s), {r.shard_rows} Parquet shard row(s), {r.file_rows} file record(s), {r.downloads} downloaded image(s) ({r.bytes_freed / 2**20:.1f} MiB)")
     return 0
 
 

@@ -59,14 +59,15 @@ def write_embedding_shard(folder: str | os.PathLike, keys: list[str], vectors: n
     raise VsearchError(f"{folder}: no free shard name")  # pragma: no cover
 
 
-def iter_embedding_shards(folder: str | os.PathLike, fingerprint: str | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Yield (keys, float32 [n, dim] vectors) for each shard in ``folder``, in file-name order.
+def shard_paths(folder: str | os.PathLike, fingerprint: str | None = None) -> list[Path]:
+    """The shard files in ``folder`` in file-name order (only ``fingerprint``'s, if given).
 
-    With ``fingerprint``, shards of other models are skipped. A file that is not such a shard
-    (no vsearch metadata, other columns, a newer format) raises VsearchError naming it.
+    A file that is not such a shard (no vsearch metadata, a newer format) raises VsearchError
+    naming it. Only schemas are read.
     """
     import pyarrow.parquet as pq
 
+    paths = []
     for path in sorted(Path(folder).glob("part-*.parquet")):
         try:
             meta = pq.read_schema(path).metadata or {}
@@ -76,12 +77,89 @@ def iter_embedding_shards(folder: str | os.PathLike, fingerprint: str | None = N
         if META_FINGERPRINT not in meta or META_DIM not in meta or version != FORMAT_VERSION:
             raise VsearchError(f"{path}: not a vsearch embedding shard of format {FORMAT_VERSION} "
                                "(needs schema metadata vsearch.model_fingerprint, vsearch.dim, vsearch.format_version)")
-        if fingerprint is not None and meta[META_FINGERPRINT].decode() != fingerprint:
-            continue
-        dim = int(meta[META_DIM])
-        parts = list(read_shard_vectors(path, dim=dim))
+        if fingerprint is None or meta[META_FINGERPRINT].decode() == fingerprint:
+            paths.append(path)
+    return paths
+
+
+def iter_embedding_shards(folder: str | os.PathLike, fingerprint: str | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Yield (keys, float32 [n, dim] vectors) for each shard in ``folder``, in file-name order.
+
+    With ``fingerprint``, shards of other models are skipped (see ``shard_paths`` for errors).
+    """
+    for path in shard_paths(folder, fingerprint):
+        parts = list(read_shard_vectors(path))
+        dim = int(_metadata(path)[META_DIM])
         yield ([k for keys, _ in parts for k in keys],
                np.concatenate([v for _, v in parts]) if parts else np.empty((0, dim), dtype=np.float32))
+
+
+def shard_keys(folder: str | os.PathLike, fingerprint: str) -> set[str]:
+    """Every key the shards of ``fingerprint`` hold: the key column only, never the vectors.
+
+    The build asks this once, like the SQLite cache's ``cached_hashes``: a key costs ~150 bytes
+    of driver memory, a 1280-d vector 5 KB.
+    """
+    import pyarrow.parquet as pq
+
+    keys: set[str] = set()
+    if not Path(folder).is_dir():
+        return keys
+    for path in shard_paths(folder, fingerprint):
+        keys.update(pq.read_table(path, columns=["key"]).column("key").to_pylist())
+    return keys
+
+
+def fill_from_shards(folder: str | os.PathLike, fingerprint: str, wanted: dict[str, list[int]], out: np.ndarray) -> None:
+    """Copy the vector of each key in ``wanted`` (key -> rows of ``out``) from the shards of
+    ``fingerprint``, reading each shard once, a row group at a time: a join of the catalog's
+    keys with the shards, so the vectors never sit in memory together (``out`` may be a memory
+    map). Keys found are removed from ``wanted``; what is left was in no shard."""
+    if not wanted or not Path(folder).is_dir():
+        return
+    for path in shard_paths(folder, fingerprint):
+        for keys, vectors in read_shard_vectors(path, dim=out.shape[1]):
+            for j, key in enumerate(keys):
+                rows = wanted.pop(key, None)
+                if rows is not None:
+                    out[rows] = vectors[j]
+            if not wanted:
+                return
+
+
+def prune_shards(folder: str | os.PathLike, used: set[tuple[str, str]], *, dry_run: bool = False) -> int:
+    """Drop the rows whose (key, model fingerprint) is not in ``used``, and keys a shard repeats
+    from an earlier one; returns how many rows went. A shard that loses rows is written again
+    under a new name before the old file is removed, so a reader sees every kept vector at all
+    times (perhaps twice, which readers allow)."""
+    dropped = 0
+    seen: set[tuple[str, str]] = set()
+    for path in shard_paths(folder):
+        fingerprint = _metadata(path)[META_FINGERPRINT].decode()
+        keys, vectors = [], []
+        total = 0
+        for part_keys, part_vectors in read_shard_vectors(path):
+            total += len(part_keys)
+            for key, vector in zip(part_keys, part_vectors):
+                if (key, fingerprint) in used and (key, fingerprint) not in seen:
+                    seen.add((key, fingerprint))
+                    keys.append(key)
+                    vectors.append(vector)
+        if len(keys) == total:
+            continue
+        dropped += total - len(keys)
+        if dry_run:
+            continue
+        if keys:
+            write_embedding_shard(folder, keys, np.stack(vectors), fingerprint)
+        path.unlink()
+    return dropped
+
+
+def _metadata(path: Path) -> dict[bytes, bytes]:
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(path).metadata or {}
 
 
 def shard_fingerprint(path: str | os.PathLike) -> str:

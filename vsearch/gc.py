@@ -3,7 +3,8 @@
 The embedding cache and the downloaded images outlive generations on purpose (a product removed
 and added back is not re-embedded), so nothing prunes them at publish. ``collect_garbage`` keeps
 exactly what the generations on disk (the live one and the previous one kept for readers that
-are mid-switch) use: cache rows of their (content hash, model fingerprint) pairs, file-hash
+are mid-switch) use: cache rows of their (content hash, model fingerprint) pairs (in the SQLite
+cache and in the Parquet shards a Ray build writes, which also lose keys they repeat), file-hash
 rows of those hashes, and downloaded objects of those hashes. Everything else goes.
 
 Safe beside a running server: generation folders are never touched, and a server reads neither
@@ -23,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
-from .build import DOWNLOADS_DIR, exclusive_build
+from .build import DOWNLOADS_DIR, SHARDS_DIR
+from .build_lock import exclusive_build
+from .embedding_shards import prune_shards
 from .errors import VsearchError
 
 
@@ -33,6 +36,7 @@ class GcReport:
 
     generations: tuple[str, ...]  # the generations whose files were kept
     cache_rows: int  # embedding-cache vectors dropped
+    shard_rows: int  # vectors dropped from the Parquet shards (``<index>/embeddings/``)
     file_rows: int  # remembered (path, size, mtime) -> hash entries dropped
     downloads: int  # downloaded image files deleted
     bytes_freed: int  # size of the deleted downloads (the cache file shrinks by VACUUM)
@@ -55,8 +59,9 @@ def collect_garbage(index_dir: str | os.PathLike, *, dry_run: bool = False) -> G
         cache_path = index_dir / store.CACHE_FILE
         if cache_path.is_file():
             cache_rows, file_rows = _prune_cache(cache_path, used, hashes, dry_run)
+        shard_rows = prune_shards(index_dir / SHARDS_DIR, used, dry_run=dry_run) if (index_dir / SHARDS_DIR).is_dir() else 0
         downloads, freed = _prune_downloads(index_dir / DOWNLOADS_DIR, hashes, dry_run)
-    return GcReport(tuple(g.name for g in gens), cache_rows, file_rows, downloads, freed)
+    return GcReport(tuple(g.name for g in gens), cache_rows, shard_rows, file_rows, downloads, freed)
 
 
 def _prune_cache(path: Path, used: set[tuple[str, str]], hashes: set[str], dry_run: bool) -> tuple[int, int]:

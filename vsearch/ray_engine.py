@@ -5,9 +5,10 @@ key; only images whose embedding is not cached are shipped, as (key, path) - for
 the path of the driver's download (so the index folder must be shared too). Ray Data reads the files in light tasks (no CPU reserved: on a small
 machine a reserved CPU per read task starves the model, ray issue 44687), and an actor pool
 embeds them: each actor loads the model once, decodes in a few threads and runs torch on the
-CPUs Ray gave it. Vectors stream back to the driver, which stores them in the same cache and
-index as a local build, keyed by content hash - so a batch Ray runs twice (a retried actor)
-is stored once.
+CPUs Ray gave it. Vectors stream back to the driver, which writes them to Parquet shards (and,
+below ``build.ON_DISK_MIN_VECTORS``, to the same SQLite cache as a local build; above it the
+shards are the cache) keyed by content hash - so a batch Ray runs twice (a retried actor) is
+stored once - and the index is assembled as in a local build.
 
 Images and ``--pretrained`` weights must be at the same path on every node (shared storage).
 A worker that cannot load the model, or loads different weights, stops the build with its own
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from itertools import islice
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,13 +104,14 @@ SHARD_ROWS = 50_000  # vectors per Parquet shard
 
 
 def embed_into_cache(misses: Mapping[str, tuple[str, str | None, bytes | None]], embedder: Any, cache: Any, *,
-                     job: Mapping[str, Any], shards_dir: os.PathLike | str,
+                     job: Mapping[str, Any], shards_dir: os.PathLike | str, shards_only: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> tuple[set[str], dict[str, str], RayRun]:
-    """The build's side of a Ray job: each batch that comes back goes into the embedding cache
-    (committed per batch, as locally) and into Parquet shards in ``shards_dir``; a key Ray
-    delivers twice is kept once. The driver holds at most one shard's vectors (SHARD_ROWS), never
-    all of them: the build reads them back from the cache. Returns (content hashes embedded,
-    errors by hash, what ran)."""
+    """The build's side of a Ray job: each batch that comes back goes into Parquet shards in
+    ``shards_dir`` and, unless ``shards_only`` (a catalog too big for the single-machine cache,
+    see ``build.ON_DISK_MIN_VECTORS``), into the SQLite embedding cache too (committed per
+    batch, as locally); a key Ray delivers twice is kept once. The driver holds at most one
+    shard's vectors (SHARD_ROWS), never all of them: the build reads them back from the cache or
+    the shards. Returns (content hashes embedded, errors by hash, what ran)."""
     from .embedding_shards import write_embedding_shard
 
     if not misses:  # everything was cached: no need to start or join a cluster
@@ -117,28 +120,28 @@ def embed_into_cache(misses: Mapping[str, tuple[str, str | None, bytes | None]],
     new: set[str] = set()
     unsaved: dict[str, np.ndarray] = {}
 
-    def save_shard() -> None:
-        if unsaved:
-            write_embedding_shard(shards_dir, list(unsaved), np.stack(list(unsaved.values())), fingerprint)
-            unsaved.clear()
+    def save_shards(full_only: bool) -> None:  # shards of SHARD_ROWS vectors; the rest too at the end
+        while len(unsaved) >= (SHARD_ROWS if full_only else 1):
+            keys = list(islice(unsaved, SHARD_ROWS))
+            write_embedding_shard(shards_dir, keys, np.stack([unsaved.pop(k) for k in keys]), fingerprint)
 
     def on_vectors(keys: list[str], vectors: np.ndarray) -> None:
         fresh = [(k, v) for k, v in zip(keys, vectors) if k not in new]
         if not fresh:
             return
-        cache.put_many([k for k, _ in fresh], np.stack([v for _, v in fresh]), fingerprint)
+        if not shards_only:
+            cache.put_many([k for k, _ in fresh], np.stack([v for _, v in fresh]), fingerprint)
         for k, v in fresh:
             new.add(k)
             unsaved[k] = v
-        if len(unsaved) >= SHARD_ROWS:
-            save_shard()
+        save_shards(full_only=True)
         if progress is not None:
             progress(len(new), len(misses))
 
     errors, run = embed_misses(misses, model=job["model"], pretrained=job["pretrained"], precision=job["precision"],
                                fingerprint=fingerprint, dim=int(embedder.dim), options=job["options"],
                                on_vectors=on_vectors)
-    save_shard()
+    save_shards(full_only=False)
     return new, {k: e for k, e in errors.items() if k not in new}, run
 
 

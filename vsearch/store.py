@@ -71,7 +71,8 @@ RERANK_FACTORS = {"ivfpq": 16, "ivfpq-fs": 64}
 RERANKED_TYPES = tuple(RERANK_FACTORS)
 FLAT_MAX = 20_000
 IVF_NPROBE_DIVISOR = 32  # nprobe = nlist / 32: ~3% of the lists are scanned per query
-TRAIN_SAMPLE_MAX = 256 * 1024  # IVF/PQ training sample: the most vectors the index build holds beside one shard
+TRAIN_SAMPLE_MAX = 256 * 1024  # IVF/PQ training sample, up to ~2.8 M vectors (see training_sample_size)
+MIN_TRAIN_PER_LIST = 39  # k-means points per inverted list below which FAISS warns that training is too thin
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
@@ -190,10 +191,17 @@ def make_faiss_index(vectors: np.ndarray, index_type: str):
 def _training_sample(vectors: np.ndarray, index_type: str, nlist: int) -> np.ndarray:
     from .sharded_index import training_sample
 
-    cap = TRAIN_SAMPLE_MAX
-    if index_type == "ivf":  # k-means needs ~40 points a list; more only costs build time
-        cap = min(cap, 64 * nlist)
+    cap = training_sample_size(index_type, nlist)
     return training_sample(vectors, cap)
+
+
+def training_sample_size(index_type: str, nlist: int) -> int:
+    """How many vectors an IVF type is trained on: TRAIN_SAMPLE_MAX, raised to MIN_TRAIN_PER_LIST a
+    list when there are more lists than that feeds (beyond ~6,700 lists, i.e. ~2.8 M vectors:
+    the sample then grows with sqrt(n), 39 x nlist x dim x 4 bytes); ``ivf`` (no PQ codebooks to
+    train) stops at 64 a list, since k-means gains nothing from more."""
+    cap = max(TRAIN_SAMPLE_MAX, MIN_TRAIN_PER_LIST * int(nlist))
+    return min(cap, 64 * int(nlist)) if index_type == "ivf" else cap
 
 
 def _write_sharded(tmp_dir: Path, vectors: np.ndarray, index_type: str, timings: dict[str, float],
