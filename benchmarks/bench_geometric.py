@@ -18,6 +18,7 @@ image's. Then:
   * cost: ms to extract the query's features, ms per verified candidate image (1 thread), and the
     bytes a catalog image's features would take if stored at build time.
 
+Needs OpenCV, which vsearch does not depend on: ``pip install opencv-python-headless``.
 Everything slow is cached under --work (candidates as JSON, inlier counts as .npz), so reruns with
 other rules cost seconds. Never reads the grocery test queries.
 
