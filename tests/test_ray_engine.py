@@ -264,8 +264,11 @@ def test_the_shards_join_reads_each_vector_into_its_rows_and_gc_drops_unused_and
     assert not out[[2, 4]].any()
 
     used = {("k0", "model-a"), ("k2", "model-a"), ("k4", "model-a"), ("k6", "model-b"), ("k1", "model-b")}
+    (tmp_path / ".part-killed.tmp").write_bytes(b"PAR1 half a file")  # what a build killed mid-write leaves
     assert prune_shards(tmp_path, used, dry_run=True) == 4 and len(list(tmp_path.glob("part-*"))) == 3
+    assert (tmp_path / ".part-killed.tmp").exists()
     assert prune_shards(tmp_path, used) == 4  # k1 k3 k5 unused (k1 only by another model), k2 repeated
+    assert not list(tmp_path.glob(".part-*"))
     assert shard_keys(tmp_path, "model-a") == {"k0", "k2", "k4"} and shard_keys(tmp_path, "model-b") == {"k6"}
     kept = {k: v for keys, part in iter_embedding_shards(tmp_path) for k, v in zip(keys, part)}
     assert len(kept) == 4 and all(np.array_equal(v, vecs[k]) for k, v in kept.items())

@@ -131,7 +131,11 @@ def prune_shards(folder: str | os.PathLike, used: set[tuple[str, str]], *, dry_r
     """Drop the rows whose (key, model fingerprint) is not in ``used``, and keys a shard repeats
     from an earlier one; returns how many rows went. A shard that loses rows is written again
     under a new name before the old file is removed, so a reader sees every kept vector at all
-    times (perhaps twice, which readers allow)."""
+    times (perhaps twice, which readers allow). Half-written files a killed build left
+    (``.part-*.tmp``) are deleted too: call this only while no build writes (gc holds the build lock)."""
+    if not dry_run:
+        for tmp in Path(folder).glob(".part-*.tmp"):
+            tmp.unlink(missing_ok=True)
     dropped = 0
     seen: set[tuple[str, str]] = set()
     for path in shard_paths(folder):
