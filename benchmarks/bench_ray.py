@@ -13,6 +13,10 @@ clock, as after `ray start --head`). Agreement: per-image cosine between the loc
 build's raw vectors (from each index's cache), and whether every catalog image's nearest other
 catalog image (top-1) is the same in both builds. Load average is printed before and after.
 Ray's overhead is what this measures on 2 CPUs; the gain comes with more nodes.
+
+``--shards-cache`` builds `--index-type ivf` with ``build.ON_DISK_MIN_VECTORS`` lowered to 0, so
+every build takes the path of a catalog of 100,000+ images: vectors assembled on disk, and the Ray
+build's vectors kept only in Parquet shards (the raw vectors are then read back from them).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, load_average  # noqa: E402
 
 RAY_INIT = {"num_cpus": 2, "include_dashboard": False, "object_store_memory": 300 * 1024**2}
+
+SHARDS_CACHE_ENV = "VSEARCH_BENCH_SHARDS_CACHE"  # parent -> child: take the 100,000+ image path
 
 
 def write_catalog(path: Path, n: int) -> Path:
@@ -57,27 +63,43 @@ def one_build(catalog: str, index: str, engine: str, model: str, ray_up: bool) -
         import ray
 
         ray.init(**RAY_INIT)
+    from vsearch import build
     from vsearch.build import build_index
 
+    options = {}
+    if os.environ.get(SHARDS_CACHE_ENV) == "1":
+        build.ON_DISK_MIN_VECTORS = 0
+        options["index_type"] = "ivf"
     started = time.perf_counter()
-    report = build_index(catalog, index, model=model, engine=engine, allow_outside_paths=True)
+    report = build_index(catalog, index, model=model, engine=engine, allow_outside_paths=True, **options)
     wall = time.perf_counter() - started
     print(json.dumps({"wall": wall, "embed_seconds": report.embed_seconds, "images": report.images,
                       "embedded": report.embedded, "problems": len(report.problems), "engine": report.engine}))
 
 
 def raw_vectors(index: Path, catalog: Path, model: str) -> np.ndarray:
-    """Each catalog row's raw model vector, from the index's embedding cache, in catalog order."""
+    """Each catalog row's raw model vector, from the index's embedding cache (or its Parquet
+    shards, where they are the cache), in catalog order."""
     from vsearch import store
+    from vsearch.build import SHARDS_DIR
     from vsearch.cache import EmbeddingCache
+    from vsearch.embedding_shards import fill_from_shards
     from vsearch.embeddings_io import model_identity
     from vsearch.images import content_hash
 
-    fp = model_identity(model, None).fingerprint
+    identity = model_identity(model, None)
+    fp = identity.fingerprint
     with open(catalog, newline="", encoding="utf-8") as f:
         hashes = [content_hash(Path(r["image"]).read_bytes()) for r in csv.DictReader(f)]
     with EmbeddingCache(index / store.CACHE_FILE) as cache:
         got = cache.get_many(list(set(hashes)), fp)
+    wanted = {h: [i] for i, h in enumerate(dict.fromkeys(h for h in hashes if h not in got))}
+    if wanted:
+        out = np.zeros((len(wanted), int(identity.dim)), dtype=np.float32)
+        keys = list(wanted)
+        fill_from_shards(index / SHARDS_DIR, fp, wanted, out)
+        assert not wanted, f"{len(wanted)} vectors in neither the cache nor the shards"
+        got.update(zip(keys, out))
     return np.stack([got[h] for h in hashes])
 
 
@@ -92,6 +114,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--shards-cache", action="store_true", help="ivf builds on the 100,000+ image path (see above)")
     ap.add_argument("--child", nargs=5, metavar=("CATALOG", "INDEX", "ENGINE", "MODEL", "RAY_UP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -99,7 +122,7 @@ def main() -> None:
         one_build(cat, index, engine, model, ray_up == "1")
         return
 
-    print(f"load average before: {load_average()}")
+    print(f"load average before: {load_average()}" + ("; --shards-cache: ivf on the 100,000+ image path" if args.shards_cache else ""))
     runs: dict[str, list[dict]] = {"local": [], "ray (cold)": [], "ray (cluster up)": []}
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         tmp = Path(tmp)
@@ -108,7 +131,8 @@ def main() -> None:
             for label, engine, up in (("local", "local", "0"), ("ray (cold)", "ray", "0"), ("ray (cluster up)", "ray", "1")):
                 index = tmp / f"{engine}-{up}-{r}"
                 out = subprocess.run([sys.executable, __file__, "--child", str(catalog), str(index), engine, args.model, up],
-                                     capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                     capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                                                    SHARDS_CACHE_ENV: "1" if args.shards_cache else "0"})
                 if out.returncode != 0:
                     raise SystemExit(f"{label} build failed:\n{out.stderr[-3000:]}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -27,8 +27,8 @@ import numpy as np
 from . import store
 from .build_lock import exclusive_build
 from .cache import EmbeddingCache
-from .embedding_shards import fill_from_shards, shard_keys
 from .catalog import Catalog, CatalogRow, RowProblem, read_catalog
+from .embedding_shards import fill_from_shards, shard_keys
 from .errors import CatalogError, ImageError, VsearchError
 
 if TYPE_CHECKING:

@@ -88,8 +88,8 @@ def iter_embedding_shards(folder: str | os.PathLike, fingerprint: str | None = N
     With ``fingerprint``, shards of other models are skipped (see ``shard_paths`` for errors).
     """
     for path in shard_paths(folder, fingerprint):
-        parts = list(read_shard_vectors(path))
         dim = int(_metadata(path)[META_DIM])
+        parts = list(read_shard_vectors(path, dim=dim))
         yield ([k for keys, _ in parts for k in keys],
                np.concatenate([v for _, v in parts]) if parts else np.empty((0, dim), dtype=np.float32))
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from itertools import islice
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
