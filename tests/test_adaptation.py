@@ -143,6 +143,50 @@ def test_shopper_photos_count_as_pairs_for_single_image_products():
     fit_adaptation(x, pairs)
 
 
+def test_the_shopper_check_drops_a_projection_only_when_it_breaks_shopper_photos_significantly():
+    from vsearch.learn import shopper_check
+    from vsearch.transforms import Projection
+
+    def shop(x, labels):  # views 1-2 are the catalog; view 3 the shopper photos, each "made from" its first catalog image
+        return x[:120], labels[:120], (x[120:], labels[120:], np.arange(60))
+
+    catalog, pids, simulated = shop(*_clustered(n_products=60, views=3))  # photos vary along nuisance directions
+    helps = shopper_check(catalog, pids, fit_adaptation(catalog, training_pairs(catalog, pids)), simulated)
+    assert helps["photos"] == 60 and helps["fixed"] > helps["broken"] and not helps["rejected"]
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(60, 24))
+    views = np.concatenate([centres + 0.5 * rng.normal(size=centres.shape) for _ in range(3)])
+    catalog, pids, simulated = shop(views / np.linalg.norm(views, axis=1, keepdims=True), np.tile(np.arange(60).astype(str), 3))
+    basis = np.linalg.qr(rng.normal(size=(24, 2)))[0]
+    crushed = Projection(mean=np.zeros(24, np.float32), matrix=(basis @ basis.T).astype(np.float32), info={})
+    hurts = shopper_check(catalog, pids, crushed, simulated)  # a 2-d shadow of a shop the raw vectors answer well
+    assert hurts["right_without"] >= 45 and hurts["broken"] > hurts["fixed"] and hurts["p_value"] < 0.05 and hurts["rejected"]
+    assert not shopper_check(catalog, pids, crushed, simulated, alpha=hurts["p_value"])["rejected"]  # p must be below alpha
+
+
+def test_a_build_whose_projection_fails_the_shopper_check_keeps_none(tmp_path, monkeypatch, capsys):
+    from vsearch import learn
+    from vsearch.cli import main
+
+    calls = []
+
+    def failing(raw, product_ids, projection, simulated, **kw):
+        calls.append(len(simulated[0]))
+        return {"photos": len(simulated[0]), "right_without": 9, "right_with": 2, "fixed": 1, "broken": 8,
+                "p_value": 0.0195, "rejected": True}
+
+    monkeypatch.setattr(learn, "shopper_check", failing)
+    csv_path = _catalog(tmp_path / "shop")
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+    index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    a = index.manifest["adaptation"]
+    assert calls and a["state"] == "rejected" and a["shopper_check"]["broken"] == 8
+    assert "files" not in a and not list((tmp_path / "idx" / index.generation).glob("adaptation*"))
+    assert main(["info", "--index", str(tmp_path / "idx")]) == 0
+    assert "dropped, because it made 8 simulated shopper photos wrong and 1 right" in capsys.readouterr().out
+
+
 def test_changed_fraction_counts_added_and_removed_members():
     before = member_keys(["a", "a", "b", "b"], ["1", "2", "3", "4"])
     assert len(before) == 4

@@ -474,6 +474,8 @@ def _adaptation_summary(a: dict) -> str:
         return learned
     if state == "skipped":
         return f"none: {a.get('reason', '')}"
+    if state == "rejected":
+        return f"none: a projection was learned from the catalog's views and dropped, because {a.get('reason', '')}"
     return "off"
 
 
