@@ -272,24 +272,31 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         tmp, raw, product_ids, [im.content_hash or im.source for im in images], mode=adapt,
         model_fingerprint=manifest["model"]["fingerprint"], previous=previous,
         shopper_vectors=shopper_vectors, shopper_labels=shopper_labels, shopper_keys=shopper_keys)
-    simulated = None
     multi = {p for p, c in Counter(product_ids).items() if c >= 2}
-    local: dict[str, tuple[str, int]] = {}
-    for row, im in enumerate(images):
-        if im.product_id not in local and not im.source.startswith(("http://", "https://")):
-            local[im.product_id] = (im.source, row)
-    # A loaded model and products with another image: simulated shopper photos of catalog products,
-    # for the shopper check of a freshly fitted catalog-only projection and for the verdict (a
-    # single-image catalog cannot answer them with the source image held out, so it skips this).
-    fresh = adaptation.record.get("state") == "fitted" and (shopper_vectors is None or len(shopper_vectors) == 0)
-    if hasattr(embedder, "embed_images") and multi and (calibrate or fresh):
-        started = time.perf_counter()
-        sim_vectors, sim_labels, sim_rows, failed = learn.simulated_queries(embedder, local, prefer=multi)
-        simulated = (sim_vectors, sim_labels, sim_rows)
-        manifest["verdict_simulation"] = {"photos": len(sim_labels), "failed": failed,
-                                          "seconds": round(time.perf_counter() - started, 2)}
-    if fresh and simulated is not None:
-        check = learn.shopper_check(raw, product_ids, adaptation.projection, simulated)
+    made: list[tuple[np.ndarray, list[str], list[int]] | None] = []
+
+    def simulated_photos():
+        """Simulated shopper photos of catalog products, made once, when first needed: by the
+        shopper check of a freshly fitted catalog-only projection and by the verdict. Needs a
+        loaded model and products with another image (a single-image catalog cannot answer them
+        with the source image held out)."""
+        if not made:
+            made.append(None)
+            if hasattr(embedder, "embed_images") and multi:
+                local: dict[str, tuple[str, int]] = {}
+                for row, im in enumerate(images):
+                    if im.product_id not in local and not im.source.startswith(("http://", "https://")):
+                        local[im.product_id] = (im.source, row)
+                started = time.perf_counter()
+                sim_vectors, sim_labels, sim_rows, failed = learn.simulated_queries(embedder, local, prefer=multi)
+                made[0] = (sim_vectors, sim_labels, sim_rows)
+                manifest["verdict_simulation"] = {"photos": len(sim_labels), "failed": failed,
+                                                  "seconds": round(time.perf_counter() - started, 2)}
+        return made[0]
+
+    if adaptation.record.get("state") == "fitted" and (shopper_vectors is None or len(shopper_vectors) == 0) \
+            and simulated_photos() is not None:
+        check = learn.shopper_check(raw, product_ids, adaptation.projection, simulated_photos())
         adaptation.record["shopper_check"] = check
         if check["rejected"]:
             adaptation = learn.reject(tmp, adaptation, check)
@@ -341,7 +348,7 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         return vectors
     verdict = learn.calibrate(
         raw, product_ids, adapted=adaptation.projection is not None, index_vectors=vectors,
-        post=whitener.apply if whitener is not None else None, simulated=simulated,
+        post=whitener.apply if whitener is not None else None, simulated=simulated_photos(),
         shopper=(shopper_vectors, shopper_labels) if shopper_vectors is not None and len(shopper_vectors) else None)
     manifest["verdict"] = verdict.to_dict()
     return vectors
