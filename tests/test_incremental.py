@@ -349,6 +349,8 @@ def test_the_verdict_is_reused_after_a_small_change_and_recalibrated_after_a_lar
     assert "sources" in first and "calibrated_in" not in first
     small = build_rows(len(rows) - 1)  # 1 of 36 images: the calibration still holds
     assert small["calibrated_in"] and small["changed_since_calibration"] < 0.1
+    live = store.read_manifest(tmp_path / "idx" / store.read_current(tmp_path / "idx"))
+    assert "verdict_simulation" not in live, "a reused verdict needs no simulated shopper photos"
     assert {k: v for k, v in small.items() if k not in ("calibrated_in", "changed_since_calibration")} == first
     large = build_rows(len(rows) - 5)  # 5 of 36 since it was calibrated: over 10 %
     assert "calibrated_in" not in large
