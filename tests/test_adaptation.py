@@ -165,6 +165,18 @@ def test_the_shopper_check_drops_a_projection_only_when_it_breaks_shopper_photos
     assert not shopper_check(catalog, pids, crushed, simulated, alpha=hurts["p_value"])["rejected"]  # p must be below alpha
 
 
+def test_info_shows_how_a_kept_projection_did_on_the_simulated_shopper_photos(tmp_path, capsys):
+    from vsearch.cli import main
+
+    build_index(_catalog(tmp_path / "shop"), tmp_path / "idx", embedder=FakeEmbedder())
+    a = ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]
+    check = a["shopper_check"]
+    assert a["state"] == "fitted" and not check["rejected"] and check["photos"] > 0
+    assert main(["info", "--index", str(tmp_path / "idx")]) == 0
+    assert (f"simulated shopper photos right with it {check['right_with']} of {check['photos']}, "
+            f"without {check['right_without']}") in capsys.readouterr().out
+
+
 def test_a_build_whose_projection_fails_the_shopper_check_keeps_none(tmp_path, monkeypatch, capsys):
     from vsearch import learn
     from vsearch.cli import main

@@ -469,6 +469,10 @@ def _adaptation_summary(a: dict) -> str:
     if state in ("fitted", "reused"):
         learned = (f"{a['method']} kept {a['dims_kept']} dims, learned from {a['catalog_images']} images of "
                    f"{a['catalog_products']} multi-image products + {a['shopper_pairs']} shopper photo pairs")
+        check = a.get("shopper_check")
+        if check:
+            learned += (f"; simulated shopper photos right with it {check['right_with']} of {check['photos']}, without "
+                        f"{check['right_without']} (kept: sign test p = {check['p_value']})")
         if state == "reused":
             return f"{learned}; reused from {a['reused_from']} ({a['changed_fraction']:.1%} of its training images changed)"
         return learned
