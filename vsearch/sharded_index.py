@@ -315,11 +315,15 @@ def stored_rows(stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def rerank(search: Callable[[int], tuple[np.ndarray, np.ndarray]], stored: np.ndarray, query: np.ndarray,
-           n: int, ntotal: int, factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``n`` by exact inner product among the PQ index's ``factor * n`` candidates.
+           n: int, ntotal: int, factor: int | None = None, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``n`` by exact inner product among the PQ index's ``factor * n`` candidates, or
+    ``factor * depth`` (at least n) when only the first ``depth`` of the n must be as good as
+    the measured recall: a product search fetches ~4 images a product to fold them into k
+    products, but its answer rests on the best few (``search.RERANK_DEPTH_PER_RESULT``).
 
     ``search(m)`` returns the approximate (scores, ids) of the best m, ids -1 for none."""
-    m = int(min(max(int(factor or RERANK_FACTOR) * n, RERANK_MIN), max(ntotal, 1)))
+    per = n if depth is None else min(n, depth)
+    m = int(min(max(int(factor or RERANK_FACTOR) * per, n, RERANK_MIN), max(ntotal, 1)))
     _, ids = search(m)
     ids = ids[ids >= 0]
     scores = stored_rows(stored, ids) @ np.asarray(query, dtype=np.float32).reshape(-1)
