@@ -272,55 +272,27 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         tmp, raw, product_ids, [im.content_hash or im.source for im in images], mode=adapt,
         model_fingerprint=manifest["model"]["fingerprint"], previous=previous,
         shopper_vectors=shopper_vectors, shopper_labels=shopper_labels, shopper_keys=shopper_keys)
-    multi = {p for p, c in Counter(product_ids).items() if c >= 2}
-    made: list[tuple[np.ndarray, list[str], list[int]] | None] = []
-
-    def simulated_photos():
-        """Simulated shopper photos of catalog products, made once, when first needed: by the
-        shopper check of a freshly fitted catalog-only projection and by the verdict. Needs a
-        loaded model and products with another image (a single-image catalog cannot answer them
-        with the source image held out)."""
-        if not made:
-            made.append(None)
-            if hasattr(embedder, "embed_images") and multi:
-                local: dict[str, tuple[str, int]] = {}
-                for row, im in enumerate(images):
-                    if im.product_id not in local and not im.source.startswith(("http://", "https://")):
-                        local[im.product_id] = (im.source, row)
-                started = time.perf_counter()
-                sim_vectors, sim_labels, sim_rows, failed = learn.simulated_queries(embedder, local, prefer=multi)
-                made[0] = (sim_vectors, sim_labels, sim_rows)
-                manifest["verdict_simulation"] = {"photos": len(sim_labels), "failed": failed,
-                                                  "seconds": round(time.perf_counter() - started, 2)}
-        return made[0]
-
-    if adaptation.record.get("state") == "fitted" and (shopper_vectors is None or len(shopper_vectors) == 0) \
-            and simulated_photos() is not None:
-        check = learn.shopper_check(raw, product_ids, adaptation.projection, simulated_photos())
-        adaptation.record["shopper_check"] = check
-        if check["rejected"]:
-            adaptation = learn.reject(tmp, adaptation, check)
+    simulated = None  # simulated shopper photos: made at most once, for the shopper check and the verdict
+    if adaptation.record.get("state") == "fitted" and (shopper_vectors is None or len(shopper_vectors) == 0):
+        simulated = _simulated_photos(embedder, images, manifest)
+        if simulated is not None:
+            check = learn.shopper_check(raw, product_ids, adaptation.projection, simulated)
+            adaptation.record["shopper_check"] = check
+            if check["rejected"]:
+                adaptation = learn.reject(tmp, adaptation, check)
     manifest["adaptation"] = adaptation.record
-    if adaptation.projection is None:
-        vectors = raw
-    elif spill is not None:
-        from .sharded_index import map_shards
-
-        vectors = map_shards(adaptation.projection.apply, raw, _matrix(spill / "adapted.f32.npy", len(raw), raw.shape[1]))
-    else:
-        vectors = adaptation.projection.apply(raw)
+    vectors = raw if adaptation.projection is None else _mapped(adaptation.projection.apply, raw, spill, "adapted")
     record: dict[str, Any] = {"whitening": None, "dba": None}
     auto = w_opts is not None and w_opts.pop("auto", False)
     whitener = None
     if w_opts is not None and len(vectors) >= post.MIN_WHITENING_VECTORS:
-        if spill is not None:  # fitted on the IVF training sample, applied a shard at a time
-            from .sharded_index import map_shards, training_sample
+        if spill is not None:  # fitted on the IVF training sample
+            from .sharded_index import training_sample
 
             w = post.fit_whitening(training_sample(vectors, store.TRAIN_SAMPLE_MAX), **w_opts)
-            whitened = map_shards(w.apply, vectors, _matrix(spill / "whitened.f32.npy", len(vectors), vectors.shape[1]))
         else:
             w = post.fit_whitening(vectors, **w_opts)
-            whitened = w.apply(vectors)
+        whitened = _mapped(w.apply, vectors, spill, "whitened")
         keep = True
         if auto:  # keep it only if it measurably helps this catalog's own held-out views
             before, n = held_out_recall(vectors, np.asarray(product_ids))
@@ -348,10 +320,41 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         return vectors
     verdict = learn.calibrate(
         raw, product_ids, adapted=adaptation.projection is not None, index_vectors=vectors,
-        post=whitener.apply if whitener is not None else None, simulated=simulated_photos(),
+        post=whitener.apply if whitener is not None else None,
+        simulated=simulated if simulated is not None else _simulated_photos(embedder, images, manifest),
         shopper=(shopper_vectors, shopper_labels) if shopper_vectors is not None and len(shopper_vectors) else None)
     manifest["verdict"] = verdict.to_dict()
     return vectors
+
+
+def _mapped(fn: Callable[[np.ndarray], np.ndarray], vectors: np.ndarray, spill: Path | None, name: str) -> np.ndarray:
+    """``fn`` (a row-wise map: a learned projection, whitening) of every vector: in memory, or with
+    ``spill`` a shard at a time into a memory map ``<spill>/<name>.f32.npy``."""
+    if spill is None:
+        return fn(vectors)
+    from .sharded_index import map_shards
+
+    return map_shards(fn, vectors, _matrix(spill / f"{name}.f32.npy", len(vectors), vectors.shape[1]))
+
+
+def _simulated_photos(embedder: Any, images: list, manifest: dict[str, Any]):
+    """Simulated shopper photos of catalog products (``learn.simulated_queries``) as (vectors,
+    product ids, source rows), recorded in the manifest; None without a loaded model or without a
+    product that has another image (a single-image catalog cannot answer them with the source
+    image held out), which costs nothing to find out again."""
+    from . import learn
+
+    multi = {p for p, c in Counter(im.product_id for im in images).items() if c >= 2}
+    if not hasattr(embedder, "embed_images") or not multi:
+        return None
+    local: dict[str, tuple[str, int]] = {}
+    for row, im in enumerate(images):
+        if im.product_id not in local and not im.source.startswith(("http://", "https://")):
+            local[im.product_id] = (im.source, row)
+    started = time.perf_counter()
+    vectors, labels, rows, failed = learn.simulated_queries(embedder, local, prefer=multi)
+    manifest["verdict_simulation"] = {"photos": len(labels), "failed": failed, "seconds": round(time.perf_counter() - started, 2)}
+    return vectors, labels, rows
 
 
 def _incremental_update(live: Path | None, vectors: np.ndarray, images: list, manifest: dict[str, Any], index_type: str):

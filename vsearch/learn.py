@@ -247,9 +247,8 @@ def shopper_check(raw_vectors: np.ndarray, product_ids: Sequence[str], projectio
     rows = np.asarray(simulated[2], dtype=np.int64)
     sel = np.flatnonzero(counts[inverse][rows] >= 2)
     queries, labels, exclude = np.asarray(simulated[0])[sel], np.asarray(simulated[1]).astype(str)[sel], [[r] for r in rows[sel]]
-    before = verdict_from_queries(raw_vectors, pids, l2_normalise(queries), labels, exclude=exclude, transform=l2_normalise)
-    after = verdict_from_queries(raw_vectors, pids, projection.apply(queries), labels, exclude=exclude,
-                                 transform=projection.apply)
+    before, after = (verdict_from_queries(raw_vectors, pids, tr(queries), labels, exclude=exclude, transform=tr)
+                     for tr in (_through(None, _same), _through(projection, _same)))
     fixed = int((~before.right & after.right).sum())
     broken = int((before.right & ~after.right).sum())
     n = fixed + broken
@@ -474,6 +473,10 @@ def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray
             tr = _through(proj, finish)
             out.append(verdict_from_queries(raw, pids, tr(raw[sel]), pids[sel], exclude=[[i] for i in sel], transform=tr))
     return QueryScores.concat(out)
+
+
+def _same(v: np.ndarray) -> np.ndarray:
+    return v
 
 
 def _through(proj: Projection | None, finish: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
