@@ -194,9 +194,22 @@ def test_a_build_whose_projection_fails_the_shopper_check_keeps_none(tmp_path, m
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
     a = index.manifest["adaptation"]
     assert calls and a["state"] == "rejected" and a["shopper_check"]["broken"] == 8
-    assert "files" not in a and not list((tmp_path / "idx" / index.generation).glob("adaptation*"))
+    # the projection's files are gone; the list of what it learned from stays, to reuse the decision
+    assert "files" not in a and [p.name for p in (tmp_path / "idx" / index.generation).glob("adaptation*")] == [
+        learn.MEMBERS_FILE]
     assert main(["info", "--index", str(tmp_path / "idx")]) == 0
     assert "dropped, because it made 8 simulated shopper photos wrong and 1 right" in capsys.readouterr().out
+
+    # an unchanged rebuild reuses the decision: no refit, no check, no simulated photos, same space
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
+    again = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
+    a = again.manifest["adaptation"]
+    assert len(calls) == 1 and a["state"] == "rejected" and a["reused_from"] == index.generation
+    assert "verdict_simulation" not in again.manifest and "files" not in a
+    assert main(["info", "--index", str(tmp_path / "idx")]) == 0
+    assert f"decision reused from {index.generation}" in capsys.readouterr().out
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="refit")  # on request: fitted and checked again
+    assert len(calls) == 2 and "reused_from" not in ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]
 
 
 def test_changed_fraction_counts_added_and_removed_members():

@@ -479,7 +479,10 @@ def _adaptation_summary(a: dict) -> str:
     if state == "skipped":
         return f"none: {a.get('reason', '')}"
     if state == "rejected":
-        return f"none: a projection was learned from the catalog's views and dropped, because {a.get('reason', '')}"
+        dropped = f"none: a projection was learned from the catalog's views and dropped, because {a.get('reason', '')}"
+        if a.get("reused_from"):
+            dropped += f"; decision reused from {a['reused_from']} ({a['changed_fraction']:.1%} of its training images changed)"
+        return dropped
     return "off"
 
 

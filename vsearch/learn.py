@@ -112,17 +112,20 @@ def _reuse(previous: Path, tmp: Path, members: list[str], model_fingerprint: str
 
     try:
         entry = read_manifest(previous).get("adaptation") or {}
-        if not entry.get("files") or entry.get("model_fingerprint") != model_fingerprint:
+        rejected = entry.get("state") == "rejected"
+        if not (entry.get("files") or rejected) or entry.get("model_fingerprint") != model_fingerprint:
             return None
         before = json.loads((previous / MEMBERS_FILE).read_text(encoding="utf-8"))
-        projection = Projection.load(previous, entry)
+        projection = None if rejected else Projection.load(previous, entry)
     except (OSError, ValueError, KeyError, TypeError, VsearchError):  # unreadable: refit instead
         return None
     change = changed_fraction(before, members)
     if change > REFIT_FRACTION:
         return None
-    for name in [*entry["files"].values(), MEMBERS_FILE]:
+    for name in [*(entry.get("files") or {}).values(), MEMBERS_FILE]:
         _link_or_copy(previous / name, tmp / name)
+    if rejected:  # the same decision, without refitting and re-checking (which runs the model)
+        return Adaptation(None, {**entry, "reused_from": previous.name, "changed_fraction": round(change, 4)})
     record = {**entry, "state": "reused", "reused_from": previous.name, "changed_fraction": round(change, 4)}
     return Adaptation(projection, record)
 
@@ -259,11 +262,15 @@ def shopper_check(raw_vectors: np.ndarray, product_ids: Sequence[str], projectio
 
 def reject(tmp: Path, adaptation: Adaptation, check: Mapping[str, Any]) -> Adaptation:
     """Drop a fitted projection that ``shopper_check`` rejected: its files leave the new generation
-    and the manifest says why (``vsearch info`` shows it)."""
+    and the manifest says why (``vsearch info`` shows it). The training members stay, so a rebuild
+    whose catalog barely changed reuses the decision (``_reuse``) instead of refitting and making
+    simulated photos again, and the vector space - hence incremental updates - stays put."""
     for name in (adaptation.record.get("files") or {}).values():
         (tmp / name).unlink(missing_ok=True)
-    (tmp / MEMBERS_FILE).unlink(missing_ok=True)
+    record = adaptation.record
     return Adaptation(None, {"state": "rejected", "shopper_check": dict(check),
+                             "model_fingerprint": record.get("model_fingerprint"),
+                             "refit_fraction": REFIT_FRACTION, "members": record.get("members"),
                              "reason": f"it made {check['broken']} simulated shopper photos wrong and {check['fixed']} "
                                        f"right (of {check['photos']}; sign test p = {check['p_value']})"})
 
