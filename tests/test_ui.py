@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,10 @@ def give_verdicts(index, close_at: float | None):
 
 
 def start_server(root: Path, examples: list[str] | None = None, notice: str | None = None, *,
-                 close_at: float | None = None, **settings) -> Server:
+                 close_at: float | None = None, files_max_age: int | None = None, **settings) -> Server:
     """Build a small catalog with the fake model and serve it on a free loopback port.
-    close_at: give verdicts (close match at this score); settings: ServeSettings fields."""
+    close_at: give verdicts (close match at this score); files_max_age: create_app's (default if
+    None); settings: ServeSettings fields."""
     from vsearch.api import ServeSettings, Service
     from vsearch.build import build_index
     from vsearch.search import ProductIndex
@@ -66,7 +68,8 @@ def start_server(root: Path, examples: list[str] | None = None, notice: str | No
     if close_at is not None:
         give_verdicts(index, close_at)
     service = Service(index, ServeSettings(**settings))
-    app = create_app(index, examples=examples, notice=notice, service=service)
+    app = create_app(index, examples=examples, notice=notice, service=service,
+                     **({} if files_max_age is None else {"files_max_age": files_max_age}))
     url = launch_app(app, index, port=free_port(), examples=examples, watch_interval=0.1)
     return Server(url=url, index=index, app=app, root=root, service=service)
 
@@ -110,6 +113,24 @@ def test_catalog_photo_finds_its_product_first(client, tmp_path):
     assert {"price", "url", "category", "metadata", "matched_image_urls", "confident", "image_url", "verdict"} <= hits[0].keys()
     assert len({h["product_id"] for h in hits}) == len(hits)  # products appear once
     assert len(hits) == 10  # default k
+
+
+def test_a_shoppers_uploaded_photo_leaves_the_server_once_it_is_old(tmp_path, monkeypatch):
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # where this server's uploads land
+    srv = start_server(tmp_path / "srv", files_max_age=4)
+    try:
+        photo = shopper_photo(tmp_path, 5, name="a-shoppers-photo.jpg")
+        hits = Client(srv.url, verbose=False).predict(handle_file(photo), api_name="/search")
+        assert hits[0]["product_id"] == "P005"
+        uploaded = list(cache.rglob("a-shoppers-photo.jpg"))
+        assert uploaded  # the search went through the server's copy of the upload
+        deadline = time.monotonic() + 30
+        while any(p.exists() for p in uploaded) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert not any(p.exists() for p in uploaded), "the shopper's photo is still on the server"
+    finally:
+        srv.app.close()
 
 
 def test_api_answers_carry_image_urls_never_server_paths(server, client, tmp_path):

@@ -38,6 +38,10 @@ DEFAULT_K = 12
 MAX_RESULTS = 48
 QUEUE_SIZE = 64  # requests waiting beyond this are told the queue is full instead of piling up
 PREVIEW_SIDE = 640  # the crop preview is decoded (JPEG draft) and shown at about this size
+# Shoppers' uploaded photos (and the page's copies of catalog images) stay in Gradio's cache
+# (GRADIO_TEMP_DIR) for about this long after their last use - 1-2 h - instead of forever: a server
+# that runs for months must not keep every shopper's photo, nor fill its disk.
+PAGE_FILES_MAX_AGE_S = 3600
 
 #: What the page says for each state of ``Hit.confident`` of the top result.
 VERDICT_TITLES: dict[bool | None, str] = {
@@ -340,11 +344,13 @@ def _price_info(index: ProductIndex) -> str:
 
 
 def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice: str | None = None,
-               service: Service | None = None) -> gr.Blocks:
+               service: Service | None = None, files_max_age: int = PAGE_FILES_MAX_AGE_S) -> gr.Blocks:
     """Build the page for a loaded index (no launching, no printing). Launch with `launch_app`.
 
     service: what the page shares with the REST API (concurrency gate, rate limit, feedback);
-    default: a Service with default settings (no API key, feedback off).
+    default: a Service with default settings (no API key, feedback off). files_max_age: seconds
+    an uploaded photo or a page copy of a catalog image stays in Gradio's cache after its last
+    use (swept as often; all of it goes when the server stops).
     """
     import gradio as gr
 
@@ -456,7 +462,8 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                 gr.update(info=_price_info(index)))
 
     api_image_doc = "photo to search with (JPEG, PNG, WebP, HEIC...)"
-    with gr.Blocks(title="vsearch · visual product search", fill_width=False) as app:
+    with gr.Blocks(title="vsearch · visual product search", fill_width=False,
+                   delete_cache=(files_max_age, files_max_age)) as app:
         with gr.Column(elem_classes="vs-header"):
             header = gr.Markdown(_header(index, categories))
         if notice:
