@@ -291,14 +291,24 @@ def test_gc_drops_what_no_generation_uses_and_keeps_the_live_and_previous_ones(t
     build_index(csv_path, idx, embedder=FakeEmbedder())  # previous generation still has every image
     keep(len(rows) - 4)
     build_index(csv_path, idx, embedder=FakeEmbedder())  # now the two generations kept lack the last two rows
+    assert _cached(idx) == len(rows)
+    db = sqlite3.connect(idx / store.CACHE_FILE)  # a vector of a used image, but by a model no generation uses
+    db.execute("INSERT INTO embeddings SELECT content_hash, 'another-model', dim, vector FROM embeddings "
+               "WHERE content_hash = ?", (used_hash,))
+    db.commit()
+    db.close()
     total = _cached(idx)
-    assert total == len(rows)
+    files_before = _file_hashes(idx)
+    assert total == len(rows) + 1 and len(files_before) == len(rows)
 
     dry = collect_garbage(idx, dry_run=True)
-    assert (dry.cache_rows, dry.downloads) == (2, 1) and _cached(idx) == total
+    assert (dry.cache_rows, dry.file_rows, dry.downloads) == (3, 2, 1) and _cached(idx) == total
     assert cli.main(["gc", "--index", str(idx)]) == 0
-    assert "deleted 2 cached embedding(s)" in capsys.readouterr().out
-    assert _cached(idx) == total - 2
+    assert "deleted 3 cached embedding(s)" in capsys.readouterr().out
+    assert _cached(idx) == total - 3
+    # the remembered (path, size, mtime) -> hash rows go with the images no generation uses
+    assert set(_file_hashes(idx)) == set(files_before) & set(_hashes(idx, everything=True)) and len(_file_hashes(idx)) == len(rows) - 2
+    assert not list(idx.glob(".gc-*")), "gc's scratch file is gone"
     assert set(_hashes(idx, everything=True)) <= set(_cache_hashes(idx))  # every image a generation uses stays cached
     assert (idx / "downloads" / "objects" / used_hash[:2] / used_hash).exists()
     assert not (downloads / ("ab" + "0" * 62)).exists()
@@ -322,6 +332,14 @@ def _cache_hashes(idx: Path) -> list[str]:
     db = sqlite3.connect(idx / store.CACHE_FILE)
     try:
         return [r[0] for r in db.execute("SELECT content_hash FROM embeddings")]
+    finally:
+        db.close()
+
+
+def _file_hashes(idx: Path) -> list[str]:
+    db = sqlite3.connect(idx / store.CACHE_FILE)
+    try:
+        return [r[0] for r in db.execute("SELECT content_hash FROM files")]
     finally:
         db.close()
 

@@ -18,6 +18,7 @@ from vsearch.cache import EmbeddingCache
 from vsearch.embedding_shards import (fill_from_shards, iter_embedding_shards, prune_shards, shard_fingerprint, shard_keys,
                                       write_embedding_shard)
 from vsearch.errors import VsearchError
+from vsearch.gc import UsedKeys
 
 TIMEOUT_S = 300
 BAD_ROW = {"product_id": "BROKEN", "image": "images/broken.jpg", "title": "Broken", "category": "mug",
@@ -263,17 +264,26 @@ def test_the_shards_join_reads_each_vector_into_its_rows_and_gc_drops_unused_and
     assert np.array_equal(out[[0, 1, 3]], np.stack([vecs["k4"], vecs["k1"], vecs["k4"]]))
     assert not out[[2, 4]].any()
 
-    used = {("k0", "model-a"), ("k2", "model-a"), ("k4", "model-a"), ("k6", "model-b"), ("k1", "model-b")}
+    def used():  # what gc knows the generations use, one gc run each
+        keys = UsedKeys(tmp_path.parent / f"used-{len(runs)}.sqlite")
+        runs.append(keys)
+        keys.add(["k0", "k2", "k4"], "model-a")
+        keys.add(["k6", "k1"], "model-b")
+        return keys.claim
+
+    runs: list = []
     (tmp_path / ".part-killed.tmp").write_bytes(b"PAR1 half a file")  # what a build killed mid-write leaves
-    assert prune_shards(tmp_path, used, dry_run=True) == 4 and len(list(tmp_path.glob("part-*"))) == 3
+    assert prune_shards(tmp_path, used(), dry_run=True) == 4 and len(list(tmp_path.glob("part-*"))) == 3
     assert (tmp_path / ".part-killed.tmp").exists()
-    assert prune_shards(tmp_path, used) == 4  # k1 k3 k5 unused (k1 only by another model), k2 repeated
+    assert prune_shards(tmp_path, used()) == 4  # k1 k3 k5 unused (k1 only by another model), k2 repeated
     assert not list(tmp_path.glob(".part-*"))
     assert shard_keys(tmp_path, "model-a") == {"k0", "k2", "k4"} and shard_keys(tmp_path, "model-b") == {"k6"}
     kept = {k: v for keys, part in iter_embedding_shards(tmp_path) for k, v in zip(keys, part)}
     assert len(kept) == 4 and all(np.array_equal(v, vecs[k]) for k, v in kept.items())
     assert sum(len(keys) for keys, _ in iter_embedding_shards(tmp_path)) == 4, "no key twice"
-    assert prune_shards(tmp_path, used) == 0
+    assert prune_shards(tmp_path, used()) == 0
+    for keys in runs:
+        keys.close()
 
 
 def test_compacting_keeps_the_marked_rows_in_order(monkeypatch):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -127,26 +127,27 @@ def fill_from_shards(folder: str | os.PathLike, fingerprint: str, wanted: dict[s
                 return
 
 
-def prune_shards(folder: str | os.PathLike, used: set[tuple[str, str]], *, dry_run: bool = False) -> int:
-    """Drop the rows whose (key, model fingerprint) is not in ``used``, and keys a shard repeats
-    from an earlier one; returns how many rows went. A shard that loses rows is written again
-    under a new name before the old file is removed, so a reader sees every kept vector at all
-    times (perhaps twice, which readers allow). Half-written files a killed build left
-    (``.part-*.tmp``) are deleted too: call this only while no build writes (gc holds the build lock)."""
+def prune_shards(folder: str | os.PathLike, claim: Callable[[list[str], str], list[bool]], *,
+                 dry_run: bool = False) -> int:
+    """Keep the rows ``claim(keys, model fingerprint)`` says yes to - a generation uses them, and
+    no earlier row claimed the same key (gc: ``UsedKeys.claim``) - and drop the others; returns
+    how many rows went. Shards are read a row group at a time in name order, so the first copy of
+    a repeated key wins. A shard that loses rows is written again under a new name before the old
+    file is removed, so a reader sees every kept vector at all times (perhaps twice, which readers
+    allow). Half-written files a killed build left (``.part-*.tmp``) are deleted too: call this
+    only while no build writes (gc holds the build lock)."""
     if not dry_run:
         for tmp in Path(folder).glob(".part-*.tmp"):
             tmp.unlink(missing_ok=True)
     dropped = 0
-    seen: set[tuple[str, str]] = set()
     for path in shard_paths(folder):
         fingerprint = _metadata(path)[META_FINGERPRINT].decode()
         keys, vectors = [], []
         total = 0
         for part_keys, part_vectors in read_shard_vectors(path):
             total += len(part_keys)
-            for key, vector in zip(part_keys, part_vectors):
-                if (key, fingerprint) in used and (key, fingerprint) not in seen:
-                    seen.add((key, fingerprint))
+            for key, vector, keep in zip(part_keys, part_vectors, claim(list(part_keys), fingerprint)):
+                if keep:
                     keys.append(key)
                     vectors.append(vector)
         if len(keys) == total:

@@ -29,6 +29,8 @@ from .build_lock import exclusive_build
 from .embedding_shards import prune_shards
 from .errors import VsearchError
 
+USED_KEYS_FILE = ".gc-used-keys.sqlite"  # scratch, beside the index, while gc runs
+
 
 @dataclass(frozen=True)
 class GcReport:
@@ -46,52 +48,120 @@ def collect_garbage(index_dir: str | os.PathLike, *, dry_run: bool = False) -> G
     """Remove cache entries and downloaded images that no generation in ``index_dir`` uses."""
     index_dir = Path(index_dir)
     store.read_current(index_dir)  # not an index: a clear error, and nothing is removed
-    with exclusive_build(index_dir):
+    with exclusive_build(index_dir), closing(UsedKeys(index_dir / USED_KEYS_FILE)) as used:
         gens = sorted(p for p in index_dir.glob(f"{store.GENERATION_PREFIX}*") if p.is_dir())
-        used: set[tuple[str, str]] = set()  # (content hash, model fingerprint)
         for gen in gens:
             fingerprint = store.read_manifest(gen)["model"]["fingerprint"]
-            with closing(store.open_products_db(gen)) as db:
-                used.update((h, fingerprint) for (h,) in db.execute("SELECT DISTINCT content_hash FROM images"))
-            used.update((h, fingerprint) for h in store.read_train_pairs(gen))
-        hashes = {h for h, _ in used}
+            used.add_generation(gen, fingerprint)
+            used.add(store.read_train_pairs(gen), fingerprint)
         cache_rows = file_rows = 0
         cache_path = index_dir / store.CACHE_FILE
         if cache_path.is_file():
-            cache_rows, file_rows = _prune_cache(cache_path, used, hashes, dry_run)
-        shard_rows = prune_shards(index_dir / SHARDS_DIR, used, dry_run=dry_run) if (index_dir / SHARDS_DIR).is_dir() else 0
-        downloads, freed = _prune_downloads(index_dir / DOWNLOADS_DIR, hashes, dry_run)
+            cache_rows, file_rows = _prune_cache(cache_path, used, dry_run)
+        shard_rows = (prune_shards(index_dir / SHARDS_DIR, used.claim, dry_run=dry_run)
+                      if (index_dir / SHARDS_DIR).is_dir() else 0)
+        downloads, freed = _prune_downloads(index_dir / DOWNLOADS_DIR, used, dry_run)
     return GcReport(tuple(g.name for g in gens), cache_rows, shard_rows, file_rows, downloads, freed)
 
 
-def _prune_cache(path: Path, used: set[tuple[str, str]], hashes: set[str], dry_run: bool) -> tuple[int, int]:
+class UsedKeys:
+    """The (content hash, model fingerprint) pairs the generations use, in a scratch SQLite file
+    (deleted on close) rather than in memory: at 100 M images a Python set of them would take
+    ~20 GB, the table a few GB of disk, and every question below is a join or a batch lookup."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.unlink(missing_ok=True)  # a gc killed earlier may have left one
+        self.db = sqlite3.connect(path, uri=True)  # uri: ATTACH below opens generations read-only by URI
+        self.db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            "CREATE TABLE used (hash TEXT NOT NULL, fp TEXT NOT NULL, claimed INTEGER NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (hash, fp)) WITHOUT ROWID;"
+            "CREATE TEMP TABLE probe (k TEXT PRIMARY KEY) WITHOUT ROWID;")
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+    def add_generation(self, generation: Path, fingerprint: str) -> None:
+        """Every content hash of a generation's images, read inside SQLite (nothing goes through Python)."""
+        db_path = generation / store.PRODUCTS_FILE
+        if not db_path.is_file():
+            raise VsearchError(f"{db_path} is missing; gc removed nothing (rebuild or delete {generation.name})")
+        self.db.execute("ATTACH DATABASE ? AS gen", (f"{db_path.resolve().as_uri()}?mode=ro",))
+        try:
+            self.db.execute("INSERT OR IGNORE INTO used (hash, fp) SELECT DISTINCT content_hash, ? FROM gen.images",
+                            (fingerprint,))
+            self.db.commit()
+        finally:
+            self.db.execute("DETACH DATABASE gen")
+
+    def add(self, hashes: list[str], fingerprint: str) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO used (hash, fp) VALUES (?, ?)", ((h, fingerprint) for h in hashes))
+        self.db.commit()
+
+    def _probe(self, keys: list[str]) -> None:
+        self.db.execute("DELETE FROM probe")
+        self.db.executemany("INSERT OR IGNORE INTO probe VALUES (?)", ((k,) for k in keys))
+
+    def known_hashes(self, hashes: list[str]) -> set[str]:
+        """Those of ``hashes`` some generation uses (with any model)."""
+        self._probe(hashes)
+        return {k for (k,) in self.db.execute(
+            "SELECT k FROM probe WHERE EXISTS (SELECT 1 FROM used WHERE used.hash = probe.k)")}
+
+    def claim(self, keys: list[str], fingerprint: str) -> list[bool]:
+        """Per key: used with this model and not claimed before (by an earlier call or earlier in
+        ``keys``); those are now claimed. What ``prune_shards`` keeps: each used vector once."""
+        self._probe(keys)
+        free = {k for (k,) in self.db.execute(
+            "SELECT hash FROM used JOIN probe ON used.hash = probe.k WHERE used.fp = ? AND used.claimed = 0",
+            (fingerprint,))}
+        self.db.execute("UPDATE used SET claimed = 1 WHERE fp = ? AND claimed = 0 AND hash IN (SELECT k FROM probe)",
+                        (fingerprint,))
+        out = []
+        for k in keys:
+            out.append(k in free)
+            free.discard(k)
+        return out
+
+
+def _prune_cache(path: Path, used: UsedKeys, dry_run: bool) -> tuple[int, int]:
+    """Delete the cache's vectors and file-hash rows no generation uses: joins against ``used``."""
+    stale = "NOT EXISTS (SELECT 1 FROM u.used WHERE u.used.hash = embeddings.content_hash AND u.used.fp = embeddings.fingerprint)"
+    orphan = "NOT EXISTS (SELECT 1 FROM u.used WHERE u.used.hash = files.content_hash)"
     try:
-        with closing(sqlite3.connect(path, timeout=30)) as db:
-            stale = [r for r in db.execute("SELECT content_hash, fingerprint FROM embeddings") if tuple(r) not in used]
-            files = [r[0] for r in db.execute("SELECT path, content_hash FROM files") if r[1] not in hashes]
-            if not dry_run and (stale or files):
-                db.executemany("DELETE FROM embeddings WHERE content_hash=? AND fingerprint=?", stale)
-                db.executemany("DELETE FROM files WHERE path=?", ((p,) for p in files))
+        with closing(sqlite3.connect(path, timeout=30, uri=True)) as db:
+            db.execute("ATTACH DATABASE ? AS u", (f"{used.path.resolve().as_uri()}?mode=ro",))
+            n_stale = db.execute(f"SELECT COUNT(*) FROM embeddings WHERE {stale}").fetchone()[0]
+            n_files = db.execute(f"SELECT COUNT(*) FROM files WHERE {orphan}").fetchone()[0]
+            if not dry_run and (n_stale or n_files):
+                db.execute(f"DELETE FROM embeddings WHERE {stale}")
+                db.execute(f"DELETE FROM files WHERE {orphan}")
                 db.commit()
+                db.execute("DETACH DATABASE u")
                 db.execute("VACUUM")
     except sqlite3.Error as e:
         raise VsearchError(f"embedding cache {path} could not be pruned ({e}); nothing in the index changed") from e
-    return len(stale), len(files)
+    return n_stale, n_files
 
 
-def _prune_downloads(root: Path, hashes: set[str], dry_run: bool) -> tuple[int, int]:
+def _prune_downloads(root: Path, used: UsedKeys, dry_run: bool) -> tuple[int, int]:
     """Delete downloaded objects (``objects/<sha[:2]>/<sha>``) no generation uses, and their URL rows."""
     objects = root / "objects"
     if not objects.is_dir():
         return 0, 0
     gone: list[str] = []
     freed = 0
-    for path in objects.glob("*/*"):
-        if path.is_file() and not path.name.startswith(".") and path.name not in hashes:
-            freed += path.stat().st_size
-            gone.append(path.name)
-            if not dry_run:
-                path.unlink(missing_ok=True)
+    for folder in sorted(p for p in objects.iterdir() if p.is_dir()):  # one <sha[:2]> folder at a time
+        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        known = used.known_hashes([p.name for p in files])
+        for path in files:
+            if path.name not in known:
+                freed += path.stat().st_size
+                gone.append(path.name)
+                if not dry_run:
+                    path.unlink(missing_ok=True)
     urls = root / "urls.sqlite"
     if gone and not dry_run and urls.is_file():
         try:
