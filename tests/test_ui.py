@@ -118,14 +118,14 @@ def test_catalog_photo_finds_its_product_first(client, tmp_path):
 def test_a_shoppers_uploaded_photo_leaves_the_server_once_it_is_old(tmp_path, monkeypatch):
     cache = tmp_path / "gradio-cache"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # where this server's uploads land
-    srv = start_server(tmp_path / "srv", files_max_age=4)
+    srv = start_server(tmp_path / "srv", files_max_age=10)  # long enough for a search on a busy machine
     try:
         photo = shopper_photo(tmp_path, 5, name="a-shoppers-photo.jpg")
         hits = Client(srv.url, verbose=False).predict(handle_file(photo), api_name="/search")
         assert hits[0]["product_id"] == "P005"
         uploaded = list(cache.rglob("a-shoppers-photo.jpg"))
         assert uploaded  # the search went through the server's copy of the upload
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 45  # swept every 10 s once 10 s old
         while any(p.exists() for p in uploaded) and time.monotonic() < deadline:
             time.sleep(0.25)
         assert not any(p.exists() for p in uploaded), "the shopper's photo is still on the server"
