@@ -298,7 +298,7 @@ def test_gc_drops_what_no_generation_uses_and_keeps_the_live_and_previous_ones(t
     db.commit()
     db.close()
     total = _cached(idx)
-    files_before = _file_hashes(idx)
+    files_before = _cache_hashes(idx, "files")
     assert total == len(rows) + 1 and len(files_before) == len(rows)
 
     dry = collect_garbage(idx, dry_run=True)
@@ -307,7 +307,7 @@ def test_gc_drops_what_no_generation_uses_and_keeps_the_live_and_previous_ones(t
     assert "deleted 3 cached embedding(s)" in capsys.readouterr().out
     assert _cached(idx) == total - 3
     # the remembered (path, size, mtime) -> hash rows go with the images no generation uses
-    assert set(_file_hashes(idx)) == set(files_before) & set(_hashes(idx, everything=True)) and len(_file_hashes(idx)) == len(rows) - 2
+    assert set(_cache_hashes(idx, "files")) == set(files_before) & set(_hashes(idx, everything=True)) and len(_cache_hashes(idx, "files")) == len(rows) - 2
     assert not list(idx.glob(".gc-*")), "gc's scratch file is gone"
     assert set(_hashes(idx, everything=True)) <= set(_cache_hashes(idx))  # every image a generation uses stays cached
     assert (idx / "downloads" / "objects" / used_hash[:2] / used_hash).exists()
@@ -328,18 +328,11 @@ def _hashes(idx: Path, everything: bool = False) -> list[str]:
     return out
 
 
-def _cache_hashes(idx: Path) -> list[str]:
+def _cache_hashes(idx: Path, table: str = "embeddings") -> list[str]:
+    """The content hashes of the cache's vectors, or (table="files") of its file-hash rows."""
     db = sqlite3.connect(idx / store.CACHE_FILE)
     try:
-        return [r[0] for r in db.execute("SELECT content_hash FROM embeddings")]
-    finally:
-        db.close()
-
-
-def _file_hashes(idx: Path) -> list[str]:
-    db = sqlite3.connect(idx / store.CACHE_FILE)
-    try:
-        return [r[0] for r in db.execute("SELECT content_hash FROM files")]
+        return [r[0] for r in db.execute(f"SELECT content_hash FROM {table}")]
     finally:
         db.close()
 

@@ -141,7 +141,7 @@ def prune_shards(folder: str | os.PathLike, claim: Callable[[list[str], str], li
             tmp.unlink(missing_ok=True)
     dropped = 0
     for path in shard_paths(folder):
-        fingerprint = _metadata(path)[META_FINGERPRINT].decode()
+        fingerprint = shard_fingerprint(path)
         keys, vectors = [], []
         total = 0
         for part_keys, part_vectors in read_shard_vectors(path):
@@ -169,9 +169,7 @@ def _metadata(path: Path) -> dict[bytes, bytes]:
 
 def shard_fingerprint(path: str | os.PathLike) -> str:
     """The model fingerprint a shard file records."""
-    import pyarrow.parquet as pq
-
-    return (pq.read_schema(path).metadata or {}).get(META_FINGERPRINT, b"").decode()
+    return _metadata(Path(path)).get(META_FINGERPRINT, b"").decode()
 
 
 def read_shard_vectors(path: str | os.PathLike, *, dim: int | None = None,
