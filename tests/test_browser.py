@@ -1,5 +1,5 @@
 """One real-browser run of the page: upload a photo, search, see the product and the index's exact
-verdict, an unrelated photo says "no close match", an index without verdicts says "best guesses",
+verdict, an unrelated photo says "not sure", an index without verdicts says "best guesses",
 crop to one item and search again (headless Debian Chromium); no request leaves the machine."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
                 upload(page, photo, 400)
                 page.locator("#vs-search").click()
                 page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(timeout=20_000)
-                heading_is(page, ui.VERDICT_TITLES[True])  # exactly "Close match", not "No close match"
+                heading_is(page, ui.VERDICT_TITLES[True])  # exactly "Close match", not a title that merely contains it
                 assert page.locator(captions).first.inner_text().startswith("Product 5")
                 page.locator("#vs-results .thumbnail-item").first.click()  # details of the top result
                 page.get_by_text("View product page").first.wait_for(timeout=10_000)
@@ -65,7 +65,7 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
                     " return im.length === 2 && im.every(i => i.complete && i.naturalWidth > 0); }", timeout=10_000)
                 assert page.locator("#vs-this-is-it").count() == 0  # feedback is off unless --feedback
 
-                # an unrelated photo: the nearest products, said to be no close match
+                # an unrelated photo: the nearest products, "not sure"
                 upload(page, grey, 64)
                 page.locator("#vs-search").click()
                 heading_is(page, ui.VERDICT_TITLES[False])

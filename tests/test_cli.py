@@ -45,7 +45,7 @@ def test_search_prints_ranked_products(built, capsys):
 
 def test_search_says_each_verdict_in_its_own_words():
     assert VERDICT_LINES[True] == "close match:"
-    assert VERDICT_LINES[False].startswith("no close match") and VERDICT_LINES[None].startswith("best guesses")
+    assert VERDICT_LINES[False].startswith("not sure") and VERDICT_LINES[None].startswith("best guesses")
 
 
 def test_search_json_and_filters(built, capsys):

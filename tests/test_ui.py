@@ -202,7 +202,7 @@ def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
 
     headings = {state: ui._status([hit(state), hit(state)], 0.01).splitlines()[0] for state in (True, False, None)}
     assert headings == {True: "### Close match",
-                        False: "### No close match - these are the nearest products",
+                        False: "### Not sure - these are the nearest products",
                         None: "### Best guesses (this index cannot tell a close match)"}
     assert ui._status([], 0.01).splitlines()[0] == "### No products found"
     # no fixed fallback threshold: a weak score the index calls a close match (or gives no verdict on)
@@ -211,7 +211,7 @@ def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
     assert ui._status([hit(True, score=0.2)], 0.01).startswith("### Close match\n")
     assert ui._status([hit(None, score=0.99)], 0.01).startswith("### Best guesses")
     details = {state: ui._details(server.index, hit(state)) for state in (True, False, None)}
-    assert "(close match)" in details[True] and "(not a close match)" in details[False]
+    assert "(close match)" in details[True] and "(not sure)" in details[False]
     assert "(no verdict)" in details[None] and "close match)" not in details[None]
 
 

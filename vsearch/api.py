@@ -211,7 +211,7 @@ def _models():
         rank: int
         product_id: str
         score: float = Field(description="cosine similarity of the best-matching catalog image")
-        confident: bool | None = Field(description="true: close match; false: not a close match; "
+        confident: bool | None = Field(description="true: close match; false: not sure (below the close-match bar); "
                                        "null: this index gives no verdict")
         verdict: str = Field(description="close_match, no_close_match or no_verdict")
         title: str

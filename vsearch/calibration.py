@@ -74,7 +74,7 @@ class VerdictCalibration:
     covers: frozenset[str] | None = None
 
     def decide(self, top_score: float, runner_up: float | None = None, product_id: str | None = None) -> bool | None:
-        """True = close match, False = no close match, None = this index gives no verdict (at all,
+        """True = close match, False = not sure (below the bar), None = this index gives no verdict (at all,
         or for this top-1 product: see ``covers``).
 
         runner_up: the second product's score (None when there is no second product: the margin

@@ -447,7 +447,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 VERDICT_LINES = {
     True: "close match:",
-    False: "no close match in this catalog; the nearest products are:",
+    False: "not sure (no result clears the close-match bar); the nearest products are:",
     None: "best guesses (this index cannot tell a close match reliably):",
 }
 

@@ -408,7 +408,7 @@ def _worst_row(r: QueryResult, index: ProductIndex, thumbs: _Thumbs, opts: Mappi
     cells = [PictureCell(thumbs(r.image), "query", f"{r.category or ''}\n{r.image}", alt="query photo")]
     if r.ranked:
         top = _best_image(index, vec, [r.top], exclude, opts) if vec is not None else None
-        verdict = {True: "close match", False: "not a close match", None: "no verdict"}.get(r.confident, "")
+        verdict = {True: "close match", False: "not sure", None: "no verdict"}.get(r.confident, "")
         cells.append(PictureCell(thumbs(top[1]) if top else "", f"1st: {r.top}",
                                  f"score {r.scores[0]:.3f} ({verdict})\n{top[1] if top else ''}",
                                  tone="good" if r.rank == 1 else "bad", alt="first result"))

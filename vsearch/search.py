@@ -47,7 +47,7 @@ class Hit(ReadsProduct):
     score: float  # cosine similarity of the best-matching catalog image (higher is closer)
     image: str  # the catalog image of this product that matched best (path or URL)
     matched_images: tuple[str, ...] = ()  # this product's images among the hits, best first
-    # The index's verdict on this result: True = a close match, False = not a close match,
+    # The index's verdict on this result: True = a close match, False = not sure (below the bar),
     # None = this index gives no verdict (it cannot tell at the precision it promises).
     confident: bool | None = None
     image_id: int = -1  # id of `image` in its generation (the web app serves images by generation + id)

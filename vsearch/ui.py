@@ -43,16 +43,18 @@ PREVIEW_SIDE = 640  # the crop preview is decoded (JPEG draft) and shown at abou
 # that runs for months must not keep every shopper's photo, nor fill its disk.
 PAGE_FILES_MAX_AGE_S = 3600
 
-#: What the page says for each state of ``Hit.confident`` of the top result.
+#: What the page says for each state of ``Hit.confident`` of the top result. False says "not sure",
+#: not "no match": the calibrated rule only vouches for answers above its bar; below it the first
+#: result is often still the right product (5 of the 8 sample shopper photos), just not a sure one.
 VERDICT_TITLES: dict[bool | None, str] = {
     True: "Close match",
-    False: "No close match - these are the nearest products",
+    False: "Not sure - these are the nearest products",
     None: "Best guesses (this index cannot tell a close match)",
 }
 GALLERY_LABELS: dict[bool | None, str] = {
-    True: "Matching products", False: "Nearest products (not close matches)", None: "Best guesses",
+    True: "Matching products", False: "Nearest products (not sure)", None: "Best guesses",
 }
-HIT_VERDICTS: dict[bool | None, str] = {True: "close match", False: "not a close match", None: "no verdict"}
+HIT_VERDICTS: dict[bool | None, str] = {True: "close match", False: "not sure", None: "no verdict"}
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
@@ -300,7 +302,7 @@ def why_it_matched(photo: Any, margins: Sequence[float | None] | None, hit: Mapp
     image = str(source or hit.get("image", ""))
     matched = list(hit.get("matched_images") or [image])
     confident = hit.get("confident")
-    verdict = {True: "close match", False: "not a close match"}.get(confident, "no verdict")
+    verdict = HIT_VERDICTS.get(confident, "no verdict")
     more = f"\n{len(matched) - 1} more of its images also matched" if len(matched) > 1 else ""
     cells = [
         PictureCell(query, "your photo", "as searched", alt="your photo"),
