@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vsearch"
 # cycles, not for layers.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"metrics", "query_options", "images", "product", "build_lock"},
+    {"metrics", "query_options", "images", "product", "build_lock", "locate"},
     {"catalog", "fetch", "cache", "shopper_photos", "embedding_shards"},
     {"embedders"},
     {"embeddings_io", "ray_engine"},

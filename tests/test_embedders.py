@@ -242,16 +242,25 @@ def test_effnet_multilayer_read_out_adds_the_last_stage_and_still_retrieves(effn
     assert float(v[0] @ v[1]) > 0.8 and float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
 
 
-def test_salient_box_is_the_bounding_box_of_the_strongest_cells():
-    torch = pytest.importorskip("torch")
-    from vsearch.embedders.efficientnet import salient_boxes
+def test_map_windows_and_the_photo_region_each_one_sees():
+    from vsearch import locate
 
-    fmap = torch.full((2, 8, 7, 7), 0.1)
-    fmap[0, :, 4:6, 1:3] = 1.0  # one object, lower left
-    fmap[1, :, 0, 0] = 1.0  # two objects in opposite corners: the box spans both
-    fmap[1, :, 6, 5] = 0.9
-    assert salient_boxes(fmap) == [(4, 6, 1, 3), (0, 7, 0, 6)]
-    assert salient_boxes(fmap, fraction=0.95)[1] == (0, 1, 0, 1)
+    fmap = np.full((8, 7, 7), 0.1, dtype=np.float32)
+    fmap[:, 4:7, 1:4] = 1.0  # an object in the lower left
+    vectors, boxes = locate.window_vectors(fmap)
+    assert len(boxes) == 25 + 16 + 9 and vectors.shape == (50, 8)
+    np.testing.assert_allclose(vectors[boxes.index((2, 7, 0, 5))], fmap[:, 2:7, 0:5].mean(axis=(1, 2)), rtol=1e-6)
+    assert boxes[int(np.argmax(vectors[:, 0]))] == (4, 7, 1, 4)  # the window exactly on it is the most active
+    assert locate.window_vectors(fmap[:, :2, :2])[1] == [(0, 2, 0, 2)]  # a map smaller than every window: the whole map
+    # 800 x 600 photo: the model sees its centre 600 x 600 (x from 100), at 224 px, 32 px a cell
+    scale = 224 / 600
+    left, top, right, bottom = locate.photo_region((800, 600), (2, 5, 2, 5), 7, 224)
+    assert (right - left) == (bottom - top) == round(3 * 32 * 1.5 / scale)  # square, 1.5 x the window
+    assert abs((left + right) / 2 - 400) <= 1 and abs((top + bottom) / 2 - 300) <= 1  # centre cell -> photo centre
+    left, top, right, bottom = locate.photo_region((800, 600), (0, 3, 0, 3), 7, 224)
+    assert (left, top) == (round(48 / scale + 100 - (right - left) / 2), 0)  # shifted down into the photo, not cut
+    assert locate.photo_region((300, 300), (0, 7, 0, 7), 7, 224) == (0, 0, 300, 300)  # never larger than the photo
+    assert locate.load_side(224) == 349  # the smallest close-up (3 cells + margin) still has 224 px
 
 
 def _on_a_table(photo: Image.Image, corner: tuple[int, int]) -> Image.Image:
@@ -263,30 +272,30 @@ def _on_a_table(photo: Image.Image, corner: tuple[int, int]) -> Image.Image:
     return scene
 
 
-def test_effnet_locates_a_small_product_in_the_same_forward_pass(effnet, grace):
-    """The located vector pools the photo's most active cells: it leaves out the table's far side
-    and comes closer to the product alone than the whole photo does; the full vector is the plain
-    one. (The 7 x 7 map localises coarsely - the box still spans most of the photo - which is why
-    locate is off by default: benchmarks/RESULTS.md.)"""
-    import torch
-
-    from vsearch.embedders.efficientnet import salient_boxes
+def test_effnet_finds_a_small_product_and_its_close_up_is_nearer_the_product(effnet, grace):
+    """From one forward pass: the full vector (the plain one) and the feature map. The map window
+    that best matches the product alone lies on its side of the table, and the photo cut there
+    (vsearch.locate) is far nearer the product than the whole photo is."""
+    from vsearch import locate
 
     target = effnet.embed_images([grace])[0]
     corners = ((256, 16), (16, 224))  # top right, bottom left
     scenes = [_on_a_table(grace, corner) for corner in corners]
-    full, located = effnet.embed_images_located(scenes)
-    assert_unit_vectors(located, 2, 1280)
+    full, maps = effnet.embed_images_mapped(scenes)
     np.testing.assert_allclose(full, effnet.embed_images(scenes), atol=1e-5)
-    assert (located @ target > full @ target + 0.005).all()
-    with torch.inference_mode():
-        boxes = salient_boxes(effnet.model.forward_features(torch.stack([effnet.preprocess(s) for s in scenes])))
-    (r0, r1, c0, c1), (s0, s1, d0, d1) = boxes
-    assert c0 > 0 and c1 == 7  # product on the right: the left edge is left out
-    assert s0 > 0 and d0 == 0  # product at the bottom left: the top edge is left out
+    assert maps.shape == (2, 1280, 7, 7) and maps.dtype == np.float32
+    close_ups = []
+    for scene, fmap, (x, y) in zip(scenes, maps, corners):
+        vectors, boxes = locate.window_vectors(fmap)
+        r0, r1, c0, c1 = boxes[int(np.argmax(vectors @ target / np.linalg.norm(vectors, axis=1)))]
+        cx, cy = (c0 + c1) / 2 * 448 / 7, (r0 + r1) / 2 * 448 / 7  # the window's centre, in scene pixels
+        assert abs(cx - (x + 88)) < 120 and abs(cy - (y + 104)) < 120  # on the product (176 x 208 at x, y)
+        close_ups.append(scene.crop(locate.photo_region(scene.size, (r0, r1, c0, c1), 7, effnet.input_size)))
+    zoomed = effnet.embed_images(close_ups)
+    assert (zoomed @ target > full @ target + 0.05).all()
     ml = load_embedder("efficientnet-lite0:ml", precision="fp32")
     with pytest.raises(ModelError, match="locat"):
-        ml.embed_images_located(scenes[:1])
+        ml.embed_images_mapped(scenes[:1])
 
 
 def test_bundled_weights_with_wrong_shapes_are_refused(tmp_path):

@@ -146,29 +146,57 @@ def test_flip_tta_helps_a_mirrored_photo(catalog_csv, tmp_path):
 
 
 class _LocatingFake(FakeEmbedder):
-    """FakeEmbedder whose "located" read-out is the photo's middle third (where these tests put the product)."""
+    """FakeEmbedder with a 7 x 7 "feature map": each cell is the thumbnail vector of its part of the
+    photo (square photos here, so the model's centre crop is the whole photo). Remembers what it
+    was asked to embed."""
 
     can_locate = True
 
-    def embed_images_located(self, images):
-        middle = [im.crop((im.width // 3, im.height // 3, 2 * im.width // 3, 2 * im.height // 3)) for im in images]
-        return self.embed_images(images), self.embed_images(middle)
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def embed_images(self, images):
+        self.seen.append(images)
+        return super().embed_images(images)
+
+    def embed_images_mapped(self, images):
+        def cell(im, r, c):
+            side = im.width / 7
+            return super(_LocatingFake, self).embed_images(
+                [im.crop((round(c * side), round(r * side), round((c + 1) * side), round((r + 1) * side)))])[0]
+
+        maps = [np.stack([np.stack([cell(im, r, c) for c in range(7)], axis=-1) for r in range(7)], axis=-2) for im in images]
+        return super().embed_images(images), np.stack(maps)
 
 
-def test_locate_keeps_the_better_scoring_of_the_whole_photo_and_its_located_object(catalog_csv, tmp_path):
+def test_locate_zooms_in_on_the_item_and_scores_both_looks(catalog_csv, tmp_path):
     build_index(catalog_csv, tmp_path / "idx", embedder=FakeEmbedder())
     index = ProductIndex.load(tmp_path / "idx", _LocatingFake())
     rng = np.random.default_rng(0)
     table = Image.fromarray(rng.integers(0, 255, (288, 288, 3), dtype=np.uint8))
-    table.paste(draw_product(2), (96, 96))  # small, in the middle of clutter
-    whole = index.search(image=table, k=3)
-    middle = index.search_vector(index.embedder.embed_images_located([table])[1][0], k=3)
+    table.paste(draw_product(2), (150, 40))  # small, top right, on clutter
     located = index.search(image=table, k=3, locate=True)
-    assert located[0].product_id == "P002" and whole[0].score < middle[0].score
-    assert [(h.product_id, h.score) for h in located] == [(h.product_id, h.score) for h in middle]
-    # a clean packshot: the whole photo scores higher than its middle, and is kept
-    shot = draw_product(5)
-    assert index.search(image=shot, k=3, locate=True)[0].score == index.search(image=shot, k=3)[0].score
+    (close_up,) = index.embedder.seen[-1]  # the second look: around the product, not the whole table
+    assert 96 <= close_up.width == close_up.height < 288
+    left, top = next((x, y) for x in range(0, 200) for y in range(0, 200)
+                     if np.array_equal(np.asarray(table.crop((x, y, x + close_up.width, y + close_up.height))),
+                                       np.asarray(close_up)))
+    assert left <= 150 and top <= 40 and left + close_up.width >= 246 and top + close_up.height >= 136
+    # each product scored by its best image under the whole photo and under the close-up, averaged
+    zoom = FakeEmbedder().embed_images([close_up])[0]
+    whole_vec = FakeEmbedder().embed_images([table])[0]
+    by_whole = {h.product_id: h.score for h in index.search_vector(whole_vec, k=12)}
+    by_zoom = {h.product_id: h.score for h in index.search_vector(zoom, k=12)}
+    expected = sorted(((by_whole[p] + by_zoom[p]) / 2, p) for p in by_whole)[::-1][:3]
+    assert [(h.product_id, round(h.score, 5)) for h in located] == [(p, round(s, 5)) for s, p in expected]
+    assert [h.rank for h in located] == [1, 2, 3]
+    assert all(h.confident is None for h in located)  # the verdict was calibrated on one-look scores
+    # filters and held-out images hold in both looks
+    mugs = index.search(image=table, k=3, locate=True, filters={"category": "mug"})  # P002 is a lamp
+    assert mugs and all(h.product.category == "mug" for h in mugs)
+    p002 = [vid for vid, _ in index.images_by_product()["P002"]]
+    assert all(h.product_id != "P002" for h in index.search(image=table, k=12, locate=True, exclude_images=p002))
     with pytest.raises(VsearchError, match="text"):
         index.search(image=table, text="red mug", locate=True)
     with pytest.raises(VsearchError, match="test-time augmentation"):

@@ -11,7 +11,7 @@ import itertools
 import json
 import logging
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -377,10 +377,11 @@ class ProductIndex:
         for alpha-QE, or {"k": 0} for none; product_scoring - "max", "mean" or "top2" of a
         product's image scores; zero_shot_categories - CLIP only: keep only the n catalog
         categories the photo most resembles by name (0 = off); exclude_images - image ids
-        never returned (self-test holds an image out this way); locate - also search the main
-        object of the photo, found in the model's own activation map (same forward pass), and keep
-        whichever answer's first result scores higher (photo-only queries, EfficientNet models;
-        measured in benchmarks/RESULTS.md, off by default).
+        never returned (self-test holds an image out this way); locate - find the item in the photo
+        and look again closer (vsearch.locate: a second model pass on the close-up; photo-only
+        queries, EfficientNet models; off by default, measured in benchmarks/RESULTS.md). Its
+        answers carry no verdict (``confident`` None): the close-match bar was calibrated on
+        one-pass queries, whose scores these are not.
         """
         if locate:
             return self._search_located(image, text, k, filters, tta=tta, query_expansion=query_expansion,
@@ -393,7 +394,8 @@ class ProductIndex:
 
     def _search_located(self, image: ImageSource | None, text: str | None, k: int, filters: Mapping[str, Any] | None,
                         *, tta: str | None, **options: Any) -> list[Hit]:
-        """search(locate=True): the whole photo and its located object, the better-scoring answer."""
+        """search(locate=True): the full photo, then a close-up of the item (see vsearch.locate)."""
+        from . import locate
         from .images import load_image
 
         if image is None or (text and text.strip()):
@@ -403,10 +405,49 @@ class ProductIndex:
         if not getattr(self.embedder, "can_locate", False):
             raise ModelError(f"the index's model {getattr(self.embedder, 'spec', self.embedder.name)!r} cannot locate "
                              "the item in a photo; locate needs the plain efficientnet-lite0 read-out")
-        img = load_image(image, min_side=getattr(self.embedder, "input_size", None))
-        full, located = self.embedder.embed_images_located([img])
-        answers = [self.search_vector(v, k=k, filters=filters, **options) for v in (full[0], located[0])]
-        return max(answers, key=lambda hits: hits[0].score if hits else float("-inf"))
+        if not 1 <= int(k) <= MAX_K:
+            raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
+        img = load_image(image, min_side=locate.load_side(self.embedder.input_size))
+        full, maps = self.embedder.embed_images_mapped([img])
+        gen = self._gen  # one generation for the whole query, even if a reload lands meanwhile
+        depth = max(int(k) + 1, locate.SHORTLIST)
+        first = self.search_vector(full[0], k=depth, filters=filters, **options)
+        if not first or first[0].generation != gen.name:
+            return [replace(h, confident=None) for h in first[:k]]
+        excluded = np.asarray(list(options.get("exclude_images") or ()), dtype=np.int64)
+
+        def images_of(hits: list[Hit]) -> dict[int, np.ndarray]:
+            out = {}
+            for h in hits:
+                pid = int(gen.vid_to_pid[h.image_id])
+                vids = gen.vids_of(pid)
+                out[pid] = vids[~np.isin(vids, excluded)] if len(excluded) else vids
+            return out
+
+        candidates = images_of(first)
+        vids = np.concatenate(list(candidates.values()))
+        vectors = gen.vectors_of(vids)
+        windows, boxes = locate.window_vectors(maps[0])
+        windows /= np.maximum(np.linalg.norm(windows, axis=1, keepdims=True), 1e-12)
+        best = int(np.argmax((gen.to_index_space(windows) @ vectors.T).max(axis=1)))
+        close_up = img.crop(locate.photo_region(img.size, boxes[best], maps.shape[-1], self.embedder.input_size))
+        zoom = self.embedder.embed_images([close_up])
+        second = self.search_vector(zoom[0], k=depth, filters=filters, **options)
+        if second and second[0].generation == gen.name:
+            candidates.update(images_of([h for h in second if int(gen.vid_to_pid[h.image_id]) not in candidates]))
+        # every candidate scored exactly under both passes: its best image for each, summed (halved,
+        # so the score stays a similarity in [-1, 1]); the image shown is the best under both
+        queries = gen.to_index_space(np.concatenate([full, zoom]).astype(np.float32))
+        scoring = options.get("product_scoring") or self.query_defaults()["product_scoring"]
+        merged = []
+        for pid, own in candidates.items():
+            if not len(own):
+                continue
+            sims = gen.vectors_of(own) @ queries.T  # [images, 2]
+            score = (product_score(sims[:, 0], scoring) + product_score(sims[:, 1], scoring)) / 2
+            merged.append((pid, float(score), [int(own[int(np.argmax(sims.sum(axis=1)))])]))
+        merged.sort(key=lambda b: -b[1])
+        return [replace(h, confident=None) for h in self._hits(gen, merged, int(k))]
 
     def _zero_shot_filter(self, query: np.ndarray, n: int, filters: Mapping[str, Any] | None) -> dict[str, Any]:
         """Restrict to the n categories whose names ("a photo of a <category>") match the query best."""

@@ -40,9 +40,6 @@ ML_STAGE = 6
 ML_DIM = 320
 ML_WEIGHT = 0.5
 INPUT_SIZE = 224
-# "Locate" read-out: the main object is the bounding box of the feature-map cells whose activation
-# (channel norm) reaches this share of the photo's strongest cell (benchmarks/RESULTS.md, crop).
-LOCATE_FRACTION = 0.55
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 # Bump when preprocessing or the feature read-out changes vectors for the same weights.
@@ -167,30 +164,25 @@ class EfficientNetEmbedder(TorchEmbedder):
 
     @property
     def can_locate(self) -> bool:
-        """Whether ``embed_images_located`` applies: the plain single-scale, head-only read-out."""
+        """Whether ``embed_images_mapped`` applies: the plain single-scale, head-only read-out."""
         return len(self.scales) == 1 and not self.multilayer
 
-    def embed_images_located(self, images: "list[Image.Image]") -> tuple[np.ndarray, np.ndarray]:
-        """(full, located) L2-normalised vectors from one forward pass per photo.
-
-        located pools the same feature map over the bounding box of its most active cells (the
-        main object of a cluttered photo), so finding the item costs no second model run.
-        """
+    def embed_images_mapped(self, images: "list[Image.Image]") -> tuple[np.ndarray, np.ndarray]:
+        """(full, maps): the photos' L2-normalised vectors and, from the same forward pass, the
+        feature maps they were pooled from (float32 [n, 1280, 7, 7]), so finding the item in a
+        photo (vsearch.locate) costs no extra model run."""
         import torch
 
         if not self.can_locate:
             raise ModelError(f"locating the item needs the plain {EFFICIENTNET_NAME} read-out, not {self.spec!r}")
         if not images:
-            empty = np.zeros((0, self.dim), dtype=np.float32)
-            return empty, empty
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros((0, self.dim, 7, 7), dtype=np.float32)
         batch = torch.stack([self.preprocess(im) for im in images])
         batch = batch.to(_precision.input_dtype(self.precision, self.bf16_mode))
         with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
             fmap = self._model.forward_features(batch).float()
             full = self._pool(fmap)
-            located = torch.stack([self._pool(f[None, :, r0:r1, c0:c1])[0]
-                                   for f, (r0, r1, c0, c1) in zip(fmap, salient_boxes(fmap))])
-        return _normalise(full), _normalise(located)
+        return _normalise(full), np.ascontiguousarray(fmap.numpy(), dtype=np.float32)
 
     def _describe(self, x: "torch.Tensor") -> "torch.Tensor":
         """One input size -> descriptor: the pooled head, plus the last stage's mean for ":ml"."""
@@ -224,17 +216,6 @@ class EfficientNetEmbedder(TorchEmbedder):
         with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
             logits = self._model.forward_head(self._model.forward_features(batch))
         return np.ascontiguousarray(logits.float().softmax(dim=-1).numpy(), dtype=np.float32)
-
-
-def salient_boxes(fmap: "torch.Tensor", fraction: float = LOCATE_FRACTION) -> list[tuple[int, int, int, int]]:
-    """Per map [n, C, H, W]: (row0, row1, col0, col1), the bounding box (end-exclusive) of the
-    cells whose channel norm is >= fraction x that map's strongest cell."""
-    saliency = fmap.float().norm(dim=1)  # [n, H, W]
-    boxes = []
-    for sal in saliency:
-        rows, cols = (sal >= fraction * sal.max()).nonzero(as_tuple=True)
-        boxes.append((int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1))
-    return boxes
 
 
 def parse_efficientnet_spec(spec: str) -> dict:
