@@ -11,6 +11,7 @@ from vsearch import transforms as post
 from vsearch.query_options import product_score
 from vsearch.build import build_index
 from vsearch.errors import ModelError, VsearchError
+from vsearch.calibration import VerdictCalibration
 from vsearch.search import ProductIndex
 
 
@@ -191,7 +192,14 @@ def test_locate_zooms_in_on_the_item_and_scores_both_looks(catalog_csv, tmp_path
     expected = sorted(((by_whole[p] + by_zoom[p]) / 2, p) for p in by_whole)[::-1][:3]
     assert [(h.product_id, round(h.score, 5)) for h in located] == [(p, round(s, 5)) for s, p in expected]
     assert [h.rank for h in located] == [1, 2, 3]
-    assert all(h.confident is None for h in located)  # the verdict was calibrated on one-look scores
+    # the verdict stays the calibrated one-look verdict of each product, whatever the new order
+    one_look = {h.product_id: h.confident for h in index.search(image=table, k=50)}
+    assert [h.confident for h in located] == [one_look[h.product_id] for h in located]
+    index._gen.verdict = VerdictCalibration.from_dict({"threshold": 0.12, "signal": "score"})  # as if calibrated
+    one_look = {h.product_id: h.confident for h in index.search(image=table, k=50)}
+    relocated = index.search(image=table, k=12, locate=True)
+    assert {True, False} <= {h.confident for h in relocated}
+    assert [h.confident for h in relocated] == [one_look[h.product_id] for h in relocated]
     # filters and held-out images hold in both looks
     mugs = index.search(image=table, k=3, locate=True, filters={"category": "mug"})  # P002 is a lamp
     assert mugs and all(h.product.category == "mug" for h in mugs)

@@ -379,9 +379,9 @@ class ProductIndex:
         categories the photo most resembles by name (0 = off); exclude_images - image ids
         never returned (self-test holds an image out this way); locate - find the item in the photo
         and look again closer (vsearch.locate: a second model pass on the close-up; photo-only
-        queries, EfficientNet models; off by default, measured in benchmarks/RESULTS.md). Its
-        answers carry no verdict (``confident`` None): the close-match bar was calibrated on
-        one-pass queries, whose scores these are not.
+        queries, EfficientNet models; off by default, measured in benchmarks/RESULTS.md). Each
+        result keeps the verdict the first look gave its product (the close-match bar was
+        calibrated on one-look scores; the second look only reorders).
         """
         if locate:
             return self._search_located(image, text, k, filters, tta=tta, query_expansion=query_expansion,
@@ -413,7 +413,7 @@ class ProductIndex:
         depth = max(int(k) + 1, locate.SHORTLIST)
         first = self.search_vector(full[0], k=depth, filters=filters, **options)
         if not first or first[0].generation != gen.name:
-            return [replace(h, confident=None) for h in first[:k]]
+            return first[:k]
         excluded = np.asarray(list(options.get("exclude_images") or ()), dtype=np.int64)
 
         def images_of(hits: list[Hit]) -> dict[int, np.ndarray]:
@@ -447,7 +447,10 @@ class ProductIndex:
             score = (product_score(sims[:, 0], scoring) + product_score(sims[:, 1], scoring)) / 2
             merged.append((pid, float(score), [int(own[int(np.argmax(sims.sum(axis=1)))])]))
         merged.sort(key=lambda b: -b[1])
-        return [replace(h, confident=None) for h in self._hits(gen, merged, int(k))]
+        # the verdict was calibrated on one-look scores: each product keeps the one its first look
+        # gave it (None if that look did not shortlist it); the second look only reorders
+        said = {h.product_id: h.confident for h in first}
+        return [replace(h, confident=said.get(h.product_id)) for h in self._hits(gen, merged, int(k))]
 
     def _zero_shot_filter(self, query: np.ndarray, n: int, filters: Mapping[str, Any] | None) -> dict[str, Any]:
         """Restrict to the n categories whose names ("a photo of a <category>") match the query best."""
