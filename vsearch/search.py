@@ -397,6 +397,7 @@ class ProductIndex:
         """search(locate=True): the full photo, then a close-up of the item (see vsearch.locate)."""
         from . import locate
         from .images import load_image
+        from .transforms import single_threaded_blas
 
         if image is None or (text and text.strip()):
             raise VsearchError("locate searches a photo alone; leave out the text")
@@ -425,11 +426,11 @@ class ProductIndex:
             return out
 
         candidates = images_of(first)
-        vids = np.concatenate(list(candidates.values()))
-        vectors = gen.vectors_of(vids)
+        vectors = gen.vectors_of(np.concatenate(list(candidates.values())))
         windows, boxes = locate.window_vectors(maps[0])
         windows /= np.maximum(np.linalg.norm(windows, axis=1, keepdims=True), 1e-12)
-        best = int(np.argmax((gen.to_index_space(windows) @ vectors.T).max(axis=1)))
+        with single_threaded_blas():  # ~50 x 1280 x 1280: worth BLAS, not its spinning threads
+            best = int(np.argmax((gen.to_index_space(windows) @ vectors.T).max(axis=1)))
         close_up = img.crop(locate.photo_region(img.size, boxes[best], maps.shape[-1], self.embedder.input_size))
         zoom = self.embedder.embed_images([close_up])
         second = self.search_vector(zoom[0], k=depth, filters=filters, **options)

@@ -35,6 +35,21 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- learned projection
 
 SMALL_BATCH = 8  # rows up to which a projection is applied without BLAS threads (queries)
+_BLAS = None  # threadpoolctl's controller, made once: finding the loaded BLAS libraries costs ms
+
+
+def single_threaded_blas():
+    """Context manager: numpy's BLAS on one thread for a query's few larger products.
+
+    OpenBLAS's worker threads keep spinning after a multi-threaded call and take the cores from
+    the model's next forward pass: a locate query measured 3.6x a plain search with them, 2.3x
+    without (benchmarks/RESULTS.md, "Zooming in")."""
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def project(x: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray:
