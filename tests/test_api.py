@@ -84,6 +84,8 @@ def test_k_and_filters_as_query_parameters_and_as_form_fields(server):
     ({"files": {"image": ("p.jpg", "PHOTO", "image/jpeg")}}, "/search?filter=colour=red", 400,
      "cannot filter on 'colour'"),
     ({"files": {"image": ("p.jpg", "PHOTO", "image/jpeg")}}, "/search?size=3", 400, "unknown parameter"),
+    ({"files": {"image": ("p.jpg", "PHOTO", "image/jpeg")}}, "/search?locate=maybe", 400, "locate must be true or false"),
+    ({"files": {"image": ("p.jpg", "PHOTO", "image/jpeg")}}, "/search?locate=true", 400, "cannot locate"),
     ({"json": {"text": "red mug"}}, "/search", 400, "image-only"),
     ({"json": {"k": 3}}, "/search", 400, "send a photo"),
     ({"json": ["not", "an", "object"]}, "/search", 400, "must be an object"),
@@ -105,6 +107,23 @@ def test_bad_input_gets_a_json_error_with_status_and_message(server, request_kwa
     # and the server keeps answering
     ok = httpx.post(api(server, "/search?k=1"), files={"image": ("me.jpg", jpeg_bytes(7), "image/jpeg")})
     assert ok.json()["results"][0]["product_id"] == "P007"
+
+
+def test_locate_looks_closer_over_rest(server, monkeypatch):
+    from test_quality_options import _LocatingFake
+
+    fake = _LocatingFake()
+    monkeypatch.setattr(server.index, "embedder", fake)
+    photo = {"image": ("me.jpg", jpeg_bytes(5), "image/jpeg")}
+    plain = httpx.post(api(server, "/search?k=3"), files=photo).json()
+    looks = len(fake.seen)
+    closer = httpx.post(api(server, "/search?k=3&locate=true"), files=photo)
+    assert closer.status_code == 200, closer.text
+    assert closer.json()["results"][0]["product_id"] == plain["results"][0]["product_id"] == "P005"
+    (close_up,) = fake.seen[-1]
+    assert len(fake.seen) == looks + 1 and close_up.width == close_up.height < 300  # the second look ran
+    as_json = httpx.post(api(server, "/search"), json={"text": "mug", "locate": True})
+    assert as_json.status_code == 400 and "photo alone" in as_json.json()["detail"]
 
 
 def test_oversize_photo_is_refused_with_413(server):

@@ -167,6 +167,28 @@ def test_non_image_upload_is_a_readable_error_and_server_keeps_answering(client,
     assert hits[0]["product_id"] == "P007"
 
 
+def test_look_closer_through_the_api_and_run_search(server, client, tmp_path, monkeypatch):
+    """locate=True reaches the index from the /search endpoint and the page's search function; an
+    index whose model cannot locate says so instead of searching without it."""
+    from test_quality_options import _LocatingFake
+
+    from vsearch import ui
+
+    photo = shopper_photo(tmp_path, 5)
+    with pytest.raises(AppError, match="cannot locate"):
+        client.predict(handle_file(photo), "", 3, [], 0, 0, True, api_name="/search")
+    assert client.predict(handle_file(photo), "", 3, [], 0, 0, False, api_name="/search")[0]["product_id"] == "P005"
+    fake = _LocatingFake()
+    monkeypatch.setattr(server.index, "embedder", fake)
+    hits = client.predict(handle_file(photo), "", 3, [], 0, 0, True, api_name="/search")
+    assert hits[0]["product_id"] == "P005" and len(hits) == 3
+    (close_up,) = fake.seen[-1]  # the second look: a square part of the 400 x 400 upload
+    assert close_up.width == close_up.height < 400
+    seen = len(fake.seen)
+    assert ui.run_search(server.index, photo, k=2, locate=True)[0].product_id == "P005"
+    assert len(fake.seen) == seen + 1  # run_search asked for the second look too
+
+
 def test_text_on_image_only_model_is_refused_with_reason(client, tmp_path):
     with pytest.raises(AppError, match="image-only"):
         client.predict(handle_file(shopper_photo(tmp_path, 1)), "in red", api_name="/search")
@@ -364,3 +386,23 @@ def test_requests_never_load_an_index_generation(server, client, tmp_path, monke
     assert client.predict(handle_file(shopper_photo(tmp_path, 6)), k=1, api_name="/search")[0]["product_id"] == "P006"
     r = httpx.post(server.url + "api/v1/search?k=1", files={"image": ("q.jpg", open(shopper_photo(tmp_path, 7), "rb"))})
     assert r.json()["results"][0]["product_id"] == "P007"
+
+
+def test_look_closer_box_is_offered_only_when_the_model_can_locate(server, tmp_path):
+    from test_quality_options import _LocatingFake
+
+    from vsearch.ui import create_app
+
+    def closer_box(app):
+        (box,) = [c["props"] for c in app.get_config_file()["components"] if c["props"].get("elem_id") == "vs-closer"]
+        return box
+
+    box = closer_box(server.app)  # the fake model cannot locate: greyed out, and says why
+    assert box["interactive"] is False and "cannot locate" in box["info"] and box["value"] is False
+    original = server.index.embedder
+    try:
+        server.index.embedder = _LocatingFake()
+        box = closer_box(create_app(server.index))
+    finally:
+        server.index.embedder = original
+    assert box["interactive"] is not False and "twice as slow" in box["info"] and box["value"] is False

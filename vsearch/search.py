@@ -431,8 +431,10 @@ class ProductIndex:
         windows /= np.maximum(np.linalg.norm(windows, axis=1, keepdims=True), 1e-12)
         with single_threaded_blas():  # ~50 x 1280 x 1280: worth BLAS, not its spinning threads
             best = int(np.argmax((gen.to_index_space(windows) @ vectors.T).max(axis=1)))
-        close_up = img.crop(locate.photo_region(img.size, boxes[best], maps.shape[-1], self.embedder.input_size))
-        zoom = self.embedder.embed_images([close_up])
+        region = locate.photo_region(img.size, boxes[best], maps.shape[-1], self.embedder.input_size)
+        if region[2] - region[0] >= min(img.size):  # the close-up is what the first look saw: no second look
+            return first[:k]
+        zoom = self.embedder.embed_images([img.crop(region)])
         second = self.search_vector(zoom[0], k=depth, filters=filters, **options)
         if second and second[0].generation == gen.name:
             candidates.update(images_of([h for h in second if int(gen.vid_to_pid[h.image_id]) not in candidates]))

@@ -78,10 +78,11 @@ footer {display: none !important;}
 def run_search(index: ProductIndex, image: Any = None, text: str | None = None, k: int = DEFAULT_K,
                category: str | Sequence[str] | None = None, min_price: float | None = None,
                max_price: float | None = None, crop: Sequence[float | None] | None = None,
-               gate: Gate | None = None) -> list[Hit]:
+               gate: Gate | None = None, locate: bool = False) -> list[Hit]:
     """One search as the page and the gradio_client API run it: checks, filters, crop, search.
 
     crop: margins to cut off the photo first, as `crop_photo` takes them (the page's crop panel).
+    locate: find the item in the photo and look again closer (``ProductIndex.search(locate=True)``).
     gate: the server's shared concurrency limit (decoding and search run inside it).
     Each hit's ``confident`` is the index's own verdict (True / False / None), unchanged.
     """
@@ -109,13 +110,14 @@ def run_search(index: ProductIndex, image: Any = None, text: str | None = None, 
     if lo is not None or hi is not None:
         filters["price"] = (lo, hi)
     with gate.slot() if gate is not None else nullcontext():
-        image = _query_photo(index, image, crop)
-        return index.search(image=image, text=text, k=k, filters=filters or None)
+        image = _query_photo(index, image, crop, locate=bool(locate))
+        return index.search(image=image, text=text, k=k, filters=filters or None, locate=bool(locate))
 
 
-def _query_photo(index: ProductIndex, image: Any, crop: Sequence[float | None] | None) -> Any:
+def _query_photo(index: ProductIndex, image: Any, crop: Sequence[float | None] | None, *, locate: bool = False) -> Any:
     """The photo as searched: decoded (errors name the file as the shopper called it, not a server
-    temp path) and cropped. A crop keeps only part of the photo, so it decodes at full size."""
+    temp path) and cropped. A crop keeps only part of the photo, so it decodes at full size; so
+    does a locate search a little (its close-up needs the pixels)."""
     if image is None:
         return None
     cropping = any(crop or ())
@@ -124,6 +126,10 @@ def _query_photo(index: ProductIndex, image: Any, crop: Sequence[float | None] |
         from .images import load_image
 
         min_side = None if cropping else getattr(index.embedder, "input_size", None)
+        if locate and min_side:
+            from .locate import load_side
+
+            min_side = load_side(min_side)
         image = load_image(image, min_side=min_side, name=Path(image).name)
     if cropping:
         from .images import load_image
@@ -364,8 +370,9 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
     categories = index.categories()
     supports_text = index.supports_text
     model_name = getattr(index.embedder, "name", "?")
+    can_locate = bool(getattr(index.embedder, "can_locate", False))
 
-    def ui_search(photo, left, top, right, bottom, text, k, category, min_price, max_price):
+    def ui_search(photo, left, top, right, bottom, text, k, category, min_price, max_price, closer=False):
         started = time.perf_counter()
         empty = ([], [], [], gr.update(visible=False))
         min_price, max_price = min_price or None, max_price or None  # 0 = no limit
@@ -374,7 +381,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                 raise VsearchError("add a photo (upload, drag and drop, webcam or paste) to search"
                                    + (", or describe the product" if supports_text else ""))
             hits = run_search(index, photo, text, k, category, min_price, max_price,
-                              crop=(left, top, right, bottom), gate=gate)
+                              crop=(left, top, right, bottom), gate=gate, locate=bool(closer) and photo is not None)
         except VsearchError as e:
             return (f"### Can't search\n{_md(e)}", *empty)
         except Exception as e:  # noqa: BLE001 - the page shows a message and keeps serving
@@ -499,6 +506,10 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                         min_price = gr.Number(label="Min price", value=0, minimum=0, info="0 = any")
                         max_price = gr.Number(label="Max price", value=0, minimum=0, info=_price_info(index))
                     k = gr.Slider(1, MAX_RESULTS, value=DEFAULT_K, step=1, label="Results")
+                closer = gr.Checkbox(
+                    value=False, label="Look closer", elem_id="vs-closer", interactive=can_locate,
+                    info="Finds the item in a busy photo and looks again: more often right, about twice as slow."
+                    if can_locate else f"Not available: this catalog's model ({model_name}) cannot locate an item.")
                 search_btn = gr.Button("Search", variant="primary", size="lg", elem_id="vs-search")
                 if examples:
                     gr.Examples(examples=[[str(p)] for p in examples], inputs=[photo], label="No photo? Try one of these",
@@ -521,7 +532,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         hits_state = gr.State([])
         chosen = gr.Textbox(visible=False, label="product_id")  # the result whose details are open
 
-        inputs = [photo, *margins, text, k, category, min_price, max_price]
+        inputs = [photo, *margins, text, k, category, min_price, max_price, closer]
         outputs = [status, gallery, hits_state, detail_images, detail_box]
         gr.on([search_btn.click, text.submit], ui_search, inputs, outputs, api_visibility="private")
         photo.change(prepare_crop, [photo], [crop_preview, crop_note, status, detail_box, chosen, *margins],
@@ -546,13 +557,14 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                                        allow_custom_value=True)
             api_min = gr.Number(label="min_price (0 = no minimum)", value=0)
             api_max = gr.Number(label="max_price (0 = no maximum)", value=0)
+            api_locate = gr.Checkbox(label="locate (look closer at the item; about twice as slow)", value=False)
             api_out = gr.JSON(label="hits")
 
-        def api_search(image, text, k, category, min_price, max_price):
+        def api_search(image, text, k, category, min_price, max_price, locate=False):
             min_price = min_price or None  # 0 = open end, so every argument after the photo is optional
             max_price = max_price or None
             try:
-                hits = run_search(index, image, text, k, category, min_price, max_price, gate=gate)
+                hits = run_search(index, image, text, k, category, min_price, max_price, gate=gate, locate=bool(locate))
             except VsearchError as e:
                 raise gr.Error(str(e), print_exception=False) from None
             except Exception as e:  # noqa: BLE001
@@ -561,7 +573,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
             return [hit_to_api(h) for h in hits]
 
         trigger = gr.Button(visible=False)
-        trigger.click(api_search, [api_image, api_text, api_k, api_category, api_min, api_max], [api_out],
+        trigger.click(api_search, [api_image, api_text, api_k, api_category, api_min, api_max, api_locate], [api_out],
                       api_name="search", api_description="Ranked products for a photo (and optional text / filters); "
                       "image_url fetches the catalog image from this server.")
     app._vsearch_service = service  # launch_app mounts the REST API and starts the watcher from it
