@@ -192,6 +192,7 @@ def test_locate_zooms_in_on_the_item_and_scores_both_looks(catalog_csv, tmp_path
     expected = sorted(((by_whole[p] + by_zoom[p]) / 2, p) for p in by_whole)[::-1][:3]
     assert [(h.product_id, round(h.score, 5)) for h in located] == [(p, round(s, 5)) for s, p in expected]
     assert [h.rank for h in located] == [1, 2, 3]
+    assert len(index.search(image=table, k=1000, locate=True)) == 12  # the largest k: every product, once
     # the verdict stays the calibrated one-look verdict of each product, whatever the new order
     one_look = {h.product_id: h.confident for h in index.search(image=table, k=50)}
     assert [h.confident for h in located] == [one_look[h.product_id] for h in located]
@@ -318,3 +319,24 @@ def _pad(vectors):
     out = np.zeros((len(vectors), FakeEmbedder.dim), dtype=np.float32)
     out[:, : vectors.shape[1]] = vectors
     return out
+
+
+def test_one_blas_thread_is_shared_by_overlapping_queries():
+    """Two searches overlap in time: the BLAS limit holds until the last one leaves, and is then
+    restored (a limit per query would be lifted under the second one, or left on for good)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from vsearch.transforms import single_threaded_blas
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) == 1:
+        pytest.skip("numpy's BLAS runs on one thread here already")
+    first, second = single_threaded_blas(), single_threaded_blas()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first query is done while the second still computes
+    assert blas_threads() == [1] * len(before)
+    second.__exit__(None, None, None)
+    assert blas_threads() == before

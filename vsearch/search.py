@@ -411,7 +411,7 @@ class ProductIndex:
         img = load_image(image, min_side=locate.load_side(self.embedder.input_size))
         full, maps = self.embedder.embed_images_mapped([img])
         gen = self._gen  # one generation for the whole query, even if a reload lands meanwhile
-        depth = max(int(k) + 1, locate.SHORTLIST)
+        depth = min(MAX_K, max(int(k) + 1, locate.SHORTLIST))
         first = self.search_vector(full[0], k=depth, filters=filters, **options)
         if not first or first[0].generation != gen.name:
             return first[:k]

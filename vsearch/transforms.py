@@ -14,6 +14,8 @@ and the evaluation all run the same code:
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -35,21 +37,34 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- learned projection
 
 SMALL_BATCH = 8  # rows up to which a projection is applied without BLAS threads (queries)
-_BLAS = None  # threadpoolctl's controller, made once: finding the loaded BLAS libraries costs ms
+_BLAS_LOCK = threading.Lock()
+_blas = {"controller": None, "limit": None, "users": 0}  # one limit shared by concurrent queries
 
 
-def single_threaded_blas():
-    """Context manager: numpy's BLAS on one thread for a query's few larger products.
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS on one thread while a query does a few larger products.
 
     OpenBLAS's worker threads keep spinning after a multi-threaded call and take the cores from
     the model's next forward pass: a locate query measured 3.6x a plain search with them, 2.3x
-    without (benchmarks/RESULTS.md, "Zooming in")."""
-    global _BLAS
+    without (benchmarks/RESULTS.md, "Zooming in"). The setting is process-wide, so concurrent
+    queries share one limit: the first in sets it, the last out restores it."""
     from threadpoolctl import ThreadpoolController
 
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
+    with _BLAS_LOCK:
+        if _blas["controller"] is None:  # finding the loaded BLAS libraries costs milliseconds: once
+            _blas["controller"] = ThreadpoolController()
+        if _blas["users"] == 0:
+            _blas["limit"] = _blas["controller"].limit(limits=1, user_api="blas")
+        _blas["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas["users"] -= 1
+            if _blas["users"] == 0:
+                _blas["limit"].restore_original_limits()
+                _blas["limit"] = None
 
 
 def project(x: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray:
