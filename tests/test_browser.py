@@ -64,6 +64,9 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
                     "() => { const im = [...document.querySelectorAll('#vs-why img')];"
                     " return im.length === 2 && im.every(i => i.complete && i.naturalWidth > 0); }", timeout=10_000)
                 assert page.locator("#vs-this-is-it").count() == 0  # feedback is off unless --feedback
+                # "Look closer" is there, but this model cannot locate: greyed out, and the page says why
+                assert page.locator("#vs-closer input[type=checkbox]").is_disabled()
+                assert "cannot locate" in page.locator("#vs-closer").inner_text()
 
                 # an unrelated photo: the nearest products, "not sure"
                 upload(page, grey, 64)
