@@ -227,6 +227,8 @@ def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
                         False: "### Not sure - these are the nearest products",
                         None: "### Best guesses (this index cannot tell a close match)"}
     assert ui._status([], 0.01).splitlines()[0] == "### No products found"
+    # "not sure" never claims the product is not there: below the bar the first result is often it
+    assert "not" not in ui._status([hit(False)], 0.01).splitlines()[1].lower().replace("not sure", "")
     # no fixed fallback threshold: a weak score the index calls a close match (or gives no verdict on)
     # is shown as the index says
     assert not hasattr(ui, "FALLBACK_THRESHOLDS") and not hasattr(ui, "effective_threshold")

@@ -206,9 +206,10 @@ def _status(hits: list[Hit], seconds: float) -> str:
         more = f"{n_conf} of these look like your product." if n_conf > 1 else "The first result looks like your product."
         return f"### {VERDICT_TITLES[True]}\n{more} <sub>{took}</sub>"
     if state is False:
-        return (f"### {VERDICT_TITLES[False]}\nNothing in the catalog looks convincingly like your photo "
-                f"(best score {hits[0].score:.2f}); the items below are probably **not** the same product. "
-                f"Try cropping to the item, a clearer photo, or other filters. <sub>{took}</sub>")
+        # below the bar is not "not sold": the first result is often the product, just not surely
+        return (f"### {VERDICT_TITLES[False]}\nNo result is a sure match for your photo (best similarity "
+                f"{hits[0].score:.2f}); the first ones are the most likely, so check them. Cropping to the item "
+                f"or a clearer photo can help. <sub>{took}</sub>")
     return (f"### {VERDICT_TITLES[None]}\nThe most similar products come first, but this catalog's index cannot "
             f"say whether any of them is the same product. <sub>{took}</sub>")
 
