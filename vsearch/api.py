@@ -544,10 +544,5 @@ def _run(index: "ProductIndex", service: "Service", params: Mapping[str, Any], d
     if data is not None and not data:
         raise ImageError(f"{name}: empty upload (0 bytes)")
     with service.gate.slot():  # decoding is search work too: it counts against the same limit
-        min_side = getattr(index.embedder, "input_size", None)
-        if locate and min_side:
-            from .locate import load_side
-
-            min_side = load_side(min_side)  # the close-up needs the pixels
-        image = None if data is None else load_image(data, min_side=min_side, name=name)
+        image = None if data is None else load_image(data, min_side=index.query_side(locate), name=name)
         return index.search(image=image, text=text or None, k=k, filters=filters or None, locate=locate)

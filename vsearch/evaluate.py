@@ -293,7 +293,7 @@ def self_test(index: ProductIndex, *, k: int = 10, max_queries: int = SELF_TEST_
     for done, (pid, vids) in enumerate(picked, start=1):
         vid, source = vids[-1]
         try:
-            img = load_image(source, min_side=getattr(index.embedder, "input_size", None))
+            img = load_image(source, min_side=index.query_side(bool(search_options.get("locate"))))
             held_out = len(vids) >= 2
             if not held_out:
                 img = augment(img, seed=rng.randrange(1 << 30))

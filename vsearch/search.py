@@ -319,6 +319,16 @@ class ProductIndex:
             out.setdefault(pid, []).append((int(vid), source))
         return out
 
+    def query_side(self, locate: bool = False) -> int | None:
+        """Short side to decode a query photo at (JPEG draft decoding) for this index's model;
+        larger for a locate search, whose close-up needs the pixels (vsearch.locate.load_side)."""
+        side = getattr(self.embedder, "input_size", None)
+        if locate and side:
+            from .locate import load_side
+
+            return load_side(side)
+        return side
+
     def query_defaults(self) -> dict[str, Any]:
         """Query-side options decided when the index was built (tta, query_expansion, product_scoring)."""
         return {**QUERY_DEFAULTS, **(self._gen.manifest.get("query_defaults") or {})}
@@ -342,7 +352,7 @@ class ProductIndex:
             raise VsearchError(f"tta {tta!r} is not one of {', '.join(TTA_MODES)}")
         parts = []
         if image is not None:
-            img = load_image(image, min_side=getattr(self.embedder, "input_size", None))
+            img = load_image(image, min_side=self.query_side())
             views = [img]
             if "flip" in tta:
                 from PIL import ImageOps
@@ -408,7 +418,7 @@ class ProductIndex:
                              "the item in a photo; locate needs the plain efficientnet-lite0 read-out")
         if not 1 <= int(k) <= MAX_K:
             raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
-        img = load_image(image, min_side=locate.load_side(self.embedder.input_size))
+        img = load_image(image, min_side=self.query_side(locate=True))
         full, maps = self.embedder.embed_images_mapped([img])
         gen = self._gen  # one generation for the whole query, even if a reload lands meanwhile
         depth = min(MAX_K, max(int(k) + 1, locate.SHORTLIST))
@@ -417,16 +427,18 @@ class ProductIndex:
             return first[:k]
         excluded = np.asarray(list(options.get("exclude_images") or ()), dtype=np.int64)
 
-        def images_of(hits: list[Hit]) -> dict[int, np.ndarray]:
+        def images_of(hits: list[Hit]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+            """pid -> (its image ids, their stored vectors), read once for the window choice and the merge."""
             out = {}
             for h in hits:
                 pid = int(gen.vid_to_pid[h.image_id])
                 vids = gen.vids_of(pid)
-                out[pid] = vids[~np.isin(vids, excluded)] if len(excluded) else vids
+                vids = vids[~np.isin(vids, excluded)] if len(excluded) else vids
+                out[pid] = (vids, gen.vectors_of(vids))
             return out
 
         candidates = images_of(first)
-        vectors = gen.vectors_of(np.concatenate(list(candidates.values())))
+        vectors = np.concatenate([stored for _, stored in candidates.values()])
         windows, boxes = locate.window_vectors(maps[0])
         windows /= np.maximum(np.linalg.norm(windows, axis=1, keepdims=True), 1e-12)
         with single_threaded_blas():  # ~50 x 1280 x 1280: worth BLAS, not its spinning threads
@@ -443,10 +455,10 @@ class ProductIndex:
         queries = gen.to_index_space(np.concatenate([full, zoom]).astype(np.float32))
         scoring = options.get("product_scoring") or self.query_defaults()["product_scoring"]
         merged = []
-        for pid, own in candidates.items():
+        for pid, (own, stored) in candidates.items():
             if not len(own):
                 continue
-            sims = gen.vectors_of(own) @ queries.T  # [images, 2]
+            sims = stored @ queries.T  # [images, 2]
             score = (product_score(sims[:, 0], scoring) + product_score(sims[:, 1], scoring)) / 2
             merged.append((pid, float(score), [int(own[int(np.argmax(sims.sum(axis=1)))])]))
         merged.sort(key=lambda b: -b[1])

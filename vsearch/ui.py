@@ -125,11 +125,7 @@ def _query_photo(index: ProductIndex, image: Any, crop: Sequence[float | None] |
     if is_path:
         from .images import load_image
 
-        min_side = None if cropping else getattr(index.embedder, "input_size", None)
-        if locate and min_side:
-            from .locate import load_side
-
-            min_side = load_side(min_side)
+        min_side = None if cropping else index.query_side(locate)
         image = load_image(image, min_side=min_side, name=Path(image).name)
     if cropping:
         from .images import load_image
