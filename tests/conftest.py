@@ -79,6 +79,31 @@ class FakeEmbedder:
         raise ModelError("fake-thumbnail is image-only")
 
 
+class LocatingFake(FakeEmbedder):
+    """FakeEmbedder with a 7 x 7 "feature map": each cell is the thumbnail vector of its part of the
+    photo (for square photos, where the model's centre crop is the whole photo). Remembers what it
+    was asked to embed. For locate (``search(..., locate=True)``) logic tests."""
+
+    can_locate = True
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def embed_images(self, images):
+        self.seen.append(images)
+        return super().embed_images(images)
+
+    def embed_images_mapped(self, images):
+        def cell(im, r, c):
+            side = im.width / 7
+            return super(LocatingFake, self).embed_images(
+                [im.crop((round(c * side), round(r * side), round((c + 1) * side), round((r + 1) * side)))])[0]
+
+        maps = [np.stack([np.stack([cell(im, r, c) for c in range(7)], axis=-1) for r in range(7)], axis=-2) for im in images]
+        return super().embed_images(images), np.stack(maps)
+
+
 @pytest.fixture
 def fake_embedder():
     return FakeEmbedder()

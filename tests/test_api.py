@@ -110,9 +110,9 @@ def test_bad_input_gets_a_json_error_with_status_and_message(server, request_kwa
 
 
 def test_locate_looks_closer_over_rest(server, monkeypatch):
-    from test_quality_options import _LocatingFake
+    from conftest import LocatingFake
 
-    fake = _LocatingFake()
+    fake = LocatingFake()
     monkeypatch.setattr(server.index, "embedder", fake)
     photo = {"image": ("me.jpg", jpeg_bytes(5), "image/jpeg")}
     plain = httpx.post(api(server, "/search?k=3"), files=photo).json()

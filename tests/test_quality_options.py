@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import FakeEmbedder, draw_product, write_catalog
+from conftest import FakeEmbedder, LocatingFake, draw_product, write_catalog
 from vsearch import transforms as post
 from vsearch.query_options import product_score
 from vsearch.build import build_index
@@ -146,34 +146,9 @@ def test_flip_tta_helps_a_mirrored_photo(catalog_csv, tmp_path):
         index.search(image=mirrored, tta="rotate")
 
 
-class _LocatingFake(FakeEmbedder):
-    """FakeEmbedder with a 7 x 7 "feature map": each cell is the thumbnail vector of its part of the
-    photo (square photos here, so the model's centre crop is the whole photo). Remembers what it
-    was asked to embed."""
-
-    can_locate = True
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def embed_images(self, images):
-        self.seen.append(images)
-        return super().embed_images(images)
-
-    def embed_images_mapped(self, images):
-        def cell(im, r, c):
-            side = im.width / 7
-            return super(_LocatingFake, self).embed_images(
-                [im.crop((round(c * side), round(r * side), round((c + 1) * side), round((r + 1) * side)))])[0]
-
-        maps = [np.stack([np.stack([cell(im, r, c) for c in range(7)], axis=-1) for r in range(7)], axis=-2) for im in images]
-        return super().embed_images(images), np.stack(maps)
-
-
 def test_locate_zooms_in_on_the_item_and_scores_both_looks(catalog_csv, tmp_path):
     build_index(catalog_csv, tmp_path / "idx", embedder=FakeEmbedder())
-    index = ProductIndex.load(tmp_path / "idx", _LocatingFake())
+    index = ProductIndex.load(tmp_path / "idx", LocatingFake())
     rng = np.random.default_rng(0)
     table = Image.fromarray(rng.integers(0, 255, (288, 288, 3), dtype=np.uint8))
     table.paste(draw_product(2), (150, 40))  # small, top right, on clutter

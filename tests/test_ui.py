@@ -170,7 +170,7 @@ def test_non_image_upload_is_a_readable_error_and_server_keeps_answering(client,
 def test_look_closer_through_the_api_and_run_search(server, client, tmp_path, monkeypatch):
     """locate=True reaches the index from the /search endpoint and the page's search function; an
     index whose model cannot locate says so instead of searching without it."""
-    from test_quality_options import _LocatingFake
+    from conftest import LocatingFake
 
     from vsearch import ui
 
@@ -178,7 +178,7 @@ def test_look_closer_through_the_api_and_run_search(server, client, tmp_path, mo
     with pytest.raises(AppError, match="cannot locate"):
         client.predict(handle_file(photo), "", 3, [], 0, 0, True, api_name="/search")
     assert client.predict(handle_file(photo), "", 3, [], 0, 0, False, api_name="/search")[0]["product_id"] == "P005"
-    fake = _LocatingFake()
+    fake = LocatingFake()
     monkeypatch.setattr(server.index, "embedder", fake)
     hits = client.predict(handle_file(photo), "", 3, [], 0, 0, True, api_name="/search")
     assert hits[0]["product_id"] == "P005" and len(hits) == 3
@@ -391,7 +391,7 @@ def test_requests_never_load_an_index_generation(server, client, tmp_path, monke
 
 
 def test_look_closer_box_is_offered_only_when_the_model_can_locate(server, tmp_path):
-    from test_quality_options import _LocatingFake
+    from conftest import LocatingFake
 
     from vsearch.ui import create_app
 
@@ -403,7 +403,7 @@ def test_look_closer_box_is_offered_only_when_the_model_can_locate(server, tmp_p
     assert box["interactive"] is False and "cannot locate" in box["info"] and box["value"] is False
     original = server.index.embedder
     try:
-        server.index.embedder = _LocatingFake()
+        server.index.embedder = LocatingFake()
         box = closer_box(create_app(server.index))
     finally:
         server.index.embedder = original
