@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vsearch"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"metrics", "query_options", "images", "product", "build_lock", "locate"},
-    {"catalog", "fetch", "cache", "shopper_photos", "embedding_shards"},
+    {"catalog", "fetch", "cache", "shopper_photos", "embedding_shards", "words", "candidates"},
     {"embedders"},
     {"embeddings_io", "ray_engine"},
     {"transforms", "sharded_index"},

@@ -63,3 +63,30 @@ def test_results_come_from_the_same_category(sample_index):
     category = index.product(product_id)["category"]
     hits = index.search(image=photo, k=3)
     assert all(h.category == category for h in hits)
+
+
+def test_a_colour_word_puts_the_right_sneaker_first_but_never_replaces_the_photo(sample_index):
+    """Sample demo, offline model: shopper-05's charcoal sneaker is second by the photo alone (0.485 vs
+    0.482) and shopper-04's burgundy one fourth; their colour word puts each first. No photo's right
+    product drops with its own colour word. "mustard" (a lamp's colour) does not lift that lamp above
+    the t-shirt in shopper-01's photo, and the verdict stays the photo's."""
+    _, queries, index, _ = sample_index
+    by_name = {photo.name: (photo, pid) for photo, pid in queries}
+    for name, word, before in (("shopper-05.jpg", "charcoal", 2), ("shopper-04.jpg", "Burgundy", 4)):
+        photo, pid = by_name[name]
+        alone = [h.product_id for h in index.search(image=photo, k=5)]
+        assert alone.index(pid) + 1 == before, alone
+        with_word = index.search(image=photo, text=word, k=5)
+        assert with_word[0].product_id == pid, [h.product_id for h in with_word]
+        said = {h.product_id: h.confident for h in index.search(image=photo, k=5)}
+        assert all(h.confident == said[h.product_id] for h in with_word)  # each keeps the photo's verdict
+    for photo, pid in queries:
+        colour = index.product(pid)["metadata"]["color"]
+        alone = [h.product_id for h in index.search(image=photo, k=10)]
+        worded = [h.product_id for h in index.search(image=photo, text=colour, k=10)]
+        assert pid not in alone or worded.index(pid) <= alone.index(pid), (photo.name, colour)
+    photo, pid = by_name["shopper-01.jpg"]
+    mustard = [h.product_id for h in index.search(text="mustard", k=10)]
+    assert "lamp-005" in mustard and "tshirt-006" not in mustard  # the word names the lamp, not the t-shirt
+    hits = index.search(image=photo, text="mustard", k=5)
+    assert hits[0].product_id == pid and hits[0].score > 0.6

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from .errors import FeedbackError, ImageError, ServerBusyError, VsearchError
+from .errors import FeedbackError, ImageError, NoWordMatchError, ServerBusyError, VsearchError
 from .images import MAX_BYTES
 
 if TYPE_CHECKING:
@@ -270,7 +270,8 @@ _SEARCH_BODY = {
         "content": {
             "multipart/form-data": {"schema": {"type": "object", "properties": {
                 "image": {"type": "string", "format": "binary", "description": "the photo (JPEG, PNG, WebP, HEIC, ...)"},
-                "text": {"type": "string", "description": "words to search with or refine the photo (CLIP indexes only)"},
+                "text": {"type": "string", "description": "words: alone, the products whose text holds them (every "
+                         "index); with a photo, they re-rank the photo's matches (README 'Words')"},
                 "k": {"type": "integer", "default": DEFAULT_K, "minimum": 1, "maximum": MAX_API_K},
                 "category": {"type": "array", "items": {"type": "string"}},
                 "min_price": {"type": "number"}, "max_price": {"type": "number"},
@@ -297,6 +298,7 @@ _SEARCH_BODY = {
 }
 
 _ERRORS = {400: "bad input (not an image, unknown category, bad k, ...)", 401: "missing or wrong API key",
+           404: "words alone: no product's text holds any of the words",
            413: "photo too large", 429: "too many requests from this client", 503: "server busy"}
 
 
@@ -387,6 +389,8 @@ def create_rest_app(service: "Service") -> "FastAPI":
             hits = await run_in_threadpool(_run, index, service, params, data, name)
         except ServerBusyError as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
+        except NoWordMatchError as e:
+            raise HTTPException(404, str(e)) from None
         except VsearchError as e:
             raise HTTPException(400, str(e)) from None
         except HTTPException:

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="find products matching a photo and/or a text", formatter_class=fmt)
     s.add_argument("photo", nargs="?", metavar="PHOTO", help="query photo (JPEG, PNG, WebP, HEIC, ...)")
-    s.add_argument("--text", default=None, help="text query, alone or to refine the photo (CLIP models only)")
+    s.add_argument("--text", default=None, help="words, alone (the products' own text, every model) or with PHOTO to "
+                   "re-rank its matches; see README 'Words'")
     add_index(s)
     s.add_argument("-k", type=int, default=10, help="number of products to return (default: 10)")
     s.add_argument("--category", action="append", default=None, help="only this category (repeatable)")
@@ -393,7 +394,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no products match")
         return 0
-    print(VERDICT_LINES[hits[0].confident])
+    print(VERDICT_LINES[hits[0].confident] if args.photo is not None else
+          "Products whose text holds your words, best first (no verdict: words are not a photo match)")
     for h in hits:
         price = f"{h.price:.2f}" if h.price is not None else "-"
         print(f"{h.rank:>3}. {h.score:.3f}  {h.product_id}  {h.title or '(no title)'}  [{h.category or '-'}]  {price}  {h.image}")

@@ -43,3 +43,7 @@ class FeedbackError(VsearchError):
 
 class ServerBusyError(VsearchError):
     """Every search slot is taken and too many requests are already waiting; try again shortly."""
+
+
+class NoWordMatchError(VsearchError):
+    """No product's text holds any of the query's words (a words-alone search with no text model)."""

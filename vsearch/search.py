@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from . import store
+from . import store, words
+from .candidates import _best_image_per_product, _filter_sql
 from .product import Product, ReadsProduct
-from .errors import IndexFormatError, ModelError, ModelMismatchError, VsearchError
+from .errors import IndexFormatError, ModelError, ModelMismatchError, NoWordMatchError, VsearchError
 from .calibration import VerdictCalibration
 from .query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
 
@@ -392,15 +393,65 @@ class ProductIndex:
         queries, EfficientNet models; off by default, measured in benchmarks/RESULTS.md). Each
         result keeps the verdict the first look gave its product (the close-match bar was
         calibrated on one-look scores; the second look only reorders).
+
+        Words, every model (vsearch.words): a text alone ranks products by BM25 over their text (RRF-fused
+        with text->image search for CLIP; score 0..1 relative to the first result otherwise; no verdict;
+        NoWordMatchError when no word is found). A photo with words re-ranks the photo's shortlist
+        (words.fuse_photo); each result keeps the photo's verdict.
         """
         if locate:
             return self._search_located(image, text, k, filters, tta=tta, query_expansion=query_expansion,
                                         product_scoring=product_scoring, exclude_images=exclude_images)
-        query = self.embed_query(image, text, text_weight=text_weight, tta=tta)
+        text = (text or "").strip() or None
+        if text is not None and image is None:
+            return self._search_words(text, k, filters)
+        query = self.embed_query(image, text if self.supports_text else None, text_weight=text_weight, tta=tta)
         if zero_shot_categories:
             filters = self._zero_shot_filter(query, int(zero_shot_categories), filters)
-        return self.search_vector(query, k=k, filters=filters, query_expansion=query_expansion,
-                                  product_scoring=product_scoring, exclude_images=exclude_images)
+        gen, options = self._gen, dict(filters=filters, query_expansion=query_expansion,
+                                       product_scoring=product_scoring, exclude_images=exclude_images)
+        if text is None or not (words.has_words_table(gen.query) or not self.supports_text):
+            return self.search_vector(query, k=k, **options)
+        shortlist = self.search_vector(query, k=min(MAX_K, max(int(k) + 1, words.SHORTLIST)), **options)
+        if not shortlist or shortlist[0].generation != gen.name:
+            return shortlist[:k]
+        pids = [int(gen.vid_to_pid[h.image_id]) for h in shortlist]
+        found = dict(words.word_scores(gen.query, text, pids=pids))
+        order = words.fuse_photo([h.score for h in shortlist], [found.get(p, 0.0) for p in pids])
+        return [replace(shortlist[i], rank=r) for r, i in enumerate(order[:k], start=1)]
+
+    def _search_words(self, text: str, k: int, filters: Mapping[str, Any] | None) -> list[Hit]:
+        """Words alone: BM25 over the products' text, RRF-fused with text->image search for CLIP."""
+        if not 1 <= int(k) <= MAX_K:
+            raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
+        gen, k = self._gen, int(k)
+        indexed = words.has_words_table(gen.query)
+        if not indexed and not self.supports_text:
+            raise IndexFormatError(f"{gen.path} was built before products' words were indexed; rebuild it "
+                                   f"(vsearch build {gen.manifest.get('catalog') or 'CATALOG'} --index {self.index_dir})")
+        where, params = _filter_sql(filters or {})
+        depth = max(k + 1, words.SHORTLIST) if self.supports_text else k
+        found = words.word_scores(gen.query, text, where=where, params=params, limit=depth) if indexed else []
+        if not self.supports_text:
+            if not found:
+                raise NoWordMatchError(f"no product's title, brand, category or other text holds any of the words "
+                                       f"{text!r}" + (" among the products these filters allow" if where else "")
+                                       + "; try other words, or search with a photo")
+            top = found[0][1]
+            return self._word_hits(gen, [(pid, s / top) for pid, s in found], k)
+        vec = self.embed_query(None, text)
+        seen, vec = self.search_vector(vec, k=depth, filters=filters), gen.to_index_space(vec[None, :])[0]
+        ranked = words.reciprocal_rank_fusion([p for p, _ in found], [int(gen.vid_to_pid[h.image_id]) for h in seen])
+        scored = [(pid, float((gen.vectors_of(gen.vids_of(pid)) @ vec).max())) for pid, _ in ranked[:k]]
+        return self._word_hits(gen, scored, k)
+
+    def _word_hits(self, gen: _Generation, scored: list[tuple[int, float]], k: int) -> list[Hit]:
+        """Hits for products found by words, each shown with its first catalog image; no verdict."""
+        scored = scored[:k]
+        first = dict(gen.query(f"SELECT pid, MIN(vid) FROM images WHERE pid IN ({','.join('?' * len(scored))}) "
+                               "GROUP BY pid", tuple(p for p, _ in scored)))
+        best = [(pid, score, [int(first[pid])]) for pid, score in scored if pid in first]
+        return [replace(h, confident=None) for h in self._hits(gen, best, k)]
 
     def _search_located(self, image: ImageSource | None, text: str | None, k: int, filters: Mapping[str, Any] | None,
                         *, tta: str | None, **options: Any) -> list[Hit]:
@@ -647,53 +698,3 @@ class ProductIndex:
                 confident=confident,
             ))
         return hits
-
-
-def _best_image_per_product(scores: np.ndarray, vids: np.ndarray, vid_to_pid: np.ndarray) -> list[tuple[int, float, list[int]]]:
-    """Collapse image hits (sorted best first) into products scored by their best image."""
-    order: list[int] = []
-    found: dict[int, tuple[float, list[int]]] = {}
-    for score, vid in zip(scores.tolist(), vids.tolist()):
-        if vid < 0:
-            continue
-        pid = int(vid_to_pid[vid])
-        if pid in found:
-            found[pid][1].append(vid)
-        else:
-            found[pid] = (score, [vid])
-            order.append(pid)
-    return [(pid, found[pid][0], found[pid][1]) for pid in order]
-
-
-_TEXT_COLUMNS = {"category", "brand", "title", "url", "product_id"}
-
-
-def _filter_sql(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """SQL WHERE clause for filters: {"category": "mug" | [..], "price": (lo, hi), "<column>": value}."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for key, value in filters.items():
-        if value is None or value == "" or value == [] or value == ():
-            continue
-        if key == "price":
-            if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise VsearchError(f"price filter must be (min, max) with None for an open end, got {value!r}")
-            lo, hi = value
-            if lo is not None:
-                clauses.append("price >= ?")
-                params.append(float(lo))
-            if hi is not None:
-                clauses.append("price <= ?")
-                params.append(float(hi))
-            continue
-        values = [str(v) for v in value] if isinstance(value, (list, tuple, set, frozenset)) else [str(value)]
-        marks = ",".join("?" * len(values))
-        if key in _TEXT_COLUMNS:
-            clauses.append(f"{key} IN ({marks})")
-        else:
-            if not key.replace("_", "").replace("-", "").replace(" ", "").isalnum():
-                raise VsearchError(f"cannot filter on column {key!r}: use letters, digits, '_', '-' or spaces")
-            clauses.append(f"json_extract(extra, ?) IN ({marks})")
-            params.append(f'$."{key}"')
-        params.extend(values)
-    return " AND ".join(clauses), params

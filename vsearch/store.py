@@ -10,7 +10,7 @@ Layout of an index folder (default ``index/default``)::
                        HNSW index also holds removed images' vectors, ids with no images row)
         vectors.ivfdata   IVF types: the inverted lists, merged on disk from shards, read memory-mapped
         vectors.f16.npy   PQ types: the vectors as float16 (row == vid), for exact re-ranking
-        products.sqlite products, images and their metadata
+        products.sqlite products, images and their metadata; the FTS5 table ``words`` (vsearch.words)
         train_pairs.json  builds with --train-pairs: the pair photos' content hashes (what ``vsearch gc`` keeps cached)
 
 A build writes a new generation beside the live one and only then points CURRENT at it, so a
@@ -35,6 +35,7 @@ import numpy as np
 from . import __version__
 from .product import Product
 from .errors import IndexFormatError
+from .words import write_words
 
 FORMAT_NAME = "vsearch-index"
 FORMAT_VERSION = 3  # 2: learned projection ("adaptation") and three-state "verdict"; 3: on-disk IVF (.ivfdata, .f16.npy)
@@ -307,6 +308,7 @@ def write_generation(
             "INSERT INTO images VALUES (?,?,?,?,?)",
             ((vid, pid_of[im.product_id], im.source, im.row, im.content_hash) for vid, im in zip(vids, images)),
         )
+        words_entry = write_words(db, enumerate(products))  # the products' text, for search by words
         db.commit()
     finally:
         db.close()
@@ -322,6 +324,7 @@ def write_generation(
         dim=int(vectors.shape[1]) if vectors.ndim == 2 else int(manifest.get("dim", 0)),
         counts={"products": len(products), "images": len(images)},
         faiss_build_seconds=round(faiss_seconds, 3),
+        words=words_entry,
     )
     if index_type in RERANK_FACTORS:
         manifest["rerank_factor"] = RERANK_FACTORS[index_type]

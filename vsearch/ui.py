@@ -66,6 +66,13 @@ CSS = """
 .vs-notice p {color: #78350f !important;}
 .vs-status p {font-size: 1rem;}
 .vs-gallery .caption-label {white-space: normal !important; line-height: 1.25; font-size: .82rem;}
+/* captions below the product photo, never over it: the shopper compares the product with their photo */
+.vs-gallery .thumbnail-item {display: flex !important; flex-direction: column !important; height: auto !important;
+  aspect-ratio: auto !important; overflow: visible !important;}
+.vs-gallery .thumbnail-item img {aspect-ratio: 1 / 1; flex: none; height: auto !important; width: 100% !important;}
+.vs-gallery .caption-label {position: static !important; transform: none !important; max-width: 100% !important;
+  margin: .25rem 0 0 !important; background: none !important; color: var(--body-text-color) !important;
+  text-align: left; padding: 0 .2rem .2rem !important;}
 #vs-crop .min_value, #vs-crop .max_value {display: none !important;}  /* too narrow; the number box shows the value */
 .vs-details {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: .3rem 1rem !important;}
 footer {display: none !important;}
@@ -87,11 +94,6 @@ def run_search(index: ProductIndex, image: Any = None, text: str | None = None, 
     Each hit's ``confident`` is the index's own verdict (True / False / None), unchanged.
     """
     text = (text or "").strip() or None
-    if text and not index.supports_text:
-        raise VsearchError(
-            f"this index's model ({index.embedder.name}) is image-only, so text cannot refine the search; "
-            "remove the text, or rebuild the index with a CLIP model"
-        )
     try:
         k = int(k if k is not None else DEFAULT_K)
     except (TypeError, ValueError):
@@ -187,15 +189,37 @@ def _md(text: Any) -> str:
     return s
 
 
-def _caption(hit: Hit) -> str:
-    return f"{hit.title or hit.product_id}\n{_money(hit.price)} · match {hit.score:.2f}"
+#: How alike a result looks, in words a shopper reads (the number is in the details panel): the
+#: index's "close match" verdict, else the score against the first result's.
+SIMILARITY_WORDS = ("very similar", "similar", "loosely similar", "matches your words")
 
 
-def _status(hits: list[Hit], seconds: float) -> str:
-    """The status heading is exactly one of VERDICT_TITLES (from the top hit), or "No products found"."""
+def similarity_words(hit: Hit, top: float, *, words_only: bool = False) -> str:
+    """SIMILARITY_WORDS for one result: a words-alone search has no photo to be similar to."""
+    if words_only:
+        return SIMILARITY_WORDS[3]
+    if hit.confident is True:
+        return SIMILARITY_WORDS[0]
+    return SIMILARITY_WORDS[1] if hit.score >= 0.85 * top else SIMILARITY_WORDS[2]
+
+
+def _caption(hit: Hit, top: float | None = None, *, words_only: bool = False) -> str:
+    said = similarity_words(hit, hit.score if top is None else top, words_only=words_only)
+    return f"{hit.title or hit.product_id}\n{_money(hit.price)} · {said}"
+
+
+WORDS_TITLE = "Products with your words"
+
+
+def _status(hits: list[Hit], seconds: float, *, words_only: bool = False) -> str:
+    """The status heading is exactly one of VERDICT_TITLES (from the top hit), WORDS_TITLE (a
+    search by words alone), or "No products found"."""
     if not hits:
         return "### No products found\nNothing in the catalog passes these filters. Widen the category or price range."
     took = f"{len(hits)} product{'s' if len(hits) != 1 else ''} in {seconds * 1000:.0f} ms"
+    if words_only:
+        return (f"### {WORDS_TITLE}\nProducts whose title, brand, category or details hold your words, best "
+                f"first. Add a photo to find the very product. <sub>{took}</sub>")
     state = hits[0].confident
     if state is True:
         n_conf = sum(h.confident is True for h in hits)
@@ -365,7 +389,6 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
     files = _PageFiles(index)
     PhotoInput = _photo_component_class()
     categories = index.categories()
-    supports_text = index.supports_text
     model_name = getattr(index.embedder, "name", "?")
     can_locate = bool(getattr(index.embedder, "can_locate", False))
 
@@ -375,8 +398,7 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         min_price, max_price = min_price or None, max_price or None  # 0 = no limit
         try:
             if photo is None and not (text or "").strip():
-                raise VsearchError("add a photo (upload, drag and drop, webcam or paste) to search"
-                                   + (", or describe the product" if supports_text else ""))
+                raise VsearchError("add a photo (upload, drag and drop, webcam or paste) or type words to search")
             hits = run_search(index, photo, text, k, category, min_price, max_price,
                               crop=(left, top, right, bottom), gate=gate, locate=bool(closer) and photo is not None)
         except VsearchError as e:
@@ -384,10 +406,21 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         except Exception as e:  # noqa: BLE001 - the page shows a message and keeps serving
             log.exception("search failed")
             return (f"### Something went wrong\nThe search failed ({type(e).__name__}). Please try another photo.", *empty)
-        gallery = [(path, _caption(h)) for h in hits if (path := files.path(h.generation, h.image_id)) is not None]
-        status = _status(hits, time.perf_counter() - started)
+        words_only = photo is None
+        top = hits[0].score if hits else 0.0
+        gallery = [(path, _caption(h, top, words_only=words_only)) for h in hits
+                   if (path := files.path(h.generation, h.image_id)) is not None]
+        status = _status(hits, time.perf_counter() - started, words_only=words_only)
         label = GALLERY_LABELS.get(hits[0].confident, GALLERY_LABELS[None]) if hits else GALLERY_LABELS[True]
         return status, gr.update(value=gallery, label=label), [h.to_dict() for h in hits], [], gr.update(visible=False)
+
+    def auto_search(photo, *rest):
+        """The page answers by itself once there is a photo or words (a new photo, a filter or
+        the words changed); with neither it leaves the page as it is."""
+        text = rest[4]
+        if photo is None and not (text or "").strip():
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+        return ui_search(photo, *rest)
 
     def show_details(hits: list[dict], evt: gr.SelectData):
         if not hits or evt.index is None or evt.index >= len(hits):
@@ -489,11 +522,10 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                     crop_preview = gr.Image(label="Area searched", type="pil", interactive=False, height=220,
                                             elem_id="vs-crop-preview")
                 text = gr.Textbox(
-                    label="Refine with words (optional)" if supports_text else "Refine with words",
-                    placeholder='e.g. "in red", "leather"' if supports_text else "",
-                    interactive=supports_text, lines=1, max_lines=1,
-                    info=None if supports_text else
-                    f"Not available: this catalog's model ({model_name}) understands photos only.",
+                    label="Words (optional)", placeholder='e.g. "charcoal", "leather", a brand', lines=1,
+                    max_lines=1, interactive=True, elem_id="vs-words",
+                    info="Alone: products whose text holds them. With a photo: a colour or brand you can see "
+                         "puts the right one of similar-looking products first.",
                 )
                 with gr.Accordion("Filters", open=True):
                     category = gr.Dropdown(choices=categories, value=[], multiselect=True, label="Category",
@@ -512,8 +544,9 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                     gr.Examples(examples=[[str(p)] for p in examples], inputs=[photo], label="No photo? Try one of these",
                                 examples_per_page=8)
             with gr.Column(scale=5, min_width=420):
-                status = gr.Markdown("### Add a photo to start\nUpload, drag and drop, use your webcam or paste an image, "
-                                     "then press **Search**.", elem_classes="vs-status", elem_id="vs-status")
+                status = gr.Markdown("### Add a photo to start\nUpload, drag and drop, use your webcam or paste an image: "
+                                     "the results appear at once. Or type words and press **Search**.",
+                                     elem_classes="vs-status", elem_id="vs-status")
                 gallery = gr.Gallery(label="Matching products", columns=4, height="auto", object_fit="contain",
                                      allow_preview=False, show_label=False, elem_classes="vs-gallery", elem_id="vs-results")
                 with gr.Group(visible=False) as detail_box:
@@ -532,8 +565,12 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         inputs = [photo, *margins, text, k, category, min_price, max_price, closer]
         outputs = [status, gallery, hits_state, detail_images, detail_box]
         gr.on([search_btn.click, text.submit], ui_search, inputs, outputs, api_visibility="private")
+        # a photo in (upload, paste, webcam, example) searches at once, after its crop is reset;
+        # so does a changed filter or changed words (the Search button stays, for typing)
         photo.change(prepare_crop, [photo], [crop_preview, crop_note, status, detail_box, chosen, *margins],
-                     api_visibility="private")
+                     api_visibility="private").then(auto_search, inputs, outputs, api_visibility="private")
+        gr.on([category.change, min_price.submit, max_price.submit, k.release, closer.change, text.blur],
+              auto_search, inputs, outputs, api_visibility="private", trigger_mode="always_last")
         gr.on([m.change for m in margins], preview_crop, [photo, *margins], [crop_preview, crop_note],
               api_visibility="private", trigger_mode="always_last")
         gallery.select(show_details, [hits_state], [details, detail_images, detail_box, chosen, confirm_note],
@@ -631,7 +668,7 @@ def serve(index_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 786
     print(f"vsearch: loading index {index_dir} ...", flush=True)
     index = ProductIndex.load(index_dir, model=model, pretrained=pretrained, precision=precision)
     print(f"vsearch: {len(index)} products, model {index.embedder.name}"
-          + ("" if index.supports_text else " (image search only)"), flush=True)
+          + ("" if index.supports_text else " (photos; words search the products' text)"), flush=True)
     settings = ServeSettings(api_key=api_key or None, feedback=feedback,
                              rate_limit=DEFAULT_RATE if rate_limit is None else rate_limit)
     service = Service(index, settings)
