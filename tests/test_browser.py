@@ -137,3 +137,54 @@ def test_eval_report_opens_offline_and_every_picture_loads(shop_with_queries):
     broken = [src for src, complete, width in images if not (complete and width > 0)]
     assert not broken, f"pictures that did not load: {broken[:5]}"
     assert not outside, f"the report fetched something from outside its folder: {outside[:5]}"
+
+
+def test_a_photo_in_answers_at_once_with_captions_below_the_pictures(tmp_path):
+    """No click: the upload alone shows the results. Each caption's box lies below its product
+    picture's box (never over the product), and says how similar in words, not as a raw number;
+    words alone (Enter) list the products whose text holds them."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from test_ui import shopper_photo, start_server
+
+    from vsearch import ui
+
+    server = start_server(tmp_path / "srv")
+    photo = shopper_photo(tmp_path, 5, name="shopper.jpg")
+    boxes = """() => [...document.querySelectorAll('#vs-results .thumbnail-item')].map(t => {
+        const i = t.querySelector('img').getBoundingClientRect(), c = t.querySelector('.caption-label').getBoundingClientRect();
+        return {img_bottom: i.bottom, img_height: i.height, cap_top: c.top, cap_height: c.height}; })"""
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1360, "height": 1000})
+            page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
+            try:
+                page.locator("#vs-photo input[type=file]").set_input_files(str(photo), timeout=15_000)
+                page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(timeout=30_000)
+                page.wait_for_function("() => [...document.querySelectorAll('#vs-results img')].every(i => i.complete && i.naturalWidth > 0)",
+                                       timeout=10_000)
+                found = page.evaluate(boxes)
+                assert len(found) >= 4
+                for b in found:
+                    assert b["img_height"] > 20 and b["cap_height"] > 5, b
+                    assert b["cap_top"] >= b["img_bottom"] - 1, f"caption over the picture: {b}"
+                first = page.locator("#vs-results .caption-label").first.inner_text()
+                assert first.startswith("Product 5") and any(w in first for w in ui.SIMILARITY_WORDS[:3]), first
+                assert "match 0." not in first
+                # words alone, then Enter
+                page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)  # a fresh page: no photo
+                page.locator("#vs-words :is(input, textarea)").fill("Product 7")
+                page.locator("#vs-words :is(input, textarea)").press("Enter")
+                page.wait_for_function(f"() => (({HEADING})()) === {ui.WORDS_TITLE!r}", timeout=20_000)
+                assert page.locator("#vs-results .caption-label").first.inner_text().startswith("Product 7")
+            except Exception:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "browser-words-failure.png"), full_page=True)
+                raise
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser-words.png"), full_page=True)
+            browser.close()
+    finally:
+        server.app.close()

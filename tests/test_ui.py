@@ -189,9 +189,16 @@ def test_look_closer_through_the_api_and_run_search(server, client, tmp_path, mo
     assert len(fake.seen) == seen + 1  # run_search asked for the second look too
 
 
-def test_text_on_image_only_model_is_refused_with_reason(client, tmp_path):
-    with pytest.raises(AppError, match="image-only"):
-        client.predict(handle_file(shopper_photo(tmp_path, 1)), "in red", api_name="/search")
+def test_words_search_an_image_only_models_catalog_by_its_text(client, tmp_path):
+    """Words alone find the product whose title holds them; a word no product holds says so; with a
+    photo, a word no product holds leaves the photo's ranking as it was."""
+    hits = client.predict(None, "Product 5", 3, [], 0, 0, False, api_name="/search")
+    assert hits[0]["product_id"] == "P005" and hits[0]["confident"] is None
+    with pytest.raises(AppError, match="holds any of the words 'zebra'"):
+        client.predict(None, "zebra", api_name="/search")
+    photo = handle_file(shopper_photo(tmp_path, 1))
+    alone = client.predict(photo, "", 5, api_name="/search")
+    assert [h["product_id"] for h in client.predict(photo, "zebra", 5, api_name="/search")] == [h["product_id"] for h in alone]
 
 
 def test_catalog_images_are_served_but_nothing_else(server, client, tmp_path):
