@@ -9,6 +9,16 @@ also given for the colour-word queries alone.
 
     python benchmarks/eval_sets.py            # once: /tmp/vsearch-eval/jumia-d2000
     python benchmarks/bench_words.py [--eval /tmp/vsearch-eval/jumia-d2000] [--index /tmp/vsearch-words/jumia]
+
+Speed (``--speed N``): a catalog of N products whose titles are 4-9 words drawn (Zipf-like) from
+the jumia titles' vocabulary plus a colour and a brand, built with ``--embeddings`` semantics
+(random unit vectors, the offline model's identity, so words alone are BM25 alone): the build's
+wall time and the words index's share of it (the manifest's ``words.seconds``), then
+``ProductIndex.search(text=..., k=10)`` p50/p95 over 300 queries of one or two words taken from
+random products' titles. The vector index is ``flat`` by default (``--index-type``): the cheapest
+build, so the words index's share of it is the largest.
+
+    python benchmarks/bench_words.py --speed 100000
 """
 
 from __future__ import annotations
@@ -40,13 +50,76 @@ def shopper_word(title: str) -> tuple[str | None, str]:
     return None, "none"
 
 
+def speed(n: int, work: Path, jumia_manifest: Path, index_type: str) -> None:
+    """Build wall time, the words index's share of it, and text search p50 on n products."""
+    import random
+    import statistics
+
+    import numpy as np
+
+    from vsearch.build import build_index
+    from vsearch.embeddings_io import model_identity
+    from vsearch.search import ProductIndex
+
+    identity = model_identity("efficientnet-lite0")
+    with open(jumia_manifest, encoding="utf-8") as f:
+        vocab = sorted({t for r in csv.DictReader(f) for t in re.findall(r"[a-z][a-z0-9'-]+", r["title"].lower())})
+    rng = random.Random(0)
+    weights = [1.0 / (i + 1) for i in range(len(vocab))]
+    rng.shuffle(weights)
+    brands = [f"{rng.choice(vocab)}{rng.choice(['ex', 'ia', 'on', 'ar'])}" for _ in range(500)]
+    work.mkdir(parents=True, exist_ok=True)
+    catalog = work / f"catalog-{n}.csv"
+    titles = []
+    with open(catalog, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "image", "title", "brand", "category", "colour", "price"])
+        for i in range(n):
+            title = " ".join(rng.choices(vocab, weights, k=rng.randint(4, 9))).title()
+            titles.append(title)
+            w.writerow([f"p{i:07d}", f"img/{i:07d}.jpg", title, rng.choice(brands), f"cat{i % 40}",
+                        rng.choice(COLOURS), f"{(i % 997) / 10:.2f}"])
+    vectors = np.random.default_rng(n).standard_normal((n, identity.dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.save(work / f"vectors-{n}.npy", vectors)
+    del vectors
+    index_dir = work / f"index-{n}"
+    t = time.perf_counter()
+    build_index(catalog, index_dir, model="efficientnet-lite0", embeddings=work / f"vectors-{n}.npy", index_type=index_type)
+    build_s = time.perf_counter() - t
+    index = ProductIndex(index_dir, identity)
+    words_s = index.manifest["words"]["seconds"]
+    print(f"{n} products: build {build_s:.1f} s, words index {words_s:.2f} s = {100 * words_s / build_s:.1f} % of it")
+    queries = []
+    for _ in range(300):
+        tokens = rng.choice(titles).lower().split()
+        queries.append(" ".join(rng.sample(tokens, rng.choice([1, 2]))))
+    for q in queries[:20]:  # warm the page cache
+        index.search(text=q, k=10)
+    took = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(text=q, k=10)
+        took.append((time.perf_counter() - t) * 1000)
+    took.sort()
+    print(f"text search, k=10, {len(took)} queries: p50 {statistics.median(took):.1f} ms, "
+          f"p95 {took[int(0.95 * (len(took) - 1))]:.1f} ms  (load {open('/proc/loadavg').read().split()[0]})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval", type=Path, default=Path("/tmp/vsearch-eval/jumia-d2000"))
     ap.add_argument("--index", type=Path, default=Path("/tmp/vsearch-words/jumia"))
     ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.5,0.75,1,2")
     ap.add_argument("--depths", default="10,20,50", help="photo shortlist depths the words re-rank")
+    ap.add_argument("--speed", type=int, metavar="N", help="instead: build + text search speed on N synthetic products")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/vsearch-words/speed"), help="--speed's folder")
+    ap.add_argument("--index-type", default="flat", help="--speed's vector index (default flat: the cheapest build, "
+                    "so the words index's share is the largest; text search does not use it)")
     args = ap.parse_args()
+    if args.speed:
+        speed(args.speed, args.work, Path(__file__).resolve().parents[2] / "shared" / "data" / "jumia" / "manifest.csv", args.index_type)
+        return
     from vsearch import words
     from vsearch.build import build_index
     from vsearch.embedders import load_embedder
