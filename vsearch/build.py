@@ -13,7 +13,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -197,7 +197,9 @@ def build_index(
         problems.extend(left_out)
         if not images:
             raise CatalogError(_no_rows_message(cat, problems))
-        chosen_type = store.choose_index_type(len(images), index_type)
+        chosen_type, fallback = store.pq_fallback(store.choose_index_type(len(images), index_type), len(images))
+        if fallback:  # too few images to train PQ codebooks: exact search, said in the summary and manifest
+            problems.append(RowProblem(row=0, reason=fallback, fatal=False))
         name = store.read_current(index_dir, missing_ok=True)  # a malformed CURRENT stops the build here
         live = index_dir / name if name is not None and (index_dir / name).is_dir() else None
         previous = _previous_product_ids(live)
@@ -215,6 +217,8 @@ def build_index(
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build": {"embedded": embedded, "reused": reused, "skipped_rows": sum(p.fatal for p in problems)},
         }
+        if fallback:
+            manifest["index_type_fallback"] = {"requested": index_type, "reason": fallback}
         tmp = store.new_generation_dir(index_dir)
         try:
             vectors = _quality_postprocess(
@@ -267,6 +271,7 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
     w_opts = post.resolve_whitening(whitening)
     d_opts = post.resolve_dba(dba)
     q_opts = resolve_query_defaults(query_defaults)
+    settings = learn.query_settings(q_opts)  # what the verdict is calibrated with and applies to
     shopper_vectors, shopper_labels, shopper_keys = shopper if shopper is not None else (None, [], [])
     adaptation = learn.adapt(
         tmp, raw, product_ids, [im.content_hash or im.source for im in images], mode=adapt,
@@ -274,7 +279,7 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
         shopper_vectors=shopper_vectors, shopper_labels=shopper_labels, shopper_keys=shopper_keys)
     simulated = None  # simulated shopper photos: made at most once, for the shopper check and the verdict
     if adaptation.record.get("state") == "fitted" and (shopper_vectors is None or len(shopper_vectors) == 0):
-        simulated = _simulated_photos(embedder, images, manifest)
+        simulated = learn.simulated_photos(embedder, images, manifest, tta=settings["tta"])
         if simulated is not None:
             check = learn.shopper_check(raw, product_ids, adaptation.projection, simulated)
             adaptation.record["shopper_check"] = check
@@ -313,17 +318,24 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
     if not calibrate:
         manifest["verdict"] = {"threshold": None, "reason": "no verdict: turned off at build (--no-threshold)"}
         return vectors
-    reused = learn.reuse_verdict(previous, manifest, [(im.product_id, im.source) for im in images],
-                                 train_pairs=shopper_vectors is not None and len(shopper_vectors) > 0)
+    has_pairs = shopper_vectors is not None and len(shopper_vectors) > 0
+    reused = learn.reuse_verdict(previous, manifest, [store.content_key(im.product_id, im.source, im.content_hash)
+                                                      for im in images], train_pairs=has_pairs, settings=settings)
     if reused is not None:  # a small change in the same vector space: the calibration still holds
         manifest["verdict"] = reused
         return vectors
+    withheld = learn.settings_withheld(settings, simulated=True, train_pairs=has_pairs)
+    if simulated is None and not withheld:
+        simulated = learn.simulated_photos(embedder, images, manifest, tta=settings["tta"])
+    withheld = withheld or learn.settings_withheld(settings, simulated=simulated is not None, train_pairs=has_pairs)
+    if withheld:
+        manifest["verdict"] = {"threshold": None, "reason": withheld, "query_settings": settings}
+        return vectors
     verdict = learn.calibrate(
         raw, product_ids, adapted=adaptation.projection is not None, index_vectors=vectors,
-        post=whitener.apply if whitener is not None else None,
-        simulated=simulated if simulated is not None else _simulated_photos(embedder, images, manifest),
-        shopper=(shopper_vectors, shopper_labels) if shopper_vectors is not None and len(shopper_vectors) else None)
-    manifest["verdict"] = verdict.to_dict()
+        post=whitener.apply if whitener is not None else None, simulated=simulated, settings=settings,
+        shopper=(shopper_vectors, shopper_labels) if has_pairs else None)
+    manifest["verdict"] = {**verdict.to_dict(), "query_settings": settings}
     return vectors
 
 
@@ -335,26 +347,6 @@ def _mapped(fn: Callable[[np.ndarray], np.ndarray], vectors: np.ndarray, spill: 
     from .sharded_index import map_shards
 
     return map_shards(fn, vectors, _matrix(spill / f"{name}.f32.npy", len(vectors), vectors.shape[1]))
-
-
-def _simulated_photos(embedder: Any, images: list, manifest: dict[str, Any]):
-    """Simulated shopper photos of catalog products (``learn.simulated_queries``) as (vectors,
-    product ids, source rows), recorded in the manifest; None without a loaded model or without a
-    product that has another image (a single-image catalog cannot answer them with the source
-    image held out), which costs nothing to find out again."""
-    from . import learn
-
-    multi = {p for p, c in Counter(im.product_id for im in images).items() if c >= 2}
-    if not hasattr(embedder, "embed_images") or not multi:
-        return None
-    local: dict[str, tuple[str, int]] = {}
-    for row, im in enumerate(images):
-        if im.product_id not in local and not im.source.startswith(("http://", "https://")):
-            local[im.product_id] = (im.source, row)
-    started = time.perf_counter()
-    vectors, labels, rows, failed = learn.simulated_queries(embedder, local, prefer=multi)
-    manifest["verdict_simulation"] = {"photos": len(labels), "failed": failed, "seconds": round(time.perf_counter() - started, 2)}
-    return vectors, labels, rows
 
 
 def _incremental_update(live: Path | None, vectors: np.ndarray, images: list, manifest: dict[str, Any], index_type: str):

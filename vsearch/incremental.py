@@ -6,7 +6,8 @@ a build. When the live generation was built with the same model, index type and 
 its FAISS index instead:
 
 * **matching** - an image keeps its FAISS id when the previous generation holds the same
-  (product id, image) pair *and* the same stored vector (compared after the index's own encoding,
+  (product id, content hash of the image) pair (``store.content_key``: a photo replaced in place
+  with other bytes is a new image) *and* the same stored vector (compared after the index's own encoding,
   so a changed embedding, projection or DBA neighbourhood counts as a change); the rest are removed
   and added.
 * **flat** - ``remove_ids`` then ``add`` on the copy. The remaining ids are renumbered to stay
@@ -78,8 +79,8 @@ def try_update(previous: Path | None, vectors: np.ndarray, images: list[store.Im
     if n_old == 0 or index.ntotal < n_old:
         return None, "previous generation is empty or inconsistent"
 
-    # Same (product, image) key, and the same vector as stored: the image keeps its FAISS id.
-    new_keys = _keys((im.product_id, im.source) for im in images)
+    # Same (product, image content) key, and the same vector as stored: the image keeps its FAISS id.
+    new_keys = _keys(store.content_key(im.product_id, im.source, im.content_hash) for im in images)
     _, kept_new_a, kept_old_a = np.intersect1d(new_keys, old_keys, return_indices=True)
     same = _same_vectors(index, old_vids[kept_old_a], vectors, kept_new_a)
     kept_new_a, kept_old_a = kept_new_a[same], kept_old_a[same]
@@ -119,7 +120,7 @@ def reusable_quantizer(previous: Path | None, images: list[store.ImageRecord], m
     start from the previous generation's trained quantizer instead of training one, or (None, why
     not). Same rules as an update: same model and vector space, and at most MAX_CHANGE_FRACTION of
     the images changed in this build and since the quantizer was trained (a drifted catalog gets a
-    new one). Images are compared by (product, image) only: every vector is added again anyway."""
+    new one). Images are compared by (product, content hash) only: every vector is added again anyway."""
     if previous is None:
         return None, "no previous generation"
     try:
@@ -132,7 +133,7 @@ def reusable_quantizer(previous: Path | None, images: list[store.ImageRecord], m
         return None, why
     if not (previous / store.VECTORS_FILE).is_file() or not len(old_keys):
         return None, "previous generation is empty or inconsistent"
-    new_keys = _keys((im.product_id, im.source) for im in images)
+    new_keys = _keys(store.content_key(im.product_id, im.source, im.content_hash) for im in images)
     common = len(np.intersect1d(new_keys, old_keys))
     change = (len(new_keys) - common) + (len(old_keys) - common)
     since = int((old.get("incremental") or {}).get("changed_since_full", 0)) + change
@@ -166,14 +167,14 @@ def _incompatible(old: dict[str, Any], new: dict[str, Any], index_type: str, pre
 
 
 def _old_images(previous: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Keys ("product id NUL image source") and FAISS ids of the previous generation's images."""
+    """Keys ("product id NUL content hash", ``store.content_key``) and FAISS ids of the previous generation's images."""
     rows = store.read_image_records(previous)
-    return (_keys((pid, source) for _, pid, source, _, _ in rows),
+    return (_keys(store.content_key(pid, source, digest) for _, pid, source, _, digest in rows),
             np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
 
 
 def _keys(pairs) -> np.ndarray:
-    """One matching key per (product id, image source): the identity an image keeps across builds."""
+    """One matching key per (product id, image content): the identity an image keeps across builds."""
     keys = [f"{pid}\x00{source}" for pid, source in pairs]
     return np.asarray(keys) if keys else np.empty(0, dtype=str)
 

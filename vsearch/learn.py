@@ -31,7 +31,9 @@ import numpy as np
 
 from .adaptation import TooFewPairsError, fit_adaptation, training_pairs
 from .calibration import VerdictCalibration, calibrate_verdict
-from .transforms import Projection, l2_normalise, nearest
+from .query_options import QUERY_DEFAULTS, TTA_MODES, product_score
+from .store import content_key
+from .transforms import Projection, l2_normalise, nearest, query_expand
 
 if TYPE_CHECKING:
     from .embedders import Embedder
@@ -44,6 +46,7 @@ HELD_OUT_QUERIES = 1000
 PAIR_FOLDS = 5  # calibration folds of the confirmed shopper photos (one projection fit each)
 SHOPPER_CHECK_ALPHA = 0.05  # a catalog-only projection that significantly breaks simulated shopper photos is dropped
 SESSION_COSINE = 0.80  # confirmed photos of one product this similar count as one session (RESULTS.md)
+DEFAULT_QE_ALPHA = 3.0  # the alpha a query expansion without one uses (``search.search_vector``)
 
 
 # ---------------------------------------------------------------- adaptation: fit or reuse
@@ -155,12 +158,38 @@ class QueryScores(NamedTuple):
         return cls(*(np.concatenate([p[j] for p in parts]) if parts else np.empty(0) for j in range(5)))
 
 
+def query_settings(query_defaults: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The query-side settings a verdict is calibrated with and applies to, spelt out in full
+    (the manifest's ``verdict["query_settings"]``; searches whose settings differ get no verdict)."""
+    opts = {**QUERY_DEFAULTS, **dict(query_defaults or {})}
+    qe = dict(opts.get("query_expansion") or {})
+    return {"tta": str(opts["tta"]), "product_scoring": str(opts["product_scoring"]),
+            "query_expansion": {"k": int(qe.get("k", 0) or 0), "alpha": float(qe.get("alpha", DEFAULT_QE_ALPHA))}}
+
+
+def settings_withheld(settings: Mapping[str, Any], *, simulated: bool, train_pairs: bool) -> str:
+    """Why no verdict can be calibrated with these settings ('' when one can): test-time
+    augmentation changes the query photo itself, and only simulated shopper photos (made at build)
+    can be embedded again with it; confirmed shopper photos and held-out catalog views come from
+    the embedding cache."""
+    if settings.get("tta", "none") == "none":
+        return ""
+    if train_pairs:
+        queries = "the confirmed shopper photos (--train-pairs), whose vectors come from the embedding cache"
+    elif not simulated:
+        queries = "held-out catalog images (no simulated shopper photos: no model loaded, or no product with two images)"
+    else:
+        return ""
+    return (f"no verdict: searches use tta {settings['tta']!r} by default (--default-tta) and the verdict would be "
+            f"calibrated on {queries} without it; build with --default-tta none for a verdict")
+
+
 def reuse_verdict(previous: Path | None, manifest: Mapping[str, Any], image_keys: Sequence[tuple[str, str]], *,
-                  train_pairs: bool) -> dict[str, Any] | None:
+                  train_pairs: bool, settings: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The previous generation's verdict, when this build cannot have moved it much: same model,
-    the same vector space (its projection reused, or none either way; no whitening/DBA) and at
-    most REFIT_FRACTION of the catalog's (product, image) pairs added or removed since the build that
-    calibrated it. Calibrating costs
+    the same vector space (its projection reused, or none either way; no whitening/DBA), the same
+    query-side ``settings`` (``query_settings``) and at most REFIT_FRACTION of the catalog's images
+    (``content_key``s) added, removed or replaced since the build that calibrated it. Calibrating costs
     simulated photos through the model and two projection fits - far more than a small catalog
     change. Builds with train pairs always recalibrate (their photos are not tracked here)."""
     from .errors import VsearchError
@@ -173,6 +202,8 @@ def reuse_verdict(previous: Path | None, manifest: Mapping[str, Any], image_keys
         verdict = old.get("verdict") or {}
         if "sources" not in verdict or verdict["sources"].get("train_pairs"):  # turned off, or learnt from pairs
             return None
+        if (verdict.get("query_settings") or query_settings(None)) != (settings or query_settings(None)):
+            return None  # calibrated for other query-side settings
         if old["model"].get("fingerprint") != manifest["model"]["fingerprint"]:
             return None
         post_old, post_new = old.get("postprocess") or {}, manifest.get("postprocess") or {}
@@ -186,7 +217,7 @@ def reuse_verdict(previous: Path | None, manifest: Mapping[str, Any], image_keys
         before = read_image_records(previous)
     except (OSError, KeyError, TypeError, ValueError, VsearchError):
         return None
-    before_set = {(pid, source) for _, pid, source, _, _ in before}
+    before_set = {content_key(pid, source, digest) for _, pid, source, _, digest in before}
     after_set = set(map(tuple, image_keys))
     since = float(verdict.get("changed_since_calibration", 0)) + len(before_set ^ after_set) / max(len(before_set), 1)
     if since > REFIT_FRACTION:  # counted since the build that calibrated it, so small changes cannot add up
@@ -194,10 +225,10 @@ def reuse_verdict(previous: Path | None, manifest: Mapping[str, Any], image_keys
     return {**verdict, "calibrated_in": verdict.get("calibrated_in", previous.name), "changed_since_calibration": round(since, 4)}
 
 
-
 def verdict_from_queries(index_vectors: np.ndarray, product_ids: Sequence[str], queries: np.ndarray,
                          labels: Sequence[str], *, exclude: Sequence[Sequence[int]] | None = None,
-                         k: int = 64, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> QueryScores:
+                         k: int = 64, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                         settings: Mapping[str, Any] | None = None) -> QueryScores:
     """Score calibration queries against the catalog, product-level, both ways: as they are, and
     as photos of unsold products (their own product removed).
 
@@ -205,33 +236,96 @@ def verdict_from_queries(index_vectors: np.ndarray, product_ids: Sequence[str], 
     k nearest images hold no second product gets the margin of a runner-up scoring 0, as search does.
     transform: applied to the catalog rows a block at a time (``transforms.nearest``), so a
     cross-fitted projection of a memory-mapped catalog is never held whole.
+    settings: the query-side settings searches will use (``query_settings``): query expansion
+    (from the query's own best images: for the unsold side from a catalog without its product)
+    and product scoring are applied as ``search`` applies them, so the scores are the ones the
+    verdict will judge. None = plain queries, best image per product.
     """
     pids = np.asarray(product_ids).astype(str)
     labels = np.asarray(labels).astype(str)
-    scores, ids = nearest(queries, index_vectors, min(k, len(index_vectors)), transform=transform)
+    qe = dict((settings or {}).get("query_expansion") or {})
+    qe_k, alpha = int(qe.get("k", 0) or 0), float(qe.get("alpha", DEFAULT_QE_ALPHA))
+    mode = str((settings or {}).get("product_scoring") or "max")
+    depth = min(k, len(index_vectors))
+    scores, ids = nearest(queries, index_vectors, depth, transform=transform)
+    sold_q = unsold_q = queries
+    if qe_k > 0 and len(queries):  # alpha-QE: each side expanded from the best images it may see
+        sold_q, unsold_q = _expanded(index_vectors, pids, queries, labels, scores, ids, qe_k, alpha, exclude, transform)
+        scores, ids = nearest(sold_q, index_vectors, depth, transform=transform)
+        u_scores, u_ids = nearest(unsold_q, index_vectors, depth, transform=transform)
+    else:
+        u_scores, u_ids = scores, ids
+    rows_of = _rows_by_product(pids) if mode != "max" else None
     nan = np.full(len(queries), np.nan)
     top, margin, unsold, unsold_margin = nan.copy(), nan.copy(), nan.copy(), nan.copy()
     right = np.zeros(len(queries), dtype=bool)
     for q in range(len(queries)):
-        ok = ids[q] >= 0
-        if exclude is not None and len(exclude[q]):
-            ok &= ~np.isin(ids[q], exclude[q])
-        s, p = scores[q][ok], pids[ids[q][ok]]
-        if len(p) == 0:
-            continue
-        top[q], right[q] = s[0], p[0] == labels[q]
-        margin[q] = s[0] - _runner_up(s, p, p[0])
-        s, p = s[p != labels[q]], p[p != labels[q]]
-        if len(p):
-            unsold[q] = s[0]
-            unsold_margin[q] = s[0] - _runner_up(s, p, p[0])
+        skip = exclude[q] if exclude is not None and len(exclude[q]) else ()
+        ranked = _rank_products(scores[q], ids[q], pids, skip, mode, rows_of, index_vectors, sold_q[q], transform)
+        if ranked:
+            top[q], right[q] = ranked[0][1], ranked[0][0] == labels[q]
+            margin[q] = ranked[0][1] - (ranked[1][1] if len(ranked) > 1 else 0.0)
+        ranked = _rank_products(u_scores[q], u_ids[q], pids, skip, mode, rows_of, index_vectors, unsold_q[q], transform,
+                                drop=labels[q])
+        if ranked:
+            unsold[q] = ranked[0][1]
+            unsold_margin[q] = ranked[0][1] - (ranked[1][1] if len(ranked) > 1 else 0.0)
     keep, sold_out = ~np.isnan(top), ~np.isnan(unsold)
     return QueryScores(top[keep], right[keep], margin[keep], unsold[sold_out], unsold_margin[sold_out])
 
 
-def _runner_up(scores: np.ndarray, products: np.ndarray, first: str) -> float:
-    other = np.flatnonzero(products != first)
-    return float(scores[other[0]]) if len(other) else 0.0
+def _catalog_rows(index_vectors: np.ndarray, rows: np.ndarray, transform) -> np.ndarray:
+    block = np.asarray(index_vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+    return np.asarray(transform(block) if transform is not None else block, dtype=np.float32)
+
+
+def _expanded(index_vectors, pids, queries, labels, scores, ids, qe_k, alpha, exclude, transform):
+    """alpha-QE of every query twice (``search.search_vector``'s first pass): from its best
+    ``qe_k`` catalog images it may see, and from its best images of *other* products (the unsold
+    side: a photo of a product the shop does not sell expands from what the shop has)."""
+    if ids.shape[1] < qe_k + 8:  # too few candidates to leave the query's own product out of
+        scores, ids = nearest(queries, index_vectors, min(len(index_vectors), 4 * qe_k + 64), transform=transform)
+    sold, unsold = np.array(queries, dtype=np.float32, copy=True), np.array(queries, dtype=np.float32, copy=True)
+    for q in range(len(queries)):
+        ok = ids[q] >= 0
+        if exclude is not None and len(exclude[q]):
+            ok &= ~np.isin(ids[q], exclude[q])
+        for out, keep in ((sold, ok), (unsold, ok & (pids[np.maximum(ids[q], 0)] != labels[q]))):
+            near = np.flatnonzero(keep)[:qe_k]
+            if len(near):
+                out[q] = query_expand(queries[q], _catalog_rows(index_vectors, ids[q][near], transform), scores[q][near],
+                                      alpha=alpha)
+    return sold, unsold
+
+
+def _rows_by_product(pids: np.ndarray) -> dict[str, np.ndarray]:
+    order = np.argsort(pids, kind="stable")
+    uniq, starts = np.unique(pids[order], return_index=True)
+    return dict(zip(uniq.tolist(), np.split(order, starts[1:])))
+
+
+def _rank_products(scores, ids, pids, skip, mode, rows_of, index_vectors, query, transform, drop=None):
+    """[(product, score)] best first, from one query's nearest images (ids -1 and ``skip`` rows left
+    out, and product ``drop``): a product's best image ("max"), or with ``mode`` "mean"/"top2" its
+    candidates rescored from all their images, as ``search`` rescores them."""
+    ok = ids >= 0
+    if len(skip):
+        ok &= ~np.isin(ids, skip)
+    first: dict[str, float] = {}
+    for score, product in zip(scores[ok].tolist(), pids[ids[ok]].tolist()):
+        if product != drop and product not in first:
+            first[product] = score
+    ranked = list(first.items())
+    if mode == "max" or not ranked:
+        return ranked
+    rescored = []
+    for product, best in ranked:
+        rows = rows_of[product]
+        rows = rows[~np.isin(rows, skip)] if len(skip) else rows
+        sims = _catalog_rows(index_vectors, rows, transform) @ np.asarray(query, dtype=np.float32) if len(rows) else [best]
+        rescored.append((product, product_score(sims, mode)))
+    rescored.sort(key=lambda b: -b[1])
+    return rescored
 
 
 def shopper_check(raw_vectors: np.ndarray, product_ids: Sequence[str], projection: Projection,
@@ -372,7 +466,8 @@ def session_fitted_projections(vectors: np.ndarray, product_ids: Sequence[str], 
 def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: bool, index_vectors: np.ndarray,
               post: Any = None, simulated: tuple[np.ndarray, Sequence[str], Sequence[int]] | None = None,
               shopper: tuple[np.ndarray, Sequence[str]] | None = None, seed: int = 0,
-              pair_folds: str = "session", session_cosine: float = SESSION_COSINE) -> VerdictCalibration:
+              pair_folds: str = "session", session_cosine: float = SESSION_COSINE,
+              settings: Mapping[str, Any] | None = None) -> VerdictCalibration:
     """The verdict for a new generation (see the module docstring).
 
     raw_vectors: catalog vectors in model space; index_vectors: as stored (projected, whitened...);
@@ -383,7 +478,9 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
     photo's near-duplicate cluster is held out, its product's other sessions stay in:
     ``session_fitted_projections``) or "product" (its whole product is held out, as for the
     simulated photos and held-out views, which come from the catalog itself); session_cosine: the
-    near-duplicate cosine of ``session_clusters``.
+    near-duplicate cosine of ``session_clusters``; settings: the query-side settings searches
+    use (``query_settings``: query expansion and product scoring are applied to every query; the
+    photos' vectors must already have the test-time augmentation, see ``simulated_queries``).
 
     A simulated photo holds the very pixels of its source image, which a real shopper's photo
     never does; so its source image is removed from the candidates, and it must find its product
@@ -427,16 +524,17 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
                     parts.append((tr(qv[sel]), sel, raw_vectors, tr))
         for q, sel, cat, tr in parts:
             if rows is None:
-                scored.append(verdict_from_queries(cat, pids, q, ql[sel], transform=tr))
+                scored.append(verdict_from_queries(cat, pids, q, ql[sel], transform=tr, settings=settings))
             else:
                 found = has_other[rows[sel]]
                 scored.append(verdict_from_queries(cat, pids, q[found], ql[sel][found], exclude=[[i] for i in rows[sel][found]],
-                                                   transform=tr))
-                alone = verdict_from_queries(cat, pids, q[~found], ql[sel][~found], transform=tr)  # only their unsold side counts
+                                                   transform=tr, settings=settings))
+                alone = verdict_from_queries(cat, pids, q[~found], ql[sel][~found], transform=tr,
+                                             settings=settings)  # only their unsold side counts
                 scored.append(QueryScores(*(np.empty(0),) * 3, alone.unsold_top, alone.unsold_margin))
         sources[name] = int(len(qv))
     if not shopper_like:
-        held = _held_out_views(raw_vectors, pids, index_vectors, finish, folds if adapted else None, seed)
+        held = _held_out_views(raw_vectors, pids, index_vectors, finish, folds if adapted else None, seed, settings)
         if held is not None:
             scored.append(held)
             sources["held_out_views"] = int(len(held.top))
@@ -457,7 +555,7 @@ def calibrate(raw_vectors: np.ndarray, product_ids: Sequence[str], *, adapted: b
     return verdict
 
 
-def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray, finish, folds, seed: int):
+def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray, finish, folds, seed: int, settings=None):
     """Leave-one-image-out queries of multi-image products (studio views: the fallback when no
     shopper-like photo is available)."""
     _, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
@@ -468,17 +566,19 @@ def _held_out_views(raw: np.ndarray, pids: np.ndarray, index_vectors: np.ndarray
     out = []
     if folds is None:
         out.append(verdict_from_queries(index_vectors, pids, index_vectors[picked], pids[picked],
-                                        exclude=[[i] for i in picked]))
+                                        exclude=[[i] for i in picked], settings=settings))
     else:
         for held, proj in folds:
             sel = picked[np.isin(pids[picked], held)]
             if len(sel) == 0:
                 continue
             if proj is None:
-                out.append(verdict_from_queries(index_vectors, pids, index_vectors[sel], pids[sel], exclude=[[i] for i in sel]))
+                out.append(verdict_from_queries(index_vectors, pids, index_vectors[sel], pids[sel], exclude=[[i] for i in sel],
+                                                settings=settings))
                 continue
             tr = _through(proj, finish)
-            out.append(verdict_from_queries(raw, pids, tr(raw[sel]), pids[sel], exclude=[[i] for i in sel], transform=tr))
+            out.append(verdict_from_queries(raw, pids, tr(raw[sel]), pids[sel], exclude=[[i] for i in sel], transform=tr,
+                                            settings=settings))
     return QueryScores.concat(out)
 
 
@@ -497,7 +597,7 @@ def _through(proj: Projection | None, finish: Callable[[np.ndarray], np.ndarray]
 
 def simulated_queries(embedder: Embedder, images: Mapping[str, tuple[str, int]], *, n: int = SIMULATED_QUERIES,
                       prefer: set[str] | frozenset[str] = frozenset(), seed: int = 0,
-                      batch_size: int = 32) -> tuple[np.ndarray, list[str], list[int], int]:
+                      batch_size: int = 32, tta: str = "none") -> tuple[np.ndarray, list[str], list[int], int]:
     """Phone-like photos of catalog products (cut out of a catalog image, put on a cluttered
     surface, tilted, re-lit, blurred, noised - ``vsearch.shopper_photos``), embedded.
 
@@ -505,9 +605,13 @@ def simulated_queries(embedder: Embedder, images: Mapping[str, tuple[str, int]],
     (those with another catalog image, whose photos can be answered right while their source image
     is held out), topped up with others (up to a third of the products). Up to ``n`` photos, at most two per product
     (small catalogs get two, so the verdict has queries to judge). Made at 400 x 300 on a few
-    reused backgrounds (~40 ms each on 2 cores) - the model sees 224 px anyway. Returns
+    reused backgrounds (~40 ms each on 2 cores) - the model sees 224 px anyway. ``tta``: each
+    photo's vector is the mean of its test-time augmented views, as ``search.embed_query`` makes
+    a query's (one more image through the model per view). Returns
     (vectors, product ids, source rows, photos that could not be made). Deterministic for a seed.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta {tta!r} is not one of {', '.join(TTA_MODES)}")
     from .errors import CatalogError, ImageError
     from .shopper_photos import cutout, scenes, shopper_photo
 
@@ -521,7 +625,12 @@ def simulated_queries(embedder: Embedder, images: Mapping[str, tuple[str, int]],
     vectors, labels, rows, failed, batch = [], [], [], 0, []
 
     def flush() -> None:
-        vectors.append(embedder.embed_images([p for _, p in batch]))
+        views = [_tta_views(p, tta) for _, p in batch]
+        flat = embedder.embed_images([v for group in views for v in group])
+        if tta != "none":  # each photo: the normalised mean of its views
+            ends = np.cumsum([len(group) for group in views])
+            flat = l2_normalise(np.stack([flat[e - len(g):e].mean(axis=0) for e, g in zip(ends, views)]))
+        vectors.append(flat)
         labels.extend(pid for pid, _ in batch)
         rows.extend(images[pid][1] for pid, _ in batch)
         batch.clear()
@@ -542,3 +651,38 @@ def simulated_queries(embedder: Embedder, images: Mapping[str, tuple[str, int]],
         flush()
     dim = int(embedder.dim)
     return (np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)), labels, rows, failed
+
+
+def _tta_views(photo, tta: str) -> list:
+    """The views ``search.embed_query`` embeds for a query photo under ``tta``."""
+    from PIL import ImageOps
+
+    views = [photo]
+    if "flip" in tta:
+        views.append(ImageOps.mirror(photo))
+    if "pad" in tta:
+        views.append(ImageOps.pad(photo, (max(photo.size),) * 2, color=(255, 255, 255)))
+    return views
+
+
+def simulated_photos(embedder: Any, images: Sequence[Any], manifest: dict[str, Any], *, tta: str = "none"):
+    """Simulated shopper photos of catalog products (``simulated_queries``, with the searches'
+    default ``tta``) as (vectors, product ids, source rows), recorded in the manifest; None without
+    a loaded model or without a product that has another image (a single-image catalog cannot
+    answer them with the source image held out), which costs nothing to find out again.
+    images: the build's image records (product_id, source)."""
+    import time
+    from collections import Counter
+
+    multi = {p for p, c in Counter(im.product_id for im in images).items() if c >= 2}
+    if not hasattr(embedder, "embed_images") or not multi:
+        return None
+    local: dict[str, tuple[str, int]] = {}
+    for row, im in enumerate(images):
+        if im.product_id not in local and not im.source.startswith(("http://", "https://")):
+            local[im.product_id] = (im.source, row)
+    started = time.perf_counter()
+    vectors, labels, rows, failed = simulated_queries(embedder, local, prefer=multi, tta=tta)
+    manifest["verdict_simulation"] = {"photos": len(labels), "failed": failed, "seconds": round(time.perf_counter() - started, 2),
+                                      "tta": tta}
+    return vectors, labels, rows

@@ -169,7 +169,9 @@ def build_ondisk(out_dir: Path, index_file: str, factory: str, *, sample: np.nda
     work.mkdir(exist_ok=True)
     trained = work / "trained.faiss"
     if trained_from is not None:
-        faiss.write_index(empty_copy(trained_from), str(trained))
+        reused = empty_copy(trained_from)
+        faiss.extract_index_ivf(reused).nprobe = int(nprobe)  # this build's setting, not the one it was trained with
+        faiss.write_index(reused, str(trained))
     else:
         faiss.write_index(train_ivf(sample, factory, nprobe=nprobe), str(trained))
     timings["train_s"], clock = time.perf_counter() - clock, time.perf_counter()

@@ -13,8 +13,8 @@ Layout of an index folder (default ``index/default``)::
         products.sqlite products, images and their metadata; the FTS5 table ``words`` (vsearch.words)
         train_pairs.json  builds with --train-pairs: the pair photos' content hashes (what ``vsearch gc`` keeps cached)
 
-A build writes a new generation beside the live one and only then points CURRENT at it, so a
-crash at any moment leaves the previous index loadable, and a running server can switch by
+A build writes a new generation beside the live one, fsyncs all of it, and only then points
+CURRENT at it, so a crash (or a power loss) at any moment leaves the previous index loadable, and a running server can switch by
 re-reading CURRENT. JSON and SQLite only: nothing on disk is ever unpickled.
 """
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from . import __version__
 from .product import Product
-from .errors import IndexFormatError
+from .errors import IndexFormatError, VsearchError
 from .words import write_words
 
 FORMAT_NAME = "vsearch-index"
@@ -72,6 +72,8 @@ RERANK_FACTORS = {"ivfpq": 16, "ivfpq-fs": 64}
 RERANKED_TYPES = tuple(RERANK_FACTORS)
 FLAT_MAX = 20_000
 IVF_NPROBE_DIVISOR = 32  # nprobe = nlist / 32: ~3% of the lists are scanned per query
+PQ_MIN_NPROBE = 32  # PQ types scan at least this many lists (their RERANK_FACTORS were measured at 32)
+PQ_MIN_VECTORS = {"ivfpq": 256, "ivfpq-fs": 16}  # k-means needs a training point per PQ code (2^8 / 2^4)
 TRAIN_SAMPLE_MAX = 256 * 1024  # IVF/PQ training sample, up to ~2.8 M vectors (see training_sample_size)
 MIN_TRAIN_PER_LIST = 39  # k-means points per inverted list below which FAISS warns that training is too thin
 HNSW_M = 32
@@ -117,6 +119,15 @@ class ImageRecord:
     content_hash: str
 
 
+def content_key(product_id: str, source: str, content_hash: str) -> tuple[str, str]:
+    """What identifies a catalog image for every reuse decision (verdict, projection, IVF quantizer,
+    incremental ids): its product and the hash of its bytes, so a photo replaced in place with
+    other bytes counts as changed and a moved one does not. Imported vectors (``--embeddings``:
+    no image is read, no hash) fall back to the image's path."""
+    return str(product_id), str(content_hash or source)
+
+
+
 # ---------------------------------------------------------------- FAISS index choice
 
 
@@ -157,6 +168,33 @@ def ivf_nprobe(nlist: int) -> int:
     return int(max(1, min(nlist, max(8, nlist // IVF_NPROBE_DIVISOR))))
 
 
+def pq_nprobe(nlist: int) -> int:
+    """PQ types: the lists ``ivf`` scans (nlist / 32), but never fewer than PQ_MIN_NPROBE, the
+    setting their recall figures were measured at (up to ~1,000 lists, i.e. ~60k vectors, it is
+    that floor; at 10 M vectors, 12,649 lists, it is 395 where a fixed 32 scanned 0.25 %)."""
+    return int(max(1, min(nlist, max(PQ_MIN_NPROBE, nlist // IVF_NPROBE_DIVISOR))))
+
+
+def nprobe_for(index_type: str, nlist: int) -> int:
+    """The nprobe an IVF index type is written with (stored in the index file, used by every search)."""
+    return pq_nprobe(nlist) if index_type in RERANKED_TYPES else ivf_nprobe(nlist)
+
+
+def pq_fallback(index_type: str, n_vectors: int) -> tuple[str, str]:
+    """(the type to build, '' or why not the one asked for): a PQ type's codebooks need
+    PQ_MIN_VECTORS[type] training vectors (256 codes per sub-quantizer for 8-bit PQ), so a smaller
+    catalog is built ``flat`` - exact, and at that size as fast and small as any."""
+    if n_vectors >= PQ_MIN_VECTORS.get(index_type, 0):
+        return index_type, ""
+    return "flat", (f"index type {index_type} needs at least {PQ_MIN_VECTORS[index_type]} images to train its PQ "
+                    f"codebooks and the catalog has {n_vectors}: built 'flat' (exact search) instead")
+
+
+def _too_few_for_pq(index_type: str, n: int) -> str:
+    return (f"index type {index_type} needs at least {PQ_MIN_VECTORS[index_type]} vectors to train its PQ codebooks, "
+            f"got {n}; 'flat' (exact) or 'ivf' work at any size")
+
+
 def _pq_subquantizers(dim: int) -> int:
     for m in (64, 32, 16, 8, 4, 2, 1):
         if dim % m == 0 and dim // m >= 4:
@@ -177,13 +215,13 @@ def make_faiss_index(vectors: np.ndarray, index_type: str):
         index.hnsw.efSearch = HNSW_EF_SEARCH
     else:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if index_type in PQ_MIN_VECTORS and n < PQ_MIN_VECTORS[index_type]:
+            raise VsearchError(_too_few_for_pq(index_type, n))
         if not index.is_trained:
             index.train(_training_sample(vectors, index_type, faiss.extract_index_ivf(index).nlist))
-        if index_type in ("ivfpq", "ivfpq-fs"):
-            faiss.extract_index_ivf(index).nprobe = 32
-        elif index_type == "ivf":
+        if index_type in ("ivf", "ivfpq", "ivfpq-fs"):
             ivf = faiss.extract_index_ivf(index)
-            ivf.nprobe = ivf_nprobe(ivf.nlist)  # stored in the index file, used by every search
+            ivf.nprobe = nprobe_for(index_type, ivf.nlist)  # stored in the index file, used by every search
     if n:
         index.add(vectors)
     return index, factory
@@ -213,11 +251,13 @@ def _write_sharded(tmp_dir: Path, vectors: np.ndarray, index_type: str, timings:
     from . import sharded_index
 
     n, dim = vectors.shape
+    if not quantizer and n < PQ_MIN_VECTORS.get(index_type, 0):
+        raise VsearchError(_too_few_for_pq(index_type, n))
     factory = quantizer["factory"] if quantizer else faiss_factory_string(index_type, n, dim)
     nlist = int(factory.split(",")[0].removeprefix("IVF"))
     sharded_index.build_ondisk(
         tmp_dir, VECTORS_FILE, factory, sample=vectors[:0] if quantizer else _training_sample(vectors, index_type, nlist),
-        nprobe=ivf_nprobe(nlist) if index_type == "ivf" else 32, shards=sharded_index.shards_of(vectors),
+        nprobe=nprobe_for(index_type, nlist), shards=sharded_index.shards_of(vectors),
         n_ids=n, stored_file=STORED_VECTORS_FILE if index_type in RERANKED_TYPES else None, timings=timings,
         trained_from=quantizer["trained_index"] if quantizer else None)
     return factory
@@ -361,7 +401,12 @@ def read_train_pairs(generation_dir: Path) -> list[str]:
 
 
 def publish_generation(index_dir: Path, tmp_dir: Path) -> Path:
-    """Make a finished generation live: rename it, then atomically repoint CURRENT."""
+    """Make a finished generation live: flush every file of it to disk, rename it, then atomically
+    repoint CURRENT (and flush the pointer and the folder that holds it).
+
+    Without the flush a power loss soon after a build could leave CURRENT naming a generation
+    whose FAISS index or ``.ivfdata`` was still only in the page cache, i.e. truncated on disk."""
+    fsync_tree(tmp_dir)
     final = index_dir / tmp_dir.name.removeprefix(".tmp-")
     os.replace(tmp_dir, final)
     _fsync_dir(index_dir)
@@ -401,6 +446,25 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` (whoever wrote it: FAISS, SQLite, numpy, hard links of
+    reused files), then every folder bottom-up, so all of it is on disk before anything points to it."""
+    folders = []
+    for root, dirs, files in os.walk(folder):
+        folders.append(root)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for root in reversed(folders):
+        _fsync_dir(Path(root))
 
 
 def _fsync_dir(path: Path) -> None:
