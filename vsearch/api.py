@@ -481,14 +481,17 @@ def _run(index: "ProductIndex", service: "Service", params: Mapping[str, Any], d
         items.append(tuple(s.strip() for s in item.split("=", 1)))
     if items:
         columns = set(index.metadata_columns())
+        exact_prices: list[str] = []
         for column, value in items:
             if column not in columns:
                 raise VsearchError(f"cannot filter on {column!r}; columns: {', '.join(sorted(columns))}")
             values = [str(v) for v in (value if isinstance(value, list) else [value])]
             if column == "price":  # an exact price: the range [p, p], within min_price/max_price if given
-                filters["price"] = _exact_price(values, filters.get("price", (None, None)))
+                exact_prices += values
                 continue
             filters.setdefault(column, []).extend(values)
+        if exact_prices:
+            filters["price"] = _exact_price(exact_prices, filters.get("price", (None, None)))
     raw_locate = _one(params, "locate")
     if raw_locate is None or isinstance(raw_locate, bool):
         locate = bool(raw_locate)

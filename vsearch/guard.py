@@ -124,6 +124,10 @@ class BodyGuard:
                 return  # we answered for the handler; whatever it says after that is dropped
             if message.get("type") == "http.response.start":
                 state["started"] = True
+                if not state["done"] and not any(k.lower() == b"connection" for k, _ in message.get("headers", ())):
+                    # answered before its body is in (e.g. Gradio's own size check): close the
+                    # connection instead of letting the server read the rest to keep it alive
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
         try:

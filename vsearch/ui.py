@@ -606,6 +606,7 @@ def launch_app(app: gr.Blocks, index: ProductIndex, *, host: str = "127.0.0.1", 
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
                            app_kwargs={"middleware": [Middleware(BodyGuard, limits=service.body_limits)]},
                            auth=_key_login(key) if key else None, **launch_settings(index, examples))
+    _trust_forwarded_only_from(app, service.settings.trusted_proxies)
     app.app.mount(PREFIX, create_rest_app(service))
     service.start_watcher(watch_interval)
     close = app.close
@@ -616,6 +617,22 @@ def launch_app(app: gr.Blocks, index: ProductIndex, *, host: str = "127.0.0.1", 
 
     app.close = close_all
     return url
+
+
+def _trust_forwarded_only_from(app: gr.Blocks, proxies: Sequence[str]) -> None:
+    """uvicorn (under Gradio) believes X-Forwarded-For from 127.0.0.1 and ::1 by default, which
+    would let any local process choose its rate-limit bucket. Make it believe exactly the
+    configured trusted proxies (none by default), the same ones `guard.client_address` uses."""
+    try:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware, _TrustedHosts
+    except ImportError:  # another uvicorn: leave it as it is
+        log.warning("cannot set uvicorn's trusted proxies; X-Forwarded-For from loopback is believed")
+        return
+    layer = getattr(getattr(getattr(app, "server", None), "config", None), "loaded_app", None)
+    while layer is not None and not isinstance(layer, ProxyHeadersMiddleware):
+        layer = getattr(layer, "app", None)
+    if layer is not None:
+        layer.trusted_hosts = _TrustedHosts(list(proxies))
 
 
 def _key_login(key: str):
