@@ -530,24 +530,28 @@ def _exact_price(values: list[str], within: tuple[Any, Any]) -> tuple[float, flo
 
 
 def _docs_page(rest: "FastAPI") -> None:
-    """/docs: Swagger UI from the files of the swagger-ui-bundle package, served by this app, so
+    """/docs: Swagger UI from the files the fastapi-offline package ships, served by this app, so
     the page works on a machine without internet (FastAPI's default loads them from a CDN)."""
+    from pathlib import Path
+
     from fastapi import Request
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
 
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        import fastapi_offline
+
+        files_dir = Path(fastapi_offline.__file__).parent / "static"
     except ImportError:  # not installed: FastAPI's page with the CDN's files
-        swagger_ui_path = None
-    if swagger_ui_path is not None:
-        rest.mount("/docs-files", StaticFiles(directory=swagger_ui_path), name="docs-files")
+        files_dir = None
+    if files_dir is not None:
+        rest.mount("/docs-files", StaticFiles(directory=files_dir), name="docs-files")
 
     @rest.get("/docs", include_in_schema=False)
     def docs(request: Request):
         root = request.scope.get("root_path", "").rstrip("/")
-        files = {} if swagger_ui_path is None else {
+        files = {} if files_dir is None else {
             "swagger_js_url": f"{root}/docs-files/swagger-ui-bundle.js",
             "swagger_css_url": f"{root}/docs-files/swagger-ui.css",
-            "swagger_favicon_url": f"{root}/docs-files/favicon-32x32.png"}
+            "swagger_favicon_url": f"{root}/docs-files/favicon.png"}
         return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{rest.title} - docs", **files)
