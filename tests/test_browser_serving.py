@@ -46,7 +46,8 @@ def test_page_images_still_load_after_gradios_cache_sweep(tmp_path, monkeypatch)
     from test_ui import shopper_photo, start_server
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
-    server = start_server(tmp_path / "srv", files_max_age=4)  # swept every 4 s: anything older than 4 s goes
+    server = start_server(tmp_path / "srv", files_max_age=10)  # swept every 10 s: anything older than 10 s goes
+    # (short, but long enough for a loaded 2-core test machine to preview the upload before it goes)
     photo = shopper_photo(tmp_path, 5, name="shopper.jpg")
     outside: list[str] = []
 
@@ -63,18 +64,24 @@ def test_page_images_still_load_after_gradios_cache_sweep(tmp_path, monkeypatch)
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1360, "height": 1000})
-            _loopback_only(page, outside)
-            page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
+
+            def visitor():  # a browser context of its own: nothing cached from an earlier visit
+                page = browser.new_context(viewport={"width": 1360, "height": 1000}).new_page()
+                _loopback_only(page, outside)
+                page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
+                return page
+
+            page = visitor()
             try:
                 first = search_and_wait(page)
                 assert first and all(width > 0 for _, _, width in first), first
                 copies = [p for p in (_cached_path(src) for src, _, _ in first) if p is not None]
                 assert copies, f"gallery images are not served from Gradio's cache: {first[:2]}"
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + 60
                 while any(p.exists() for p in copies) and time.monotonic() < deadline:
                     time.sleep(0.5)
                 assert not any(p.exists() for p in copies), "the cache sweep did not run"
+                page = visitor()  # a later shopper
                 again = search_and_wait(page)  # the same products, shown again after the sweep
                 broken = [src for src, complete, width in again if not (complete and width > 0)]
                 assert not broken, f"page images that did not load after the sweep: {broken[:3]}"
