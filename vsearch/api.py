@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import FeedbackError, ImageError, ServerBusyError, VsearchError
-from .guard import (BODY_TIMEOUT, MAX_WAITING, WAIT_SECONDS, BodyLimits, Gate, RateLimiter,  # noqa: F401 (re-exported)
-                    TrustedProxies, client_address)
+from .guard import (BODY_TIMEOUT, MAX_WAITING, QUERY_FETCHES, WAIT_SECONDS, BodyLimits, Gate,  # noqa: F401 (re-exported)
+                    RateLimiter, TrustedProxies, client_address)
 from .images import MAX_BYTES
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class Service:
         self.index = index
         self.settings = settings or ServeSettings()
         self.gate = Gate(self.settings.concurrency or default_concurrency(), self.settings.max_waiting)
+        self.fetch_gate = Gate(QUERY_FETCHES, self.settings.max_waiting)  # image_url downloads (network, not CPU)
         self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
         self.feedback_limiter = RateLimiter(FEEDBACK_RATE, FEEDBACK_BURST)
         self.feedback: "FeedbackStore | None" = None
@@ -343,7 +344,13 @@ def create_rest_app(service: "Service") -> "FastAPI":
         if data is not None and len(data) > MAX_BYTES:
             raise HTTPException(413, f"{name}: {len(data) / 2**20:.1f} MiB; a photo may be at most {MAX_BYTES // 2**20} MiB")
         try:
-            async with service.gate.async_slot():  # decoding and fetching an image_url are search work too
+            url = _one(params, "image_url")
+            if url is not None and data is None:  # (a photo and a URL together: _run says which to send)
+                async with service.fetch_gate.async_slot():  # bounded in number, each within its deadline
+                    data = await run_in_threadpool(service.downloads().fetch, str(url))
+                name = str(url)
+                params = {key: value for key, value in params.items() if key != "image_url"}
+            async with service.gate.async_slot():  # decoding is search work too
                 hits = await run_in_threadpool(_run, index, service, params, data, name)
         except ServerBusyError as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
@@ -504,8 +511,9 @@ def _run(index: "ProductIndex", service: "Service", params: Mapping[str, Any], d
     url = _one(params, "image_url")
     if data is not None and url is not None:
         raise VsearchError("send either an image file or an image_url, not both")
-    if url is not None:
-        data = service.downloads().fetch(str(url))  # the caller holds a search slot: fetching is bounded too
+    if url is not None:  # (the REST handler fetches it beforehand, under the fetch gate)
+        with service.fetch_gate.slot():
+            data = service.downloads().fetch(str(url))
         name = str(url)
     if data is None and not text:
         raise VsearchError("send a photo (multipart field 'image', or JSON 'image_url') or a 'text'")

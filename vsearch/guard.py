@@ -9,8 +9,9 @@ things protect it whatever door a request comes in by:
   `BodyLimits.timeout` seconds (a slow drip). The handler behind it then sees a disconnected
   client and stops; nothing it would send goes out. So no request makes the server hold more
   than its limit plus a small constant.
-* `Gate`: at most `limit` searches (decode + search, and fetching an ``image_url``) at once, page
-  and API together; a bounded number wait. Threads wait in `Gate.slot`; the REST handlers wait in
+* `Gate`: at most `limit` searches (decode + search) at once, page and API together; a bounded
+  number wait. Fetching an ``image_url`` takes a slot of a second gate (`QUERY_FETCHES` at once,
+  each within its download deadline), so slow URLs cannot starve the searches. Threads wait in `Gate.slot`; the REST handlers wait in
   `Gate.async_slot`, which does not hold one of the server's shared worker threads while waiting.
 * `RateLimiter` per client address; `client_address` takes the address from ``X-Forwarded-For``
   only when the direct peer is a trusted proxy (`TrustedProxies`, off by default).
@@ -301,6 +302,9 @@ QUERY_CONNECT_TIMEOUT = 3.0
 QUERY_READ_TIMEOUT = 8.0
 QUERY_CACHE_FILES = 256
 QUERY_CACHE_BYTES = 256 * 2**20
+#: image_url downloads at once (`Service.fetch_gate`). They wait on the network, not the CPU, so
+#: they have a gate of their own: slow URLs never hold the search slots that shoppers' photos need.
+QUERY_FETCHES = 8
 
 
 class QueryDownloads:
