@@ -421,3 +421,22 @@ def test_page_images_are_copied_again_after_the_cache_sweep(server, tmp_path):
     os.utime(again, (old, old))
     files.path(server.index.generation, 0)
     assert Path(again).stat().st_mtime > time.time() - 60  # handed out again: touched, its age starts over
+
+
+def test_serve_passes_its_guard_flags_on_and_refuses_bad_ones_before_loading(monkeypatch, capsys):
+    from vsearch import cli, ui
+
+    got: dict = {}
+    monkeypatch.delenv("VSEARCH_TRUSTED_PROXIES", raising=False)
+    monkeypatch.setattr(ui, "serve", lambda index, **kw: got.update(kw))  # the index is never loaded here
+    assert cli.main(["serve", "--index", "idx", "--trusted-proxies", "127.0.0.1, 10.0.0.0/8",
+                     "--body-timeout", "5"]) == 0
+    assert got["trusted_proxies"] == ("127.0.0.1", "10.0.0.0/8") and got["body_timeout"] == 5
+    got.clear()
+    assert cli.main(["serve", "--index", "idx"]) == 0
+    assert "trusted_proxies" not in got and "body_timeout" not in got  # serve's own defaults apply
+    got.clear()
+    assert cli.main(["serve", "--index", "idx", "--trusted-proxies", "127.0.0.1,proxy.local"]) == 1
+    assert "'proxy.local' is not an IP address or network" in capsys.readouterr().err and not got
+    assert cli.main(["serve", "--index", "idx", "--body-timeout", "-1"]) == 1
+    assert "--body-timeout must be 0 (no limit) or more seconds" in capsys.readouterr().err and not got
