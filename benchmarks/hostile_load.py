@@ -1,6 +1,6 @@
 """Ordinary shoppers while attackers hit the server, against the same run without attackers.
 
-    python benchmarks/hostile_load.py [--shoppers 8] [--attackers 2] [--seconds 60]
+    python benchmarks/hostile_load.py [--shoppers 8] [--attackers 2] [--seconds 60] [--slow-url-burst 12]
 
 Loopback only, bounded in time. The server (`vsearch serve` code: `ui.create_app` + `launch_app`
 on the sample index, offline model) runs in a subprocess so its own memory can be read; it is
@@ -11,9 +11,9 @@ started afresh for each of the two runs, which are the same except for the attac
   server's watcher swaps it in.
 * hostile: the same, plus `--attackers` threads that take turns sending a chunked 300 MiB
   upload to the REST search, the same to the page's upload route (/gradio_api/upload), a
-  decompression-bomb PNG, and a search by a distinct slow `image_url` (a local server that drips
-  one byte every 0.5 s); and one more thread keeps 16 slow request bodies (one byte every 0.5 s)
-  open at all times.
+  decompression-bomb PNG, and a burst of `--slow-url-burst` (12) searches at once, each by a
+  distinct slow `image_url` (a local server that drips one byte every 0.5 s); and one more thread
+  keeps 16 slow request bodies (one byte every 0.5 s) open at all times.
 
 Measured per run: shopper searches, unexpected shopper errors (anything but 200), p50/p95
 latency, the server's RSS (start, peak, end; sampled every 0.25 s from /proc), and /health
@@ -209,8 +209,21 @@ def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_
                             r = http.post("/gradio_api/upload", content=body, headers=headers)
                         elif kind == "decompression-bomb":
                             r = http.post("/api/v1/search", files={"image": ("bomb.png", bomb, "image/png")})
-                        else:
-                            r = http.post("/api/v1/search", json={"image_url": f"{slow_base}/{uuid.uuid4().hex}.jpg"})
+                        else:  # a burst of distinct slow URLs at once (none cached), more than the fetch gate
+                            def slow_url() -> None:
+                                try:
+                                    a = httpx.post(url + "/api/v1/search", timeout=60,
+                                                   json={"image_url": f"{slow_base}/{uuid.uuid4().hex}.jpg"})
+                                    note(kind, str(a.status_code))
+                                except Exception as e:  # noqa: BLE001
+                                    note(kind, type(e).__name__)
+
+                            burst = [threading.Thread(target=slow_url, daemon=True) for _ in range(args.slow_url_burst)]
+                            for t in burst:
+                                t.start()
+                            for t in burst:
+                                t.join(90)
+                            continue
                     note(kind, str(r.status_code))
                 except Exception as e:  # noqa: BLE001 - a cut connection is an acceptable answer to an attack
                     note(kind, type(e).__name__)
@@ -232,8 +245,10 @@ def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_
                     except BlockingIOError:
                         keep.append((s, t0))
                         continue
-                    except OSError as e:
-                        answer = type(e).__name__.encode()
+                    except OSError as e:  # the server closed it (after answering, or before we read the answer)
+                        note("slow-body", type(e).__name__)
+                        s.close()
+                        continue
                     note("slow-body", answer.split(b"\r\n")[0].decode("latin-1")[9:12] or "closed")
                     s.close()
                 socks = keep
@@ -299,6 +314,8 @@ def main() -> int:
     ap.add_argument("--shoppers", type=int, default=8)
     ap.add_argument("--attackers", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--slow-url-burst", type=int, default=12,
+                    help="slow image_url searches an attacker sends at once (default 12: 2 attackers, 3x the fetch gate)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -321,7 +338,8 @@ def main() -> int:
             slow.shutdown()
 
     print(f"{args.shoppers} shoppers for {args.seconds:.0f} s per run on loopback (REST multipart search, sample "
-          f"index, efficientnet-lite0, rate limit off, --body-timeout {BODY_TIMEOUT:g}); "
+          f"index, efficientnet-lite0, rate limit off, --body-timeout {BODY_TIMEOUT:g}; {args.attackers} attackers, "
+          f"slow-url burst {args.slow_url_burst}); "
           f"load average before {load_before}, after {load_after}")
     print("| run | searches | req/s | unexpected errors | p50 ms | p95 ms | /health slowest (failures/polls) "
           "| server RSS start / peak / end MiB |")
