@@ -27,9 +27,9 @@ LAYERS: list[set[str]] = [
     {"adaptation", "calibration", "hygiene", "incremental"},
     {"learn"},
     {"build", "search"},
-    {"evaluate", "watcher", "feedback", "gc"},
+    {"evaluate", "watcher", "feedback", "gc", "guard"},
     {"report"},
-    {"api"},
+    {"api", "page_files", "page_text"},
     {"ui"},
     {"cli", "demo"},
 ]

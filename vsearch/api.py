@@ -12,22 +12,21 @@ FastAPI reads the handlers' annotations at run time, so this module does not use
 
 import hmac
 import logging
-import shutil
-import tempfile
 import threading
 import time
-from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import FeedbackError, ImageError, NoWordMatchError, ServerBusyError, VsearchError
+from .guard import (BODY_TIMEOUT, MAX_WAITING, QUERY_FETCHES, WAIT_SECONDS, BodyLimits, Gate,  # noqa: F401 (re-exported)
+                    RateLimiter, TrustedProxies, client_address)
 from .images import MAX_BYTES
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from .feedback import FeedbackStore
+    from .guard import QueryDownloads
     from .search import Hit, ProductIndex
     from .watcher import IndexWatcher
 
@@ -40,8 +39,6 @@ DEFAULT_RATE = 120.0  # requests per minute per client
 DEFAULT_BURST = 30
 FEEDBACK_RATE = 6.0  # confirmations per minute per client
 FEEDBACK_BURST = 3
-WAIT_SECONDS = 30.0  # longest a request waits for a search slot before "busy"
-MAX_WAITING = 64  # requests waiting for a slot beyond this are told the server is busy (the page's queue size)
 
 VERDICTS = {True: "close_match", False: "no_close_match", None: "no_verdict"}
 
@@ -62,63 +59,8 @@ class ServeSettings:
     concurrency: int = 0  # 0 = min(4, CPUs)
     max_waiting: int = MAX_WAITING
     feedback: bool = False
-
-
-class RateLimiter:
-    """Token bucket per client key: `burst` requests at once, refilled at `per_minute`."""
-
-    def __init__(self, per_minute: float, burst: int, max_clients: int = 10_000):
-        self.rate = float(per_minute) / 60.0
-        self.burst = max(1, int(burst))
-        self.max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def check(self, key: str) -> float | None:
-        """Take one token for ``key``; None when allowed, else seconds until the next token."""
-        if self.rate <= 0:
-            return None
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.pop(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            allowed = tokens >= 1.0
-            self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-            while len(self._buckets) > self.max_clients:  # forget the longest-idle client
-                self._buckets.popitem(last=False)
-        return None if allowed else (1.0 - tokens) / self.rate
-
-
-class Gate:
-    """At most `limit` searches at once, page and API together; a bounded number may wait."""
-
-    def __init__(self, limit: int, max_waiting: int = MAX_WAITING, wait_seconds: float = WAIT_SECONDS):
-        self.limit = max(1, int(limit))
-        self.max_waiting = max(0, int(max_waiting))
-        self.wait_seconds = wait_seconds
-        self._slots = threading.BoundedSemaphore(self.limit)
-        self._waiting = 0
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        if not self._slots.acquire(blocking=False):
-            with self._lock:
-                if self._waiting >= self.max_waiting:
-                    raise ServerBusyError(f"the server is busy ({self.limit} searches running, "
-                                          f"{self._waiting} waiting); try again in a moment")
-                self._waiting += 1
-            try:
-                got = self._slots.acquire(timeout=self.wait_seconds)
-            finally:
-                with self._lock:
-                    self._waiting -= 1
-            if not got:
-                raise ServerBusyError(f"no search slot came free within {self.wait_seconds:.0f} s; try again in a moment")
-        try:
-            yield
-        finally:
-            self._slots.release()
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For names the client (rate limit key)
+    body_timeout: float = BODY_TIMEOUT  # seconds for a whole request body to arrive (0 = no limit)
 
 
 class Service:
@@ -128,6 +70,7 @@ class Service:
         self.index = index
         self.settings = settings or ServeSettings()
         self.gate = Gate(self.settings.concurrency or default_concurrency(), self.settings.max_waiting)
+        self.fetch_gate = Gate(QUERY_FETCHES, self.settings.max_waiting)  # image_url downloads (network, not CPU)
         self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
         self.feedback_limiter = RateLimiter(FEEDBACK_RATE, FEEDBACK_BURST)
         self.feedback: "FeedbackStore | None" = None
@@ -136,7 +79,10 @@ class Service:
 
             self.feedback = FeedbackStore(index.index_dir)
         self.watcher: "IndexWatcher | None" = None
-        self._downloads: str | None = None
+        self.proxies = TrustedProxies(self.settings.trusted_proxies)
+        self.body_limits = BodyLimits(timeout=self.settings.body_timeout)
+        self._downloads: "QueryDownloads | None" = None
+        self._downloads_lock = threading.Lock()
 
     def start_watcher(self, interval: float | None = None) -> "IndexWatcher":
         from .watcher import DEFAULT_INTERVAL, IndexWatcher
@@ -145,19 +91,33 @@ class Service:
             self.watcher = IndexWatcher(self.index, interval=interval or DEFAULT_INTERVAL).start()
         return self.watcher
 
-    def downloads(self) -> str:
-        """Cache folder for query images given by URL (removed when the server stops)."""
-        if self._downloads is None:
-            self._downloads = tempfile.mkdtemp(prefix="vsearch-query-downloads-")
-        return self._downloads
+    def downloads(self) -> "QueryDownloads":
+        """The bounded cache of query photos fetched by image_url (removed when the server stops)."""
+        with self._downloads_lock:
+            if self._downloads is None:
+                from .guard import QueryDownloads
+
+                self._downloads = QueryDownloads()
+            return self._downloads
+
+    def client_key(self, peer: str | None, headers: Mapping[str, str]) -> str:
+        """Who a request counts as for the rate limit (X-Forwarded-For only from trusted proxies)."""
+        return client_address(peer, headers, self.proxies)
+
+    def admit(self, peer: str | None, headers: Mapping[str, str]) -> None:
+        """Take one request from this client's rate limit; ServerBusyError saying when to retry."""
+        wait = self.limiter.check(self.client_key(peer, headers))
+        if wait is not None:
+            raise ServerBusyError(f"too many requests from you; try again in {max(1, round(wait))} s")
 
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
-        if self._downloads is not None:
-            shutil.rmtree(self._downloads, ignore_errors=True)
-            self._downloads = None
+        with self._downloads_lock:
+            if self._downloads is not None:
+                self._downloads.close()
+                self._downloads = None
 
     def record_feedback(self, photo: Any, product_id: str, client: str, generation: str = "") -> bool:
         """Record a confirmed match for ``client``; True when new. FeedbackError when off, unknown
@@ -314,7 +274,7 @@ def create_rest_app(service: "Service") -> "FastAPI":
     settings = service.settings
     responses = {code: {"model": ErrorResponse, "description": text} for code, text in _ERRORS.items()}
 
-    rest = FastAPI(title="vsearch REST API", version="1", docs_url="/docs", redoc_url=None,
+    rest = FastAPI(title="vsearch REST API", version="1", docs_url=None, redoc_url=None,
                    openapi_url="/openapi.json",
                    description="Visual product search over HTTP/JSON. Errors are `{\"detail\": message}` with a "
                                "status code. With an API key set, send it as `X-API-Key: KEY` or "
@@ -327,7 +287,9 @@ def create_rest_app(service: "Service") -> "FastAPI":
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid value')}"}, status_code=400)
 
     def client_of(request: Request) -> str:
-        return request.client.host if request.client else "?"
+        return service.client_key(request.client.host if request.client else None, request.headers)
+
+    _docs_page(rest)
 
     def rate_limited(request: Request) -> None:
         wait = service.limiter.check(client_of(request))
@@ -356,9 +318,7 @@ def create_rest_app(service: "Service") -> "FastAPI":
         data: bytes | None = None
         name = "image"
         ctype = request.headers.get("content-type", "")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BYTES + 2**20:
-            raise HTTPException(413, f"request is {int(declared) / 2**20:.1f} MiB; a photo may be at most {MAX_BYTES // 2**20} MiB")
+        # the body's size and arrival time are bounded while it streams in (guard.BodyGuard, in front of the app)
         if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form(max_files=1, max_fields=50)
             for key in set(form.keys()):
@@ -386,7 +346,14 @@ def create_rest_app(service: "Service") -> "FastAPI":
         if data is not None and len(data) > MAX_BYTES:
             raise HTTPException(413, f"{name}: {len(data) / 2**20:.1f} MiB; a photo may be at most {MAX_BYTES // 2**20} MiB")
         try:
-            hits = await run_in_threadpool(_run, index, service, params, data, name)
+            url = _one(params, "image_url")
+            if url is not None and data is None:  # (a photo and a URL together: _run says which to send)
+                async with service.fetch_gate.async_slot():  # bounded in number, each within its deadline
+                    data = await run_in_threadpool(service.downloads().fetch, str(url))
+                name = str(url)
+                params = {key: value for key, value in params.items() if key != "image_url"}
+            async with service.gate.async_slot():  # decoding is search work too
+                hits = await run_in_threadpool(_run, index, service, params, data, name)
         except ServerBusyError as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         except NoWordMatchError as e:
@@ -462,7 +429,10 @@ def create_rest_app(service: "Service") -> "FastAPI":
         if len(data) > MAX_BYTES:
             raise HTTPException(413, f"photo is over {MAX_BYTES // 2**20} MiB")
         try:
-            new = await run_in_threadpool(service.record_feedback, data, product_id, client_of(request))
+            async with service.gate.async_slot():  # recording decodes the photo
+                new = await run_in_threadpool(service.record_feedback, data, product_id, client_of(request))
+        except ServerBusyError as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         except FeedbackError as e:
             status = 429 if "too many" in str(e) else 400
             raise HTTPException(status, str(e)) from None
@@ -522,10 +492,17 @@ def _run(index: "ProductIndex", service: "Service", params: Mapping[str, Any], d
         items.append(tuple(s.strip() for s in item.split("=", 1)))
     if items:
         columns = set(index.metadata_columns())
+        exact_prices: list[str] = []
         for column, value in items:
             if column not in columns:
                 raise VsearchError(f"cannot filter on {column!r}; columns: {', '.join(sorted(columns))}")
-            filters.setdefault(column, []).extend(str(v) for v in (value if isinstance(value, list) else [value]))
+            values = [str(v) for v in (value if isinstance(value, list) else [value])]
+            if column == "price":  # an exact price: the range [p, p], within min_price/max_price if given
+                exact_prices += values
+                continue
+            filters.setdefault(column, []).extend(values)
+        if exact_prices:
+            filters["price"] = _exact_price(exact_prices, filters.get("price", (None, None)))
     raw_locate = _one(params, "locate")
     if raw_locate is None or isinstance(raw_locate, bool):
         locate = bool(raw_locate)
@@ -538,15 +515,55 @@ def _run(index: "ProductIndex", service: "Service", params: Mapping[str, Any], d
     url = _one(params, "image_url")
     if data is not None and url is not None:
         raise VsearchError("send either an image file or an image_url, not both")
-    if url is not None:
-        from .fetch import fetch_image
-
-        data, _ = fetch_image(str(url), service.downloads())
+    if url is not None:  # (the REST handler fetches it beforehand, under the fetch gate)
+        with service.fetch_gate.slot():
+            data = service.downloads().fetch(str(url))
         name = str(url)
     if data is None and not text:
         raise VsearchError("send a photo (multipart field 'image', or JSON 'image_url') or a 'text'")
     if data is not None and not data:
         raise ImageError(f"{name}: empty upload (0 bytes)")
-    with service.gate.slot():  # decoding is search work too: it counts against the same limit
-        image = None if data is None else load_image(data, min_side=index.query_side(locate), name=name)
-        return index.search(image=image, text=text or None, k=k, filters=filters or None, locate=locate)
+    image = None if data is None else load_image(data, min_side=index.query_side(locate), name=name)
+    return index.search(image=image, text=text or None, k=k, filters=filters or None, locate=locate)
+
+
+def _exact_price(values: list[str], within: tuple[Any, Any]) -> tuple[float, float]:
+    """filter=price=P as the price range [P, P], narrowed by min_price / max_price."""
+    if len(set(values)) != 1:
+        raise VsearchError(f"filter on price takes one price, got {', '.join(values)}; "
+                           "for a range use min_price and max_price")
+    try:
+        price = float(values[0])
+    except ValueError:
+        raise VsearchError(f"filter price={values[0]!r} is not a number; e.g. filter=price=19.99, "
+                           "or min_price and max_price for a range") from None
+    lo, hi = within
+    return (price if lo is None else max(price, float(lo)), price if hi is None else min(price, float(hi)))
+
+
+def _docs_page(rest: "FastAPI") -> None:
+    """/docs: Swagger UI from the files the fastapi-offline package ships, served by this app, so
+    the page works on a machine without internet (FastAPI's default loads them from a CDN)."""
+    from pathlib import Path
+
+    from fastapi import Request
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        import fastapi_offline
+
+        files_dir = Path(fastapi_offline.__file__).parent / "static"
+    except ImportError:  # not installed: FastAPI's page with the CDN's files
+        files_dir = None
+    if files_dir is not None:
+        rest.mount("/docs-files", StaticFiles(directory=files_dir), name="docs-files")
+
+    @rest.get("/docs", include_in_schema=False)
+    def docs(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")
+        files = {} if files_dir is None else {
+            "swagger_js_url": f"{root}/docs-files/swagger-ui-bundle.js",
+            "swagger_css_url": f"{root}/docs-files/swagger-ui.css",
+            "swagger_favicon_url": f"{root}/docs-files/favicon.png"}
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{rest.title} - docs", **files)

@@ -25,6 +25,7 @@ ENV_HELP = """environment variables:
   VSEARCH_HOST        default for serve --host (now: {host})
   VSEARCH_PORT        default for serve --port (now: {port})
   VSEARCH_API_KEY     default for serve --api-key (now: {api_key})
+  VSEARCH_TRUSTED_PROXIES  default for serve --trusted-proxies (now: {proxies})
 VSEARCH_MODEL and VSEARCH_PRETRAINED are also serve's query model when set (python app.py, the
 demo, hands over to serve with these same variables)."""
 
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Visual product search: index a catalog's product photos, then find products from a shopper's photo.",
         epilog=ENV_HELP.format(index=index_default, model=model_default, pretrained=pretrained_default, precision=precision_default,
                                host=host_default, port=port_default,
-                               api_key="set" if _env("VSEARCH_API_KEY", None) else None),
+                               api_key="set" if _env("VSEARCH_API_KEY", None) else None,
+                               proxies=_env("VSEARCH_TRUSTED_PROXIES", None)),
         formatter_class=fmt,
     )
     parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
@@ -175,10 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--examples", default=None, metavar="DIR", help="offer the photos in this folder as clickable examples")
     v.add_argument("--notice", default=None, metavar="TEXT", help="a line shown at the top of the page")
     v.add_argument("--api-key", default=_env("VSEARCH_API_KEY", None), metavar="KEY",
-                   help="require this key (header X-API-Key or Authorization: Bearer) on the REST API "
+                   help="require this key: on the REST API as header X-API-Key or Authorization: Bearer; the page and "
+                   "its gradio API ask for a login with any user name and the key as password "
                    "(default: $VSEARCH_API_KEY, else none)")
     v.add_argument("--rate-limit", type=float, default=None, metavar="N",
-                   help="REST requests per minute per client address (default: 120; 0 = no limit)")
+                   help="requests per minute per client address, REST and page together (default: 120; 0 = no limit)")
+    v.add_argument("--trusted-proxies", default=_env("VSEARCH_TRUSTED_PROXIES", None), metavar="ADDRS",
+                   help="comma-separated addresses or networks of your reverse proxies (e.g. 127.0.0.1,10.0.0.0/8): "
+                   "for requests from them the rate limit keys on the client in X-Forwarded-For "
+                   "(default: $VSEARCH_TRUSTED_PROXIES, else none: the direct peer)")
+    v.add_argument("--body-timeout", type=float, default=None, metavar="S",
+                   help="seconds a request body (an upload) may take to arrive before the server answers 408 "
+                   "(default: 60; 0 = no limit)")
     v.add_argument("--feedback", action="store_true",
                    help="add a 'This is it' button (and POST /api/v1/feedback) that records the shopper's photo and "
                    "chosen product in DIR/feedback for review; nothing is trained until you export, review and "
@@ -595,9 +605,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.rate_limit is not None and args.rate_limit < 0:
         raise VsearchError(f"--rate-limit must be 0 (no limit) or more requests per minute, got {args.rate_limit:g}")
+    if args.body_timeout is not None and args.body_timeout < 0:
+        raise VsearchError(f"--body-timeout must be 0 (no limit) or more seconds, got {args.body_timeout:g}")
+    extra = {}  # only what was given, so serve's own defaults apply otherwise
+    if args.trusted_proxies:
+        from .guard import TrustedProxies
+
+        proxies = tuple(p.strip() for p in args.trusted_proxies.split(",") if p.strip())
+        TrustedProxies(proxies)  # a bad entry is refused before the index loads
+        extra["trusted_proxies"] = proxies
+    if args.body_timeout is not None:
+        extra["body_timeout"] = args.body_timeout
     serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained, precision=args.precision,
           notice=args.notice, examples=_example_photos(args.examples), api_key=args.api_key, feedback=args.feedback,
-          rate_limit=args.rate_limit)
+          rate_limit=args.rate_limit, **extra)
     return 0
 
 

@@ -50,7 +50,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from vsearch.errors import FetchError
 
-__all__ = ["FetchPolicy", "fetch_image"]
+__all__ = ["FetchPolicy", "download", "fetch_image"]
 
 _SCHEMA_VERSION = 1
 _CHUNK = 64 * 1024
@@ -91,6 +91,16 @@ def fetch_image(
         data, sha = _download(url, policy)
         cache.store(url, data, sha)
         return data, sha
+
+
+def download(url: str, policy: FetchPolicy = FetchPolicy()) -> tuple[bytes, str]:
+    """(image bytes, sha256 hex) for ``url`` under the same checks as `fetch_image`, but not kept
+    anywhere: for callers with a cache of their own (the server's `guard.QueryDownloads`)."""
+    url = url.strip() if isinstance(url, str) else url
+    if not isinstance(url, str) or not url:
+        raise FetchError(f"cannot fetch image {url!r}: expected an http:// or https:// URL")
+    _parse(url, url, hop=0)
+    return _download(url, policy)
 
 
 def downloaded_file(cache_dir: str | os.PathLike, sha: str) -> Path:

@@ -10,7 +10,6 @@ and API answers carry image URLs by generation + id, never server paths.
 
 from __future__ import annotations
 
-import html
 import logging
 import os
 import threading
@@ -22,7 +21,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .api import PREFIX, ServeSettings, Service, create_rest_app, hit_to_api
 from .errors import VsearchError
+from .guard import request_headers as _request_headers
+from .guard import request_peer as _request_peer
 from .images import MAX_BYTES
+from .page_files import PageFiles as _PageFiles
+from .page_text import (GALLERY_LABELS, HIT_VERDICTS, SIMILARITY_WORDS, VERDICT_TITLES, WORDS_TITLE,  # noqa: F401
+                        _caption, _details, _is_url, _md, _money, _status, similarity_words)
 from .report import ROW_CSS
 
 if TYPE_CHECKING:
@@ -42,19 +46,6 @@ PREVIEW_SIDE = 640  # the crop preview is decoded (JPEG draft) and shown at abou
 # (GRADIO_TEMP_DIR) for about this long after their last use - 1-2 h - instead of forever: a server
 # that runs for months must not keep every shopper's photo, nor fill its disk.
 PAGE_FILES_MAX_AGE_S = 3600
-
-#: What the page says for each state of ``Hit.confident`` of the top result. False says "not sure",
-#: not "no match": the calibrated rule only vouches for answers above its bar; below it the first
-#: result is often still the right product (5 of the 8 sample shopper photos), just not a sure one.
-VERDICT_TITLES: dict[bool | None, str] = {
-    True: "Close match",
-    False: "Not sure - these are the nearest products",
-    None: "Best guesses (this index cannot tell a close match)",
-}
-GALLERY_LABELS: dict[bool | None, str] = {
-    True: "Matching products", False: "Nearest products (not sure)", None: "Best guesses",
-}
-HIT_VERDICTS: dict[bool | None, str] = {True: "close match", False: "not sure", None: "no verdict"}
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
@@ -170,96 +161,6 @@ def crop_photo(image: Image.Image, margins: Sequence[float | None] | None) -> Im
     return image.crop((x0, y0, x1, y1))
 
 
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
-# ---------------------------------------------------------------- presentation helpers
-
-
-def _money(price: float | None) -> str:
-    return "price n/a" if price is None else f"{price:,.2f}"
-
-
-def _md(text: Any) -> str:
-    """Escape catalog text for Markdown (titles may contain *, _, [ or HTML)."""
-    s = html.escape(str(text), quote=False)
-    for ch in "\\`*_[]#|":
-        s = s.replace(ch, "\\" + ch)
-    return s
-
-
-#: How alike a result looks, in words a shopper reads (the number is in the details panel): the
-#: index's "close match" verdict, else the score against the first result's.
-SIMILARITY_WORDS = ("very similar", "similar", "loosely similar", "matches your words")
-
-
-def similarity_words(hit: Hit, top: float, *, words_only: bool = False) -> str:
-    """SIMILARITY_WORDS for one result: a words-alone search has no photo to be similar to."""
-    if words_only:
-        return SIMILARITY_WORDS[3]
-    if hit.confident is True:
-        return SIMILARITY_WORDS[0]
-    return SIMILARITY_WORDS[1] if hit.score >= 0.85 * top else SIMILARITY_WORDS[2]
-
-
-def _caption(hit: Hit, top: float | None = None, *, words_only: bool = False) -> str:
-    said = similarity_words(hit, hit.score if top is None else top, words_only=words_only)
-    return f"{hit.title or hit.product_id}\n{_money(hit.price)} · {said}"
-
-
-WORDS_TITLE = "Products with your words"
-
-
-def _status(hits: list[Hit], seconds: float, *, words_only: bool = False) -> str:
-    """The status heading is exactly one of VERDICT_TITLES (from the top hit), WORDS_TITLE (a
-    search by words alone), or "No products found"."""
-    if not hits:
-        return "### No products found\nNothing in the catalog passes these filters. Widen the category or price range."
-    took = f"{len(hits)} product{'s' if len(hits) != 1 else ''} in {seconds * 1000:.0f} ms"
-    if words_only:
-        return (f"### {WORDS_TITLE}\nProducts whose title, brand, category or details hold your words, best "
-                f"first. Add a photo to find the very product. <sub>{took}</sub>")
-    state = hits[0].confident
-    if state is True:
-        n_conf = sum(h.confident is True for h in hits)
-        more = f"{n_conf} of these look like your product." if n_conf > 1 else "The first result looks like your product."
-        return f"### {VERDICT_TITLES[True]}\n{more} <sub>{took}</sub>"
-    if state is False:
-        # below the bar is not "not sold": the first result is often the product, just not surely
-        return (f"### {VERDICT_TITLES[False]}\nNo result is a sure match for your photo (best similarity "
-                f"{hits[0].score:.2f}); the first ones are the most likely, so check them. Cropping to the item "
-                f"or a clearer photo can help. <sub>{took}</sub>")
-    return (f"### {VERDICT_TITLES[None]}\nThe most similar products come first, but this catalog's index cannot "
-            f"say whether any of them is the same product. <sub>{took}</sub>")
-
-
-def _details(index: ProductIndex, hit: Hit) -> str:
-    try:
-        product = index.product(hit.product_id)
-    except KeyError:  # removed by a rebuild since the search ran
-        product = {"images": list(hit.matched_images)}
-    lines = [f"### {_md(hit.title or hit.product_id)}"]
-    facts = [f"**{_money(hit.price)}**"]
-    if hit.brand:
-        facts.append(_md(hit.brand))
-    if hit.category:
-        facts.append(_md(hit.category))
-    lines.append(" · ".join(facts))
-    if hit.url:
-        url = hit.url.replace(")", "%29").replace(" ", "%20")
-        lines.append(f"[View product page ↗]({url})" if _is_url(hit.url) else f"Product page: `{_md(hit.url)}`")
-    verdict = HIT_VERDICTS.get(hit.confident, HIT_VERDICTS[None])
-    lines.append(f"\n| Detail | Value |\n|---|---|\n| Product ID | `{_md(hit.product_id)}` |\n| Similarity | {hit.score:.3f} ({verdict}) |")
-    for key, value in sorted(hit.metadata.items()):
-        lines.append(f"| {_md(key)} | {_md(value)} |")
-    images = product.get("images", [])
-    matched = set(hit.matched_images)
-    lines.append(f"\n**Catalog images:** {len(images)}; matched your photo: {len(matched)} "
-                 "(best match first in the strip below)")
-    return "\n".join(lines)
-
-
 def _detail_images(index: ProductIndex, hit: Hit, files: _PageFiles) -> list[tuple[str, str]]:
     try:
         product = index.product(hit.product_id)
@@ -270,43 +171,6 @@ def _detail_images(index: ProductIndex, hit: Hit, files: _PageFiles) -> list[tup
     if product["generation"] == hit.generation:
         out += [(files.path(hit.generation, i), "not matched") for i in product["image_ids"] if i not in matched]
     return [(path, caption) for path, caption in out if path is not None]
-
-
-class _PageFiles:
-    """Exact catalog image files handed to the page: each is copied into Gradio's upload cache
-    (the only place its file route serves from besides exact example files), found by generation
-    + image id in the index's own database. No catalog folder is ever made servable."""
-
-    MAX_REMEMBERED = 4096
-
-    def __init__(self, index: ProductIndex):
-        self.index = index
-        self.cache_dir: str | None = None  # set to the gallery's Gradio cache once the page exists
-        self._known: OrderedDict[tuple[str, int], str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def path(self, generation: str, image_id: int) -> str | None:
-        key = (generation, int(image_id))
-        with self._lock:
-            if key in self._known:
-                self._known.move_to_end(key)
-                return self._known[key]
-        source = self.index.image_source(generation, image_id)
-        if source is None:
-            return None
-        if not _is_url(source):
-            from gradio import processing_utils
-
-            try:
-                source = processing_utils.save_file_to_cache(source, cache_dir=self.cache_dir)
-            except OSError:
-                log.warning("catalog image %s (generation %s, id %s) cannot be read", source, generation, image_id)
-                return None
-        with self._lock:
-            self._known[key] = source
-            while len(self._known) > self.MAX_REMEMBERED:
-                self._known.popitem(last=False)
-        return source
 
 
 def why_it_matched(photo: Any, margins: Sequence[float | None] | None, hit: Mapping[str, Any],
@@ -392,11 +256,19 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
     model_name = getattr(index.embedder, "name", "?")
     can_locate = bool(getattr(index.embedder, "can_locate", False))
 
-    def ui_search(photo, left, top, right, bottom, text, k, category, min_price, max_price, closer=False):
+    def admit(request: gr.Request | None) -> None:
+        """The shared per-client rate limit (the REST API's), for a page event or a gradio API call.
+        Python callers (no request) are not limited."""
+        if request is not None:
+            service.admit(_request_peer(request), _request_headers(request))
+
+    def ui_search(photo, left, top, right, bottom, text, k, category, min_price, max_price, closer=False,
+                  request: gr.Request = None):
         started = time.perf_counter()
         empty = ([], [], [], gr.update(visible=False))
         min_price, max_price = min_price or None, max_price or None  # 0 = no limit
         try:
+            admit(request)
             if photo is None and not (text or "").strip():
                 raise VsearchError("add a photo (upload, drag and drop, webcam or paste) or type words to search")
             hits = run_search(index, photo, text, k, category, min_price, max_price,
@@ -414,13 +286,18 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         label = GALLERY_LABELS.get(hits[0].confident, GALLERY_LABELS[None]) if hits else GALLERY_LABELS[True]
         return status, gr.update(value=gallery, label=label), [h.to_dict() for h in hits], [], gr.update(visible=False)
 
-    def auto_search(photo, *rest):
+    ui_search.__annotations__["request"] = gr.Request  # gradio injects the request (client address) by this type
+
+    def auto_search(photo, left, top, right, bottom, text, k, category, min_price, max_price, closer=False,
+                    request: gr.Request = None):
         """The page answers by itself once there is a photo or words (a new photo, a filter or
         the words changed); with neither it leaves the page as it is."""
-        text = rest[4]
         if photo is None and not (text or "").strip():
             return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
-        return ui_search(photo, *rest)
+        return ui_search(photo, left, top, right, bottom, text, k, category, min_price, max_price, closer,
+                         request=request)
+
+    auto_search.__annotations__["request"] = gr.Request
 
     def show_details(hits: list[dict], evt: gr.SelectData):
         if not hits or evt.index is None or evt.index >= len(hits):
@@ -435,24 +312,31 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
 
     show_details.__annotations__["evt"] = gr.SelectData  # gradio injects the selection by this type
 
-    def show_why(photo, left, top, right, bottom, hits: list[dict], evt: gr.SelectData):
+    def show_why(photo, left, top, right, bottom, hits: list[dict], evt: gr.SelectData, request: gr.Request = None):
         if not hits or evt.index is None or evt.index >= len(hits):
             return ""
         d = hits[evt.index]
-        return why_it_matched(photo, (left, top, right, bottom), d,
-                              source=index.image_source(d.get("generation", ""), d.get("image_id", -1)))
+        try:
+            admit(request)
+            with gate.slot():  # it decodes the shopper's photo: search work
+                return why_it_matched(photo, (left, top, right, bottom), d,
+                                      source=index.image_source(d.get("generation", ""), d.get("image_id", -1)))
+        except VsearchError:
+            return ""
 
     show_why.__annotations__["evt"] = gr.SelectData
+    show_why.__annotations__["request"] = gr.Request
 
     def confirm(photo, left, top, right, bottom, product_id, request: gr.Request):
         """"This is it": the product whose details are open is the one in the photo (as cropped)."""
         if not photo or not (product_id or "").strip():
             return "Search with a photo and open a result first."
-        client = request.client.host if request is not None and request.client else "?"
+        client = service.client_key(_request_peer(request), _request_headers(request)) if request is not None else "?"
         try:
+            admit(request)
             with gate.slot():
                 image = _query_photo(index, photo, (left, top, right, bottom))
-            new = service.record_feedback(image, product_id.strip(), client)
+                new = service.record_feedback(image, product_id.strip(), client)
         except VsearchError as e:
             return f"⚠️ Not recorded: {_md(e)}"
         if not new:
@@ -461,18 +345,20 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
 
     confirm.__annotations__["request"] = gr.Request  # gradio injects the request (client address) by this type
 
-    def _preview(photo: str, margins) -> tuple[Any, str]:
+    def _preview(photo: str, margins, request: gr.Request | None = None) -> tuple[Any, str]:
         from .images import load_image
 
         try:
-            # draft decoding: a 12 MP JPEG decodes at 1/4 scale, not at full size, for a 640 px preview
-            img = load_image(photo, min_side=PREVIEW_SIDE, name=Path(photo).name)
-            img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+            admit(request)
+            with gate.slot():  # decoding is search work: the same limit as searches
+                # draft decoding: a 12 MP JPEG decodes at 1/4 scale, not at full size, for a 640 px preview
+                img = load_image(photo, min_side=PREVIEW_SIDE, name=Path(photo).name)
+                img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
             return crop_photo(img, margins), ""
         except VsearchError as e:
             return None, f"⚠️ {_md(e)}"
 
-    def prepare_crop(photo: str | None):
+    def prepare_crop(photo: str | None, request: gr.Request = None):
         """A new photo starts uncropped: reset the margins and preview the whole (upright) photo.
         The open details belonged to the previous photo: close them, so "This is it" can't pair
         them with the new one."""
@@ -480,18 +366,21 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
         closed = (gr.update(visible=False), "")
         if not photo:
             return None, "", gr.update(), *closed, *zeros
-        preview, problem = _preview(photo, zeros)
+        preview, problem = _preview(photo, zeros, request)
         if preview is None:
             return None, "", f"### Can't use this photo\n{problem.removeprefix('⚠️ ')}", *closed, *zeros
         # status is left alone: a search clicked right after the upload may already be writing it
         return preview, "", gr.update(), *closed, *zeros
 
-    def preview_crop(photo: str | None, *margins):
+    def preview_crop(photo: str | None, left, top, right, bottom, request: gr.Request = None):
         """Show exactly the area the search will use, or why these margins can't be used."""
         if not photo:
             return None, ""
-        preview, problem = _preview(photo, margins)
+        preview, problem = _preview(photo, (left, top, right, bottom), request)
         return (gr.update() if preview is None else preview), problem
+
+    prepare_crop.__annotations__["request"] = gr.Request
+    preview_crop.__annotations__["request"] = gr.Request
 
     def refresh_catalog():
         """On page load: categories, price range and counts of the generation serving now."""
@@ -594,10 +483,11 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
             api_locate = gr.Checkbox(label="locate (look closer at the item; about twice as slow)", value=False)
             api_out = gr.JSON(label="hits")
 
-        def api_search(image, text, k, category, min_price, max_price, locate=False):
+        def api_search(image, text, k, category, min_price, max_price, locate=False, request: gr.Request = None):
             min_price = min_price or None  # 0 = open end, so every argument after the photo is optional
             max_price = max_price or None
             try:
+                admit(request)
                 hits = run_search(index, image, text, k, category, min_price, max_price, gate=gate, locate=bool(locate))
             except VsearchError as e:
                 raise gr.Error(str(e), print_exception=False) from None
@@ -605,6 +495,8 @@ def create_app(index: ProductIndex, *, examples: list[str] | None = None, notice
                 log.exception("API search failed")
                 raise gr.Error(f"search failed ({type(e).__name__})", print_exception=False) from None
             return [hit_to_api(h) for h in hits]
+
+        api_search.__annotations__["request"] = gr.Request
 
         trigger = gr.Button(visible=False)
         trigger.click(api_search, [api_image, api_text, api_k, api_category, api_min, api_max, api_locate], [api_out],
@@ -639,11 +531,20 @@ def launch_app(app: gr.Blocks, index: ProductIndex, *, host: str = "127.0.0.1", 
                prevent_thread_lock: bool = True, quiet: bool = True, watch_interval: float | None = None) -> str:
     """Queue (the shared concurrency limit), start the server, mount the REST API at /api/v1 and
     start the background reload watcher; returns the local URL. ``app.close()`` stops it all."""
+    from starlette.middleware import Middleware
+
+    from .guard import BodyGuard
+
     service: Service = getattr(app, "_vsearch_service", None) or Service(index)
     limit = concurrency or service.gate.limit
     app.queue(default_concurrency_limit=limit, max_size=QUEUE_SIZE)
+    key = service.settings.api_key
+    # BodyGuard sits in front of every route (Gradio's upload and queue, and the REST API mounted
+    # below): FastAPI's user middleware wraps the router, so it sees each body before any handler.
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
-                           **launch_settings(index, examples))
+                           app_kwargs={"middleware": [Middleware(BodyGuard, limits=service.body_limits)]},
+                           auth=_key_login(key) if key else None, **launch_settings(index, examples))
+    _trust_forwarded_only_from(app, service.settings.trusted_proxies)
     app.app.mount(PREFIX, create_rest_app(service))
     service.start_watcher(watch_interval)
     close = app.close
@@ -656,13 +557,41 @@ def launch_app(app: gr.Blocks, index: ProductIndex, *, host: str = "127.0.0.1", 
     return url
 
 
+def _trust_forwarded_only_from(app: gr.Blocks, proxies: Sequence[str]) -> None:
+    """uvicorn (under Gradio) believes X-Forwarded-For from 127.0.0.1 and ::1 by default, which
+    would let any local process choose its rate-limit bucket. Make it believe exactly the
+    configured trusted proxies (none by default), the same ones `guard.client_address` uses."""
+    try:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware, _TrustedHosts
+    except ImportError:  # another uvicorn: leave it as it is
+        log.warning("cannot set uvicorn's trusted proxies; X-Forwarded-For from loopback is believed")
+        return
+    layer = getattr(getattr(getattr(app, "server", None), "config", None), "loaded_app", None)
+    while layer is not None and not isinstance(layer, ProxyHeadersMiddleware):
+        layer = getattr(layer, "app", None)
+    if layer is not None:
+        layer.trusted_hosts = _TrustedHosts(list(proxies))
+
+
+def _key_login(key: str):
+    """With an API key, the page and its gradio API ask for a login: any user name, the key as
+    password (gradio_client: ``Client(url, auth=("shop", KEY))``)."""
+    import hmac
+
+    def check(username: str, password: str) -> bool:
+        return hmac.compare_digest(str(password).encode(), key.encode())
+
+    return check
+
+
 def serve(index_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, model: str | None = None,
           pretrained: str | None = None, precision: str = "auto", notice: str | None = None,
           examples: Sequence[str | os.PathLike] | None = None, api_key: str | None = None,
-          feedback: bool = False, rate_limit: float | None = None) -> None:
+          feedback: bool = False, rate_limit: float | None = None, trusted_proxies: Sequence[str] = (),
+          body_timeout: float | None = None) -> None:
     """Load the index and its model once, print where to open the page, and serve until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from .api import DEFAULT_RATE
+    from .api import BODY_TIMEOUT, DEFAULT_RATE
     from .search import ProductIndex
 
     print(f"vsearch: loading index {index_dir} ...", flush=True)
@@ -670,7 +599,9 @@ def serve(index_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 786
     print(f"vsearch: {len(index)} products, model {index.embedder.name}"
           + ("" if index.supports_text else " (photos; words search the products' text)"), flush=True)
     settings = ServeSettings(api_key=api_key or None, feedback=feedback,
-                             rate_limit=DEFAULT_RATE if rate_limit is None else rate_limit)
+                             rate_limit=DEFAULT_RATE if rate_limit is None else rate_limit,
+                             trusted_proxies=tuple(trusted_proxies),
+                             body_timeout=BODY_TIMEOUT if body_timeout is None else body_timeout)
     service = Service(index, settings)
     app = create_app(index, examples=[str(p) for p in examples or []], notice=notice, service=service)
     try:
@@ -682,7 +613,7 @@ def serve(index_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 786
     print(f"vsearch: open {shown} in a browser (Ctrl+C to stop); REST API {url.rstrip('/')}{PREFIX}/docs", flush=True)
     if everywhere and not api_key:
         print("vsearch: warning: anyone who can reach this machine can search (and, with --feedback, send "
-              "confirmations); set --api-key or VSEARCH_API_KEY to protect the REST API", flush=True)
+              "confirmations); set --api-key or VSEARCH_API_KEY to protect the page and both APIs", flush=True)
     if feedback and service.feedback is not None:
         print(f"vsearch: feedback on: confirmations go to {service.feedback.root} "
               "(review with: vsearch feedback export)", flush=True)
