@@ -103,18 +103,19 @@ def main() -> None:
     held = None
     for i in range(1, args.reloads + 1):
         publish_copy(index_dir)
-        if args.emulate_old:
-            held = index._gen  # what ProductIndex._previous used to keep
+        replaced = index._gen if args.emulate_old else None
         reset_peak()
         assert index.reload_if_changed()
         peak = rss_mib("VmHWM")
+        if args.emulate_old:  # ProductIndex._previous used to keep the replaced generation, set after the load
+            held, replaced = replaced, None
         index.search_vector(query, k=10)
         gc.collect()
         print(f"reload {i}: RSS {rss_mib():.0f} MiB ({rss_mib() / first:.2f}x the first load), "
               f"peak during the reload {peak:.0f} MiB", flush=True)
-    del held
     print(f"after {args.reloads} reloads: {rss_mib() / first:.2f}x the RSS after the first load "
           f"({'old behaviour emulated' if args.emulate_old else 'live generation only'})")
+    del held
 
 
 if __name__ == "__main__":
