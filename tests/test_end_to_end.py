@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 
 import pytest
 from PIL import Image
 
 from vsearch.build import build_index
+from vsearch.cli import main
 from vsearch.demo import write_sample_catalog, write_sample_queries
 from vsearch.search import ProductIndex
 
@@ -98,6 +101,17 @@ def test_a_filter_that_leaves_one_wrong_product_gives_no_close_match(sample_inde
     assert unfiltered[0].product_id == right
     same = next(h for h in unfiltered if h.product_id == "headphones-001")
     assert same.confident is False and same.score == pytest.approx(filtered[0].score, abs=1e-6)
+    # the same through REST, the page and the CLI
+    body = _rest_search(_rest_client(index), photo, min_price=71, max_price=72)
+    assert [h["product_id"] for h in body["results"]] == ["headphones-001"] and body["verdict"] == "no_close_match"
+    from vsearch.ui import VERDICT_TITLES
+
+    assert _page_heading(index, photo, min_price=71, max_price=72) == f"### {VERDICT_TITLES[False]}"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["search", str(photo), "--index", str(index.index_dir), "--min-price", "71", "--max-price", "72",
+                     "--json"]) == 0
+    assert [(h["product_id"], h["confident"]) for h in json.loads(out.getvalue())] == [("headphones-001", False)]
 
 
 def test_a_filter_never_makes_an_answer_surer(sample_index):
