@@ -209,3 +209,25 @@ def test_no_verdict_for_query_settings_the_bar_was_not_calibrated_with(sample_in
     # the same settings stated explicitly are the calibrated ones
     same = {"product_scoring": "max", "query_expansion": {"k": 0}, "tta": "none"}
     assert index.search(image=photo, k=3, **same)[0].confident is True
+
+
+def test_cli_self_test_with_locate_decodes_at_the_locate_size(sample_index, monkeypatch):
+    """`vsearch eval --self-test --locate` decodes each held-out photo at ProductIndex.query_side(locate=True)
+    (349 px for efficientnet-lite0), not at the model's 224 px input, so the close-up has pixels to show."""
+    import vsearch.images
+
+    _, _, index, _ = sample_index
+    asked, real = [], vsearch.images.load_image
+
+    def recording(source, *args, **kwargs):
+        asked.append(kwargs.get("min_side"))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(vsearch.images, "load_image", recording)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["eval", "--index", str(index.index_dir), "--self-test", "--locate", "--max-queries", "3",
+                     "-k", "3"]) == 0
+    assert "self-test" in out.getvalue() and "R@1=" in out.getvalue()
+    assert index.query_side(locate=True) == 349 and index.query_side() == 224
+    assert len(asked) >= 3 and set(asked) == {349}, asked
