@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"transforms", "sharded_index"},
     {"store"},
     {"adaptation", "calibration", "hygiene", "incremental"},
-    {"learn"},
+    {"learn", "generation"},
     {"build", "search"},
     {"evaluate", "watcher", "feedback", "gc", "guard"},
     {"report"},

@@ -243,3 +243,26 @@ def test_cli_eval_queries_and_self_test(tmp_path, capsys):
     assert "self-test" in text and "R@1=" in text and "latency:" in text and "tta=flip" in text
     assert main(["eval", "--index", str(tmp_path / "idx")]) == 1
     assert "either --queries" in capsys.readouterr().err
+
+
+def test_self_test_with_locate_decodes_photos_at_the_locate_size(catalog_csv, tmp_path):
+    """The close-up needs pixels: self-test with locate decodes each held-out photo at
+    ProductIndex.query_side(locate=True), not at the model's input size (96 px JPEGs: decoded for
+    the fake's 32 px input they would come out at 48 px, below the 50 px the close-up needs)."""
+    from conftest import LocatingFake
+
+    build_index(catalog_csv, tmp_path / "idx", embedder=FakeEmbedder())
+    fake, sides = LocatingFake(), []
+    mapped = fake.embed_images_mapped
+
+    def recording(images):
+        sides.extend(min(im.size) for im in images)
+        return mapped(images)
+
+    fake.embed_images_mapped = recording
+    index = ProductIndex.load(tmp_path / "idx", fake)
+    want = index.query_side(locate=True)
+    assert want == 50 and index.query_side() == fake.input_size == 32
+    report = self_test(index, k=5, augment_single=False, locate=True)
+    assert report.n_queries == 6 and len(sides) == 6
+    assert min(sides) >= want, sides

@@ -5,12 +5,14 @@ and the evaluation (above it) can use them.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
+from .query_options import QUERY_DEFAULTS
 from .transforms import nearest
 
 
@@ -72,6 +74,16 @@ class VerdictCalibration:
     # confirmed shopper photos (which also taught the projection their products) says nothing about
     # products nobody confirmed a photo of: their top-1 answers get no verdict.
     covers: frozenset[str] | None = None
+    # The query-side settings the calibration queries were searched with ({"tta", "query_expansion",
+    # "product_scoring"}); None = QUERY_DEFAULTS (indexes built before it was recorded). Scores made
+    # with other settings are not the ones the bar was set on: such a search gets no verdict.
+    query_settings: Mapping[str, Any] | None = None
+
+    def applies_to(self, tta: str, query_expansion: Mapping[str, Any] | None, product_scoring: str) -> bool:
+        """Whether a search with these effective settings scores the way the calibration queries did."""
+        calibrated = {**QUERY_DEFAULTS, **dict(self.query_settings or {})}
+        return (query_settings_key(tta, query_expansion, product_scoring)
+                == query_settings_key(calibrated["tta"], calibrated["query_expansion"], calibrated["product_scoring"]))
 
     def decide(self, top_score: float, runner_up: float | None = None, product_id: str | None = None) -> bool | None:
         """True = close match, False = not sure (below the bar), None = this index gives no verdict (at all,
@@ -88,6 +100,10 @@ class VerdictCalibration:
         d = asdict(self)
         d["sources"] = dict(self.sources)
         d["covers"] = None if self.covers is None else sorted(self.covers)
+        if self.query_settings is None:  # absent = QUERY_DEFAULTS (the manifest contract)
+            del d["query_settings"]
+        else:
+            d["query_settings"] = json.loads(json.dumps(dict(self.query_settings)))
         return {k: (None if isinstance(v, float) and math.isnan(v) else round(v, 6) if isinstance(v, float) else v)
                 for k, v in d.items()}
 
@@ -103,7 +119,16 @@ class VerdictCalibration:
                    queries=int(d.get("queries", 0)), unsold=int(d.get("unsold", 0)),
                    target_precision=float(d.get("target_precision", TARGET_PRECISION)),
                    sources=dict(d.get("sources") or {}), reason=str(d.get("reason", "")), signal=signal,
-                   covers=None if d.get("covers") is None else frozenset(str(p) for p in d["covers"]))
+                   covers=None if d.get("covers") is None else frozenset(str(p) for p in d["covers"]),
+                   query_settings=None if d.get("query_settings") is None else dict(d["query_settings"]))
+
+
+def query_settings_key(tta: str, query_expansion: Mapping[str, Any] | None, product_scoring: str) -> tuple:
+    """What makes two searches' scores comparable: tta, QE (k, and alpha when k > 0; alpha
+    defaults to 3.0 as in search) and product scoring. {"k": 0} and no QE are the same."""
+    qe = dict(query_expansion or {})
+    qe_k = int(qe.get("k", 0) or 0)
+    return str(tta), qe_k, round(float(qe.get("alpha", 3.0)), 6) if qe_k > 0 else None, str(product_scoring)
 
 
 def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = WILSON_Z) -> np.ndarray:

@@ -7,7 +7,6 @@ any metadata column) are applied inside FAISS with an id selector, so k results 
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -22,6 +21,7 @@ from .candidates import _best_image_per_product, _filter_sql
 from .product import Product, ReadsProduct
 from .errors import IndexFormatError, ModelError, ModelMismatchError, NoWordMatchError, VsearchError
 from .calibration import VerdictCalibration
+from .generation import Generation, GenerationImages
 from .query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
 
 if TYPE_CHECKING:
@@ -73,86 +73,6 @@ class Hit(ReadsProduct):
         return cls(product=product, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in own})
 
 
-class _Generation:
-    """One immutable, fully loaded index generation; searches hold a reference for their duration."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.name = path.name
-        self.manifest = store.read_manifest(path)
-        self.faiss = store.read_faiss(path)
-        self.db = store.open_products_db(path)
-        self.lock = threading.Lock()  # sqlite3 connections are not safe for concurrent use
-        self.stored = store.read_stored_vectors(path)  # float16, memory-mapped (PQ types); None otherwise
-        # (vid, pid) pairs streamed into one array: no list of a million tuples
-        pairs = np.fromiter(itertools.chain.from_iterable(self.db.execute("SELECT vid, pid FROM images ORDER BY vid")),
-                            dtype=np.int64).reshape(-1, 2)
-        vids = pairs[:, 0]
-        hidden = int((self.manifest.get("incremental") or {}).get("hidden", 0))  # removed, still in an HNSW graph
-        if len(vids) + hidden != self.faiss.ntotal or (len(vids) and (vids[0] < 0 or vids[-1] >= self.faiss.ntotal)):
-            raise IndexFormatError(
-                f"{path}: {self.faiss.ntotal} vectors but {len(vids)} image records; rebuild the index"
-            )
-        self.vid_to_pid = np.full(self.faiss.ntotal, -1, dtype=np.int64)  # FAISS id -> pid; -1 = hidden
-        self.vid_to_pid[vids] = pairs[:, 1]
-        self.hidden = np.flatnonzero(self.vid_to_pid < 0).astype(np.int64) if hidden else np.empty(0, dtype=np.int64)
-        self.n_products = self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
-        post = self.manifest.get("postprocess") or {}
-        self.whitening = self.adaptation = None
-        if post.get("whitening"):
-            from .transforms import Whitening
-
-            self.whitening = Whitening.load(path, post["whitening"])
-        if (self.manifest.get("adaptation") or {}).get("files"):
-            from .transforms import Projection
-
-            self.adaptation = Projection.load(path, self.manifest["adaptation"])
-        self.verdict = VerdictCalibration.from_dict(self.manifest.get("verdict") or {"threshold": None})
-        self._pid_vids: tuple[np.ndarray, np.ndarray] | None = None
-
-    def to_index_space(self, query: np.ndarray) -> np.ndarray:
-        """Model-space query vectors [n, d] -> the space the catalog vectors are stored in
-        (the learned projection, then whitening, as the build applied them)."""
-        if self.adaptation is not None:
-            query = self.adaptation.apply(query)
-        if self.whitening is not None:
-            query = self.whitening.apply(query)
-        return query
-
-    def vectors_of(self, vids: np.ndarray) -> np.ndarray:
-        """Catalog vectors as stored (after whitening/DBA) for these ids only (QE, mean scoring, exact
-        fallback): rows of the memory-mapped float16 copy, or reconstructed from FAISS one by one,
-        so nothing ever materialises the whole index."""
-        vids = np.asarray(vids, dtype=np.int64)
-        if self.stored is not None:
-            from .sharded_index import stored_rows
-
-            return stored_rows(self.stored, vids)
-        import faiss
-
-        ivf = faiss.try_extract_index_ivf(self.faiss)
-        if ivf is not None and not ivf.direct_map.type:
-            with self.lock:
-                if not ivf.direct_map.type:
-                    ivf.make_direct_map()  # 8 bytes a vector: where each id sits in the lists
-        if len(vids) == 0:
-            return np.empty((0, self.faiss.d), dtype=np.float32)
-        return self.faiss.reconstruct_batch(vids)
-
-    def vids_of(self, pid: int) -> np.ndarray:
-        """FAISS ids of all images of one product (two arrays, 16 bytes an image, not a dict of arrays)."""
-        if self._pid_vids is None:
-            order = np.argsort(self.vid_to_pid, kind="stable")
-            self._pid_vids = (order, self.vid_to_pid[order])
-        order, sorted_pids = self._pid_vids
-        lo, hi = np.searchsorted(sorted_pids, [pid, pid + 1])
-        return order[lo:hi]
-
-    def query(self, sql: str, params: tuple = ()) -> list:
-        with self.lock:
-            return self.db.execute(sql, params).fetchall()
-
-
 class ProductIndex:
     """A searchable product index. Load once; search from any thread.
 
@@ -166,9 +86,11 @@ class ProductIndex:
         self._reload_lock = threading.Lock()
         self._skipped: dict[str, str] = {}  # generations that failed to load: name -> reason
         name = store.read_current(self.index_dir)
-        self._gen = _Generation(self.index_dir / name)
+        self._gen = Generation(self.index_dir / name)
         self._gen_name = name
-        self._previous: _Generation | None = None  # answers image lookups for results given just before a swap
+        # the generation a reload replaced, reduced to its database: answers image lookups for results
+        # given just before the swap without keeping its FAISS index in memory
+        self._previous: GenerationImages | None = None
         self.embedder = embedder if embedder is not None else self._load_model(model, pretrained, precision)
         self._check_model(self.embedder, self._gen.manifest)
 
@@ -235,10 +157,7 @@ class ProductIndex:
 
     def metadata_columns(self) -> list[str]:
         """Columns usable in filters: the known ones plus every extra catalog column."""
-        extra: set[str] = set()
-        for (text,) in self._gen.query("SELECT DISTINCT extra FROM products LIMIT 1000"):
-            extra.update(json.loads(text))
-        return ["category", "price", "brand", "title", *sorted(extra)]
+        return ["category", "price", "brand", "title", *self._gen.filter_columns()]
 
     def product(self, product_id: str) -> dict[str, Any]:
         """Everything known about one product, including all its catalog images."""
@@ -292,7 +211,7 @@ class ProductIndex:
                 if name is None or name == self._gen_name or name in self._skipped:
                     return False
                 try:
-                    gen = _Generation(self.index_dir / name)
+                    gen = Generation(self.index_dir / name)
                     self._check_model(self.embedder, gen.manifest)
                     break
                 except Exception as e:  # noqa: BLE001 - any failure to load means: keep serving the old one
@@ -307,7 +226,7 @@ class ProductIndex:
                     name = latest
             else:
                 return False
-            self._previous = self._gen
+            self._previous = self._gen.images_only()  # the old FAISS index is freed once no search holds it
             self._gen, self._gen_name = gen, name
         return True
 
@@ -408,11 +327,11 @@ class ProductIndex:
         query = self.embed_query(image, text if self.supports_text else None, text_weight=text_weight, tta=tta)
         if zero_shot_categories:
             filters = self._zero_shot_filter(query, int(zero_shot_categories), filters)
-        gen, options = self._gen, dict(filters=filters, query_expansion=query_expansion,
-                                       product_scoring=product_scoring, exclude_images=exclude_images)
+        gen, options = self._gen, dict(query_expansion=query_expansion, product_scoring=product_scoring,
+                                       exclude_images=exclude_images, tta=tta)
         if text is None or not (words.has_words_table(gen.query) or not self.supports_text):
-            return self.search_vector(query, k=k, **options)
-        shortlist = self.search_vector(query, k=min(MAX_K, max(int(k) + 1, words.SHORTLIST)), **options)
+            return self._search_vector(query, k, filters, **options)
+        shortlist = self._search_vector(query, min(MAX_K, max(int(k) + 1, words.SHORTLIST)), filters, **options)
         if not shortlist or shortlist[0].generation != gen.name:
             return shortlist[:k]
         pids = [int(gen.vid_to_pid[h.image_id]) for h in shortlist]
@@ -445,7 +364,7 @@ class ProductIndex:
         scored = [(pid, float((gen.vectors_of(gen.vids_of(pid)) @ vec).max())) for pid, _ in ranked[:k]]
         return self._word_hits(gen, scored, k)
 
-    def _word_hits(self, gen: _Generation, scored: list[tuple[int, float]], k: int) -> list[Hit]:
+    def _word_hits(self, gen: Generation, scored: list[tuple[int, float]], k: int) -> list[Hit]:
         """Hits for products found by words, each shown with its first catalog image; no verdict."""
         scored = scored[:k]
         first = dict(gen.query(f"SELECT pid, MIN(vid) FROM images WHERE pid IN ({','.join('?' * len(scored))}) "
@@ -473,7 +392,7 @@ class ProductIndex:
         full, maps = self.embedder.embed_images_mapped([img])
         gen = self._gen  # one generation for the whole query, even if a reload lands meanwhile
         depth = min(MAX_K, max(int(k) + 1, locate.SHORTLIST))
-        first = self.search_vector(full[0], k=depth, filters=filters, **options)
+        first = self._search_vector(full[0], depth, filters, tta="none", **options)
         if not first or first[0].generation != gen.name:
             return first[:k]
         excluded = np.asarray(list(options.get("exclude_images") or ()), dtype=np.int64)
@@ -527,10 +446,14 @@ class ProductIndex:
         cats = self.categories()
         if not cats:
             return dict(filters or {})
-        if getattr(self, "_category_vectors", (None, None))[0] != (self._gen_name, tuple(cats)):
+        # one read of the cached pair: a concurrent query (or a reload) may replace it meanwhile, and
+        # the vectors used must be the ones of these categories, in this order
+        cached = getattr(self, "_category_vectors", (None, None))
+        if cached[0] != tuple(cats):
             texts = [f"a photo of a {c.replace('_', ' ')}" for c in cats]
-            self._category_vectors = ((self._gen_name, tuple(cats)), self.embedder.embed_texts(texts))
-        sims = self._category_vectors[1] @ np.asarray(query, dtype=np.float32)
+            cached = (tuple(cats), self.embedder.embed_texts(texts))
+            self._category_vectors = cached
+        sims = cached[1] @ np.asarray(query, dtype=np.float32)
         chosen = [cats[i] for i in np.argsort(-sims)[:n]]
         out = dict(filters or {})
         wanted = out.get("category")
@@ -545,8 +468,14 @@ class ProductIndex:
                       exclude_images: Sequence[int] = ()) -> list[Hit]:
         """Ranked products for an already embedded, L2-normalised query vector (model space;
         the index's whitening, if any, is applied here)."""
-        from .transforms import query_expand
+        return self._search_vector(query, k, filters, query_expansion=query_expansion,
+                                   product_scoring=product_scoring, exclude_images=exclude_images)
 
+    def _search_vector(self, query: np.ndarray, k: int, filters: Mapping[str, Any] | None, *,
+                       query_expansion: Mapping[str, Any] | None, product_scoring: str | None,
+                       exclude_images: Sequence[int], tta: str | None = None) -> list[Hit]:
+        """search_vector, told which test-time augmentation made the vector (None: the index's default),
+        so the verdict is given only under the query-side settings it was calibrated with."""
         if not 1 <= int(k) <= MAX_K:
             raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
         k = int(k)
@@ -561,8 +490,28 @@ class ProductIndex:
             raise ModelMismatchError(f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}")
         query = gen.to_index_space(query)
         selector, allowed_vids = self._selector(gen, filters)
-        allowed = None if allowed_vids is None else len(allowed_vids)
         excluded = np.unique(np.concatenate([np.asarray(list(exclude_images), dtype=np.int64), gen.hidden]))
+        best, expanded = self._ranked(gen, query, k, selector, allowed_vids, excluded, qe, scoring)
+        if not best:
+            return []
+        verdict = gen.verdict
+        if verdict.threshold is not None and not verdict.applies_to(defaults["tta"] if tta is None else tta, qe, scoring):
+            verdict = None  # calibrated on other scores: its bar means nothing for these
+        reference = None
+        if allowed_vids is not None and verdict is not None and verdict.threshold is not None:
+            # "close match" is judged against the whole catalog, not what the filter left: the same
+            # query's two best products without the filter (a filter must never make an answer surer)
+            whole, whole_query = self._ranked(gen, query, 1, None, None, excluded, qe, scoring)
+            reference = (whole, None if np.array_equal(whole_query, expanded) else whole_query)
+        return self._hits(gen, best, k, verdict, reference, scoring, excluded)
+
+    def _ranked(self, gen: Generation, query: np.ndarray, k: int, selector, allowed_vids: np.ndarray | None,
+                excluded: np.ndarray, qe: Mapping[str, Any], scoring: str):
+        """(the best k + 1 products as (pid, score, image ids), the query after expansion) for an
+        index-space query [1, d] among the allowed images (None: all) minus the excluded ones."""
+        from .transforms import query_expand
+
+        allowed = None if allowed_vids is None else len(allowed_vids)
         keep_alive = [selector]
         if len(excluded):
             import faiss
@@ -573,7 +522,7 @@ class ProductIndex:
             keep_alive.append(selector)
         n_candidates = (gen.faiss.ntotal if allowed is None else allowed) - (len(excluded) if allowed is None else 0)
         if n_candidates <= 0:
-            return []
+            return [], query
         qe_k = int(qe.get("k", 0) or 0)
         if qe_k > 0:
             scores, vids = self._faiss_search(gen, query, min(n_candidates, qe_k), selector)
@@ -597,10 +546,10 @@ class ProductIndex:
                 best = self._exact_search(gen, query[0], candidates, max(fetch, 4 * k), k + 1)
         if scoring != "max":
             best = self._rescore(gen, query[0], best, scoring, excluded)
-        return self._hits(gen, best, k)
+        return best, query
 
     @staticmethod
-    def _exact_search(gen: _Generation, query: np.ndarray, candidates: np.ndarray,
+    def _exact_search(gen: Generation, query: np.ndarray, candidates: np.ndarray,
                       n: int, want: int) -> list[tuple[int, float, list[int]]]:
         """Best products by exact inner product over the candidate vectors (a chunk at a time, so a
         large unfiltered fallback never holds every vector)."""
@@ -617,7 +566,7 @@ class ProductIndex:
             n *= 4
 
     @staticmethod
-    def _rescore(gen: _Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
+    def _rescore(gen: Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
                  excluded: np.ndarray) -> list[tuple[int, float, list[int]]]:
         """Score each candidate product from *all* its images (mean / top-2), not only its best one."""
         out = []
@@ -631,7 +580,7 @@ class ProductIndex:
         return out
 
     @staticmethod
-    def _faiss_search(gen: _Generation, query: np.ndarray, n: int, selector, depth: int | None = None):
+    def _faiss_search(gen: Generation, query: np.ndarray, n: int, selector, depth: int | None = None):
         import faiss
 
         params = None
@@ -656,7 +605,7 @@ class ProductIndex:
         scores, vids = store.search_single_threaded(gen.faiss, query, n, params)
         return scores[0], vids[0]
 
-    def _selector(self, gen: _Generation, filters: Mapping[str, Any] | None):
+    def _selector(self, gen: Generation, filters: Mapping[str, Any] | None):
         """Turn filters into a FAISS id selector over the allowed images (None = no filter)."""
         if not filters:
             return None, None
@@ -671,8 +620,14 @@ class ProductIndex:
             return None, vids
         return faiss.IDSelectorBatch(vids), vids
 
-    def _hits(self, gen: _Generation, best: list[tuple[int, float, list[int]]], k: int) -> list[Hit]:
-        """The first k products as Hits; best may hold more, so the verdict can see the runner-up."""
+    def _hits(self, gen: Generation, best: list[tuple[int, float, list[int]]], k: int,
+              verdict: VerdictCalibration | None = None, reference=None, scoring: str = "max",
+              excluded: np.ndarray | None = None) -> list[Hit]:
+        """The first k products as Hits; best may hold more, so the verdict can see the runner-up.
+
+        verdict: the rule to judge by (None: no verdict). reference: for a filtered query, the same
+        query's best two products in the whole catalog, and its query vector there if QE made that
+        differ (else None); each shown product is judged as the unfiltered query would judge it."""
         if not best:
             return []
         shown = best[:k]
@@ -682,15 +637,32 @@ class ProductIndex:
         all_vids = [v for b in shown for v in b[2]]
         marks = ",".join("?" * len(all_vids))
         sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
-        verdict = gen.verdict  # this query's generation, even after a reload
+        whole, whole_query = reference if reference is not None else (best, None)
+
+        def whole_catalog_score(pid: int, score: float) -> float:
+            """This product's score for the unfiltered query (differs only when QE expanded it otherwise)."""
+            for p, s, _ in whole:
+                if p == pid:
+                    return s
+            if whole_query is None:  # the same query: the same score
+                return score
+            own = gen.vids_of(pid)
+            own = own[~np.isin(own, excluded)] if excluded is not None and len(excluded) else own
+            return product_score(gen.vectors_of(own) @ whole_query[0], scoring) if len(own) else score
+
         hits = []
         for rank, (pid, score, vids) in enumerate(shown, start=1):
             product_id = products[pid].product_id
-            if verdict.signal == "margin":  # only the first result can lead the others
-                confident = verdict.decide(score, best[1][1] if len(best) > 1 else None, product_id) if rank == 1 else (
-                    None if verdict.threshold is None else False)
+            if verdict is None:
+                confident = None
+            elif verdict.signal == "margin":  # only the catalog's first product can lead the others
+                confident = None if verdict.threshold is None else False
+                if rank == 1:
+                    mine = whole_catalog_score(pid, score)
+                    if pid == whole[0][0] or mine >= whole[0][1]:
+                        confident = verdict.decide(mine, max((s for p, s, _ in whole if p != pid), default=None), product_id)
             else:
-                confident = verdict.decide(score, product_id=product_id)
+                confident = verdict.decide(whole_catalog_score(pid, score), product_id=product_id)
             hits.append(Hit(
                 rank=rank, product=products[pid], score=float(score), image=sources[vids[0]],
                 matched_images=tuple(sources[v] for v in vids),
