@@ -302,7 +302,9 @@ def _streamed_build(tmp_path, monkeypatch, *, n: int, dim: int, views: int, on_d
 def _same_answers(a: ProductIndex, b: ProductIndex, queries: np.ndarray) -> None:
     sa = np.load(a.index_dir / a.generation / store.STORED_VECTORS_FILE)
     sb = np.load(b.index_dir / b.generation / store.STORED_VECTORS_FILE)
-    assert np.array_equal(sa, sb)
+    # the same float16 vectors up to one rounding step: BLAS may sum a shard's product in another
+    # order than the whole matrix's (a projection left out would differ by far more)
+    assert sa.shape == sb.shape and np.allclose(sa.astype(np.float32), sb.astype(np.float32), rtol=2e-3, atol=1e-4)
     for q in queries:
         got, want = a.search_vector(q, k=10), b.search_vector(q, k=10)
         assert [h.product_id for h in got] == [h.product_id for h in want]
