@@ -401,8 +401,8 @@ def supcon_loss(z: "Any", y: "Any", temperature: float) -> "Any":
 
 def _validate(acts: np.ndarray, parts: Parts, plan: dict[str, Any], items: list[list], cached: list[int],
               views: int) -> dict[str, float]:
-    """Product R@1 of the held-out photos (and of their augmented copies, phone-like) against the
-    other catalog photos, with the current weights."""
+    """Product R@1 and MRR of the held-out photos (and of their augmented copies, phone-like) against
+    the other catalog photos, with the current weights; ``score`` (what decides) is the mean MRR."""
     import torch
 
     per = 1 + views
@@ -418,15 +418,21 @@ def _validate(acts: np.ndarray, parts: Parts, plan: dict[str, Any], items: list[
                 out.append(torch.nn.functional.normalize(parts.head(x).float(), dim=-1).numpy())
         return np.concatenate(out)
 
-    g = embed([pos[i] * per for i in gallery])
+    order = np.argsort(labels[gallery], kind="stable")
+    gallery = [gallery[j] for j in order]
     g_labels = labels[gallery]
-    q_rows = [pos[i] * per + v for i in plan["val"] for v in range(per)]
-    q = embed(q_rows)
-    q_labels = np.repeat(labels[plan["val"]], per)
-    hit = g_labels[np.argmax(q @ g.T, axis=1)] == q_labels
-    clean = float(hit[0::per].mean())
-    aug = float(hit.reshape(-1, per)[:, 1:].mean())
-    return {"held_out_r1": round(clean, 4), "augmented_r1": round(aug, 4), "score": round((clean + aug) / 2, 4)}
+    starts = np.flatnonzero(np.r_[True, g_labels[1:] != g_labels[:-1]])
+    g = embed([pos[i] * per for i in gallery])
+    q = embed([pos[i] * per + v for i in plan["val"] for v in range(per)])
+    best = np.maximum.reduceat(q @ g.T, starts, axis=1)  # [queries, products]: a product's best photo
+    col = np.searchsorted(g_labels[starts], np.repeat(labels[plan["val"]], per))
+    own = best[np.arange(len(q)), col]
+    rank = (1 + (best > own[:, None]).sum(axis=1)).reshape(-1, per)
+    clean, aug = rank[:, 0], rank[:, 1:]
+    out = {"held_out_r1": float((clean == 1).mean()), "augmented_r1": float((aug == 1).mean()),
+           "held_out_mrr": float((1 / clean).mean()), "augmented_mrr": float((1 / aug).mean())}
+    out["score"] = (out["held_out_mrr"] + out["augmented_mrr"]) / 2  # finer than R@1 on a few held-out photos
+    return {k: round(v, 4) for k, v in out.items()}
 
 
 def _save_checkpoint(work: Path, parts: Parts, opt: Any, ckpt: dict[str, Any]) -> None:
@@ -494,7 +500,7 @@ def _finish(index_dir: Path, embedder: Any, parts: Parts, trained: _Trained, pla
                   f"{base['augmented_r1']:.3f} -> {tuned['augmented_r1']:.3f}")
         write_record(index_dir, CURRENT_FILE, record)
     else:
-        reason = (f"not kept: the tuned model did not beat the base model on held-out catalog views (score "
+        reason = (f"not kept: the tuned model did not beat the base model on held-out catalog views (mean reciprocal rank "
                   f"{tuned['score']:.3f} vs {base['score']:.3f}); builds keep using "
                   + ("the previously tuned model" if (index_dir / TUNED_DIR / CURRENT_FILE).is_file() else "the base model"))
     write_record(index_dir, LATEST_FILE, {**record, "kept": kept, "reason": reason,
