@@ -237,3 +237,69 @@ def test_tune_refuses_when_the_disk_cannot_hold_the_cache_or_a_build_runs(tmp_pa
     with pytest.raises(VsearchError, match="GiB free"):
         tune.tune_index(index, stages=1, views=1, max_steps=1)
     assert not (index / "tuned").exists()
+
+
+DATA = REPO.parent / "shared" / "data"
+TUNE_SUBSET = ("mouse",)  # one jumia category, the first 24 product groups with 2+ photos
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "jumia" / "manifest.csv").is_file(), reason=f"{DATA} (real product photos) is not here")
+def test_tuning_the_offline_model_helps_phone_like_photos_of_tuned_products(tmp_path):
+    """A few minutes on 2 cores: tune efficientnet-lite0 on a fixed jumia subset, then search
+    simulated phone photos of its products (raw model vectors, base vs tuned)."""
+    import io
+    import random
+    from collections import defaultdict
+
+    from vsearch.embedders import load_embedder
+    from vsearch.shopper_photos import cutout, scenes, shopper_photo
+    from vsearch.tune import tune_index
+    from vsearch.tuned_model import apply_tuned, read_record
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    with open(DATA / "jumia" / "manifest.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["category"] in TUNE_SUBSET:
+                groups[r["product_group"]].append(str(DATA / "jumia" / r["image"]))
+    chosen = [g for g in sorted(groups) if len(groups[g]) >= 2][:24]
+    catalog = tmp_path / "catalog.csv"
+    with open(catalog, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "image"])
+        w.writerows([g, p] for g in chosen for p in sorted(groups[g]))
+    from vsearch.build import build_index
+
+    index = tmp_path / "index"
+    build_index(catalog, index, model="efficientnet-lite0", adapt="off", calibrate_threshold=False,
+                allow_outside_paths=True)
+    report = tune_index(index, views=2, max_steps=30, validate_every=10, patience=100)
+    assert report.finished, report.reason
+    base = load_embedder("efficientnet-lite0", precision="fp32")
+    tuned = apply_tuned(load_embedder("efficientnet-lite0", precision="fp32"), index, read_record(index)) if report.kept else base
+
+    paths = [(g, p) for g in chosen for p in sorted(groups[g])]
+    backgrounds = scenes(4, random.Random("phone"), size=(800, 600))
+    phones, want = [], []
+    for n, g in enumerate(chosen):
+        photo = shopper_photo(cutout(Path(sorted(groups[g])[0])), random.Random(f"phone:{n}"), size=(800, 600),
+                              scene=backgrounds[n % 4])
+        buf = io.BytesIO()
+        photo.save(buf, "JPEG", quality=75)
+        phones.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        want.append(g)
+
+    def mrr(model) -> float:
+        cat = model.embed_images([Image.open(p).convert("RGB") for _, p in paths])
+        q = model.embed_images(phones)
+        pids = np.asarray([g for g, _ in paths])
+        total = 0.0
+        for row, g in zip(q @ cat.T, want):
+            best = {p: row[pids == p].max() for p in chosen}
+            total += 1 / (1 + sum(v > best[g] for v in best.values()))
+        return total / len(want)
+
+    base_mrr, tuned_mrr = mrr(base), mrr(tuned)
+    assert report.kept, report.reason
+    assert tuned_mrr > base_mrr, (base_mrr, tuned_mrr)
