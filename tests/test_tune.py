@@ -104,6 +104,13 @@ def test_tuned_weights_are_stored_fingerprinted_and_used_by_build_search_and_res
     body = client.post("/search?k=3", files={"image": ("q.jpg", (tuned["catalog"].parent / "images" / "p2-0.jpg").read_bytes(), "image/jpeg")}).json()
     assert [h["product_id"] for h in body["results"]] == [h.product_id for h in hits]
 
+    # a small catalog change later: the tuned model stays, only the new photo is embedded
+    grown = tuned["catalog"].parent / "grown.csv"
+    draw_product(40, 0, 128).save(tuned["catalog"].parent / "images" / "new.jpg", quality=92)
+    grown.write_text(tuned["catalog"].read_text() + "P900,images/new.jpg,New product\n")
+    later = build(grown, index)
+    assert later.embedded == 1 and later.embedder.fingerprint == record["fingerprint"]
+
     off = build(tuned["catalog"], index, tuned="off")
     assert off.reused == off.images  # the base vectors were still in the cache
     assert off.embedder.fingerprint == base_fp
