@@ -106,7 +106,7 @@ def test_tuned_weights_are_stored_fingerprinted_and_used_by_build_search_and_res
 
     # a small catalog change later: the tuned model stays, only the new photo is embedded
     grown = tuned["catalog"].parent / "grown.csv"
-    draw_product(40, 0, 128).save(tuned["catalog"].parent / "images" / "new.jpg", quality=92)
+    draw_product(17, 0, 128).rotate(45).save(tuned["catalog"].parent / "images" / "new.jpg", quality=92)  # unlike any shop photo
     grown.write_text(tuned["catalog"].read_text() + "P900,images/new.jpg,New product\n")
     later = build(grown, index)
     assert later.embedded == 1 and later.embedder.fingerprint == record["fingerprint"]
