@@ -210,6 +210,36 @@ def test_validation_photos_take_their_near_duplicates_out_of_training(tmp_path):
     assert all({j for i, j in near if i == q} | {i for i, j in near if j == q} for q in plan["val"])  # each has copies
 
 
+def test_held_out_shopper_sessions_stay_out_of_training(tmp_path):
+    """One packshot per product (grocery-like): validation comes from confirmed shopper photos, a
+    whole near-duplicate session at a time, and the product's packshot stays in the gallery."""
+    from vsearch.tune import split_views
+
+    catalog = write_shop(tmp_path / "shop", n=12)
+    items, sessions = [], {}
+    with open(catalog, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["image"].endswith("-0.jpg"):
+                items.append([str(catalog.parent / r["image"]), r["product_id"], r["image"], False])
+    for p in range(12):
+        for s in range(3):  # three sessions of two photos each
+            for k in range(2):
+                path = tmp_path / f"pair-{p}-{s}-{k}.jpg"
+                draw_product(p, 1, 128).rotate(30 * s + 7 * k + 11).save(path, quality=80)
+                sessions[len(items)] = p * 10 + s
+                items.append([str(path), f"P{p:03d}", "", True])
+    plan = split_views(items, seed=1, sessions=sessions)
+    val, train = set(plan["val"]), set(plan["train"])
+    assert val and all(items[i][3] for i in val)  # no product has two packshots: only shopper photos validate
+    held_sessions = {sessions[i] for i in val}
+    assert len({items[i][1] for i in val}) >= 3
+    for i in range(len(items)):
+        if i in sessions and sessions[i] in held_sessions:
+            assert i in val and i not in train, f"photo {i} of a held-out session is trained on"
+    packshots = {items[i][1] for i in train if not items[i][3]}
+    assert {items[i][1] for i in val} <= packshots  # each held-out product can still be found
+
+
 def test_a_tune_that_does_not_help_is_not_kept_and_info_says_why(tmp_path, monkeypatch, capsys):
     import vsearch.tune as tune
     from vsearch.cli import main
@@ -227,6 +257,31 @@ def test_a_tune_that_does_not_help_is_not_kept_and_info_says_why(tmp_path, monke
     assert main(["info", "--index", str(index)]) == 0
     out = capsys.readouterr().out
     assert "uses the base model" in out and "not kept: the tuned model did not beat the base model" in out
+
+
+def test_time_budget_stops_the_job_and_the_next_run_goes_on_with_progress_and_eta(tmp_path, capsys):
+    """--max-minutes spent while caching: nothing kept, work left to resume; the next run finishes.
+    Progress goes to stderr as tqdm bars with their remaining-time estimate."""
+    from vsearch.cli import main
+    from vsearch.tune import WORK_DIR
+
+    catalog = write_shop(tmp_path / "shop")
+    index = tmp_path / "index"
+    build(catalog, index)
+    args = ["tune", "--index", str(index), "--stages", "1", "--views", "1", "--max-steps", "4", "--validate-every", "2"]
+    assert main(args + ["--max-minutes", "0.000001"]) == 0
+    out, err = capsys.readouterr()
+    assert "time budget ran out while caching" in out and "run vsearch tune again" in out
+    assert "cached activations" in err and "GiB on disk" in err  # the size, stated before it starts
+    assert (index / WORK_DIR / "plan.json").exists() and not (index / "tuned" / "latest.json").exists()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "resuming the interrupted tune" in err
+    import re
+
+    assert re.search(r"caching views: .*\| *\d+/\d+ \[\d\d:\d\d<\d\d:\d\d", err), err  # elapsed<remaining
+    assert re.search(r"training: .*\| *4/4 \[\d\d:\d\d<\d\d:\d\d", err), err
+    assert (index / "tuned" / "latest.json").exists() and not (index / WORK_DIR).exists()
 
 
 def test_tune_refuses_when_the_disk_cannot_hold_the_cache_or_a_build_runs(tmp_path, monkeypatch):

@@ -115,6 +115,7 @@ def tune_index(index_dir: str | os.PathLike, *, stages: int | None = None, views
         embedder = load_embedder(info.get("spec", info["name"]), info.get("pretrained"), precision="fp32")
         parts = split_model(embedder, stages)
         items = _items(index_dir, gen, train_pairs)
+        sessions = _pair_sessions(embedder, items)
         key = hashlib.sha256(json.dumps([TUNE_VERSION, embedder.fingerprint, parts.stages, views, seed,
                                          items]).encode()).hexdigest()
         work = index_dir / WORK_DIR
@@ -124,7 +125,7 @@ def tune_index(index_dir: str | os.PathLike, *, stages: int | None = None, views
         plan = _read_json(work / "plan.json")
         resumed = bool(plan)
         if not plan:
-            plan = {"key": key, **split_views(items, seed=seed, progress=tell)}
+            plan = {"key": key, **split_views(items, seed=seed, progress=tell, sessions=sessions)}
             _write_json(work / "plan.json", plan)
         cached = plan["val"] + plan["train"]
         shape = _activation_shape(embedder, parts, items[cached[0]][0])
@@ -184,14 +185,32 @@ def _items(index_dir: Path, gen: Path, train_pairs: str | os.PathLike | None) ->
     return items
 
 
-def split_views(items: list[list], *, seed: int = 0, progress: ProgressCallback | None = None) -> dict[str, Any]:
+def _pair_sessions(embedder: Any, items: list[list]) -> dict[int, int]:
+    """Near-duplicate session of each confirmed shopper photo (``learn.session_clusters`` on the base
+    model's vectors: photos of a product taken in one session vouch for each other)."""
+    pairs = [i for i, it in enumerate(items) if it[3]]
+    if not pairs:
+        return {}
+    from .learn import session_clusters
+    from .tune_views import open_photo
+
+    vectors = np.concatenate([embedder.embed_images([open_photo(items[i][0]) for i in pairs[s:s + CHUNK]])
+                              for s in range(0, len(pairs), CHUNK)])
+    clusters = session_clusters(vectors, [items[i][1] for i in pairs])
+    return dict(zip(pairs, clusters.tolist()))
+
+
+def split_views(items: list[list], *, seed: int = 0, progress: ProgressCallback | None = None,
+                sessions: dict[int, int] | None = None) -> dict[str, Any]:
     """Validation photos, training photos and labels, with near-duplicates kept on one side.
 
-    Photos are joined into groups by near-identical perceptual hashes (or equal content); products
-    that share a group get one label (a cross-listed photo is not a negative of itself). For a
-    share of the products with photos in 2+ groups, one photo is held out as a validation query;
-    its whole group leaves training. The other photos (and the pairs) are trained on; the catalog
-    ones are the validation gallery.
+    Photos are joined into groups by near-identical perceptual hashes (or equal content), confirmed
+    shopper photos also by ``sessions`` (item -> near-duplicate session); products that share a
+    group get one label (a cross-listed photo is not a negative of itself). For a share of the
+    products with catalog photos in 2+ groups, one catalog photo is held out as a validation query;
+    for a share of the products with shopper photos in 2+ sessions, one session's photos are; a
+    held-out photo's whole group leaves training. The other photos (and pairs) are trained on; the
+    catalog ones are the validation gallery.
     """
     from .hygiene import fingerprint_file, near_identical_pairs
 
@@ -213,6 +232,9 @@ def split_views(items: list[list], *, seed: int = 0, progress: ProgressCallback 
     for i, it in enumerate(items):
         if it[2]:
             pairs.append((by_hash.setdefault(it[2], i), i))
+    by_session: dict[int, int] = {}
+    for i, c in (sessions or {}).items():
+        pairs.append((by_session.setdefault(c, i), i))
     for i, j in pairs:
         parent[root(i)] = root(j)
     group = [root(i) for i in range(len(items))]
@@ -251,10 +273,22 @@ def split_views(items: list[list], *, seed: int = 0, progress: ProgressCallback 
         q = rng.choice(own)
         held.add(group[q])
         val.append(q)
+    sessions_of: dict[int, set[int]] = {}
+    for i, it in enumerate(items):
+        if it[3] and group[i] not in held:
+            sessions_of.setdefault(labels[i], set()).add(group[i])
+    pair_eligible = sorted(lab for lab, gs in sessions_of.items() if len(gs) >= 2)
+    rng.shuffle(pair_eligible)
+    n_pair = min(MAX_VAL_PRODUCTS, max(MIN_VAL_PRODUCTS, round(VAL_FRACTION * len(pair_eligible)))) if pair_eligible else 0
+    for lab in pair_eligible[:n_pair]:
+        g = rng.choice(sorted(sessions_of[lab]))
+        held.add(g)
+        val += [i for i in range(len(items)) if group[i] == g and items[i][3]]
     train = [i for i in range(len(items)) if group[i] not in held]
-    if len(val) < MIN_VAL_PRODUCTS:
-        raise CatalogError(f"tuning needs at least {MIN_VAL_PRODUCTS} products with two different photos to validate on "
-                           f"(this catalog has {len(eligible)}); add more views of the products")
+    if len({labels[i] for i in val}) < MIN_VAL_PRODUCTS:
+        raise CatalogError(f"tuning needs at least {MIN_VAL_PRODUCTS} products with two different photos (or two sessions "
+                           f"of confirmed shopper photos) to validate on (this catalog has {len(eligible)} and "
+                           f"{len(pair_eligible)}); add more views of the products or --train-pairs")
     return {"val": val, "train": train, "labels": labels, "groups": group}
 
 
