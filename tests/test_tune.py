@@ -176,9 +176,14 @@ def test_killed_tune_resumes_from_its_checkpoint_while_the_index_keeps_serving(t
     photo = catalog.parent / "images" / "p1-0.jpg"
     assert ProductIndex.load(index).search(image=photo, k=1)  # serving never stopped
 
-    report = tune_index(index, stages=1, views=2, max_steps=killed_at + 2, validate_every=1, patience=100)
+    seen: list[tuple[str, int, int]] = []
+    report = tune_index(index, stages=1, views=2, max_steps=killed_at + 2, validate_every=1, patience=100,
+                        progress=lambda phase, done, total: seen.append((phase, done, total)))
     assert report.resumed and report.finished
-    assert report.steps == killed_at + 2  # went on from the checkpoint, not from step 0
+    assert report.steps == killed_at + 2
+    cache = [s for s in seen if s[0] == "cache"]
+    assert cache[0][1] == cache[0][2]  # every view was still cached: none computed again
+    assert [s for s in seen if s[0] == "train"][0][1] == killed_at  # went on from the checkpoint, not from step 0
     assert not (index / WORK_DIR).exists()
     assert (index / "tuned" / "latest.json").exists()
 
