@@ -4,11 +4,11 @@
     nice -n 10 python benchmarks/bench_tune.py --set grocery [--distractors 2000] [--max-queries N]
 
 jumia (benchmarks/eval_sets.py): the last view of each product group is held out as a query (never
-in any catalog, so never seen by the tune). The product groups (all, or a fixed random subset of
-``--products``) are split into two random halves: A is in the catalog when the tune runs, B is
-added after it (the product-disjoint half). Queries: the held-out views, and phone-like photos of
-them (vsearch.shopper_photos: cut out, on clutter, tilted, re-lit, blurred, noised, JPEG 75; the
-simulation of bench_adaptation.py --phone).
+in any catalog, so never seen by the tune). The product groups with 2+ photos (all, or a fixed
+random subset of ``--products``) are split into two random halves: A is in the catalog when the
+tune runs, B is added after it (the product-disjoint half). Queries: the held-out views, and
+phone-like photos of them (vsearch.shopper_photos: cut out, on clutter, tilted, re-lit, blurred,
+noised, JPEG 75; the simulation of bench_adaptation.py --phone).
   - shipped: `vsearch build` of A + B + distractors with the base model (adaptation "auto").
   - tuned:   `vsearch build` of A + distractors, `vsearch tune` on it, then `vsearch build` of
              A + B + distractors with the tuned model (adaptation "auto" on top).
@@ -124,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", choices=["jumia", "grocery"], default="jumia")
     ap.add_argument("--distractors", type=int, default=2000)
-    ap.add_argument("--products", type=int, default=0, help="jumia: a fixed random subset of N product groups (0 = all)")
+    ap.add_argument("--products", type=int, default=0, help="jumia: a fixed random subset of N product groups with 2+ photos (0 = all of them)")
     ap.add_argument("--max-queries", type=int, default=0, help="grocery: a fixed random subset of N test photos (0 = all)")
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--stages", type=int, default=None)
@@ -173,7 +173,7 @@ def main() -> None:
     else:
         fields, catalog = read_csv(sets["jumia_catalog"])
         _, queries = read_csv(sets["jumia_queries"])
-        groups = sorted({r["product_id"] for r in catalog if r["category"] != "distractor"})
+        groups = sorted({r["product_id"] for r in queries})  # products with a held-out view to search for
         if args.products:
             groups = sorted(random.Random(0).sample(groups, args.products))
         random.Random(1).shuffle(groups)
