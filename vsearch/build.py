@@ -30,6 +30,7 @@ from .cache import EmbeddingCache
 from .catalog import Catalog, CatalogRow, RowProblem, read_catalog
 from .embedding_shards import fill_from_shards, shard_keys
 from .errors import CatalogError, ImageError, VsearchError
+from .tuned_model import manifest_info
 
 if TYPE_CHECKING:
     from .embedders import Embedder
@@ -117,6 +118,7 @@ def build_index(
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
+    tuned: str = "auto",
 ) -> BuildReport:
     """Build or incrementally update the index in ``index_dir`` from a catalog CSV or image folder.
 
@@ -140,6 +142,7 @@ def build_index(
     weights even with ``embeddings``), never enter the catalog, and bad or unknown rows are
     reported like catalog rows ("train pairs row N").
 
+    ``tuned``: "auto" embeds with the model ``vsearch tune`` fitted to this index (``vsearch.tuned_model``), "off" with the base model.
     ``engine="ray"`` embeds the cache misses on a Ray cluster (``vsearch.ray_engine``; at
     ``ray_address``, default $RAY_ADDRESS or a Ray started here, with ``ray_actors`` model actors)
     and also writes their vectors as Parquet shards in ``<index_dir>/embeddings/``.
@@ -165,9 +168,9 @@ def build_index(
 
             embedder = model_identity(model, pretrained)  # name, fingerprint, dim: no weights loaded
         elif embedder is None:
-            from .embedders import load_embedder
+            from .tuned_model import build_embedder
 
-            embedder = load_embedder(model, pretrained, precision=precision)
+            embedder = build_embedder(index_dir, model, pretrained, precision=precision, tuned=tuned)
         job: dict[str, Any] = {}
         if engine == "ray" and embeddings is None:
             from .ray_engine import RayOptions, require_ray
@@ -210,7 +213,7 @@ def build_index(
                 "pretrained": getattr(embedder, "pretrained", None),
                 "fingerprint": embedder.fingerprint,
                 "supports_text": bool(embedder.supports_text),
-                "precision_at_build": getattr(embedder, "precision", "fp32"),
+                "precision_at_build": getattr(embedder, "precision", "fp32"), **manifest_info(embedder),
             },
             "dim": int(embedder.dim),
             "catalog": str(cat.source),

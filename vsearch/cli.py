@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--allow-private-urls", action="store_true",
                    help="allow image URLs on private, loopback or link-local addresses (intranet catalogs)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--tuned", default="auto", choices=["auto", "off"],
+                   help="auto = embed with the model vsearch tune fitted to this index, when there is one; off = the base model (default: auto)")
     add_quality_build(b)
     b.set_defaults(func=cmd_build)
 
@@ -212,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_index(g)
     g.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     g.set_defaults(func=cmd_gc)
+
+    t = sub.add_parser("tune", help="fine-tune the index's model to its catalog (a long job: minutes to hours)", formatter_class=fmt,
+                       description="Trains the model's last stages on the index's catalog photos and augmented copies of them, "
+                       "checks the result on held-out photos and keeps it only if it beats the base model; the next build "
+                       "embeds every image again with it. Resumes after a kill; serving goes on meanwhile.")
+    add_index(t)
+    t.add_argument("--max-minutes", type=float, default=None, metavar="M", help="time budget for the whole job (default: none)")
+    t.add_argument("--stages", type=int, default=None, metavar="N",
+                   help="last stages to train: EfficientNet block stages or CLIP image blocks (default: 2, chosen by measurement)")
+    t.add_argument("--views", type=int, default=4, metavar="N", help="augmented copies of each photo (default: 4)")
+    t.add_argument("--max-steps", type=int, default=300, metavar="N", help="most training steps (default: 300)")
+    t.add_argument("--validate-every", type=int, default=20, metavar="N", help="steps between validations/checkpoints (default: 20)")
+    t.add_argument("--train-pairs", default=None, metavar="PAIRS.csv", help="CSV of image,product_id: confirmed shopper photos to also train on")
+    t.add_argument("--restart", action="store_true", help="start over instead of resuming an interrupted tune")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_tune)
     return parser
 
 
@@ -321,7 +339,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             index_type=args.index_type, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
             allow_outside_paths=args.allow_outside_paths, fetch_policy=fetch_policy, progress=progress,
             embeddings=args.embeddings, engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
-            **_quality_build_options(args),
+            tuned=args.tuned, **_quality_build_options(args),
         )
     finally:
         if bar is not None:
@@ -342,6 +360,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{len(report.skipped)} rows skipped, {report.removed_products} products removed, "
         f"index {report.index_type}, {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
     )
+    if getattr(report.embedder, "tuned", None):
+        print(f"embedded with the model tuned to this index ({report.embedder.tuned['weights']}); --tuned off for the base model")
     inc = report.incremental
     if inc.get("base"):
         print(f"index updated from {inc['base']}: {inc['added']} vectors added, {inc['removed']} removed"
@@ -418,7 +438,44 @@ def cmd_gc(args: argparse.Namespace) -> int:
     r = collect_garbage(args.index, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{args.index}: kept what {', '.join(r.generations) or 'no generation'} use(s); {verb} {r.cache_rows} cached "
-          f"embedding(s), {r.shard_rows} Parquet shard row(s), {r.file_rows} file record(s), {r.downloads} downloaded image(s) ({r.bytes_freed / 2**20:.1f} MiB)")
+          f"embedding(s), {r.shard_rows} Parquet shard row(s), {r.file_rows} file record(s), {r.downloads} downloaded image(s) ({r.bytes_freed / 2**20:.1f} MiB), {r.tuned_files} tuned model file(s)")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import tune_index
+
+    bars: dict = {}
+    names = {"check": ("checking photos", "photo"), "cache": ("caching views", "view"), "train": ("training", "step")}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        if phase not in bars:
+            from tqdm import tqdm
+
+            for bar in bars.values():
+                bar.close()
+            bars[phase] = tqdm(total=total, initial=done, desc=names[phase][0], unit=names[phase][1], dynamic_ncols=True)
+        bars[phase].update(done - bars[phase].n)
+
+    def on_plan(p) -> None:
+        print(f"tuning {p.model} ({p.stages} last stages) on {p.products} products: {p.photos} catalog photos, "
+              f"{p.pair_photos} shopper photos, {p.validation_photos} held out; {p.views} augmented copies each; cached "
+              f"activations {p.cache_bytes / 2**30:.2f} GiB on disk ({p.free_bytes / 2**30:.1f} GiB free)"
+              + ("; resuming the interrupted tune" if p.resumed else ""), file=sys.stderr)
+
+    try:
+        r = tune_index(args.index, stages=args.stages, views=args.views, train_pairs=args.train_pairs,
+                       max_minutes=args.max_minutes, max_steps=args.max_steps, validate_every=args.validate_every,
+                       restart=args.restart, progress=progress, on_plan=on_plan)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(f"{args.index}: {r.reason}" + (f" ({r.steps} steps, stopped: {r.stopped}, {r.seconds / 60:.1f} min)" if r.finished else ""))
+    if r.kept:
+        print(f"the next vsearch build embeds every image again with the tuned model (about {r.reembed_seconds / 60:.1f} min "
+              "of model time here); search keeps the current index until then")
     return 0
 
 
@@ -447,6 +504,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"built:        {manifest['built_at']} from {manifest.get('catalog', '?')}")
     print("close match:  " + _verdict_summary(manifest.get("verdict") or {}))
     print("adaptation:   " + _adaptation_summary(manifest.get("adaptation") or {}))
+    print("tuned model:  " + _tuned_summary(index_dir, model))
     post = manifest.get("postprocess") or {}
     if post:
         w = post.get("whitening")
@@ -474,6 +532,20 @@ def _verdict_summary(v: dict) -> str:
     return (f"{rule} (precision {v['precision']:.2f}, recall {v['recall']:.2f}, "
             f"unsold photos called close {v['unsold_rate']:.0%}; calibrated on {src})"
             + (f"; only for the {len(covers)} products with confirmed photos" if covers is not None else ""))
+
+
+def _tuned_summary(index_dir: Path, model: dict) -> str:
+    from .tuned_model import LATEST_FILE, read_record
+
+    used = f"this generation uses {model['tuned']['weights']}" if model.get("tuned") else "this generation uses the base model"
+    last = read_record(index_dir, LATEST_FILE)
+    if last is None:
+        return used + " (never tuned: vsearch tune)"
+    v = last["validation"]
+    return (f"{used}; last tune {last['tuned_at']}: {last['stages']} last stages on {last['products']} products, "
+            f"{last['photos']} photos (+{last['pair_photos']} shopper photos), {last['validation_photos']} held out; "
+            f"held-out R@1 {v['base']['held_out_r1']:.3f} -> {v['tuned']['held_out_r1']:.3f}, augmented "
+            f"{v['base']['augmented_r1']:.3f} -> {v['tuned']['augmented_r1']:.3f}; " + last["reason"])
 
 
 def _adaptation_summary(a: dict) -> str:

@@ -42,6 +42,7 @@ class GcReport:
     file_rows: int  # remembered (path, size, mtime) -> hash entries dropped
     downloads: int  # downloaded image files deleted
     bytes_freed: int  # size of the deleted downloads (the cache file shrinks by VACUUM)
+    tuned_files: int = 0  # tuned model weights (``vsearch tune``) neither a generation nor tuned/CURRENT.json names
 
 
 def collect_garbage(index_dir: str | os.PathLike, *, dry_run: bool = False) -> GcReport:
@@ -61,7 +62,23 @@ def collect_garbage(index_dir: str | os.PathLike, *, dry_run: bool = False) -> G
         shard_rows = (prune_shards(index_dir / SHARDS_DIR, used.claim, dry_run=dry_run)
                       if (index_dir / SHARDS_DIR).is_dir() else 0)
         downloads, freed = _prune_downloads(index_dir / DOWNLOADS_DIR, used, dry_run)
-    return GcReport(tuple(g.name for g in gens), cache_rows, shard_rows, file_rows, downloads, freed)
+        tuned = _prune_tuned(index_dir, [store.read_manifest(g) for g in gens], dry_run)
+    return GcReport(tuple(g.name for g in gens), cache_rows, shard_rows, file_rows, downloads, freed, tuned)
+
+
+def _prune_tuned(index_dir: Path, manifests: list[dict], dry_run: bool) -> int:
+    """Delete tuned weight files no generation was built with and that are not the current tuned model
+    (their cached vectors go with the rest: the cache is pruned by (content, model fingerprint))."""
+    from .tuned_model import TUNED_DIR, weight_files_in_use
+
+    folder = index_dir / TUNED_DIR
+    if not folder.is_dir():
+        return 0
+    keep = weight_files_in_use(index_dir, manifests)
+    stale = [p for p in folder.glob("*.safetensors") if p.name not in keep]
+    for p in stale if not dry_run else []:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 class UsedKeys:

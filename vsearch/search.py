@@ -102,12 +102,9 @@ class ProductIndex:
         return cls(index_dir, embedder, **kwargs)
 
     def _load_model(self, model: str | None, pretrained: str | None, precision: str) -> Embedder:
-        from .embedders import load_embedder
+        from .tuned_model import index_embedder  # the base model, plus the weights `vsearch tune` fitted, if any
 
-        info = self._gen.manifest["model"]
-        if model is None:
-            model, pretrained = info.get("spec", info["name"]), info.get("pretrained")
-        return load_embedder(model, pretrained, precision=precision)
+        return index_embedder(self.index_dir, self._gen.manifest["model"], model, pretrained, precision)
 
     @staticmethod
     def _check_model(embedder: Embedder, manifest: Mapping[str, Any]) -> None:
