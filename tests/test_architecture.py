@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"evaluate", "watcher", "feedback", "gc", "guard", "tune"},
     {"report"},
     {"api", "page_files", "page_text"},
-    {"ui"},
+    {"ui", "cli_info"},
     {"cli", "demo"},
 ]
 EXEMPT = {"__init__", "__main__"}  # lazy re-exports of public names, and `python -m vsearch`

@@ -262,6 +262,7 @@ def test_a_tune_that_does_not_help_is_not_kept_and_info_says_why(tmp_path, monke
     assert main(["info", "--index", str(index)]) == 0
     out = capsys.readouterr().out
     assert "uses the base model" in out and "not kept: the tuned model did not beat the base model" in out
+    assert "validation MRR (what decides keeping it) 0.375 -> 0.375" in out
 
 
 def test_time_budget_stops_the_job_and_the_next_run_goes_on_with_progress_and_eta(tmp_path, capsys):
