@@ -28,7 +28,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python app.py
 
+# Formatting and lint first (ruff, configured in pyproject.toml), then the tests.
 test: $(TEST_STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 clean:

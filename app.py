@@ -19,18 +19,24 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_DIR = ROOT / "index" / "sample-catalog"
-OFFLINE_NOTICE = ("CLIP weights are not available offline; using the offline EfficientNet-Lite0 model "
-                  "— image search only")
+OFFLINE_NOTICE = (
+    "CLIP weights are not available offline; using the offline EfficientNet-Lite0 model "
+    "— image search only"
+)
 
 
 def build_sample(index_dir: Path, model: str | None, pretrained: str | None) -> str | None:
-    """Write the sample catalog and build it; return a notice when we had to fall back to the offline model."""
+    """Write the sample catalog and build it; return a notice when we had to fall back to the
+    offline model."""
     from vsearch.build import build_index
+    from vsearch.demo import write_sample_catalog, write_sample_queries
     from vsearch.embedders import load_embedder
     from vsearch.errors import ModelUnavailableError
-    from vsearch.demo import write_sample_catalog, write_sample_queries
 
-    print(f"vsearch: no index in {index_dir}; writing the sample catalog to {SAMPLE_DIR} ...", flush=True)
+    print(
+        f"vsearch: no index in {index_dir}; writing the sample catalog to {SAMPLE_DIR} ...",
+        flush=True,
+    )
     csv = write_sample_catalog(SAMPLE_DIR)
     write_sample_queries(SAMPLE_DIR / "queries", csv)
     notice = None
@@ -49,16 +55,20 @@ def build_sample(index_dir: Path, model: str | None, pretrained: str | None) -> 
             print(f"vsearch: embedded {done}/{total} catalog images", flush=True)
 
     report = build_index(csv, index_dir, embedder=embedder, progress=progress)
-    print(f"vsearch: built {report.products} products / {report.images} images in {report.seconds:.1f} s", flush=True)
+    print(
+        f"vsearch: built {report.products} products / {report.images} images in "
+        f"{report.seconds:.1f} s",
+        flush=True,
+    )
     return notice
 
 
 def main(argv: list[str] | None = None) -> int:
     """Build the sample when there is no index yet, then hand over to `vsearch serve` (same code,
     same environment variables); extra arguments go to `vsearch serve` as well."""
-    from vsearch import store
     from vsearch.cli import main as vsearch
     from vsearch.errors import VsearchError
+    from vsearch.store import generations as store
 
     index_dir = Path(os.environ.get("VSEARCH_INDEX") or ROOT / "index" / "default")
     model = os.environ.get("VSEARCH_MODEL") or None
@@ -75,20 +85,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return vsearch(["serve", "--index", str(index_dir), *demo, *(["--notice", notice] if notice else []),
-                    *(sys.argv[1:] if argv is None else argv)])
+    return vsearch(
+        [
+            "serve",
+            "--index",
+            str(index_dir),
+            *demo,
+            *(["--notice", notice] if notice else []),
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+    )
 
 
 def _model_name(index_dir: Path) -> str:
-    from vsearch import store
+    from vsearch.store import generations as store
 
     manifest = store.read_manifest(index_dir / store.read_current(index_dir))
     return manifest.get("model", {}).get("name", "")
 
 
 def _is_sample(index_dir: Path) -> bool:
-    """True when the served index was built from the bundled sample catalog (so its photos make sense)."""
-    from vsearch import store
+    """True when the served index was built from the bundled sample catalog (so its photos make
+    sense)."""
+    from vsearch.store import generations as store
 
     manifest = store.read_manifest(index_dir / store.read_current(index_dir))
     catalog = str(manifest.get("catalog", ""))

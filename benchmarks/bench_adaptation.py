@@ -1,4 +1,4 @@
-"""Catalog adaptation (vsearch.adaptation) on the real evaluation sets, from cached features.
+"""Catalog adaptation (vsearch.learn.adaptation) on the real evaluation sets, from cached features.
 
 Protocols (product-level R@1/R@5; see benchmarks/eval_sets.py for the sets):
 - jumia: last view of each product group held out; the projection is learned from the catalog
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_quality import SETS, EvalSet, Features, eval_sets, product_scores
-from vsearch.adaptation import TooFewPairsError, fit_adaptation, training_pairs
-from vsearch.metrics import recall_at
+
+from vsearch.evaluate.metrics import recall_at
+from vsearch.learn.adaptation import TooFewPairsError, fit_adaptation, training_pairs
 
 
 def catalog_of(es: EvalSet, feats: Features) -> np.ndarray:
@@ -70,7 +70,9 @@ def jumia(es: EvalSet, feats: Features, opts: dict) -> dict[str, tuple[float, fl
     return out
 
 
-def grocery_cv(es: EvalSet, feats: Features, opts: dict, folds: int = 5) -> dict[str, tuple[float, float]]:
+def grocery_cv(
+    es: EvalSet, feats: Features, opts: dict, folds: int = 5
+) -> dict[str, tuple[float, float]]:
     cat, pids = catalog_of(es, feats), es.catalog_pids
     q = feats.vectors(es.query_group, "avg", False)[es.query_rows]
     labels = np.asarray(es.expected)
@@ -84,16 +86,19 @@ def grocery_cv(es: EvalSet, feats: Features, opts: dict, folds: int = 5) -> dict
     return {"plain": recall(plain), "adapted (5-fold cv)": recall(adapted)}
 
 
-def phone_like(es: EvalSet, feats: Features, opts: dict, n: int | None = None) -> dict[str, tuple[float, float]]:
-    """Simulated phone photos (vsearch.shopper_photos: cut out, on clutter, tilted, re-lit, blurred,
-    noised, JPEG) of the jumia held-out views - images that are not in the catalog - searched
-    against the catalog, raw vs adapted."""
+def phone_like(
+    es: EvalSet, feats: Features, opts: dict, n: int | None = None
+) -> dict[str, tuple[float, float]]:
+    """Simulated phone photos (vsearch.learn.shopper_photos: cut out, on clutter, tilted, re-lit,
+    blurred, noised, JPEG) of the jumia held-out views - images that are not in the catalog -
+    searched against the catalog, raw vs adapted."""
     import io
     import random
 
-    from vsearch.embedders.efficientnet import EfficientNetEmbedder
-    from vsearch.shopper_photos import cutout, scenes, shopper_photo
     from PIL import Image
+
+    from vsearch.embedders.efficientnet import EfficientNetEmbedder
+    from vsearch.learn.shopper_photos import cutout, scenes, shopper_photo
 
     paths = [feats.paths[es.query_group][i] for i in es.query_rows][:n]
     expected = es.expected[: len(paths)]
@@ -101,15 +106,19 @@ def phone_like(es: EvalSet, feats: Features, opts: dict, n: int | None = None) -
     backgrounds = scenes(12, rng, size=(800, 600))
     photos = []
     for i, p in enumerate(paths):
-        photo = shopper_photo(cutout(Path(p)), random.Random(f"phone:{i}"), size=(800, 600), scene=backgrounds[i % 12])
+        photo = shopper_photo(
+            cutout(Path(p)), random.Random(f"phone:{i}"), size=(800, 600), scene=backgrounds[i % 12]
+        )
         buf = io.BytesIO()
         photo.save(buf, "JPEG", quality=75)  # phones compress
         photos.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     q = EfficientNetEmbedder(precision="fp32").embed_images(photos)
     cat, pids = catalog_of(es, feats), es.catalog_pids
     p = adapt(cat, pids, **opts)
-    return {"plain": recall(ranks_for(cat, pids, q, expected)),
-            "adapted": recall(ranks_for(p.apply(cat), pids, p.apply(q), expected))}
+    return {
+        "plain": recall(ranks_for(cat, pids, q, expected)),
+        "adapted": recall(ranks_for(p.apply(cat), pids, p.apply(q), expected)),
+    }
 
 
 def scale(n_images: int, d: int = 1280, views: int = 5) -> None:
@@ -117,12 +126,14 @@ def scale(n_images: int, d: int = 1280, views: int = 5) -> None:
     projecting the catalog, and the cross-fitted verdict calibration on held-out views."""
     import os
 
-    from vsearch.learn import calibrate
+    from vsearch.learn.fit import calibrate
 
     rng = np.random.default_rng(0)
     n_products = n_images // views
     centres = rng.normal(size=(n_products, d)).astype(np.float32)
-    x = np.repeat(centres, views, axis=0) + 0.8 * rng.normal(size=(n_products * views, d)).astype(np.float32)
+    x = np.repeat(centres, views, axis=0) + 0.8 * rng.normal(size=(n_products * views, d)).astype(
+        np.float32
+    )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = np.repeat(np.arange(n_products).astype(str), views)
     print(f"load average {os.getloadavg()[0]:.2f}; {len(x)} vectors x {d}")
@@ -135,27 +146,46 @@ def scale(n_images: int, d: int = 1280, views: int = 5) -> None:
     t3 = time.perf_counter()
     calibrate(x, labels, adapted=True, index_vectors=projected)
     t4 = time.perf_counter()
-    print(f"pair scatter {t1 - t:.1f} s, fit {t2 - t1:.1f} s, project {t3 - t2:.1f} s, "
-          f"verdict (2 cross-fitted projections + 1,000 held-out views) {t4 - t3:.1f} s; total {t4 - t:.1f} s")
+    print(
+        f"pair scatter {t1 - t:.1f} s, fit {t2 - t1:.1f} s, project {t3 - t2:.1f} s, "
+        f"verdict (2 cross-fitted projections + 1,000 held-out views) {t4 - t3:.1f} s; total "
+        f"{t4 - t:.1f} s"
+    )
 
 
-def grocery_final(sets: dict[str, EvalSet], feats: Features, opts: dict) -> dict[str, tuple[float, float]]:
+def grocery_final(
+    sets: dict[str, EvalSet], feats: Features, opts: dict
+) -> dict[str, tuple[float, float]]:
     val, test = sets["grocery-val"], sets["grocery-test"]
     cat, pids = catalog_of(test, feats), test.catalog_pids
     qv = feats.vectors(val.query_group, "avg", False)[val.query_rows]
     qt = feats.vectors(test.query_group, "avg", False)[test.query_rows]
     p = adapt(cat, pids, shopper=qv, shopper_labels=np.asarray(val.expected), **opts)
-    return {"plain": recall(ranks_for(cat, pids, qt, test.expected)),
-            "adapted (val pairs)": recall(ranks_for(p.apply(cat), pids, p.apply(qt), test.expected))}
+    return {
+        "plain": recall(ranks_for(cat, pids, qt, test.expected)),
+        "adapted (val pairs)": recall(ranks_for(p.apply(cat), pids, p.apply(qt), test.expected)),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", type=Path, default=SETS)
-    ap.add_argument("--grid", action="store_true", help="shrinkage x keep grid (jumia + grocery cv)")
+    ap.add_argument(
+        "--grid", action="store_true", help="shrinkage x keep grid (jumia + grocery cv)"
+    )
     ap.add_argument("--final", action="store_true", help="grocery test, once, with the defaults")
-    ap.add_argument("--phone", action="store_true", help="only: simulated phone photos of the jumia held-out views")
-    ap.add_argument("--scale", type=int, default=0, metavar="N", help="only: time adaptation on N synthetic 1280-d vectors")
+    ap.add_argument(
+        "--phone",
+        action="store_true",
+        help="only: simulated phone photos of the jumia held-out views",
+    )
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only: time adaptation on N synthetic 1280-d vectors",
+    )
     args = ap.parse_args()
     feats = Features(args.sets / "features")
     sets = eval_sets(args.sets, feats)
@@ -176,7 +206,12 @@ def main() -> None:
             res.update({f"jumia {k}": v for k, v in jumia(sets["jumia"], feats, opts).items()})
         if "grocery-val" in sets:
             try:
-                res.update({f"grocery-val {k}": v for k, v in grocery_cv(sets["grocery-val"], feats, opts).items()})
+                res.update(
+                    {
+                        f"grocery-val {k}": v
+                        for k, v in grocery_cv(sets["grocery-val"], feats, opts).items()
+                    }
+                )
             except TooFewPairsError as e:
                 res["grocery-val"] = (float("nan"), float("nan"))
                 print(e)

@@ -45,8 +45,11 @@ def sample_index(root: Path) -> tuple[Path, list[Path]]:
     return root / "index", queries
 
 
-def index_and_queries(index: Path | None, queries: Path | None, tmp: Path) -> tuple[Path, list[Path]]:
-    """The index to serve and its query photos: the ones given, or the sample catalog built in tmp."""
+def index_and_queries(
+    index: Path | None, queries: Path | None, tmp: Path
+) -> tuple[Path, list[Path]]:
+    """The index to serve and its query photos: the ones given, or the sample catalog built in
+    tmp."""
     if index is None:
         print("building the sample index (efficientnet-lite0) ...", flush=True)
         return sample_index(tmp)
@@ -65,15 +68,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--index", type=Path)
-    ap.add_argument("--queries", type=Path, help="folder of query photos (default: generated sample photos)")
+    ap.add_argument(
+        "--queries", type=Path, help="folder of query photos (default: generated sample photos)"
+    )
     args = ap.parse_args()
 
     import httpx
     from gradio_client import Client, handle_file
 
-    from vsearch.api import ServeSettings, Service
     from vsearch.search import ProductIndex
-    from vsearch.ui import create_app, launch_app
+    from vsearch.serve.api import ServeSettings, Service
+    from vsearch.serve.ui import create_app, launch_app
 
     with tempfile.TemporaryDirectory() as tmp:
         index_dir, queries = index_and_queries(args.index, args.queries, Path(tmp))
@@ -87,7 +92,9 @@ def main() -> int:
             http = httpx.Client(base_url=url.rstrip("/"), timeout=60)
             client = Client(url, verbose=False)
             for q, data in photos[:3]:  # warm-up: model, FAISS, connection
-                http.post("/api/v1/search?k=10", files={"image": (q.name, data, "image/jpeg")}).raise_for_status()
+                http.post(
+                    "/api/v1/search?k=10", files={"image": (q.name, data, "image/jpeg")}
+                ).raise_for_status()
                 client.predict(handle_file(str(q)), api_name="/search")
                 index.search(image=str(q), k=10)
             for i in range(args.n):
@@ -106,13 +113,21 @@ def main() -> int:
         finally:
             app.close()
     d50 = pct(direct, 50) * 1e3
-    print(f"{args.n} sequential requests each, k=10, model {index.embedder.name}, {len(photos)} photos; "
-          f"load average {load_average()}")
-    print(f"  in-process ProductIndex.search:  p50 {d50:6.1f} ms, p95 {pct(direct, 95) * 1e3:6.1f} ms")
+    print(
+        f"{args.n} sequential requests each, k=10, model {index.embedder.name}, {len(photos)} "
+        "photos; "
+        f"load average {load_average()}"
+    )
+    print(
+        f"  in-process ProductIndex.search:  p50 {d50:6.1f} ms, p95 {pct(direct, 95) * 1e3:6.1f} ms"
+    )
     for name, times in (("REST POST /api/v1/search", rest), ("gradio_client /search", gradio)):
         p50 = pct(times, 50) * 1e3
-        print(f"  {name:<31s}: p50 {p50:6.1f} ms, p95 {pct(times, 95) * 1e3:6.1f} ms, "
-              f"mean {statistics.mean(times) * 1e3:6.1f} ms -> p50 ratio {p50 / d50:.2f}x (+{p50 - d50:.1f} ms)")
+        print(
+            f"  {name:<31s}: p50 {p50:6.1f} ms, p95 {pct(times, 95) * 1e3:6.1f} ms, "
+            f"mean {statistics.mean(times) * 1e3:6.1f} ms -> p50 ratio {p50 / d50:.2f}x "
+            f"(+{p50 - d50:.1f} ms)"
+        )
     return 0
 
 

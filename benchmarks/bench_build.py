@@ -73,7 +73,9 @@ def plain_loop(model_name: str, checkpoint: str | None, paths: list[Path]) -> fl
     else:
         import open_clip
 
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=checkpoint
+        )
         model.eval()
         encode = model.encode_image
     with torch.no_grad():
@@ -84,7 +86,6 @@ def plain_loop(model_name: str, checkpoint: str | None, paths: list[Path]) -> fl
             v = encode(x)
             v = v / v.norm(dim=-1, keepdim=True)
         seconds = time.perf_counter() - start
-    del model
     return len(paths) / seconds
 
 
@@ -99,20 +100,24 @@ def vsearch_build(embedder, catalog: Path, index_dir: Path, **kwargs):
 
 
 def index_vectors(index_dir: Path) -> np.ndarray:
-    """The model's raw vectors per catalog image, in catalog order, from the build's embedding cache.
+    """The model's raw vectors per catalog image, in catalog order, from the build's embedding
+    cache.
 
     (The FAISS file may hold post-processed vectors, e.g. whitened, so it is not read here.)
     """
     import sqlite3
 
-    from vsearch import store
+    from vsearch.store import generations as store
 
     gen = index_dir / store.read_current(index_dir)
     db = sqlite3.connect(gen / store.PRODUCTS_FILE)
     hashes = [r[0] for r in db.execute("SELECT content_hash FROM images ORDER BY vid")]
     db.close()
     cache = sqlite3.connect(index_dir / store.CACHE_FILE)
-    vec = {h: np.frombuffer(b, dtype=np.float32) for h, b in cache.execute("SELECT content_hash, vector FROM embeddings")}
+    vec = {
+        h: np.frombuffer(b, dtype=np.float32)
+        for h, b in cache.execute("SELECT content_hash, vector FROM embeddings")
+    }
     cache.close()
     return np.stack([vec[h] for h in hashes])
 
@@ -120,12 +125,32 @@ def index_vectors(index_dir: Path) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=256, help="catalog images (default 256)")
-    ap.add_argument("--queries", type=int, default=100, help="held-out photos for the top-1 check (default 100)")
-    ap.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random weights) or efficientnet-lite0")
-    ap.add_argument("--batch-size", type=int, default=None, help="override build batch size (default: build's default)")
-    ap.add_argument("--workers", type=int, default=None, help="override build decode workers (default: build's default)")
-    ap.add_argument("--skip-plain", action="store_true", help="do not run the plain loop (for tuning runs)")
-    ap.add_argument("--precisions", default="auto,fp32", help="build precisions to run (default auto,fp32)")
+    ap.add_argument(
+        "--queries", type=int, default=100, help="held-out photos for the top-1 check (default 100)"
+    )
+    ap.add_argument(
+        "--model",
+        default="ViT-B-32",
+        help="open_clip architecture (random weights) or efficientnet-lite0",
+    )
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="override build batch size (default: build's default)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="override build decode workers (default: build's default)",
+    )
+    ap.add_argument(
+        "--skip-plain", action="store_true", help="do not run the plain loop (for tuning runs)"
+    )
+    ap.add_argument(
+        "--precisions", default="auto,fp32", help="build precisions to run (default auto,fp32)"
+    )
     args = ap.parse_args(argv)
 
     from vsearch.embedders import load_embedder
@@ -136,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     cat_rows, query_rows = jumia_rows(args.n, args.queries)
     catalog = write_catalog(cat_rows, work / "catalog.csv")
     paths = [JUMIA / r["image"] for r in cat_rows]
-    print(f"# bench_build: {len(paths)} jumia images, model {args.model}, load average {load_average()}")
+    print(
+        f"# bench_build: {len(paths)} jumia images, model {args.model}, load average "
+        f"{load_average()}"
+    )
 
     results: dict[str, float] = {}
     if not args.skip_plain:
@@ -150,14 +178,23 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["workers"] = args.workers
     vectors, embedders = {}, {}
     for precision in args.precisions.split(","):
-        emb = load_embedder(args.model if efficientnet else args.model, None if efficientnet else checkpoint, precision=precision)
-        vsearch_build(emb, catalog, work / "warm", **kwargs)  # warm-up: first-call allocations, page cache
+        emb = load_embedder(
+            args.model if efficientnet else args.model,
+            None if efficientnet else checkpoint,
+            precision=precision,
+        )
+        # warm-up: first-call allocations, page cache
+        vsearch_build(emb, catalog, work / "warm", **kwargs)
         report, ips = vsearch_build(emb, catalog, work / f"idx-{precision}", **kwargs)
         label = f"vsearch build --precision {precision} (runs {emb.precision})"
         results[label] = ips
         vectors[precision] = index_vectors(work / f"idx-{precision}")
         embedders[precision] = emb
-        print(f"{label}: {ips:.1f} images/s (embed {report.embed_seconds:.2f} s of {report.seconds:.2f} s)", flush=True)
+        print(
+            f"{label}: {ips:.1f} images/s (embed {report.embed_seconds:.2f} s of "
+            f"{report.seconds:.2f} s)",
+            flush=True,
+        )
 
     print()
     print("| way of running | images/s | x plain loop |")
@@ -181,9 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             qb = ib.search(image=JUMIA / r["image"], k=1)
             same += qa[0].product_id == qb[0].product_id
         print()
-        print(f"--precision {first} ({embedders[first].precision}) vs {last} ({embedders[last].precision}) vectors: "
-              f"cosine min {cos.min():.5f}, mean {cos.mean():.5f} over {len(cos)} images; "
-              f"same top-1 product for {same}/{len(query_rows)} held-out photos")
+        print(
+            f"--precision {first} ({embedders[first].precision}) vs {last} "
+            f"({embedders[last].precision}) vectors: "
+            f"cosine min {cos.min():.5f}, mean {cos.mean():.5f} over {len(cos)} images; "
+            f"same top-1 product for {same}/{len(query_rows)} held-out photos"
+        )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -17,7 +17,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapt", default="auto")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/vsearch-demo"))
-    ap.add_argument("--locate", action="store_true", help="search with locate=True (the located object as well)")
+    ap.add_argument(
+        "--locate", action="store_true", help="search with locate=True (the located object as well)"
+    )
     args = ap.parse_args()
     from vsearch.build import build_index
     from vsearch.demo import write_sample_catalog, write_sample_queries
@@ -32,13 +34,32 @@ def main() -> None:
     build_s = time.perf_counter() - t
     index = ProductIndex.load(args.dir / f"index-{args.adapt}", embedder)
     v = index.verdict
-    print(json.dumps({"build_s": round(build_s, 1), "verdict": {k: v.get(k) for k in
-                      ("signal", "threshold", "precision", "recall", "unsold_rate", "queries", "reason")}}))
+    print(
+        json.dumps(
+            {
+                "build_s": round(build_s, 1),
+                "verdict": {
+                    k: v.get(k)
+                    for k in (
+                        "signal",
+                        "threshold",
+                        "precision",
+                        "recall",
+                        "unsold_rate",
+                        "queries",
+                        "reason",
+                    )
+                },
+            }
+        )
+    )
     for photo, pid in queries:
         hits = index.search(image=photo, k=10, locate=args.locate)
         rank = next((h.rank for h in hits if h.product_id == pid), None)
-        print(f"{photo.name}: rank {rank}  top {hits[0].product_id} {hits[0].score:.3f}  "
-              f"lead {hits[0].score - hits[1].score:.3f}  confident {hits[0].confident}")
+        print(
+            f"{photo.name}: rank {rank}  top {hits[0].product_id} {hits[0].score:.3f}  "
+            f"lead {hits[0].score - hits[1].score:.3f}  confident {hits[0].confident}"
+        )
 
 
 if __name__ == "__main__":

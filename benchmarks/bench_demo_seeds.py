@@ -30,12 +30,17 @@ def main() -> None:
 
     embedder = load_embedder("efficientnet-lite0")
     print(f"load average {os.getloadavg()[0]:.2f}")
-    print("| seed | adapt | R@1 | right product below 3rd | close match right / wrong | shopper check (fixed / broken, p) |")
+    print(
+        "| seed | adapt | R@1 | right product below 3rd | close match right / wrong | shopper "
+        "check (fixed / broken, p) |"
+    )
     print("|---|---|---|---|---|---|")
     for seed in (int(s) for s in args.seeds.split(",")):
         folder = args.dir / f"s{seed}"
         csv = write_sample_catalog(folder / "shop", seed=seed)
-        queries = write_sample_queries(folder / "queries", csv, n_queries=args.photos, seed=seed + 100)
+        queries = write_sample_queries(
+            folder / "queries", csv, n_queries=args.photos, seed=seed + 100
+        )
         for mode in ("auto", "off"):
             build_index(csv, folder / f"index-{mode}", embedder=embedder, adapt=mode)
             index = ProductIndex.load(folder / f"index-{mode}", embedder)
@@ -48,8 +53,11 @@ def main() -> None:
             ranks = np.asarray(ranks)
             check = index.manifest["adaptation"].get("shopper_check")
             what = f"{check['fixed']} / {check['broken']}, p {check['p_value']}" if check else "-"
-            print(f"| {seed} | {mode} | {np.mean(ranks == 1):.3f} | {int((ranks > 3).sum())} | {right} / {wrong} | {what} |",
-                  flush=True)
+            print(
+                f"| {seed} | {mode} | {np.mean(ranks == 1):.3f} | {int((ranks > 3).sum())} | "
+                f"{right} / {wrong} | {what} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -32,24 +32,38 @@ def main() -> int:
     args = ap.parse_args()
 
     from vsearch.build import build_index
-    from vsearch.embeddings_io import ModelIdentity
+    from vsearch.embeddings.imported import ModelIdentity
     from vsearch.search import ProductIndex
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((200, args.dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     labels = rng.integers(0, 200, args.n)
-    vectors = centres[labels] + 0.3 * rng.standard_normal((args.n, args.dim)).astype(np.float32) / np.sqrt(args.dim)
+    vectors = centres[labels] + 0.3 * rng.standard_normal((args.n, args.dim)).astype(
+        np.float32
+    ) / np.sqrt(args.dim)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     n_rare = max(1, args.n // 1000)  # 0.1 %
-    rare = set(rng.choice(np.flatnonzero(labels >= 190), n_rare, replace=False).tolist())  # 10 of 200 clusters
+    # 10 of 200 clusters
+    rare = set(rng.choice(np.flatnonzero(labels >= 190), n_rare, replace=False).tolist())
     q_idx = rng.choice(np.flatnonzero(labels < 100), args.queries, replace=False)
-    queries = vectors[q_idx] + 0.01 * rng.standard_normal((args.queries, args.dim)).astype(np.float32)
+    queries = vectors[q_idx] + 0.01 * rng.standard_normal((args.queries, args.dim)).astype(
+        np.float32
+    )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    model = ModelIdentity(name="vectors", spec="vectors", pretrained=None, fingerprint=f"vectors-{args.dim}",
-                          dim=args.dim, supports_text=False)
-    print(f"{args.n:,} vectors (dim {args.dim}), category 'rare' = {n_rare} products ({n_rare / args.n:.1%}), "
-          f"{args.queries} queries, k=10; load average {load_average()}")
+    model = ModelIdentity(
+        name="vectors",
+        spec="vectors",
+        pretrained=None,
+        fingerprint=f"vectors-{args.dim}",
+        dim=args.dim,
+        supports_text=False,
+    )
+    print(
+        f"{args.n:,} vectors (dim {args.dim}), category 'rare' = {n_rare} products "
+        f"({n_rare / args.n:.1%}), "
+        f"{args.queries} queries, k=10; load average {load_average()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         catalog = Path(tmp) / "catalog.csv"
         with open(catalog, "w", newline="") as f:
@@ -59,7 +73,13 @@ def main() -> int:
                 w.writerow([f"p{i:07d}", f"img/{i:07d}.jpg", "rare" if i in rare else "common"])
         for index_type in args.types.split(","):
             t = time.perf_counter()
-            build_index(catalog, Path(tmp) / index_type, embedder=model, embeddings=vectors, index_type=index_type)
+            build_index(
+                catalog,
+                Path(tmp) / index_type,
+                embedder=model,
+                embeddings=vectors,
+                index_type=index_type,
+            )
             built = time.perf_counter() - t
             index = ProductIndex.load(Path(tmp) / index_type, model)
             results = {}
@@ -79,9 +99,14 @@ def main() -> int:
                     ProductIndex._exact_search = original
                 results[fallback] = (counts, times)
             (c0, _), (c1, t1) = results[False], results[True]
-            print(f"  {index_type:5s} ({index.manifest['faiss_factory']}, built in {built:.0f} s): ANN pass alone returned "
-                  f"min {min(c0)} / mean {np.mean(c0):.1f} of 10; with the exact fallback min {min(c1)} / mean "
-                  f"{np.mean(c1):.1f} of 10; filtered query p50 {pct(t1, 50) * 1e3:.1f} ms, p95 {pct(t1, 95) * 1e3:.1f} ms")
+            print(
+                f"  {index_type:5s} ({index.manifest['faiss_factory']}, built in {built:.0f} s): "
+                "ANN pass alone returned "
+                f"min {min(c0)} / mean {np.mean(c0):.1f} of 10; with the exact fallback min "
+                f"{min(c1)} / mean "
+                f"{np.mean(c1):.1f} of 10; filtered query p50 {pct(t1, 50) * 1e3:.1f} ms, p95 "
+                f"{pct(t1, 95) * 1e3:.1f} ms"
+            )
     return 0
 
 

@@ -34,22 +34,42 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=CACHE / "reload-memory")
     args = ap.parse_args()
 
-    from vsearch.calibration import VerdictCalibration
+    from vsearch.learn.calibration import VerdictCalibration
     from vsearch.search import ProductIndex
 
     index_dir, model = build(args.work / f"{args.vectors}x{args.dim}", args.vectors, args.dim)
     index = ProductIndex.load(index_dir, model)
     gen = index._gen
-    judged = VerdictCalibration(threshold=0.05, precision=0.95, recall=0.3, unsold_rate=0.05, queries=100, unsold=100,
-                                target_precision=0.9, sources={"bench": 100}, reason="bench", signal="margin")
+    judged = VerdictCalibration(
+        threshold=0.05,
+        precision=0.95,
+        recall=0.3,
+        unsold_rate=0.05,
+        queries=100,
+        unsold=100,
+        target_precision=0.9,
+        sources={"bench": 100},
+        reason="bench",
+        signal="margin",
+    )
     unjudged = VerdictCalibration.from_dict({"threshold": None})
     rng = np.random.default_rng(2)
     picks = rng.choice(gen.faiss.ntotal, args.queries, replace=False)
-    queries = gen.vectors_of(picks).astype(np.float32) + rng.standard_normal((args.queries, args.dim)).astype(np.float32) * 0.05
+    queries = (
+        gen.vectors_of(picks).astype(np.float32)
+        + rng.standard_normal((args.queries, args.dim)).astype(np.float32) * 0.05
+    )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    cases = {"no filter": None, "category (10 %)": {"category": "c4"}, "price 10-12 (2 %)": {"price": (10, 12)}}
+    cases = {
+        "no filter": None,
+        "category (10 %)": {"category": "c4"},
+        "price 10-12 (2 %)": {"price": (10, 12)},
+    }
     print(f"{args.queries} queries, k=10, HNSW {gen.faiss.ntotal} x {args.dim}")
-    print("| filter | with verdict p50 ms | p95 ms | without p50 ms | p95 ms | ratio p50 | close matches |")
+    print(
+        "| filter | with verdict p50 ms | p95 ms | without p50 ms | p95 ms | ratio p50 | close "
+        "matches |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, filters in cases.items():
         times = {"with": [], "without": []}
@@ -62,8 +82,11 @@ def main() -> None:
                 times[mode].append((time.perf_counter() - started) * 1000)
                 close += mode == "with" and bool(hits) and hits[0].confident is True
         p = {m: (statistics.median(t), float(np.percentile(t, 95))) for m, t in times.items()}
-        print(f"| {name} | {p['with'][0]:.2f} | {p['with'][1]:.2f} | {p['without'][0]:.2f} | {p['without'][1]:.2f} "
-              f"| {p['with'][0] / p['without'][0]:.2f}x | {close}/{args.queries} |")
+        print(
+            f"| {name} | {p['with'][0]:.2f} | {p['with'][1]:.2f} | {p['without'][0]:.2f} | "
+            f"{p['without'][1]:.2f} "
+            f"| {p['with'][0] / p['without'][0]:.2f}x | {close}/{args.queries} |"
+        )
 
 
 if __name__ == "__main__":

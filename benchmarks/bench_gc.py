@@ -1,5 +1,5 @@
 """How much memory `vsearch gc` needs as the index grows: its used-key set lives in a scratch
-SQLite file (vsearch.gc.UsedKeys) instead of a Python set of (content hash, model) pairs.
+SQLite file (vsearch.store.gc.UsedKeys) instead of a Python set of (content hash, model) pairs.
 
 Builds a synthetic generation database (N images) and embedding cache (N + N/10 vectors, 64-d,
 the extra tenth unused) and runs what gc runs on them: the used keys of the generation, then the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vsearch import store
-from vsearch.gc import UsedKeys, _prune_cache
+from vsearch.store import generations as store
+from vsearch.store.gc import UsedKeys, _prune_cache
 
 FP = "efficientnet-lite0:bench"
 
@@ -43,14 +43,22 @@ def make(folder: Path, n: int) -> tuple[Path, Path]:
     db.close()
     cache = folder / store.CACHE_FILE
     db = sqlite3.connect(cache)
-    db.executescript("CREATE TABLE embeddings (content_hash TEXT NOT NULL, fingerprint TEXT NOT NULL, dim INTEGER NOT NULL,"
-                     " vector BLOB NOT NULL, PRIMARY KEY (content_hash, fingerprint)) WITHOUT ROWID;"
-                     "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
-                     " content_hash TEXT NOT NULL) WITHOUT ROWID;")
+    db.executescript(
+        "CREATE TABLE embeddings (content_hash TEXT NOT NULL, fingerprint TEXT NOT NULL, dim "
+        "INTEGER NOT NULL,"
+        " vector BLOB NOT NULL, PRIMARY KEY (content_hash, fingerprint)) WITHOUT ROWID;"
+        "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT "
+        "NULL,"
+        " content_hash TEXT NOT NULL) WITHOUT ROWID;"
+    )
     blob = np.zeros(64, np.float32).tobytes()
     total = n + n // 10
-    db.executemany("INSERT INTO embeddings VALUES (?, ?, 64, ?)", ((_hash(i), FP, blob) for i in range(total)))
-    db.executemany("INSERT INTO files VALUES (?, 1, 1, ?)", ((f"img/{i}.jpg", _hash(i)) for i in range(total)))
+    db.executemany(
+        "INSERT INTO embeddings VALUES (?, ?, 64, ?)", ((_hash(i), FP, blob) for i in range(total))
+    )
+    db.executemany(
+        "INSERT INTO files VALUES (?, 1, 1, ?)", ((f"img/{i}.jpg", _hash(i)) for i in range(total))
+    )
     db.commit()
     db.close()
     return gen, cache
@@ -61,7 +69,10 @@ def main() -> None:
     ap.add_argument("--n", default="50000,200000,1000000")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}")
-    print("| images | gc: used keys + cache prune | peak Python allocations | a Python set of the keys (before) |")
+    print(
+        "| images | gc: used keys + cache prune | peak Python allocations | a Python set of the "
+        "keys (before) |"
+    )
     print("|---|---|---|---|")
     for n in (int(x) for x in args.n.split(",")):
         with tempfile.TemporaryDirectory() as d:
@@ -83,7 +94,11 @@ def main() -> None:
             set_bytes = tracemalloc.get_traced_memory()[0]
             tracemalloc.stop()
             del as_set
-            print(f"| {n:,} | {seconds:.1f} s | {peak / 2**20:.1f} MiB | {set_bytes / 2**20:.0f} MiB |", flush=True)
+            print(
+                f"| {n:,} | {seconds:.1f} s | {peak / 2**20:.1f} MiB "
+                f"| {set_bytes / 2**20:.0f} MiB |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def main() -> None:
     right = {False: 0, True: 0}
     print(f"load before: {load_average()}")
     for i, row in enumerate(rows):
-        for locate in ((False, True) if i % 2 == 0 else (True, False)):
+        for locate in (False, True) if i % 2 == 0 else (True, False):
             t = time.perf_counter()
             hits = index.search(image=row["image"], k=10, locate=locate)
             times[locate].append(time.perf_counter() - t)
@@ -49,7 +49,10 @@ def main() -> None:
     print(f"load after: {load_average()}")
     for locate in (False, True):
         p50, p95 = percentiles(times[locate])
-        print(f"locate={locate!s:5}  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  first right {right[locate]}/{len(rows)}")
+        print(
+            f"locate={locate!s:5}  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  first right "
+            f"{right[locate]}/{len(rows)}"
+        )
     print(f"p50 ratio locate/plain: {np.median(times[True]) / np.median(times[False]):.2f}x")
 
 

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, jumia_images, percentiles, random_clip_checkpoint, write_synthetic_catalog  # noqa: E402
+from common import (
+    jumia_images,
+    load_average,
+    percentiles,
+    random_clip_checkpoint,
+    write_synthetic_catalog,
+)  # noqa: E402
 
 WORK = Path(os.environ.get("VSEARCH_BENCH_QUERY", "/tmp/vsearch-bench-query"))
 
@@ -42,16 +48,19 @@ def phone_photos(n: int) -> list[Path]:
         path = out / f"photo-{i:03d}.jpg"
         if not path.is_file():
             with Image.open(src) as im:
-                im.convert("RGB").resize((1200, 1600), Image.Resampling.BICUBIC).save(path, quality=90)
+                im.convert("RGB").resize((1200, 1600), Image.Resampling.BICUBIC).save(
+                    path, quality=90
+                )
         paths.append(path)
     return paths
 
 
 def build(n: int, index_type: str, checkpoint: Path) -> Path:
-    from vsearch import store
     from vsearch.build import build_index
+    from vsearch.store import generations as store
 
-    index_dir = WORK / f"index-{n}-{store.choose_index_type(n, index_type)}"  # cached per resolved type
+    # cached per resolved type
+    index_dir = WORK / f"index-{n}-{store.choose_index_type(n, index_type)}"
     if (index_dir / "CURRENT").is_file():
         return index_dir
     catalog = write_synthetic_catalog(n, WORK / f"catalog-{n}.csv")
@@ -61,21 +70,32 @@ def build(n: int, index_type: str, checkpoint: Path) -> Path:
     np.save(WORK / f"vectors-{n}.npy", vectors)
     shutil.rmtree(index_dir, ignore_errors=True)
     t = time.perf_counter()
-    report = build_index(catalog, index_dir, model="ViT-B-32", pretrained=str(checkpoint),
-                         embeddings=WORK / f"vectors-{n}.npy", index_type=index_type)
-    print(f"built {report.products:,} products ({report.index_type}) from --embeddings in {time.perf_counter() - t:.1f} s")
+    report = build_index(
+        catalog,
+        index_dir,
+        model="ViT-B-32",
+        pretrained=str(checkpoint),
+        embeddings=WORK / f"vectors-{n}.npy",
+        index_type=index_type,
+    )
+    print(
+        f"built {report.products:,} products ({report.index_type}) from --embeddings in "
+        f"{time.perf_counter() - t:.1f} s"
+    )
     return index_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=100_000, help="products in the index (default 100,000)")
+    ap.add_argument(
+        "--n", type=int, default=100_000, help="products in the index (default 100,000)"
+    )
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--index-type", default="auto")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args(argv)
 
-    from vsearch.images import load_image
+    from vsearch.catalog.images import load_image
     from vsearch.search import ProductIndex
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -84,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     photos = phone_photos(args.queries)
     index = ProductIndex.load(index_dir, precision=args.precision)
     emb = index.embedder
-    print(f"# bench_query: {args.n:,} products, index {index.manifest['faiss_factory']}, model {emb.name.split('/')[0]} "
-          f"({emb.precision}), {len(photos)} photos 1200x1600, load average {load_average()}")
+    print(
+        f"# bench_query: {args.n:,} products, index {index.manifest['faiss_factory']}, model "
+        f"{emb.name.split('/')[0]} "
+        f"({emb.precision}), {len(photos)} photos 1200x1600, load average {load_average()}"
+    )
 
     tensors = [emb.preprocess(load_image(p, min_side=emb.input_size)).unsqueeze(0) for p in photos]
     for p, x in list(zip(photos, tensors))[:5]:  # warm-up

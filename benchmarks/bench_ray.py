@@ -1,7 +1,7 @@
 """`vsearch build --engine ray` vs the local engine on one machine, side by side (issue 10).
 
-    python benchmarks/bench_ray.py                       # 2,000 real photos (1,000 jumia + 1,000 abo), EfficientNet-Lite0
-    python benchmarks/bench_ray.py --n 400 --rounds 1    # quicker
+    python benchmarks/bench_ray.py                       # 2,000 real photos (1,000 jumia + 1,000
+    abo), EfficientNet-Lite0 python benchmarks/bench_ray.py --n 400 --rounds 1    # quicker
 
 Each round builds the same catalog into an empty index folder (empty cache) with the local
 engine and with the Ray engine, alternating, in separate fresh processes (so neither build finds
@@ -51,7 +51,14 @@ def write_catalog(path: Path, n: int) -> Path:
         w = csv.writer(f)
         w.writerow(["product_id", "image", "title", "category"])
         for r in jumia:
-            w.writerow([r["product_id"], str(SHARED_DATA / "jumia" / r["image"]), r["title"], r["category"]])
+            w.writerow(
+                [
+                    r["product_id"],
+                    str(SHARED_DATA / "jumia" / r["image"]),
+                    r["title"],
+                    r["category"],
+                ]
+            )
         for r in abo:
             w.writerow([f"abo-{r['item_id']}", str(SHARED_DATA / "abo" / r["image"]), "", "abo"])
     return path
@@ -71,21 +78,33 @@ def one_build(catalog: str, index: str, engine: str, model: str, ray_up: bool) -
         build.ON_DISK_MIN_VECTORS = 0
         options["index_type"] = "ivf"
     started = time.perf_counter()
-    report = build_index(catalog, index, model=model, engine=engine, allow_outside_paths=True, **options)
+    report = build_index(
+        catalog, index, model=model, engine=engine, allow_outside_paths=True, **options
+    )
     wall = time.perf_counter() - started
-    print(json.dumps({"wall": wall, "embed_seconds": report.embed_seconds, "images": report.images,
-                      "embedded": report.embedded, "problems": len(report.problems), "engine": report.engine}))
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "embed_seconds": report.embed_seconds,
+                "images": report.images,
+                "embedded": report.embedded,
+                "problems": len(report.problems),
+                "engine": report.engine,
+            }
+        )
+    )
 
 
 def raw_vectors(index: Path, catalog: Path, model: str) -> np.ndarray:
     """Each catalog row's raw model vector, from the index's embedding cache (or its Parquet
     shards, where they are the cache), in catalog order."""
-    from vsearch import store
     from vsearch.build import SHARDS_DIR
-    from vsearch.cache import EmbeddingCache
-    from vsearch.embedding_shards import fill_from_shards
-    from vsearch.embeddings_io import model_identity
-    from vsearch.images import content_hash
+    from vsearch.catalog.images import content_hash
+    from vsearch.embeddings.cache import EmbeddingCache
+    from vsearch.embeddings.imported import model_identity
+    from vsearch.embeddings.shards import fill_from_shards
+    from vsearch.store import generations as store
 
     identity = model_identity(model, None)
     fp = identity.fingerprint
@@ -110,49 +129,94 @@ def top1_excluding_self(v: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--model", default="efficientnet-lite0")
-    ap.add_argument("--shards-cache", action="store_true", help="ivf builds on the 100,000+ image path (see above)")
-    ap.add_argument("--child", nargs=5, metavar=("CATALOG", "INDEX", "ENGINE", "MODEL", "RAY_UP"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--shards-cache",
+        action="store_true",
+        help="ivf builds on the 100,000+ image path (see above)",
+    )
+    ap.add_argument(
+        "--child",
+        nargs=5,
+        metavar=("CATALOG", "INDEX", "ENGINE", "MODEL", "RAY_UP"),
+        help=argparse.SUPPRESS,
+    )
     args = ap.parse_args()
     if args.child:
         cat, index, engine, model, ray_up = args.child
         one_build(cat, index, engine, model, ray_up == "1")
         return
 
-    print(f"load average before: {load_average()}" + ("; --shards-cache: ivf on the 100,000+ image path" if args.shards_cache else ""))
+    print(
+        f"load average before: {load_average()}"
+        + ("; --shards-cache: ivf on the 100,000+ image path" if args.shards_cache else "")
+    )
     runs: dict[str, list[dict]] = {"local": [], "ray (cold)": [], "ray (cluster up)": []}
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         tmp = Path(tmp)
         catalog = write_catalog(tmp / "catalog.csv", args.n)
         for r in range(args.rounds):
-            for label, engine, up in (("local", "local", "0"), ("ray (cold)", "ray", "0"), ("ray (cluster up)", "ray", "1")):
+            for label, engine, up in (
+                ("local", "local", "0"),
+                ("ray (cold)", "ray", "0"),
+                ("ray (cluster up)", "ray", "1"),
+            ):
                 index = tmp / f"{engine}-{up}-{r}"
-                out = subprocess.run([sys.executable, __file__, "--child", str(catalog), str(index), engine, args.model, up],
-                                     capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                                                    SHARDS_CACHE_ENV: "1" if args.shards_cache else "0"})
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        str(catalog),
+                        str(index),
+                        engine,
+                        args.model,
+                        up,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=1800,
+                    env={
+                        **os.environ,
+                        "HF_HUB_OFFLINE": "1",
+                        SHARDS_CACHE_ENV: "1" if args.shards_cache else "0",
+                    },
+                )
                 if out.returncode != 0:
                     raise SystemExit(f"{label} build failed:\n{out.stderr[-3000:]}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 runs[label].append(result)
-                print(f"round {r} {label:17s} wall {result['wall']:6.1f} s, embed {result['embed_seconds']:6.1f} s, "
-                      f"{result['images']} images, {result['embedded']} embedded, {result['problems']} problems "
-                      f"{result['engine'] or ''}  (load {load_average()})", flush=True)
+                print(
+                    f"round {r} {label:17s} wall {result['wall']:6.1f} s, embed "
+                    f"{result['embed_seconds']:6.1f} s, "
+                    f"{result['images']} images, {result['embedded']} embedded, "
+                    f"{result['problems']} problems "
+                    f"{result['engine'] or ''}  (load {load_average()})",
+                    flush=True,
+                )
         local = raw_vectors(tmp / "local-0-0", catalog, args.model)
         remote = raw_vectors(tmp / "ray-0-0", catalog, args.model)
         cos = (local * remote).sum(axis=1)
-        same_top1 = (top1_excluding_self(local) == top1_excluding_self(remote))
+        same_top1 = top1_excluding_self(local) == top1_excluding_self(remote)
     best_local = min(x["wall"] for x in runs["local"])
     print(f"\n{args.n} images, {args.model}, {args.rounds} round(s); best wall time of the rounds:")
     for label, rs in runs.items():
         wall = min(x["wall"] for x in rs)
         embed = min(x["embed_seconds"] for x in rs)
-        print(f"  {label:17s} {wall:6.1f} s  ({args.n / wall:5.1f} images/s, embed stage {embed:6.1f} s)  "
-              f"ratio to local {wall / best_local:.2f}x")
-    print(f"min cosine local vs ray: {cos.min():.6f}; same top-1 (nearest other catalog image) for "
-          f"{int(same_top1.sum())}/{len(same_top1)} images")
+        print(
+            f"  {label:17s} {wall:6.1f} s  ({args.n / wall:5.1f} images/s, embed stage "
+            f"{embed:6.1f} s)  "
+            f"ratio to local {wall / best_local:.2f}x"
+        )
+    print(
+        f"min cosine local vs ray: {cos.min():.6f}; same top-1 (nearest other catalog image) for "
+        f"{int(same_top1.sum())}/{len(same_top1)} images"
+    )
     print(f"load average after: {load_average()}")
 
 

@@ -10,7 +10,8 @@ peak (VmHWM, reset before each reload through /proc/self/clear_refs) during each
 ``--emulate-old`` holds a reference to the replaced generation until the next reload, as
 ``ProductIndex._previous`` did, for a side-by-side figure.
 
-    python benchmarks/bench_reload_memory.py [--vectors 200000] [--dim 128] [--reloads 5] [--emulate-old]
+    python benchmarks/bench_reload_memory.py [--vectors 200000] [--dim 128] [--reloads 5]
+    [--emulate-old]
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import os
 import shutil
 import sys
 import time
@@ -44,10 +44,16 @@ def reset_peak() -> None:
 
 def build(folder: Path, n: int, dim: int):
     from vsearch.build import build_index
-    from vsearch.embeddings_io import ModelIdentity
+    from vsearch.embeddings.imported import ModelIdentity
 
-    model = ModelIdentity(name="vectors", spec="vectors", pretrained=None, fingerprint=f"bench-reload-{dim}",
-                          dim=dim, supports_text=False)
+    model = ModelIdentity(
+        name="vectors",
+        spec="vectors",
+        pretrained=None,
+        fingerprint=f"bench-reload-{dim}",
+        dim=dim,
+        supports_text=False,
+    )
     index_dir = folder / "index"
     if (index_dir / "CURRENT").is_file():
         return index_dir, model
@@ -58,18 +64,34 @@ def build(folder: Path, n: int, dim: int):
     with open(folder / "catalog.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["product_id", "image", "title", "category", "price"])
-        w.writerows([f"P{i // 2:06d}", f"img/{i:06d}.jpg", f"Product {i // 2}", f"c{i % 20}", f"{i % 90 + 1}.00"]
-                     for i in range(n))
+        w.writerows(
+            [
+                f"P{i // 2:06d}",
+                f"img/{i:06d}.jpg",
+                f"Product {i // 2}",
+                f"c{i % 20}",
+                f"{i % 90 + 1}.00",
+            ]
+            for i in range(n)
+        )
     started = time.perf_counter()
-    build_index(folder / "catalog.csv", index_dir, embedder=model, embeddings=vectors, index_type="hnsw",
-                calibrate_threshold=False, adapt="off")
+    build_index(
+        folder / "catalog.csv",
+        index_dir,
+        embedder=model,
+        embeddings=vectors,
+        index_type="hnsw",
+        calibrate_threshold=False,
+        adapt="off",
+    )
     print(f"built {n} x {dim} hnsw in {time.perf_counter() - started:.0f} s", flush=True)
     return index_dir, model
 
 
 def publish_copy(index_dir: Path) -> None:
-    """Publish a copy of the live generation as a new one (what a rebuild of the same catalog does)."""
-    from vsearch import store
+    """Publish a copy of the live generation as a new one (what a rebuild of the same catalog
+    does)."""
+    from vsearch.store import generations as store
 
     live = index_dir / store.read_current(index_dir)
     tmp = store.new_generation_dir(index_dir)
@@ -83,7 +105,9 @@ def main() -> None:
     ap.add_argument("--vectors", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--reloads", type=int, default=5)
-    ap.add_argument("--emulate-old", action="store_true", help="keep the replaced generation, as before")
+    ap.add_argument(
+        "--emulate-old", action="store_true", help="keep the replaced generation, as before"
+    )
     ap.add_argument("--work", type=Path, default=CACHE / "reload-memory")
     args = ap.parse_args()
 
@@ -98,8 +122,11 @@ def main() -> None:
     index.search_vector(query, k=10)
     gc.collect()
     first = rss_mib()
-    print(f"RSS before load {before:.0f} MiB, after the first load {first:.0f} MiB "
-          f"(the index: {first - before:.0f} MiB)", flush=True)
+    print(
+        f"RSS before load {before:.0f} MiB, after the first load {first:.0f} MiB "
+        f"(the index: {first - before:.0f} MiB)",
+        flush=True,
+    )
     held = None
     for i in range(1, args.reloads + 1):
         publish_copy(index_dir)
@@ -107,14 +134,20 @@ def main() -> None:
         reset_peak()
         assert index.reload_if_changed()
         peak = rss_mib("VmHWM")
-        if args.emulate_old:  # ProductIndex._previous used to keep the replaced generation, set after the load
+        # ProductIndex._previous used to keep the replaced generation, set after the load
+        if args.emulate_old:
             held, replaced = replaced, None
         index.search_vector(query, k=10)
         gc.collect()
-        print(f"reload {i}: RSS {rss_mib():.0f} MiB ({rss_mib() / first:.2f}x the first load), "
-              f"peak during the reload {peak:.0f} MiB", flush=True)
-    print(f"after {args.reloads} reloads: {rss_mib() / first:.2f}x the RSS after the first load "
-          f"({'old behaviour emulated' if args.emulate_old else 'live generation only'})")
+        print(
+            f"reload {i}: RSS {rss_mib():.0f} MiB ({rss_mib() / first:.2f}x the first load), "
+            f"peak during the reload {peak:.0f} MiB",
+            flush=True,
+        )
+    print(
+        f"after {args.reloads} reloads: {rss_mib() / first:.2f}x the RSS after the first load "
+        f"({'old behaviour emulated' if args.emulate_old else 'live generation only'})"
+    )
     del held
 
 

@@ -47,25 +47,37 @@ def child_build(n: int) -> dict:
 
     catalog = write_synthetic_catalog(n, WORK / f"catalog-{n}.csv")
     rng = np.random.default_rng(n)
-    vectors = np.lib.format.open_memmap(WORK / f"vectors-{n}.npy", mode="w+", dtype=np.float32, shape=(n, 512))
+    vectors = np.lib.format.open_memmap(
+        WORK / f"vectors-{n}.npy", mode="w+", dtype=np.float32, shape=(n, 512)
+    )
     for start in range(0, n, 100_000):
         x = rng.standard_normal((min(100_000, n - start), 512), dtype=np.float32)
-        vectors[start:start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        vectors[start : start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
     vectors.flush()
     del vectors
     index_dir = WORK / f"index-{n}"
     t = time.perf_counter()
-    report = build_index(catalog, index_dir, model="ViT-B-32", pretrained=str(random_clip_checkpoint()),
-                         embeddings=WORK / f"vectors-{n}.npy")
+    report = build_index(
+        catalog,
+        index_dir,
+        model="ViT-B-32",
+        pretrained=str(random_clip_checkpoint()),
+        embeddings=WORK / f"vectors-{n}.npy",
+    )
     seconds = time.perf_counter() - t
     gen = index_dir / report.generation
     disk = sum(p.stat().st_size for p in gen.iterdir())
-    return {"n": n, "build_s": seconds, "index_type": report.index_type, "disk_mib": disk / 2**20,
-            "peak_build_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "n": n,
+        "build_s": seconds,
+        "index_type": report.index_type,
+        "disk_mib": disk / 2**20,
+        "peak_build_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def child_query(n: int) -> dict:
-    from vsearch.embeddings_io import model_identity
+    from vsearch.embeddings.imported import model_identity
     from vsearch.search import ProductIndex
 
     index_dir = WORK / f"index-{n}"
@@ -96,8 +108,12 @@ def child_query(n: int) -> dict:
         index.search(image=photo, k=10)
         if i >= 5:
             full.append(time.perf_counter() - t)
-    return {"index_rss_mib": index_rss, "search_vector_ms": float(np.median(times) * 1000),
-            "full_search_ms": float(np.median(full) * 1000), "precision": index.embedder.precision}
+    return {
+        "index_rss_mib": index_rss,
+        "search_vector_ms": float(np.median(times) * 1000),
+        "full_search_ms": float(np.median(full) * 1000),
+        "precision": index.embedder.precision,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,21 +134,32 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(s) for s in args.sizes.split(",")):
         result = {}
         for child in ("build", "query"):
-            proc = subprocess.run([sys.executable, __file__, "--child", child, "--size", str(n)],
-                                  capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", child, "--size", str(n)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not line:
                 print(proc.stderr[-2000:], file=sys.stderr)
                 return 1
-            result.update(json.loads(line[-1][len("RESULT "):]))
+            result.update(json.loads(line[-1][len("RESULT ") :]))
         rows.append(result)
         print(f"done {n:,}: {result}", flush=True)
     print()
-    print("| products | index | build s | peak build RSS MiB | disk MiB | index RSS MiB | search_vector p50 ms | full search p50 ms |")
+    print(
+        "| products | index | build s | peak build RSS MiB | disk MiB | index RSS MiB | "
+        "search_vector p50 ms | full search p50 ms |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['index_type']} | {r['build_s']:.1f} | {r['peak_build_rss_mib']:.0f} | {r['disk_mib']:.0f} | "
-              f"{r['index_rss_mib']:.0f} | {r['search_vector_ms']:.2f} | {r['full_search_ms']:.1f} ({r['precision']}) |")
+        print(
+            f"| {r['n']:,} | {r['index_type']} | {r['build_s']:.1f} | "
+            f"{r['peak_build_rss_mib']:.0f} | {r['disk_mib']:.0f} | "
+            f"{r['index_rss_mib']:.0f} | {r['search_vector_ms']:.2f} | {r['full_search_ms']:.1f} "
+            f"({r['precision']}) |"
+        )
     return 0
 
 

@@ -8,7 +8,8 @@ title names no colour, its first word that is not a number, a size or a generic 
 also given for the colour-word queries alone.
 
     python benchmarks/eval_sets.py            # once: /tmp/vsearch-eval/jumia-d2000
-    python benchmarks/bench_words.py [--eval /tmp/vsearch-eval/jumia-d2000] [--index /tmp/vsearch-words/jumia]
+    python benchmarks/bench_words.py [--eval /tmp/vsearch-eval/jumia-d2000] [--index
+    /tmp/vsearch-words/jumia]
 
 Speed (``--speed N``): a catalog of N products whose titles are 4-9 words drawn (Zipf-like) from
 the jumia titles' vocabulary plus a colour and a brand, built with ``--embeddings`` semantics
@@ -31,11 +32,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-COLOURS = ("black white red blue green yellow pink purple grey gray silver gold brown orange navy beige "
-           "rose maroon burgundy khaki cream ivory violet turquoise teal wine").split()
-GENERIC = set(("new original high quality best smart fashion fashionable casual classic luxury men mens women "
-               "womens ladies unisex kids for with and the of in to a an set pcs pc pack portable wireless "
-               "bluetooth usb type in 1 plus pro mini max super ultra premium universal").split())
+COLOURS = (
+    "black white red blue green yellow pink purple grey gray silver gold brown orange navy beige "
+    "rose maroon burgundy khaki cream ivory violet turquoise teal wine"
+).split()
+GENERIC = set(
+    (
+        "new original high quality best smart fashion fashionable casual classic luxury men mens "
+        "women "
+        "womens ladies unisex kids for with and the of in to a an set pcs pc pack portable "
+        "wireless "
+        "bluetooth usb type in 1 plus pro mini max super ultra premium universal"
+    ).split()
+)
 
 
 def shopper_word(title: str) -> tuple[str | None, str]:
@@ -58,12 +67,18 @@ def speed(n: int, work: Path, jumia_manifest: Path, index_type: str) -> None:
     import numpy as np
 
     from vsearch.build import build_index
-    from vsearch.embeddings_io import model_identity
+    from vsearch.embeddings.imported import model_identity
     from vsearch.search import ProductIndex
 
     identity = model_identity("efficientnet-lite0")
     with open(jumia_manifest, encoding="utf-8") as f:
-        vocab = sorted({t for r in csv.DictReader(f) for t in re.findall(r"[a-z][a-z0-9'-]+", r["title"].lower())})
+        vocab = sorted(
+            {
+                t
+                for r in csv.DictReader(f)
+                for t in re.findall(r"[a-z][a-z0-9'-]+", r["title"].lower())
+            }
+        )
     rng = random.Random(0)
     weights = [1.0 / (i + 1) for i in range(len(vocab))]
     rng.shuffle(weights)
@@ -77,19 +92,37 @@ def speed(n: int, work: Path, jumia_manifest: Path, index_type: str) -> None:
         for i in range(n):
             title = " ".join(rng.choices(vocab, weights, k=rng.randint(4, 9))).title()
             titles.append(title)
-            w.writerow([f"p{i:07d}", f"img/{i:07d}.jpg", title, rng.choice(brands), f"cat{i % 40}",
-                        rng.choice(COLOURS), f"{(i % 997) / 10:.2f}"])
+            w.writerow(
+                [
+                    f"p{i:07d}",
+                    f"img/{i:07d}.jpg",
+                    title,
+                    rng.choice(brands),
+                    f"cat{i % 40}",
+                    rng.choice(COLOURS),
+                    f"{(i % 997) / 10:.2f}",
+                ]
+            )
     vectors = np.random.default_rng(n).standard_normal((n, identity.dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     np.save(work / f"vectors-{n}.npy", vectors)
     del vectors
     index_dir = work / f"index-{n}"
     t = time.perf_counter()
-    build_index(catalog, index_dir, model="efficientnet-lite0", embeddings=work / f"vectors-{n}.npy", index_type=index_type)
+    build_index(
+        catalog,
+        index_dir,
+        model="efficientnet-lite0",
+        embeddings=work / f"vectors-{n}.npy",
+        index_type=index_type,
+    )
     build_s = time.perf_counter() - t
     index = ProductIndex(index_dir, identity)
     words_s = index.manifest["words"]["seconds"]
-    print(f"{n} products: build {build_s:.1f} s, words index {words_s:.2f} s = {100 * words_s / build_s:.1f} % of it")
+    print(
+        f"{n} products: build {build_s:.1f} s, words index {words_s:.2f} s = "
+        f"{100 * words_s / build_s:.1f} % of it"
+    )
     queries = []
     for _ in range(300):
         tokens = rng.choice(titles).lower().split()
@@ -102,8 +135,11 @@ def speed(n: int, work: Path, jumia_manifest: Path, index_type: str) -> None:
         index.search(text=q, k=10)
         took.append((time.perf_counter() - t) * 1000)
     took.sort()
-    print(f"text search, k=10, {len(took)} queries: p50 {statistics.median(took):.1f} ms, "
-          f"p95 {took[int(0.95 * (len(took) - 1))]:.1f} ms  (load {open('/proc/loadavg').read().split()[0]})")
+    print(
+        f"text search, k=10, {len(took)} queries: p50 {statistics.median(took):.1f} ms, "
+        f"p95 {took[int(0.95 * (len(took) - 1))]:.1f} ms  (load "
+        f"{open('/proc/loadavg').read().split()[0]})"
+    )
 
 
 def main() -> None:
@@ -112,23 +148,41 @@ def main() -> None:
     ap.add_argument("--index", type=Path, default=Path("/tmp/vsearch-words/jumia"))
     ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.5,0.75,1,2")
     ap.add_argument("--depths", default="10,20,50", help="photo shortlist depths the words re-rank")
-    ap.add_argument("--speed", type=int, metavar="N", help="instead: build + text search speed on N synthetic products")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/vsearch-words/speed"), help="--speed's folder")
-    ap.add_argument("--index-type", default="flat", help="--speed's vector index (default flat: the cheapest build, "
-                    "so the words index's share is the largest; text search does not use it)")
+    ap.add_argument(
+        "--speed",
+        type=int,
+        metavar="N",
+        help="instead: build + text search speed on N synthetic products",
+    )
+    ap.add_argument(
+        "--work", type=Path, default=Path("/tmp/vsearch-words/speed"), help="--speed's folder"
+    )
+    ap.add_argument(
+        "--index-type",
+        default="flat",
+        help="--speed's vector index (default flat: the cheapest build, "
+        "so the words index's share is the largest; text search does not use it)",
+    )
     args = ap.parse_args()
     if args.speed:
-        speed(args.speed, args.work, Path(__file__).resolve().parents[2] / "shared" / "data" / "jumia" / "manifest.csv", args.index_type)
+        speed(
+            args.speed,
+            args.work,
+            Path(__file__).resolve().parents[2] / "shared" / "data" / "jumia" / "manifest.csv",
+            args.index_type,
+        )
         return
-    from vsearch import words
     from vsearch.build import build_index
     from vsearch.embedders import load_embedder
     from vsearch.search import ProductIndex
+    from vsearch.store import words as words
 
     embedder = load_embedder("efficientnet-lite0")
     if not (args.index / "CURRENT").is_file():
         t = time.perf_counter()
-        build_index(args.eval / "catalog.csv", args.index, embedder=embedder, allow_outside_paths=True)
+        build_index(
+            args.eval / "catalog.csv", args.index, embedder=embedder, allow_outside_paths=True
+        )
         print(f"built in {time.perf_counter() - t:.1f} s")
     index = ProductIndex.load(args.index, embedder)
     print("words entry:", json.dumps(index.manifest.get("words")))
@@ -154,37 +208,58 @@ def main() -> None:
             counts[g] += 1
             hits1[(g, "photo")] += bool(ids and ids[0] == want)
         pids = [int(gen.vid_to_pid[h.image_id]) for h in shortlist]
-        found = dict(words.word_scores(gen.query, word, pids=pids)) if word else {}  # no word: the photo alone
+        # no word: the photo alone
+        found = dict(words.word_scores(gen.query, word, pids=pids)) if word else {}
         rel = [found.get(p, 0.0) for p in pids]
         for depth in depths:
             for w in weights:
-                order = words.fuse_photo([h.score for h in shortlist[:depth]], rel[:depth], weight=w)
-                dropped = want in ids and ids.index(want) < depth and order.index(ids.index(want)) > ids.index(want)
+                order = words.fuse_photo(
+                    [h.score for h in shortlist[:depth]], rel[:depth], weight=w
+                )
+                dropped = (
+                    want in ids
+                    and ids.index(want) < depth
+                    and order.index(ids.index(want)) > ids.index(want)
+                )
                 for g in groups:
-                    hits1[(g, f"fused shortlist {depth} w={w:g}")] += bool(order) and ids[order[0]] == want
+                    hits1[(g, f"fused shortlist {depth} w={w:g}")] += (
+                        bool(order) and ids[order[0]] == want
+                    )
                     hits1[(g, f"dropped: shortlist {depth} w={w:g}")] += dropped
-        rrf = words.reciprocal_rank_fusion(pids, [p for p, _ in sorted(found.items(), key=lambda x: -x[1])])
+        rrf = words.reciprocal_rank_fusion(
+            pids, [p for p, _ in sorted(found.items(), key=lambda x: -x[1])]
+        )
         for g in groups:
             hits1[(g, "rrf")] += pids[ids.index(want)] == rrf[0][0] if want in ids else 0
         t = time.perf_counter()
-        product = index.search(image=q["image"], text=word, k=10)  # the shipped path, default weight
+        # the shipped path, default weight
+        product = index.search(image=q["image"], text=word, k=10)
         took.append(time.perf_counter() - t)
         try:
             alone = index.search(text=word, k=10) if word else []
         except Exception:  # noqa: BLE001 - NoWordMatchError: counts as a miss
             alone = []
         for g in groups:
-            hits1[(g, f"product path (w={words.WORD_WEIGHT:g})")] += bool(product and product[0].product_id == want)
+            hits1[(g, f"product path (w={words.WORD_WEIGHT:g})")] += bool(
+                product and product[0].product_id == want
+            )
             hits1[(g, "word alone")] += bool(alone and alone[0].product_id == want)
         if n % 100 == 0:
             print(f"{n}/{len(queries)}", flush=True)
     print(f"\nphoto + word search p50 {sorted(took)[len(took) // 2] * 1000:.1f} ms")
     print(f"queries: {dict(counts)}  (load {open('/proc/loadavg').read().split()[0]})")
     methods = sorted({m for _, m in hits1}, key=lambda m: (m != "photo", m))
-    print("| method | " + " | ".join(f"R@1 {g} ({counts[g]})" for g in ("all", "colour", "other")) + " |")
+    print(
+        "| method | "
+        + " | ".join(f"R@1 {g} ({counts[g]})" for g in ("all", "colour", "other"))
+        + " |"
+    )
     print("|---|---|---|---|")
     for m in methods:
-        cells = [f"{hits1[(g, m)] / counts[g]:.3f}" if counts[g] else "-" for g in ("all", "colour", "other")]
+        cells = [
+            f"{hits1[(g, m)] / counts[g]:.3f}" if counts[g] else "-"
+            for g in ("all", "colour", "other")
+        ]
         print(f"| {m} | " + " | ".join(cells) + " |")
 
 

@@ -14,7 +14,8 @@ Relevance in jumia is by product_group (the same listing posted twice), so the c
 product_id *is* the group. Distractors are a fixed random sample (seed 0) of ABO; the
 out-of-catalog photos are drawn from the ABO items no catalog uses.
 
-    python benchmarks/eval_sets.py [--data ../shared/data] [--out /tmp/vsearch-eval] [--distractors 2000]
+    python benchmarks/eval_sets.py [--data ../shared/data] [--out /tmp/vsearch-eval] [--distractors
+    2000]
 """
 
 from __future__ import annotations
@@ -51,15 +52,21 @@ def abo_split(data: Path) -> tuple[list[dict], list[dict]]:
     rows = _read(data / "abo" / "manifest.csv")
     random.Random(0).shuffle(rows)
     pool = [
-        {"product_id": f"abo-{r['item_id']}", "image": str((data / "abo" / r["image"]).resolve()),
-         "title": "", "category": "distractor", "description": ""}
+        {
+            "product_id": f"abo-{r['item_id']}",
+            "image": str((data / "abo" / r["image"]).resolve()),
+            "title": "",
+            "category": "distractor",
+            "description": "",
+        }
         for r in rows
     ]
     return pool[:MAX_DISTRACTORS], pool[MAX_DISTRACTORS:]
 
 
 def jumia_rows(data: Path) -> tuple[list[dict], list[dict]]:
-    """(catalog rows, query rows) for jumia: the last view of each multi-image group is the query."""
+    """(catalog rows, query rows) for jumia: the last view of each multi-image group is the
+    query."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in _read(data / "jumia" / "manifest.csv"):
         groups[r["product_group"]].append(r)
@@ -68,34 +75,58 @@ def jumia_rows(data: Path) -> tuple[list[dict], list[dict]]:
         rows.sort(key=lambda r: (int(r["view"]), r["product_id"], r["image"]))
         if len(rows) >= 2:
             q = rows[-1]
-            queries.append({"image": str((data / "jumia" / q["image"]).resolve()), "product_id": group,
-                            "category": q["category"]})
+            queries.append(
+                {
+                    "image": str((data / "jumia" / q["image"]).resolve()),
+                    "product_id": group,
+                    "category": q["category"],
+                }
+            )
             rows = rows[:-1]
         for r in rows:
-            catalog.append({"product_id": group, "image": str((data / "jumia" / r["image"]).resolve()),
-                            "title": r["title"], "category": r["category"], "description": ""})
+            catalog.append(
+                {
+                    "product_id": group,
+                    "image": str((data / "jumia" / r["image"]).resolve()),
+                    "title": r["title"],
+                    "category": r["category"],
+                    "description": "",
+                }
+            )
     return catalog, queries
 
 
 def grocery_rows(data: Path) -> tuple[list[dict], dict[str, list[dict]]]:
-    """(catalog rows, {"val": queries, "test": queries}); category = Fruit / Vegetables / Packages."""
+    """(catalog rows, {"val": queries, "test": queries}); category = Fruit / Vegetables /
+    Packages."""
     catalog, queries = [], {"val": [], "test": []}
     for r in _read(data / "grocery" / "manifest.csv"):
         path = str((data / "grocery" / r["image"]).resolve())
         top = r["image"].split("/")[1]
         pid = f"{int(r['class_id']):02d}-{r['class_name']}"
         if r["kind"] == "iconic":
-            catalog.append({"product_id": pid, "image": path, "title": r["class_name"].replace("-", " "),
-                            "category": top, "description": r["description"]})
+            catalog.append(
+                {
+                    "product_id": pid,
+                    "image": path,
+                    "title": r["class_name"].replace("-", " "),
+                    "category": top,
+                    "description": r["description"],
+                }
+            )
         else:
             queries[r["split"]].append({"image": path, "product_id": pid, "category": top})
     return catalog, queries
 
 
-def write_sets(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, distractors: int = 2000) -> dict[str, Path]:
+def write_sets(
+    data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, distractors: int = 2000
+) -> dict[str, Path]:
     """Write every set; returns {name: csv path}."""
     if not 0 <= distractors <= MAX_DISTRACTORS:
-        raise SystemExit(f"--distractors must be between 0 and {MAX_DISTRACTORS}, got {distractors}")
+        raise SystemExit(
+            f"--distractors must be between 0 and {MAX_DISTRACTORS}, got {distractors}"
+        )
     data = Path(data).resolve()
     out = Path(out)
     pool, ooc = abo_split(data)
@@ -114,16 +145,34 @@ def write_sets(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, distractors: 
     written["grocery_val"] = _write(d / "queries_val.csv", gq["val"], q_fields)
     written["grocery_test"] = _write(d / "queries_test.csv", gq["test"], q_fields)
 
-    ooc_rows = [{"image": r["image"], "product_id": "", "category": "out-of-catalog"} for r in ooc[:OOC_QUERIES]]
+    ooc_rows = [
+        {"image": r["image"], "product_id": "", "category": "out-of-catalog"}
+        for r in ooc[:OOC_QUERIES]
+    ]
     written["ooc_queries"] = _write(out / "ooc" / "queries.csv", ooc_rows, q_fields)
     return written
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"shared data folder (default: {DEFAULT_DATA})")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder, outside the repo (default: {DEFAULT_OUT})")
-    p.add_argument("--distractors", type=int, default=2000, help="ABO distractor products per catalog (default: 2000)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help=f"shared data folder (default: {DEFAULT_DATA})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output folder, outside the repo (default: {DEFAULT_OUT})",
+    )
+    p.add_argument(
+        "--distractors",
+        type=int,
+        default=2000,
+        help="ABO distractor products per catalog (default: 2000)",
+    )
     args = p.parse_args()
     for name, path in write_sets(args.data, args.out, args.distractors).items():
         with open(path, encoding="utf-8") as f:

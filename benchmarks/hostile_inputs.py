@@ -1,8 +1,9 @@
 """The hostile-input zoo: generate every bad image, path, URL and CSV a shop could hand vsearch,
 run real builds over them and print one table row per input: what it was and what vsearch did.
 
-    python benchmarks/hostile_inputs.py                 # test-tiny model (the test plugin `make test` installs), temp folder
-    python benchmarks/hostile_inputs.py --keep zoo/      # keep the generated files and index
+    python benchmarks/hostile_inputs.py                 # test-tiny model (the test plugin `make
+    test` installs), temp folder python benchmarks/hostile_inputs.py --keep zoo/      # keep the
+    generated files and index
 
 Every input must end up either indexed or skipped with a reason that names it; the build must
 finish; nothing may hang. The script exits 1 if any input breaks that rule. The generators here
@@ -34,7 +35,8 @@ INDEXED, SKIPPED, EITHER = "indexed", "skipped", "either"
 
 @dataclass(frozen=True)
 class Case:
-    """One hostile input: the ``image`` cell written to the catalog and what vsearch must do with it."""
+    """One hostile input: the ``image`` cell written to the catalog and what vsearch must do with
+    it."""
 
     name: str  # also the product_id
     image: str  # the catalog cell (relative path, absolute path or URL)
@@ -66,16 +68,31 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
-def raw_png(w: int, h: int, bit_depth: int, color_type: int, raw: bytes, extra: bytes = b"") -> bytes:
-    """A PNG written by hand, so headers can lie (bombs) and depths Pillow cannot save can be made."""
+def raw_png(
+    w: int, h: int, bit_depth: int, color_type: int, raw: bytes, extra: bytes = b""
+) -> bytes:
+    """A PNG written by hand, so headers can lie (bombs) and depths Pillow cannot save can be
+    made."""
     ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + extra
+        + _chunk(b"IDAT", zlib.compress(raw))
+        + _chunk(b"IEND", b"")
+    )
 
 
 # How a camera stores an upright scene for each EXIF orientation (tag 0x0112).
 STORED = {
-    1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270,
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
 }
 
 
@@ -124,7 +141,9 @@ def image_files() -> list[tuple[str, str, bytes | None, str, str]]:
     pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
     pal.info["transparency"] = 0
     ImageDraw.Draw(pal).rectangle((10, 10, 30, 30), fill=0)
-    gray16 = Image.fromarray(__import__("numpy").linspace(0, 65535, 40 * 40, dtype="uint16").reshape(40, 40))
+    gray16 = Image.fromarray(
+        __import__("numpy").linspace(0, 65535, 40 * 40, dtype="uint16").reshape(40, 40)
+    )
     rgb16 = b"".join(b"\x00" + struct.pack(">HHH", 65535, 1000 * y, 30000) * 40 for y in range(40))
     heic, avif = _heic(), _avif()
     text_bomb = _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * (64 * 2**20), 9))
@@ -133,50 +152,204 @@ def image_files() -> list[tuple[str, str, bytes | None, str, str]]:
     files = [
         ("good-jpeg", "good.jpg", good, INDEXED, ""),
         ("good-png", "good.png", png, INDEXED, ""),
-        ("progressive-jpeg", "progressive.jpg", encode(card(), "JPEG", progressive=True), INDEXED, ""),
-        ("truncated-jpeg", "truncated.jpg", good[: len(good) // 2], SKIPPED, "truncated or corrupt"),
+        (
+            "progressive-jpeg",
+            "progressive.jpg",
+            encode(card(), "JPEG", progressive=True),
+            INDEXED,
+            "",
+        ),
+        (
+            "truncated-jpeg",
+            "truncated.jpg",
+            good[: len(good) // 2],
+            SKIPPED,
+            "truncated or corrupt",
+        ),
         ("truncated-png", "truncated.png", png[: len(png) // 2], SKIPPED, "truncated or corrupt"),
         ("corrupt-png-crc", "corrupt.png", bytes(corrupt_png), SKIPPED, "truncated or corrupt"),
         ("jpeg-zeroed-scan-data", "zeroed-scan.jpg", bytes(mid_garbage), EITHER, "corrupt"),
         ("jpeg-header-only", "header-only.jpg", good[:20], SKIPPED, "not a recognised image"),
         ("zero-byte", "empty.jpg", b"", SKIPPED, "empty"),
-        ("text-as-jpg", "notes.jpg", b"just some text, not a picture\n" * 20, SKIPPED, "not a recognised image"),
-        ("html-as-png", "page.png", b"<!doctype html><html><body>404</body></html>", SKIPPED, "not a recognised image"),
-        ("svg-as-png", "vector.png", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', SKIPPED, "not a recognised image"),
-        ("eps-as-jpg", "ghostscript.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", SKIPPED, "not a recognised image"),
-        ("psd-signature", "layers.jpg", b"8BPS\x00\x01" + b"\x00" * 64, SKIPPED, "not a recognised image"),
-        ("zip-as-jpg", "archive.jpg", b"PK\x03\x04" + b"\x00" * 60, SKIPPED, "not a recognised image"),
-        ("jpeg-plus-zip-polyglot", "polyglot.jpg", good + b"PK\x03\x04" + b"\x00" * 200, INDEXED, ""),
-        ("png-bomb-100k-x-100k", "bomb.png", raw_png(100_000, 100_000, 8, 2, b""), SKIPPED, "decompression bomb"),
-        ("gif-bomb-65535-x-65535", "bomb.gif", b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b",\x00\x00\x00\x00" + struct.pack("<HH", 65535, 65535) + b"\x00\x02\x02D\x01\x00;", SKIPPED, "decompression bomb"),
+        (
+            "text-as-jpg",
+            "notes.jpg",
+            b"just some text, not a picture\n" * 20,
+            SKIPPED,
+            "not a recognised image",
+        ),
+        (
+            "html-as-png",
+            "page.png",
+            b"<!doctype html><html><body>404</body></html>",
+            SKIPPED,
+            "not a recognised image",
+        ),
+        (
+            "svg-as-png",
+            "vector.png",
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+            SKIPPED,
+            "not a recognised image",
+        ),
+        (
+            "eps-as-jpg",
+            "ghostscript.jpg",
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+            SKIPPED,
+            "not a recognised image",
+        ),
+        (
+            "psd-signature",
+            "layers.jpg",
+            b"8BPS\x00\x01" + b"\x00" * 64,
+            SKIPPED,
+            "not a recognised image",
+        ),
+        (
+            "zip-as-jpg",
+            "archive.jpg",
+            b"PK\x03\x04" + b"\x00" * 60,
+            SKIPPED,
+            "not a recognised image",
+        ),
+        (
+            "jpeg-plus-zip-polyglot",
+            "polyglot.jpg",
+            good + b"PK\x03\x04" + b"\x00" * 200,
+            INDEXED,
+            "",
+        ),
+        (
+            "png-bomb-100k-x-100k",
+            "bomb.png",
+            raw_png(100_000, 100_000, 8, 2, b""),
+            SKIPPED,
+            "decompression bomb",
+        ),
+        (
+            "gif-bomb-65535-x-65535",
+            "bomb.gif",
+            b"GIF89a"
+            + struct.pack("<HH", 65535, 65535)
+            + b"\x00\x00\x00"
+            + b",\x00\x00\x00\x00"
+            + struct.pack("<HH", 65535, 65535)
+            + b"\x00\x02\x02D\x01\x00;",
+            SKIPPED,
+            "decompression bomb",
+        ),
         ("png-zero-width", "zero-width.png", raw_png(0, 10, 8, 2, b""), SKIPPED, ""),
-        ("png-ztxt-text-bomb", "text-bomb.png", raw_png(8, 8, 8, 2, b"".join(b"\x00" + b"\x80" * 24 for _ in range(8)), text_bomb), EITHER, ""),
-        ("1x10000-strip", "strip-tall.png", encode(Image.new("RGB", (1, 10000), (9, 9, 9)), "PNG"), SKIPPED, "aspect ratio"),
-        ("10000x1-strip", "strip-wide.png", encode(Image.new("RGB", (10000, 1), (9, 9, 9)), "PNG"), SKIPPED, "aspect ratio"),
-        ("aspect-50-to-1-edge", "edge-50.png", encode(Image.new("RGB", (500, 10), (9, 9, 9)), "PNG"), INDEXED, ""),
-        ("aspect-51-to-1", "edge-51.png", encode(Image.new("RGB", (510, 10), (9, 9, 9)), "PNG"), SKIPPED, "aspect ratio"),
+        (
+            "png-ztxt-text-bomb",
+            "text-bomb.png",
+            raw_png(8, 8, 8, 2, b"".join(b"\x00" + b"\x80" * 24 for _ in range(8)), text_bomb),
+            EITHER,
+            "",
+        ),
+        (
+            "1x10000-strip",
+            "strip-tall.png",
+            encode(Image.new("RGB", (1, 10000), (9, 9, 9)), "PNG"),
+            SKIPPED,
+            "aspect ratio",
+        ),
+        (
+            "10000x1-strip",
+            "strip-wide.png",
+            encode(Image.new("RGB", (10000, 1), (9, 9, 9)), "PNG"),
+            SKIPPED,
+            "aspect ratio",
+        ),
+        (
+            "aspect-50-to-1-edge",
+            "edge-50.png",
+            encode(Image.new("RGB", (500, 10), (9, 9, 9)), "PNG"),
+            INDEXED,
+            "",
+        ),
+        (
+            "aspect-51-to-1",
+            "edge-51.png",
+            encode(Image.new("RGB", (510, 10), (9, 9, 9)), "PNG"),
+            SKIPPED,
+            "aspect ratio",
+        ),
         ("1x1-pixel", "dot.png", encode(Image.new("RGB", (1, 1), (200, 0, 0)), "PNG"), INDEXED, ""),
-        ("animated-gif", "anim.gif", encode(first, "GIF", save_all=True, append_images=rest, duration=100, loop=0), INDEXED, ""),
-        ("animated-gif-300-frames", "anim300.gif", encode(many_frames[0], "GIF", save_all=True, append_images=many_frames[1:], duration=20), INDEXED, ""),
-        ("animated-webp", "anim.webp", encode(first, "WEBP", save_all=True, append_images=rest, duration=100, lossless=True), INDEXED, ""),
-        ("animated-png", "anim.png", encode(first, "PNG", save_all=True, append_images=rest, duration=100), INDEXED, ""),
+        (
+            "animated-gif",
+            "anim.gif",
+            encode(first, "GIF", save_all=True, append_images=rest, duration=100, loop=0),
+            INDEXED,
+            "",
+        ),
+        (
+            "animated-gif-300-frames",
+            "anim300.gif",
+            encode(
+                many_frames[0], "GIF", save_all=True, append_images=many_frames[1:], duration=20
+            ),
+            INDEXED,
+            "",
+        ),
+        (
+            "animated-webp",
+            "anim.webp",
+            encode(first, "WEBP", save_all=True, append_images=rest, duration=100, lossless=True),
+            INDEXED,
+            "",
+        ),
+        (
+            "animated-png",
+            "anim.png",
+            encode(first, "PNG", save_all=True, append_images=rest, duration=100),
+            INDEXED,
+            "",
+        ),
         ("cmyk-jpeg", "cmyk.jpg", encode(card().convert("CMYK"), "JPEG"), INDEXED, ""),
         ("16-bit-grey-png", "grey16.png", encode(gray16, "PNG"), INDEXED, ""),
         ("16-bit-rgb-png", "rgb16.png", raw_png(40, 40, 16, 2, rgb16), INDEXED, ""),
-        ("32-bit-float-tiff", "float.tif", encode(Image.new("F", (40, 40), 0.5), "TIFF"), INDEXED, ""),
+        (
+            "32-bit-float-tiff",
+            "float.tif",
+            encode(Image.new("F", (40, 40), 0.5), "TIFF"),
+            INDEXED,
+            "",
+        ),
         ("palette-transparency-png", "palette.png", encode(pal, "PNG"), INDEXED, ""),
         ("rgba-png", "rgba.png", encode(card().convert("RGBA"), "PNG"), INDEXED, ""),
         ("la-png", "la.png", encode(card().convert("LA"), "PNG"), INDEXED, ""),
         ("1-bit-png", "bilevel.png", encode(card().convert("1"), "PNG"), INDEXED, ""),
-        ("multipage-tiff", "pages.tif", encode(first, "TIFF", save_all=True, append_images=rest), INDEXED, ""),
+        (
+            "multipage-tiff",
+            "pages.tif",
+            encode(first, "TIFF", save_all=True, append_images=rest),
+            INDEXED,
+            "",
+        ),
         ("bmp", "plain.bmp", encode(card(), "BMP"), INDEXED, ""),
-        ("webp-lossless-alpha", "alpha.webp", encode(card().convert("RGBA"), "WEBP", lossless=True), INDEXED, ""),
+        (
+            "webp-lossless-alpha",
+            "alpha.webp",
+            encode(card().convert("RGBA"), "WEBP", lossless=True),
+            INDEXED,
+            "",
+        ),
         ("exif-orientation-9-invalid", "orient9.jpg", _jpeg_with_orientation(9), INDEXED, ""),
-        ("exif-garbage-block", "bad-exif.jpg", encode(card(), "JPEG", exif=b"Exif\x00\x00" + b"\xff" * 64), INDEXED, ""),
+        (
+            "exif-garbage-block",
+            "bad-exif.jpg",
+            encode(card(), "JPEG", exif=b"Exif\x00\x00" + b"\xff" * 64),
+            INDEXED,
+            "",
+        ),
         ("heic", "phone.heic", heic, INDEXED, ""),
         ("avif", "modern.avif", avif, INDEXED, ""),
     ]
-    files += [(f"exif-orientation-{o}", f"orient{o}.jpg", oriented_jpeg(o), INDEXED, "") for o in range(1, 9)]
+    files += [
+        (f"exif-orientation-{o}", f"orient{o}.jpg", oriented_jpeg(o), INDEXED, "")
+        for o in range(1, 9)
+    ]
     return files
 
 
@@ -187,7 +360,8 @@ def _jpeg_with_orientation(value: int) -> bytes:
 
 
 def write_image_zoo(folder: Path) -> list[Case]:
-    """Write the hostile image files plus the special files and path tricks; return one Case each."""
+    """Write the hostile image files plus the special files and path tricks; return one Case
+    each."""
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     cases: list[Case] = []
@@ -211,8 +385,14 @@ def write_image_zoo(folder: Path) -> list[Case]:
     link = images / "passwd-link.jpg"
     if not link.is_symlink():
         link.symlink_to("/etc/passwd")
-    cases.append(Case("symlink-to-etc-passwd", "images/passwd-link.jpg", SKIPPED, "leaves the catalog folder"))
-    cases.append(Case("dotdot-escape", "../../../../etc/passwd", SKIPPED, "leaves the catalog folder"))
+    cases.append(
+        Case(
+            "symlink-to-etc-passwd", "images/passwd-link.jpg", SKIPPED, "leaves the catalog folder"
+        )
+    )
+    cases.append(
+        Case("dotdot-escape", "../../../../etc/passwd", SKIPPED, "leaves the catalog folder")
+    )
     cases.append(Case("absolute-path", "/etc/passwd", SKIPPED, "outside the catalog folder"))
     cases.append(Case("file-url", "file:///etc/passwd", SKIPPED, ""))
     cases.append(Case("javascript-url", "javascript:alert(1)", SKIPPED, ""))
@@ -238,7 +418,8 @@ def write_catalog(folder: Path, cases: list[Case]) -> Path:
 
 
 class HostileServer:
-    """A loopback HTTP server with slow, huge, redirecting and wrong-type answers; counts requests."""
+    """A loopback HTTP server with slow, huge, redirecting and wrong-type answers; counts
+    requests."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -341,30 +522,43 @@ def url_cases(base: str) -> list[Case]:
 
 def url_policy():
     """Loopback allowed (the test server), tight limits so slow/huge answers fail within seconds."""
-    from vsearch.fetch import FetchPolicy
+    from vsearch.catalog.fetch import FetchPolicy
 
-    return FetchPolicy(allow_private=True, connect_timeout=2.0, read_timeout=1.5, max_bytes=4 * 2**20)
+    return FetchPolicy(
+        allow_private=True, connect_timeout=2.0, read_timeout=1.5, max_bytes=4 * 2**20
+    )
 
 
 # ---------------------------------------------------------------- CSV zoo
 
 
 def csv_zoo(folder: Path) -> list[tuple[str, bytes]]:
-    """(name, file bytes) for hostile catalog files; each refers to one good image at images/good.jpg."""
+    """(name, file bytes) for hostile catalog files; each refers to one good image at
+    images/good.jpg."""
     head = b"product_id,image,title,price\n"
     ok = b"P1,images/good.jpg,Mug,9.99\n"
     return [
         ("utf8-bom", b"\xef\xbb\xbf" + head + ok),
         ("quoted-comma-newline", head + b'P1,images/good.jpg,"Mug, large\nsecond line",9.99\n'),
         ("missing-required-column", b"product_id,title\nP1,Mug\n"),
-        ("extra-columns", b"product_id,image,title,price,colour,size\nP1,images/good.jpg,Mug,9.99,red,L\n"),
+        (
+            "extra-columns",
+            b"product_id,image,title,price,colour,size\nP1,images/good.jpg,Mug,9.99,red,L\n",
+        ),
         ("too-many-cells-in-row", head + ok + b"P2,images/good.jpg,Cup,1.00,surprise,more\n"),
         ("duplicate-rows", head + ok + ok),
         ("conflicting-metadata", head + ok + b"P1,images/good.jpg,Bowl,12.00\n"),
         ("non-numeric-price", head + b"P1,images/good.jpg,Mug,cheap\n"),
         ("negative-price", head + b"P1,images/good.jpg,Mug,-3\n"),
         ("nan-price", head + b"P1,images/good.jpg,Mug,NaN\n"),
-        ("very-long-field", head + b"P1,images/good.jpg," + b"x" * 2_000_000 + b",9.99\n" + b"P2,images/good.jpg,Cup,1\n"),
+        (
+            "very-long-field",
+            head
+            + b"P1,images/good.jpg,"
+            + b"x" * 2_000_000
+            + b",9.99\n"
+            + b"P2,images/good.jpg,Cup,1\n",
+        ),
         ("invalid-utf8", head + b"P1,images/good.jpg,Mu\xff\xfeg,9.99\nP2,images/good.jpg,Cup,1\n"),
         ("nul-character", head + b"P1,images/good.jpg,Mu\x00g,9.99\nP2,images/good.jpg,Cup,1\n"),
         ("unclosed-quote", head + b'P1,images/good.jpg,"Mug,9.99\nP2,images/good.jpg,Cup,1\n'),
@@ -373,7 +567,10 @@ def csv_zoo(folder: Path) -> list[tuple[str, bytes]]:
         ("header-only", head),
         ("binary-garbage", bytes(range(256)) * 40),
         ("xlsx-saved-as-csv", b"PK\x03\x04" + b"\x00" * 100),
-        ("formula-injection-cell", head + b'P1,images/good.jpg,"=HYPERLINK(""http://evil"")",9.99\n'),
+        (
+            "formula-injection-cell",
+            head + b'P1,images/good.jpg,"=HYPERLINK(""http://evil"")",9.99\n',
+        ),
         ("empty-product-id", head + b",images/good.jpg,Mug,9.99\n" + ok),
         ("pipe-separated-images", head + b"P1,images/good.jpg|images/missing.jpg,Mug,9.99\n"),
     ]
@@ -417,7 +614,8 @@ def outcomes_of(cases: list[Case], report, index_dir: Path, embedder) -> list[Ou
 
 
 def run_csv_zoo(folder: Path, embedder) -> list[tuple[str, str, bool]]:
-    """Build each hostile CSV; (name, outcome text, ok). A CatalogError with a message is a fine outcome."""
+    """Build each hostile CSV; (name, outcome text, ok). A CatalogError with a message is a fine
+    outcome."""
     from vsearch.build import build_index
     from vsearch.errors import CatalogError
 
@@ -430,8 +628,14 @@ def run_csv_zoo(folder: Path, embedder) -> list[tuple[str, str, bool]]:
         try:
             r = build_index(path, folder / f"idx-{name}", embedder=embedder, batch_size=8)
             probs = "; ".join(f"row {p.row}: {p.reason}"[:90] for p in r.problems[:2])
-            rows.append((name, f"built: {r.products} product(s), {len(r.skipped)} skipped, {len(r.warnings)} warning(s)"
-                         + (f" [{probs}]" if probs else ""), True))
+            rows.append(
+                (
+                    name,
+                    f"built: {r.products} product(s), {len(r.skipped)} skipped, {len(r.warnings)} "
+                    "warning(s)" + (f" [{probs}]" if probs else ""),
+                    True,
+                )
+            )
         except CatalogError as e:
             rows.append((name, f"CatalogError: {str(e)[:140]}", bool(str(e))))
     return rows
@@ -458,21 +662,55 @@ def run(folder: Path, model: str = "test-tiny") -> int:
     with HostileServer() as server:
         ucases = url_cases(server.base)
         url_csv = write_catalog(folder / "url-shop", ucases)
-        report = build_index(url_csv, folder / "idx-urls", embedder=embedder, batch_size=16, fetch_policy=url_policy())
+        report = build_index(
+            url_csv,
+            folder / "idx-urls",
+            embedder=embedder,
+            batch_size=16,
+            fetch_policy=url_policy(),
+        )
         first = server.total_requests()
         for o in outcomes_of(ucases, report, folder / "idx-urls", embedder):
             table.append(("url", o.case.name, f"{o.outcome}: {o.detail}", o.ok))
-        again = build_index(url_csv, folder / "idx-urls", embedder=embedder, batch_size=16, fetch_policy=url_policy())
+        again = build_index(
+            url_csv,
+            folder / "idx-urls",
+            embedder=embedder,
+            batch_size=16,
+            fetch_policy=url_policy(),
+        )
         good_refetched = server.counts["/good.jpg"] > 1
-        table.append(("url", "rebuild-does-not-refetch",
-                      f"good.jpg requested {server.counts['/good.jpg']}x over 2 builds; 2nd build embedded {again.embedded}, "
-                      f"{server.total_requests() - first} requests (failed URLs are retried)", not good_refetched))
+        table.append(
+            (
+                "url",
+                "rebuild-does-not-refetch",
+                f"good.jpg requested {server.counts['/good.jpg']}x over 2 builds; 2nd build "
+                f"embedded {again.embedded}, "
+                f"{server.total_requests() - first} requests (failed URLs are retried)",
+                not good_refetched,
+            )
+        )
         try:
-            build_index(write_catalog(folder / "private-shop", [Case("url-loopback-default-policy", f"{server.base}/good.jpg", SKIPPED)]),
-                        folder / "idx-private", embedder=embedder)
-            table.append(("url", "url-loopback-default-policy", "indexed (should be refused)", False))
+            build_index(
+                write_catalog(
+                    folder / "private-shop",
+                    [Case("url-loopback-default-policy", f"{server.base}/good.jpg", SKIPPED)],
+                ),
+                folder / "idx-private",
+                embedder=embedder,
+            )
+            table.append(
+                ("url", "url-loopback-default-policy", "indexed (should be refused)", False)
+            )
         except VsearchError as e:
-            table.append(("url", "url-loopback-default-policy", f"refused: {str(e)[:150]}", "loopback" in str(e) or "private" in str(e)))
+            table.append(
+                (
+                    "url",
+                    "url-loopback-default-policy",
+                    f"refused: {str(e)[:150]}",
+                    "loopback" in str(e) or "private" in str(e),
+                )
+            )
     url_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -489,9 +727,13 @@ def run(folder: Path, model: str = "test-tiny") -> int:
         failures += not ok
     counts = Counter(kind for kind, *_ in table)
     indexed = sum(1 for _, _, text, _ in table if text.startswith("indexed"))
-    print(f"\n{len(table)} hostile inputs ({', '.join(f'{n} {k}' for k, n in counts.items())}); "
-          f"{indexed} indexed, {len(table) - indexed} skipped/refused with a reason; {failures} broke the rules. "
-          f"Time: images {image_seconds:.1f} s, URLs {url_seconds:.1f} s, CSVs {csv_seconds:.1f} s (model {model}).")
+    print(
+        f"\n{len(table)} hostile inputs ({', '.join(f'{n} {k}' for k, n in counts.items())}); "
+        f"{indexed} indexed, {len(table) - indexed} skipped/refused with a reason; {failures} "
+        "broke the rules. "
+        f"Time: images {image_seconds:.1f} s, URLs {url_seconds:.1f} s, CSVs {csv_seconds:.1f} s "
+        f"(model {model})."
+    )
     skipped_formats = [n for n, _, d, *_ in image_files() if d is None]
     if skipped_formats:
         print(f"not tried (no encoder on this machine): {', '.join(skipped_formats)}")
@@ -500,8 +742,15 @@ def run(folder: Path, model: str = "test-tiny") -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", type=Path, default=None, help="write the zoo and indexes here and keep them")
-    parser.add_argument("--model", default="test-tiny", help="embedder (default: test-tiny, from the test plugin `make test` installs; the pipeline is what is tested)")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="write the zoo and indexes here and keep them"
+    )
+    parser.add_argument(
+        "--model",
+        default="test-tiny",
+        help="embedder (default: test-tiny, from the test plugin `make test` installs; the "
+        "pipeline is what is tested)",
+    )
     args = parser.parse_args(argv)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

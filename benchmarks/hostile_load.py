@@ -1,6 +1,7 @@
 """Ordinary shoppers while attackers hit the server, against the same run without attackers.
 
-    python benchmarks/hostile_load.py [--shoppers 8] [--attackers 2] [--seconds 60] [--slow-url-burst 12]
+    python benchmarks/hostile_load.py [--shoppers 8] [--attackers 2] [--seconds 60]
+    [--slow-url-burst 12]
 
 Loopback only, bounded in time. The server (`vsearch serve` code: `ui.create_app` + `launch_app`
 on the sample index, offline model) runs in a subprocess so its own memory can be read; it is
@@ -47,21 +48,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_api_latency import free_port, load_average, pct, sample_index  # noqa: E402
 
 MiB = 2**20
-BODY_TIMEOUT = 10.0  # the server's --body-timeout in both runs (default 60 s; shorter keeps the run short)
+# the server's --body-timeout in both runs (default 60 s; shorter keeps the run short)
+BODY_TIMEOUT = 10.0
 
 SERVER = r"""
 import sys, time
-from vsearch.api import ServeSettings, Service
-from vsearch.fetch import FetchPolicy
-from vsearch.guard import QUERY_CONNECT_TIMEOUT, QUERY_READ_TIMEOUT
+from vsearch.serve.api import ServeSettings, Service
+from vsearch.catalog.fetch import FetchPolicy
+from vsearch.serve.guard import QUERY_CONNECT_TIMEOUT, QUERY_READ_TIMEOUT
 from vsearch.search import ProductIndex
-from vsearch.ui import create_app, launch_app
+from vsearch.serve.ui import create_app, launch_app
 
 index_dir, port, body_timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 index = ProductIndex.load(index_dir)
 service = Service(index, ServeSettings(rate_limit=0, body_timeout=body_timeout))
 service.downloads().policy = FetchPolicy(allow_private=True, connect_timeout=QUERY_CONNECT_TIMEOUT,
-                                         read_timeout=QUERY_READ_TIMEOUT)  # the slow URLs are on loopback
+                                         read_timeout=QUERY_READ_TIMEOUT)
 app = create_app(index, service=service)
 launch_app(app, index, host="127.0.0.1", port=port, watch_interval=1.0)
 print("ready", flush=True)
@@ -83,14 +85,24 @@ def rss_mib(pid: int) -> float:
 
 def bomb_png(side: int = 30_000) -> bytes:
     """A PNG that claims side x side RGB pixels (2.7 GB decoded) in a few kB."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     row = b"\x00" + b"\x00" * (side * 3)
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(64)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 class SlowImages(http.server.ThreadingHTTPServer):
@@ -135,8 +147,11 @@ def chunked_multipart(field: str, total: int):
     boundary = "hostile-load-boundary"
 
     def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"huge.jpg\"\r\n"
-               "Content-Type: image/jpeg\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            'filename="huge.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
         chunk = b"\xff" * MiB
         for _ in range(total // MiB):
             yield chunk
@@ -145,21 +160,30 @@ def chunked_multipart(field: str, total: int):
     return body(), {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
-def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_base: str | None) -> dict:
+def run_phase(
+    name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_base: str | None
+) -> dict:
     import httpx
 
-    from vsearch import store
+    from vsearch.store import generations as store
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(index_dir), str(port), str(BODY_TIMEOUT)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(index_dir), str(port), str(BODY_TIMEOUT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     try:
         if proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"{name}: the server did not start")
         for _ in range(3):  # warm-up
-            httpx.post(url + "/api/v1/search", files={"image": photos[0]}, timeout=60).raise_for_status()
+            httpx.post(
+                url + "/api/v1/search", files={"image": photos[0]}, timeout=60
+            ).raise_for_status()
         rss_start = rss_mib(proc.pid)
         stop = threading.Event()
         lock = threading.Lock()
@@ -193,7 +217,12 @@ def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_
                         errors.append(f"{type(e).__name__}: {str(e)[:150]}")
 
         def attacker(n: int) -> None:
-            kinds = ["rest-chunked-300MiB", "page-upload-chunked-300MiB", "decompression-bomb", "slow-image-url"]
+            kinds = [
+                "rest-chunked-300MiB",
+                "page-upload-chunked-300MiB",
+                "decompression-bomb",
+                "slow-image-url",
+            ]
             bomb = bomb_png()
             i = n
             while not stop.is_set():
@@ -208,17 +237,28 @@ def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_
                             body, headers = chunked_multipart("files", 300 * MiB)
                             r = http.post("/gradio_api/upload", content=body, headers=headers)
                         elif kind == "decompression-bomb":
-                            r = http.post("/api/v1/search", files={"image": ("bomb.png", bomb, "image/png")})
-                        else:  # a burst of distinct slow URLs at once (none cached), more than the fetch gate
+                            r = http.post(
+                                "/api/v1/search", files={"image": ("bomb.png", bomb, "image/png")}
+                            )
+                        # a burst of distinct slow URLs at once (none cached), more than the fetch
+                        # gate
+                        else:
+
                             def slow_url() -> None:
                                 try:
-                                    a = httpx.post(url + "/api/v1/search", timeout=60,
-                                                   json={"image_url": f"{slow_base}/{uuid.uuid4().hex}.jpg"})
+                                    a = httpx.post(
+                                        url + "/api/v1/search",
+                                        timeout=60,
+                                        json={"image_url": f"{slow_base}/{uuid.uuid4().hex}.jpg"},
+                                    )
                                     note(kind, str(a.status_code))
                                 except Exception as e:  # noqa: BLE001
                                     note(kind, type(e).__name__)
 
-                            burst = [threading.Thread(target=slow_url, daemon=True) for _ in range(args.slow_url_burst)]
+                            burst = [
+                                threading.Thread(target=slow_url, daemon=True)
+                                for _ in range(args.slow_url_burst)
+                            ]
                             for t in burst:
                                 t.start()
                             for t in burst:
@@ -233,8 +273,11 @@ def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_
             while not stop.is_set():
                 while len(socks) < n_open:
                     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-                    s.sendall(f"POST /api/v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                              "Content-Length: 100000\r\n\r\n{".encode())
+                    s.sendall(
+                        b"POST /api/v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                        b"application/json\r\n"
+                        b"Content-Length: 100000\r\n\r\n{"
+                    )
                     s.setblocking(False)
                     socks.append((s, time.monotonic()))
                 keep = []
@@ -245,7 +288,8 @@ def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_
                     except BlockingIOError:
                         keep.append((s, t0))
                         continue
-                    except OSError as e:  # the server closed it (after answering, or before we read the answer)
+                    # the server closed it (after answering, or before we read the answer)
+                    except OSError as e:
                         note("slow-body", type(e).__name__)
                         s.close()
                         continue
@@ -276,20 +320,44 @@ def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_
                 rss["peak"] = max(rss["peak"], rss_mib(proc.pid))
                 stop.wait(0.25)
 
-        threads = [threading.Thread(target=shopper, args=(n,), daemon=True) for n in range(args.shoppers)]
-        threads += [threading.Thread(target=monitor, daemon=True), threading.Thread(target=memory, daemon=True)]
+        threads = [
+            threading.Thread(target=shopper, args=(n,), daemon=True) for n in range(args.shoppers)
+        ]
+        threads += [
+            threading.Thread(target=monitor, daemon=True),
+            threading.Thread(target=memory, daemon=True),
+        ]
         if slow_base is not None:
-            threads += [threading.Thread(target=attacker, args=(n,), daemon=True) for n in range(args.attackers)]
+            threads += [
+                threading.Thread(target=attacker, args=(n,), daemon=True)
+                for n in range(args.attackers)
+            ]
             threads.append(threading.Thread(target=slow_bodies, daemon=True))
         for t in threads:
             t.start()
         time.sleep(args.seconds / 2)
         t0 = time.monotonic()
-        build = subprocess.run([sys.executable, "-m", "vsearch", "build", str(retitled_catalog(catalog_csv)),
-                                "--index", str(index_dir), "--model", "efficientnet-lite0", "--quiet"],
-                               capture_output=True, text=True, env=env)
-        events.append(f"{t0 - started:.0f} s: rebuild published {store.read_current(index_dir)} after "
-                      f"{time.monotonic() - t0:.1f} s" + ("" if build.returncode == 0 else " (FAILED)"))
+        build = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vsearch",
+                "build",
+                str(retitled_catalog(catalog_csv)),
+                "--index",
+                str(index_dir),
+                "--model",
+                "efficientnet-lite0",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        events.append(
+            f"{t0 - started:.0f} s: rebuild published {store.read_current(index_dir)} after "
+            f"{time.monotonic() - t0:.1f} s" + ("" if build.returncode == 0 else " (FAILED)")
+        )
         time.sleep(max(0.0, started + args.seconds - time.monotonic()))
         stop.set()
         for t in threads:
@@ -303,10 +371,21 @@ def run_phase(name: str, args, index_dir: Path, catalog_csv: Path, photos, slow_
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return {"name": name, "n": len(latencies), "rate": len(latencies) / elapsed, "errors": errors,
-            "p50": pct(latencies, 50), "p95": pct(latencies, 95), "health": health, "attacks": attacks,
-            "rss_start": rss_start, "rss_peak": rss["peak"], "rss_end": rss_end, "events": events,
-            "swapped": served == store.read_current(index_dir)}
+    return {
+        "name": name,
+        "n": len(latencies),
+        "rate": len(latencies) / elapsed,
+        "errors": errors,
+        "p50": pct(latencies, 50),
+        "p95": pct(latencies, 95),
+        "health": health,
+        "attacks": attacks,
+        "rss_start": rss_start,
+        "rss_peak": rss["peak"],
+        "rss_end": rss_end,
+        "events": events,
+        "swapped": served == store.read_current(index_dir),
+    }
 
 
 def main() -> int:
@@ -314,8 +393,13 @@ def main() -> int:
     ap.add_argument("--shoppers", type=int, default=8)
     ap.add_argument("--attackers", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--slow-url-burst", type=int, default=12,
-                    help="slow image_url searches an attacker sends at once (default 12: 2 attackers, 3x the fetch gate)")
+    ap.add_argument(
+        "--slow-url-burst",
+        type=int,
+        default=12,
+        help="slow image_url searches an attacker sends at once (default 12: 2 attackers, 3x the "
+        "fetch gate)",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -330,38 +414,68 @@ def main() -> int:
         try:
             load_before = load_average()
             calm = run_phase("calm", args, index_dir, catalog_csv, photos, None)
-            hostile = run_phase("hostile", args, index_dir, catalog_csv, photos,
-                                f"http://127.0.0.1:{slow.server_address[1]}/slow")
+            hostile = run_phase(
+                "hostile",
+                args,
+                index_dir,
+                catalog_csv,
+                photos,
+                f"http://127.0.0.1:{slow.server_address[1]}/slow",
+            )
             load_after = load_average()
         finally:
             stop_slow.set()
             slow.shutdown()
 
-    print(f"{args.shoppers} shoppers for {args.seconds:.0f} s per run on loopback (REST multipart search, sample "
-          f"index, efficientnet-lite0, rate limit off, --body-timeout {BODY_TIMEOUT:g}; {args.attackers} attackers, "
-          f"slow-url burst {args.slow_url_burst}); "
-          f"load average before {load_before}, after {load_after}")
-    print("| run | searches | req/s | unexpected errors | p50 ms | p95 ms | /health slowest (failures/polls) "
-          "| server RSS start / peak / end MiB |")
+    print(
+        f"{args.shoppers} shoppers for {args.seconds:.0f} s per run on loopback (REST multipart "
+        "search, sample "
+        f"index, efficientnet-lite0, rate limit off, --body-timeout {BODY_TIMEOUT:g}; "
+        f"{args.attackers} attackers, "
+        f"slow-url burst {args.slow_url_burst}); "
+        f"load average before {load_before}, after {load_after}"
+    )
+    print(
+        "| run | searches | req/s | unexpected errors | p50 ms | p95 ms | /health slowest "
+        "(failures/polls) "
+        "| server RSS start / peak / end MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in (calm, hostile):
         h = r["health"]
-        print(f"| {r['name']} | {r['n']} | {r['rate']:.1f} | {len(r['errors'])} | {r['p50'] * 1e3:.0f} | "
-              f"{r['p95'] * 1e3:.0f} | {h['max_s'] * 1e3:.0f} ms ({h['failures']}/{h['polls']}) | "
-              f"{r['rss_start']:.0f} / {r['rss_peak']:.0f} / {r['rss_end']:.0f} |")
+        print(
+            f"| {r['name']} | {r['n']} | {r['rate']:.1f} | {len(r['errors'])} | "
+            f"{r['p50'] * 1e3:.0f} | "
+            f"{r['p95'] * 1e3:.0f} | {h['max_s'] * 1e3:.0f} ms ({h['failures']}/{h['polls']}) | "
+            f"{r['rss_start']:.0f} / {r['rss_peak']:.0f} / {r['rss_end']:.0f} |"
+        )
     for r in (calm, hostile):
         for e in r["events"]:
             print(f"  {r['name']}: {e}; serving it at the end: {r['swapped']}")
         for e in r["errors"][:5]:
             print(f"  {r['name']} shopper error: {e}")
-    print("  attacks and the answers they got: " + "; ".join(
-        f"{k}: " + ", ".join(f"{o} x{c}" for o, c in sorted(v.items())) for k, v in sorted(hostile["attacks"].items())))
+    print(
+        "  attacks and the answers they got: "
+        + "; ".join(
+            f"{k}: " + ", ".join(f"{o} x{c}" for o, c in sorted(v.items()))
+            for k, v in sorted(hostile["attacks"].items())
+        )
+    )
     ratio = hostile["p95"] / calm["p95"] if calm["p95"] else float("inf")
     growth = hostile["rss_peak"] - hostile["rss_start"]
-    print(f"  hostile p95 / calm p95 = {ratio:.2f} (target <= 2); hostile RSS growth (peak - start) = {growth:.0f} MiB "
-          f"(target <= 300); calm RSS growth = {calm['rss_peak'] - calm['rss_start']:.0f} MiB")
-    failed = (calm["errors"] or hostile["errors"] or ratio > 2 or growth > 300
-              or hostile["health"]["failures"] or calm["health"]["failures"])
+    print(
+        f"  hostile p95 / calm p95 = {ratio:.2f} (target <= 2); hostile RSS growth (peak - start) "
+        f"= {growth:.0f} MiB "
+        f"(target <= 300); calm RSS growth = {calm['rss_peak'] - calm['rss_start']:.0f} MiB"
+    )
+    failed = (
+        calm["errors"]
+        or hostile["errors"]
+        or ratio > 2
+        or growth > 300
+        or hostile["health"]["failures"]
+        or calm["health"]["failures"]
+    )
     return 1 if failed else 0
 
 

@@ -49,7 +49,7 @@ def titles_of(generation_dir: Path) -> dict[str, str]:
 
 
 def publish_corrupt_copy(index_dir: Path) -> str:
-    from vsearch import store
+    from vsearch.store import generations as store
 
     live = index_dir / store.read_current(index_dir)
     tmp = store.new_generation_dir(index_dir)
@@ -76,16 +76,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--gradio", action="store_true", help="load the gradio /search endpoint instead of REST")
+    ap.add_argument(
+        "--gradio", action="store_true", help="load the gradio /search endpoint instead of REST"
+    )
     args = ap.parse_args()
 
     import httpx
     from gradio_client import Client, handle_file
 
-    from vsearch import store
-    from vsearch.api import ServeSettings, Service
     from vsearch.search import ProductIndex
-    from vsearch.ui import create_app, launch_app
+    from vsearch.serve.api import ServeSettings, Service
+    from vsearch.serve.ui import create_app, launch_app
+    from vsearch.store import generations as store
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -100,11 +102,14 @@ def main() -> int:
         url = launch_app(app, index, host="127.0.0.1", port=free_port()).rstrip("/")
         httpx.post(url + "/api/v1/search", files={"image": photos[0]}).raise_for_status()  # warm-up
         if args.gradio:
-            Client(url + "/", verbose=False).predict(handle_file(str(queries[0])), api_name="/search")
+            Client(url + "/", verbose=False).predict(
+                handle_file(str(queries[0])), api_name="/search"
+            )
         rss_before = rss_mib()
         latencies: list[float] = []
         errors: list[str] = []
-        answers: list[tuple[str, list[tuple[str, str, str]]]] = []  # (generation, [(gen, pid, title)])
+        # (generation, [(gen, pid, title)])
+        answers: list[tuple[str, list[tuple[str, str, str]]]] = []
         expected_errors = 0
         lock = threading.Lock()
         started = time.monotonic()
@@ -149,10 +154,19 @@ def main() -> int:
                     elif ok:
                         latencies.append(dt)
                         if body is not None:
-                            answers.append((body["generation"], [(h["generation"], h["product_id"], h["title"])
-                                                                 for h in body["results"]]))
+                            answers.append(
+                                (
+                                    body["generation"],
+                                    [
+                                        (h["generation"], h["product_id"], h["title"])
+                                        for h in body["results"]
+                                    ],
+                                )
+                            )
 
-        threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(args.clients)]
+        threads = [
+            threading.Thread(target=worker, args=(n,), daemon=True) for n in range(args.clients)
+        ]
         for t in threads:
             t.start()
         time.sleep(args.seconds / 4)
@@ -161,11 +175,28 @@ def main() -> int:
         time.sleep(max(0.0, started + args.seconds / 2 - time.monotonic()))
         v2 = retitled_catalog(root / "catalog" / "catalog.csv")
         t0 = time.monotonic()
-        build = subprocess.run([sys.executable, "-m", "vsearch", "build", str(v2), "--index", str(index_dir),
-                                "--model", "efficientnet-lite0", "--quiet"], capture_output=True, text=True)
+        build = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vsearch",
+                "build",
+                str(v2),
+                "--index",
+                str(index_dir),
+                "--model",
+                "efficientnet-lite0",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+        )
         new_gen = store.read_current(index_dir)
-        events.append(f"{t0 - started:.1f} s: rebuild started; published {new_gen} after {time.monotonic() - t0:.1f} s"
-                      + ("" if build.returncode == 0 else f" (FAILED: {build.stderr.strip()[-300:]})"))
+        events.append(
+            f"{t0 - started:.1f} s: rebuild started; published {new_gen} after "
+            f"{time.monotonic() - t0:.1f} s"
+            + ("" if build.returncode == 0 else f" (FAILED: {build.stderr.strip()[-300:]})")
+        )
         titles[new_gen] = titles_of(index_dir / new_gen)
         for t in threads:
             t.join(args.seconds + 60)
@@ -176,29 +207,61 @@ def main() -> int:
         app.close()
 
     mixed = [a for a in answers if any(g != a[0] for g, _, _ in a[1])]
-    wrong = [a for a in answers if a[0] in titles and any(titles[a[0]].get(pid) != title for _, pid, title in a[1])]
+    wrong = [
+        a
+        for a in answers
+        if a[0] in titles and any(titles[a[0]].get(pid) != title for _, pid, title in a[1])
+    ]
     by_gen: dict[str, int] = {}
     for g, _ in answers:
         by_gen[g] = by_gen.get(g, 0) + 1
     n = len(latencies)
     mode = "gradio_client /search" if args.gradio else "REST POST /api/v1/search"
-    print(f"{args.clients} concurrent clients for {args.seconds:.0f} s on loopback against {mode} "
-          f"(concurrency limit {service.gate.limit}, rate limit off); load average {load_average()}")
+    print(
+        f"{args.clients} concurrent clients for {args.seconds:.0f} s on loopback against {mode} "
+        f"(concurrency limit {service.gate.limit}, rate limit off); load average {load_average()}"
+    )
     for e in events:
         print(f"  {e}")
-    print(f"  {n} good searches, {n / elapsed:.1f} req/s; latency p50 {pct(latencies, 50) * 1e3:.0f} ms, "
-          f"p95 {pct(latencies, 95) * 1e3:.0f} ms, p99 {pct(latencies, 99) * 1e3:.0f} ms" if n else "  no successful searches")
-    print(f"  bad uploads answered with a clear error: {expected_errors}; unexpected errors: {len(errors)}")
+    print(
+        f"  {n} good searches, {n / elapsed:.1f} req/s; latency p50 {pct(latencies, 50) * 1e3:.0f} "
+        "ms, "
+        f"p95 {pct(latencies, 95) * 1e3:.0f} ms, p99 {pct(latencies, 99) * 1e3:.0f} ms"
+        if n
+        else "  no successful searches"
+    )
+    print(
+        f"  bad uploads answered with a clear error: {expected_errors}; unexpected errors: "
+        f"{len(errors)}"
+    )
     for e in errors[:5]:
         print(f"    {e}")
     if not args.gradio:
-        print(f"  answers per generation: {by_gen}; corrupt generation served: {by_gen.get(corrupt, 0)} times; "
-              f"skipped by the server: {skipped}")
-        print(f"  answers mixing generations: {len(mixed)}; answers whose titles are not their generation's: {len(wrong)}")
+        print(
+            f"  answers per generation: {by_gen}; corrupt generation served: "
+            f"{by_gen.get(corrupt, 0)} times; "
+            f"skipped by the server: {skipped}"
+        )
+        print(
+            f"  answers mixing generations: {len(mixed)}; answers whose titles are not their "
+            f"generation's: {len(wrong)}"
+        )
         print(f"  serving at the end: {served_at_end} (the rebuild: {new_gen})")
-    print(f"  server process RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after (clients share this process)")
-    failed = errors or (not args.gradio and (mixed or wrong or by_gen.get(corrupt) or served_at_end != new_gen
-                                              or corrupt not in skipped or build.returncode != 0))
+    print(
+        f"  server process RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after (clients "
+        "share this process)"
+    )
+    failed = errors or (
+        not args.gradio
+        and (
+            mixed
+            or wrong
+            or by_gen.get(corrupt)
+            or served_at_end != new_gen
+            or corrupt not in skipped
+            or build.returncode != 0
+        )
+    )
     return 1 if failed else 0
 
 

@@ -24,6 +24,7 @@ SCALES = {"s100": 1.0, "s071": 0.7071}
 
 def group_paths(sets: Path) -> dict[str, tuple[list[str], bool]]:
     """{group: (image paths, is_query)} in the order they are embedded (dev sets first)."""
+
     def col(path: Path) -> list[str]:
         with open(path, newline="", encoding="utf-8") as f:
             return [r["image"] for r in csv.DictReader(f)]
@@ -42,12 +43,14 @@ def group_paths(sets: Path) -> dict[str, tuple[list[str], bool]]:
     }
 
 
-def embed_group(embedder, paths: list[str], is_query: bool, batch: int = 32, plain: bool = False) -> dict[str, np.ndarray]:
+def embed_group(
+    embedder, paths: list[str], is_query: bool, batch: int = 32, plain: bool = False
+) -> dict[str, np.ndarray]:
     import torch
     import torch.nn.functional as F
     from PIL import ImageOps
 
-    from vsearch.images import load_image
+    from vsearch.catalog.images import load_image
 
     out: dict[str, list[np.ndarray]] = {}
     model = embedder.model
@@ -65,10 +68,12 @@ def embed_group(embedder, paths: list[str], is_query: bool, batch: int = 32, pla
         if s == 1.0:
             return x
         size = round(x.shape[-1] * s)
-        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
 
     for start in range(0, len(paths), batch):
-        imgs = [load_image(p, min_side=embedder.input_size) for p in paths[start:start + batch]]
+        imgs = [load_image(p, min_side=embedder.input_size) for p in paths[start : start + batch]]
         x = torch.stack([embedder.preprocess(im) for im in imgs])
         for tag, s in SCALES.items():
             if plain and s != 1.0:
@@ -78,7 +83,14 @@ def embed_group(embedder, paths: list[str], is_query: bool, batch: int = 32, pla
             xf = torch.flip(x, dims=[3])
             for tag, s in SCALES.items():
                 pooled(rescale(xf, s), f"flip_{tag}")
-            xp = torch.stack([embedder.preprocess(ImageOps.pad(im, (max(im.size),) * 2, color=(255, 255, 255))) for im in imgs])
+            xp = torch.stack(
+                [
+                    embedder.preprocess(
+                        ImageOps.pad(im, (max(im.size),) * 2, color=(255, 255, 255))
+                    )
+                    for im in imgs
+                ]
+            )
             pooled(xp, "pad_s100")
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -87,7 +99,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sets", type=Path, default=Path("/tmp/vsearch-eval"))
     p.add_argument("--groups", default="")
-    p.add_argument("--plain", action="store_true", help="scale 1 only, no query views (enough for the chosen defaults)")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="scale 1 only, no query views (enough for the chosen defaults)",
+    )
     args = p.parse_args()
     from vsearch.embedders.efficientnet import EfficientNetEmbedder
 
@@ -105,7 +121,9 @@ def main() -> None:
         arrays = embed_group(embedder, paths, is_query, plain=args.plain)
         for k, v in arrays.items():
             np.save(feats / f"{group}__{k}.npy", v)
-        (feats / f"{group}.json").write_text(json.dumps({"paths": paths, "variants": sorted(arrays)}))
+        (feats / f"{group}.json").write_text(
+            json.dumps({"paths": paths, "variants": sorted(arrays)})
+        )
         print(f"{group}: {len(paths)} images in {time.time() - t:.0f} s", flush=True)
 
 

@@ -18,7 +18,10 @@ def pytest_sessionstart(session):
     """Tests name the model test-tiny, which only the test suite's own plugin registers."""
     from importlib.metadata import entry_points
 
-    if not any(ep.value.split(":")[0] == "vsearch_test_models" for ep in entry_points(group="vsearch.models")):
+    if not any(
+        ep.value.split(":")[0] == "vsearch_test_models"
+        for ep in entry_points(group="vsearch.models")
+    ):
         raise pytest.UsageError(
             "the test model plugin (test-tiny) is not installed: run `make test`, or "
             "pip install -c constraints.txt -e tests/plugins/vsearch_test_models"
@@ -98,9 +101,24 @@ class LocatingFake(FakeEmbedder):
         def cell(im, r, c):
             side = im.width / 7
             return super(LocatingFake, self).embed_images(
-                [im.crop((round(c * side), round(r * side), round((c + 1) * side), round((r + 1) * side)))])[0]
+                [
+                    im.crop(
+                        (
+                            round(c * side),
+                            round(r * side),
+                            round((c + 1) * side),
+                            round((r + 1) * side),
+                        )
+                    )
+                ]
+            )[0]
 
-        maps = [np.stack([np.stack([cell(im, r, c) for c in range(7)], axis=-1) for r in range(7)], axis=-2) for im in images]
+        maps = [
+            np.stack(
+                [np.stack([cell(im, r, c) for c in range(7)], axis=-1) for r in range(7)], axis=-2
+            )
+            for im in images
+        ]
         return super().embed_images(images), np.stack(maps)
 
 
@@ -110,8 +128,16 @@ def fake_embedder():
 
 
 PALETTE = [
-    (220, 40, 40), (40, 160, 60), (40, 70, 200), (230, 200, 30), (150, 60, 180),
-    (20, 180, 190), (240, 130, 20), (90, 90, 90), (250, 120, 170), (120, 80, 30),
+    (220, 40, 40),
+    (40, 160, 60),
+    (40, 70, 200),
+    (230, 200, 30),
+    (150, 60, 180),
+    (20, 180, 190),
+    (240, 130, 20),
+    (90, 90, 90),
+    (250, 120, 170),
+    (120, 80, 30),
 ]
 
 
@@ -129,7 +155,9 @@ def draw_product(index: int, view: int = 0, size: int = 96) -> Image.Image:
     elif shape == 1:
         d.ellipse(box, fill=a)
     else:
-        d.polygon([(size // 2 + off, 10), (size - 10 + off, size - 10), (10 + off, size - 10)], fill=a)
+        d.polygon(
+            [(size // 2 + off, 10), (size - 10 + off, size - 10), (10 + off, size - 10)], fill=a
+        )
     d.rectangle((size // 2 - 12 + off, size // 2 - 6, size // 2 + 12 + off, size // 2 + 6), fill=b)
     return img
 
@@ -138,7 +166,8 @@ CATALOG_COLUMNS = ["product_id", "image", "title", "category", "price"]
 
 
 def write_catalog_rows(folder: Path, rows, header=CATALOG_COLUMNS) -> Path:
-    """folder/catalog.csv with these rows (lists in ``header`` order); image files are the caller's."""
+    """folder/catalog.csv with these rows (lists in ``header`` order); image files are the
+    caller's."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "catalog.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -148,7 +177,9 @@ def write_catalog_rows(folder: Path, rows, header=CATALOG_COLUMNS) -> Path:
     return path
 
 
-def write_catalog(folder: Path, n_products: int = 12, views: int = 2, extra_rows: list[dict] | None = None) -> Path:
+def write_catalog(
+    folder: Path, n_products: int = 12, views: int = 2, extra_rows: list[dict] | None = None
+) -> Path:
     """A CSV catalog of synthetic products (some with several views) plus its images."""
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -159,15 +190,34 @@ def write_catalog(folder: Path, n_products: int = 12, views: int = 2, extra_rows
         for v in range(n_views):
             name = f"p{i:03d}-{v}.jpg"
             draw_product(i, v).save(images / name, quality=92)
-            rows.append({
-                "product_id": f"P{i:03d}", "image": f"images/{name}", "title": f"Product {i}",
-                "category": categories[i % 3], "price": f"{5 + i * 2.5:.2f}", "url": f"https://shop.example/p/{i}",
-                "brand": "Acme" if i % 2 else "Zenith", "color": f"c{i % 4}",
-            })
+            rows.append(
+                {
+                    "product_id": f"P{i:03d}",
+                    "image": f"images/{name}",
+                    "title": f"Product {i}",
+                    "category": categories[i % 3],
+                    "price": f"{5 + i * 2.5:.2f}",
+                    "url": f"https://shop.example/p/{i}",
+                    "brand": "Acme" if i % 2 else "Zenith",
+                    "color": f"c{i % 4}",
+                }
+            )
     rows.extend(extra_rows or [])
     path = folder / "catalog.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["product_id", "image", "title", "category", "price", "url", "brand", "color"])
+        w = csv.DictWriter(
+            f,
+            fieldnames=[
+                "product_id",
+                "image",
+                "title",
+                "category",
+                "price",
+                "url",
+                "brand",
+                "color",
+            ],
+        )
         w.writeheader()
         w.writerows(rows)
     return path

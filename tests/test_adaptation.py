@@ -8,14 +8,14 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import FakeEmbedder, draw_product, write_catalog
-from vsearch import store
-from vsearch.adaptation import TooFewPairsError, fit_adaptation, training_pairs
+
 from vsearch.build import build_index
 from vsearch.errors import IndexFormatError
-from vsearch.learn import REFIT_FRACTION, changed_fraction, member_keys
+from vsearch.learn.adaptation import TooFewPairsError, fit_adaptation, training_pairs
+from vsearch.learn.fit import REFIT_FRACTION, changed_fraction, member_keys
 from vsearch.search import ProductIndex
+from vsearch.store import generations as store
 
 
 def _clustered(n_products=60, views=3, d=24, noise=0.35, seed=0):
@@ -23,8 +23,14 @@ def _clustered(n_products=60, views=3, d=24, noise=0.35, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_products, d))
     nuisance = rng.normal(size=(3, d)) * 3.0  # e.g. background / lighting: same for every product
-    x = np.concatenate([centres + rng.normal(size=(n_products, 3)) @ nuisance + noise * rng.normal(size=centres.shape)
-                        for _ in range(views)])
+    x = np.concatenate(
+        [
+            centres
+            + rng.normal(size=(n_products, 3)) @ nuisance
+            + noise * rng.normal(size=centres.shape)
+            for _ in range(views)
+        ]
+    )
     labels = np.tile(np.arange(n_products).astype(str), views)
     return x / np.linalg.norm(x, axis=1, keepdims=True), labels
 
@@ -63,15 +69,18 @@ def test_projection_is_deterministic():
 
 
 def test_fitting_reads_a_memory_mapped_catalog_a_chunk_at_a_time(tmp_path, monkeypatch):
-    """A catalog bigger than RAM arrives as a memory map (build.ON_DISK_MIN_VECTORS): the fit reads it
-    BLOCK_ROWS rows at a time, never a whole copy, and learns what it learns from the array in memory."""
+    """A catalog bigger than RAM arrives as a memory map (build.ON_DISK_MIN_VECTORS): the fit reads
+    it BLOCK_ROWS rows at a time, never a whole copy, and learns what it learns from the array in
+    memory."""
     import tracemalloc
 
-    from vsearch import transforms
+    from vsearch.learn import transforms as transforms
 
     x, labels = _clustered(n_products=250, views=20, d=128)
     x, labels = x.astype(np.float32), labels.astype("U4")
-    mm = np.lib.format.open_memmap(tmp_path / "raw.f32.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    mm = np.lib.format.open_memmap(
+        tmp_path / "raw.f32.npy", mode="w+", dtype=np.float32, shape=x.shape
+    )
     mm[:] = x
     mm.flush()
     mm = np.load(tmp_path / "raw.f32.npy", mmap_mode="r")
@@ -83,20 +92,23 @@ def test_fitting_reads_a_memory_mapped_catalog_a_chunk_at_a_time(tmp_path, monke
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert ((chunked.apply(x) * whole.apply(x)).sum(axis=1) > 0.9999).all()  # the same projection, up to rounding
+    # the same projection, up to rounding
+    assert ((chunked.apply(x) * whole.apply(x)).sum(axis=1) > 0.9999).all()
     # the vectors are 2.6 MB; one copy of them (or of their centred version) would pass this bound
     assert peak < 0.6 * x.nbytes, (peak, x.nbytes)
 
 
-def test_the_verdict_calibration_reads_a_memory_mapped_catalog_a_block_at_a_time(tmp_path, monkeypatch):
+def test_the_verdict_calibration_reads_a_memory_mapped_catalog_a_block_at_a_time(
+    tmp_path, monkeypatch
+):
     """The build's verdict on a catalog bigger than RAM: the cross-fitted projections are fitted and
     applied a block of rows at a time (no projected copy of the catalog), with the same verdict.
     Memory is compared with an 8-d twin, which has the same labels and bookkeeping but no vectors
     to speak of."""
     import tracemalloc
 
-    from vsearch import transforms
-    from vsearch.learn import calibrate
+    from vsearch.learn import transforms as transforms
+    from vsearch.learn.fit import calibrate
 
     monkeypatch.setattr(transforms, "BLOCK_ROWS", 1_000)
 
@@ -106,7 +118,9 @@ def test_the_verdict_calibration_reads_a_memory_mapped_catalog_a_block_at_a_time
         adapted = fit_adaptation(x, training_pairs(x, labels)).apply(x)
         np.save(tmp_path / f"raw{d}.npy", x)
         np.save(tmp_path / f"adapted{d}.npy", adapted)
-        raw_mm, adapted_mm = (np.load(tmp_path / f"{name}{d}.npy", mmap_mode="r") for name in ("raw", "adapted"))
+        raw_mm, adapted_mm = (
+            np.load(tmp_path / f"{name}{d}.npy", mmap_mode="r") for name in ("raw", "adapted")
+        )
         whole = calibrate(x, labels, adapted=True, index_vectors=adapted).to_dict()
         tracemalloc.start()
         try:
@@ -118,8 +132,10 @@ def test_the_verdict_calibration_reads_a_memory_mapped_catalog_a_block_at_a_time
 
     whole, streamed, peak, nbytes = run(128)
     assert streamed["queries"] == whole["queries"] > 0
-    assert (streamed["threshold"], streamed["signal"]) == (whole["threshold"], whole["signal"]) or \
-        abs(streamed["threshold"] - whole["threshold"]) < 1e-4
+    assert (streamed["threshold"], streamed["signal"]) == (
+        whole["threshold"],
+        whole["signal"],
+    ) or abs(streamed["threshold"] - whole["threshold"]) < 1e-4
     _, _, twin_peak, _ = run(8)
     # the vectors are 20 MB; one projected copy of the catalog would pass this bound
     assert peak - twin_peak < 0.3 * nbytes, (peak, twin_peak, nbytes)
@@ -127,7 +143,9 @@ def test_the_verdict_calibration_reads_a_memory_mapped_catalog_a_block_at_a_time
 
 def test_too_few_products_with_pairs_is_refused_with_a_clear_message():
     x, labels = _clustered(n_products=10)
-    with pytest.raises(TooFewPairsError, match="at least 20 products with two or more images.*--adapt off"):
+    with pytest.raises(
+        TooFewPairsError, match="at least 20 products with two or more images.*--adapt off"
+    ):
         fit_adaptation(x, training_pairs(x, labels))
 
 
@@ -138,31 +156,48 @@ def test_shopper_photos_count_as_pairs_for_single_image_products():
         fit_adaptation(x, training_pairs(x, labels))
     pairs = training_pairs(x, labels, shopper_vectors=photos, shopper_labels=labels)
     assert pairs.shopper_pairs == 30 and pairs.products == 30
-    unknown = training_pairs(x, labels, shopper_vectors=photos[:3], shopper_labels=np.array(["nope"] * 3))
+    unknown = training_pairs(
+        x, labels, shopper_vectors=photos[:3], shopper_labels=np.array(["nope"] * 3)
+    )
     assert unknown.shopper_pairs == 0  # photos of products not in the catalog are ignored
     fit_adaptation(x, pairs)
 
 
 def test_the_shopper_check_drops_a_projection_only_when_it_breaks_shopper_photos_significantly():
-    from vsearch.learn import shopper_check
-    from vsearch.transforms import Projection
+    from vsearch.learn.fit import shopper_check
+    from vsearch.learn.transforms import Projection
 
-    def shop(x, labels):  # views 1-2 are the catalog; view 3 the shopper photos, each "made from" its first catalog image
+    # views 1-2 are the catalog; view 3 the shopper photos, each "made from" its first catalog image
+    def shop(x, labels):
         return x[:120], labels[:120], (x[120:], labels[120:], np.arange(60))
 
-    catalog, pids, simulated = shop(*_clustered(n_products=60, views=3))  # photos vary along nuisance directions
-    helps = shopper_check(catalog, pids, fit_adaptation(catalog, training_pairs(catalog, pids)), simulated)
+    # photos vary along nuisance directions
+    catalog, pids, simulated = shop(*_clustered(n_products=60, views=3))
+    helps = shopper_check(
+        catalog, pids, fit_adaptation(catalog, training_pairs(catalog, pids)), simulated
+    )
     assert helps["photos"] == 60 and helps["fixed"] > helps["broken"] and not helps["rejected"]
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(60, 24))
     views = np.concatenate([centres + 0.5 * rng.normal(size=centres.shape) for _ in range(3)])
-    catalog, pids, simulated = shop(views / np.linalg.norm(views, axis=1, keepdims=True), np.tile(np.arange(60).astype(str), 3))
+    catalog, pids, simulated = shop(
+        views / np.linalg.norm(views, axis=1, keepdims=True), np.tile(np.arange(60).astype(str), 3)
+    )
     basis = np.linalg.qr(rng.normal(size=(24, 2)))[0]
-    crushed = Projection(mean=np.zeros(24, np.float32), matrix=(basis @ basis.T).astype(np.float32), info={})
-    hurts = shopper_check(catalog, pids, crushed, simulated)  # a 2-d shadow of a shop the raw vectors answer well
-    assert hurts["right_without"] >= 45 and hurts["broken"] > hurts["fixed"] and hurts["p_value"] < 0.05 and hurts["rejected"]
-    assert not shopper_check(catalog, pids, crushed, simulated, alpha=hurts["p_value"])["rejected"]  # p must be below alpha
+    crushed = Projection(
+        mean=np.zeros(24, np.float32), matrix=(basis @ basis.T).astype(np.float32), info={}
+    )
+    # a 2-d shadow of a shop the raw vectors answer well
+    hurts = shopper_check(catalog, pids, crushed, simulated)
+    assert (
+        hurts["right_without"] >= 45
+        and hurts["broken"] > hurts["fixed"]
+        and hurts["p_value"] < 0.05
+        and hurts["rejected"]
+    )
+    # p must be below alpha
+    assert not shopper_check(catalog, pids, crushed, simulated, alpha=hurts["p_value"])["rejected"]
 
 
 def test_info_shows_how_a_kept_projection_did_on_the_simulated_shopper_photos(tmp_path, capsys):
@@ -173,20 +208,29 @@ def test_info_shows_how_a_kept_projection_did_on_the_simulated_shopper_photos(tm
     check = a["shopper_check"]
     assert a["state"] == "fitted" and not check["rejected"] and check["photos"] > 0
     assert main(["info", "--index", str(tmp_path / "idx")]) == 0
-    assert (f"simulated shopper photos right with it {check['right_with']} of {check['photos']}, "
-            f"without {check['right_without']}") in capsys.readouterr().out
+    assert (
+        f"simulated shopper photos right with it {check['right_with']} of {check['photos']}, "
+        f"without {check['right_without']}"
+    ) in capsys.readouterr().out
 
 
 def test_a_build_whose_projection_fails_the_shopper_check_keeps_none(tmp_path, monkeypatch, capsys):
-    from vsearch import learn
     from vsearch.cli import main
+    from vsearch.learn import fit as learn
 
     calls = []
 
     def failing(raw, product_ids, projection, simulated, **kw):
         calls.append(len(simulated[0]))
-        return {"photos": len(simulated[0]), "right_without": 9, "right_with": 2, "fixed": 1, "broken": 8,
-                "p_value": 0.0195, "rejected": True}
+        return {
+            "photos": len(simulated[0]),
+            "right_without": 9,
+            "right_with": 2,
+            "fixed": 1,
+            "broken": 8,
+            "p_value": 0.0195,
+            "rejected": True,
+        }
 
     monkeypatch.setattr(learn, "shopper_check", failing)
     csv_path = _catalog(tmp_path / "shop")
@@ -195,10 +239,14 @@ def test_a_build_whose_projection_fails_the_shopper_check_keeps_none(tmp_path, m
     a = index.manifest["adaptation"]
     assert calls and a["state"] == "rejected" and a["shopper_check"]["broken"] == 8
     # the projection's files are gone; the list of what it learned from stays, to reuse the decision
-    assert "files" not in a and [p.name for p in (tmp_path / "idx" / index.generation).glob("adaptation*")] == [
-        learn.MEMBERS_FILE]
+    assert "files" not in a and [
+        p.name for p in (tmp_path / "idx" / index.generation).glob("adaptation*")
+    ] == [learn.MEMBERS_FILE]
     assert main(["info", "--index", str(tmp_path / "idx")]) == 0
-    assert "dropped, because it made 8 simulated shopper photos wrong and 1 right" in capsys.readouterr().out
+    assert (
+        "dropped, because it made 8 simulated shopper photos wrong and 1 right"
+        in capsys.readouterr().out
+    )
 
     # an unchanged rebuild reuses the decision: no refit, no check, no simulated photos, same space
     build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
@@ -208,8 +256,13 @@ def test_a_build_whose_projection_fails_the_shopper_check_keeps_none(tmp_path, m
     assert "verdict_simulation" not in again.manifest and "files" not in a
     assert main(["info", "--index", str(tmp_path / "idx")]) == 0
     assert f"decision reused from {index.generation}" in capsys.readouterr().out
-    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="refit")  # on request: fitted and checked again
-    assert len(calls) == 2 and "reused_from" not in ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]
+    # on request: fitted and checked again
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="refit")
+    assert (
+        len(calls) == 2
+        and "reused_from"
+        not in ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]
+    )
 
 
 def test_changed_fraction_counts_added_and_removed_members():
@@ -245,20 +298,31 @@ def test_build_fits_then_reuses_then_refits_the_projection(tmp_path):
     assert b["state"] == "reused" and b["reused_from"] == first.generation
     assert 0 < b["changed_fraction"] <= REFIT_FRACTION
     gen = tmp_path / "idx" / second.generation
-    assert np.array_equal(np.load(gen / "adaptation_matrix.npy"),
-                          np.load(tmp_path / "idx" / first.generation / "adaptation_matrix.npy"))
+    assert np.array_equal(
+        np.load(gen / "adaptation_matrix.npy"),
+        np.load(tmp_path / "idx" / first.generation / "adaptation_matrix.npy"),
+    )
     assert second.search(image=csv_path.parent / "images" / "new-0.jpg", k=1)[0].product_id == "NEW"
     build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="refit")
-    assert ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]["state"] == "fitted"
+    assert (
+        ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]["state"]
+        == "fitted"
+    )
     build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="off")
     off = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
-    assert off.manifest["adaptation"] == {"state": "off"} and not list((tmp_path / "idx" / off.generation).glob("adaptation*"))
+    assert off.manifest["adaptation"] == {"state": "off"} and not list(
+        (tmp_path / "idx" / off.generation).glob("adaptation*")
+    )
 
 
 def test_a_large_change_refits(tmp_path):
     build_index(_catalog(tmp_path / "a", n_products=44), tmp_path / "idx", embedder=FakeEmbedder())
-    build_index(_catalog(tmp_path / "b", n_products=60), tmp_path / "idx", embedder=FakeEmbedder())  # +36 %
-    assert ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]["state"] == "fitted"
+    # +36 %
+    build_index(_catalog(tmp_path / "b", n_products=60), tmp_path / "idx", embedder=FakeEmbedder())
+    assert (
+        ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]["state"]
+        == "fitted"
+    )
 
 
 def test_the_query_goes_through_the_same_projection_as_the_catalog(tmp_path):
@@ -267,13 +331,18 @@ def test_the_query_goes_through_the_same_projection_as_the_catalog(tmp_path):
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
     image = csv_path.parent / "images" / "p014-1.jpg"
     hit = index.search(image=image, k=1)[0]
-    assert hit.product_id == "P014" and hit.score == pytest.approx(1.0, abs=1e-4)  # itself, in the same space
+    # itself, in the same space
+    assert hit.product_id == "P014" and hit.score == pytest.approx(1.0, abs=1e-4)
 
 
 def test_train_pairs_are_learned_from_and_bad_rows_are_reported_by_row(tmp_path):
-    csv_path = _catalog(tmp_path / "shop", n_products=24, views=1)  # single-image products: nothing to learn alone
+    # single-image products: nothing to learn alone
+    csv_path = _catalog(tmp_path / "shop", n_products=24, views=1)
     build_index(csv_path, tmp_path / "plain", embedder=FakeEmbedder())
-    assert ProductIndex.load(tmp_path / "plain", FakeEmbedder()).manifest["adaptation"]["state"] == "skipped"
+    assert (
+        ProductIndex.load(tmp_path / "plain", FakeEmbedder()).manifest["adaptation"]["state"]
+        == "skipped"
+    )
     photos = tmp_path / "photos"
     photos.mkdir()
     lines = ["image,product_id"]
@@ -288,7 +357,9 @@ def test_train_pairs_are_learned_from_and_bad_rows_are_reported_by_row(tmp_path)
     report = build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), train_pairs=pairs)
     problems = {p.row: p.reason for p in report.problems if "train pairs" in p.reason}
     assert "NOT-SOLD" in problems[26] and "not in the catalog" in problems[26]
-    assert 27 in problems and "missing.jpg" in (problems[27] + str([p.image for p in report.problems]))
+    assert 27 in problems and "missing.jpg" in (
+        problems[27] + str([p.image for p in report.problems])
+    )
     assert 28 in problems
     a = ProductIndex.load(tmp_path / "idx", FakeEmbedder()).manifest["adaptation"]
     assert a["state"] == "fitted" and a["shopper_pairs"] == 24
@@ -300,7 +371,7 @@ def test_train_pairs_are_learned_from_and_bad_rows_are_reported_by_row(tmp_path)
 def test_gc_keeps_the_cached_vectors_of_the_train_pairs_the_live_generation_learned_from(tmp_path):
     """The pair photos are no catalog images, but the next build with the same pairs must not
     re-embed them after a gc (with --embeddings that would need the model's weights)."""
-    from vsearch.gc import collect_garbage
+    from vsearch.store.gc import collect_garbage
 
     csv_path = _catalog(tmp_path / "shop", n_products=24, views=1)
     photos = tmp_path / "photos"
@@ -308,7 +379,9 @@ def test_gc_keeps_the_cached_vectors_of_the_train_pairs_the_live_generation_lear
     for i in range(24):
         draw_product(i, view=1).save(photos / f"shot-{i}.jpg")
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text("image,product_id\n" + "".join(f"photos/shot-{i}.jpg,P{i:03d}\n" for i in range(24)))
+    pairs.write_text(
+        "image,product_id\n" + "".join(f"photos/shot-{i}.jpg,P{i:03d}\n" for i in range(24))
+    )
     first = FakeEmbedder()
     build_index(csv_path, tmp_path / "idx", embedder=first, train_pairs=pairs)
     assert sum(first.batches) == 48  # 24 catalog images + 24 pair photos
@@ -317,10 +390,12 @@ def test_gc_keeps_the_cached_vectors_of_the_train_pairs_the_live_generation_lear
     assert collect_garbage(tmp_path / "idx").cache_rows == 0
     again = FakeEmbedder()
     build_index(csv_path, tmp_path / "idx", embedder=again, train_pairs=pairs, adapt="refit")
-    assert again.batches == []  # nothing ran through the model: catalog and pairs came from the cache
+    # nothing ran through the model: catalog and pairs came from the cache
+    assert again.batches == []
     # a build without the pairs no longer uses them: then gc drops them
     build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder())
-    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="refit")  # the older generation goes too
+    # the older generation goes too
+    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), adapt="refit")
     assert collect_garbage(tmp_path / "idx").cache_rows == 24
 
 
@@ -331,13 +406,17 @@ def test_indexes_of_the_old_format_are_refused_with_the_rebuild_command(tmp_path
     manifest = json.loads((gen / store.MANIFEST_FILE).read_text())
     manifest["format_version"] = 1
     (gen / store.MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match=r"format version 1.*Rebuild with `vsearch build .*catalog.csv --index"):
+    with pytest.raises(
+        IndexFormatError,
+        match=r"format version 1.*Rebuild with `vsearch build .*catalog.csv --index",
+    ):
         ProductIndex.load(tmp_path / "idx", FakeEmbedder())
 
 
 def test_feedback_export_feeds_a_build_through_train_pairs(tmp_path):
-    """The opt-in loop end to end: confirmations -> reviewed CSV -> --train-pairs -> a fitted projection."""
-    from vsearch.feedback import FeedbackStore
+    """The opt-in loop end to end: confirmations -> reviewed CSV -> --train-pairs -> a fitted
+    projection."""
+    from vsearch.serve.feedback import FeedbackStore
 
     csv_path = _catalog(tmp_path / "shop", n_products=24, views=1)
     index_dir = tmp_path / "idx"
@@ -346,7 +425,8 @@ def test_feedback_export_feeds_a_build_through_train_pairs(tmp_path):
     store_ = FeedbackStore(index_dir)
     for i in range(24):
         store_.record(draw_product(i, view=1).resize((120, 120)), f"P{i:03d}")
-    for out in (None, tmp_path / "elsewhere" / "pairs.csv"):  # beside the photos, and absolute paths elsewhere
+    # beside the photos, and absolute paths elsewhere
+    for out in (None, tmp_path / "elsewhere" / "pairs.csv"):
         report = store_.export_pairs(out)
         assert report.pairs == 24
         build = build_index(csv_path, index_dir, embedder=FakeEmbedder(), train_pairs=report.path)

@@ -13,27 +13,49 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vsearch"
 
-# Lowest first. A module may import modules of lower layers only (and itself). Modules inside a
-# subpackage (embedders/) count as the subpackage; their imports of each other are checked for
-# cycles, not for layers.
+# Lowest first. A module may import modules of lower layers only (and itself). The stages are
+# folders (catalog/, embeddings/, store/, learn/, evaluate/, serve/) whose modules are layered one
+# by one; embedders/ and demo/ count as one unit each: their imports of each other are checked for
+# cycles, not for layers. A stage folder's __init__.py holds only its docstring.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"metrics", "query_options", "images", "product", "build_lock", "locate"},
-    {"catalog", "fetch", "cache", "shopper_photos", "embedding_shards", "words", "candidates"},
+    {"evaluate.metrics", "query_options", "catalog.images", "product", "store.lock", "locate"},
+    {
+        "catalog.rows",
+        "catalog.fetch",
+        "embeddings.cache",
+        "learn.shopper_photos",
+        "embeddings.shards",
+        "store.words",
+        "store.candidates",
+    },
     {"embedders"},
-    {"embeddings_io", "ray_engine", "tuned_model", "tune_views"},
-    {"transforms", "sharded_index"},
-    {"store"},
-    {"adaptation", "calibration", "hygiene", "incremental"},
-    {"learn", "generation"},
+    {"embeddings.imported", "embeddings.ray_engine", "embeddings.tuned_model", "learn.tune_views"},
+    {"learn.transforms", "store.sharded"},
+    {"store.generations"},
+    {"learn.adaptation", "learn.calibration", "catalog.hygiene", "store.incremental"},
+    {"learn.fit", "store.loaded"},
     {"build", "search"},
-    {"evaluate", "watcher", "feedback", "gc", "guard", "tune"},
-    {"report"},
-    {"api", "page_files", "page_text"},
-    {"ui", "cli_info"},
+    {
+        "evaluate.quality",
+        "serve.watcher",
+        "serve.feedback",
+        "store.gc",
+        "serve.guard",
+        "learn.tune",
+    },
+    {"evaluate.report"},
+    {"serve.api", "serve.page_files", "serve.page_text"},
+    {"serve.ui", "cli_info"},
     {"cli", "demo"},
 ]
-EXEMPT = {"__init__", "__main__"}  # lazy re-exports of public names, and `python -m vsearch`
+STAGE_FOLDERS = {"catalog", "embeddings", "store", "learn", "evaluate", "serve"}
+MAX_MODULES_PER_FOLDER = 10
+EXEMPT = {
+    "__init__",
+    "__main__",
+} | STAGE_FOLDERS  # lazy re-exports of public names, `python -m vsearch`,
+# and the stage folders' docstring-only __init__.py
 MAX_LINES = 700
 
 
@@ -45,11 +67,13 @@ def _module_name(path: Path) -> str:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(path: Path, me: str | None = None) -> set[str]:
-    """Every vsearch module this file imports, anywhere in it, except under ``if TYPE_CHECKING:``."""
+    """Every vsearch module this file imports, anywhere in it, except under ``if
+    TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     me = me or _module_name(path)
     package = me.split(".")[:-1] if path.name != "__init__.py" else me.split(".")
@@ -75,11 +99,10 @@ def _imports(path: Path, me: str | None = None) -> set[str]:
             else:
                 mod = None
             if mod is not None:
-                if node.module is None or mod == "":  # from . import x / from vsearch import x
-                    for alias in node.names:
-                        found.add(".".join(p for p in (mod, alias.name) if p))
-                else:
-                    found.add(mod)
+                # `from vsearch.store import generations` imports store.generations; `from
+                # vsearch.store.generations import X` resolves to the module by its known prefix.
+                for alias in node.names:
+                    found.add(".".join(p for p in (mod, alias.name) if p))
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -95,7 +118,9 @@ def _graph() -> dict[str, set[str]]:
     # "from vsearch import __version__" resolves to the package itself; names that are
     # attributes of a module ("from .embedders import load_embedder" -> embedders) stay modules.
     known = set(graph)
-    return {m: {_known_prefix(t, known) for t in targets} - {None, m} for m, targets in graph.items()}
+    return {
+        m: {_known_prefix(t, known) for t in targets} - {None, m} for m, targets in graph.items()
+    }
 
 
 def _known_prefix(name: str, known: set[str]) -> str | None:
@@ -107,12 +132,29 @@ def _known_prefix(name: str, known: set[str]) -> str | None:
     return None
 
 
+def _unit(module: str) -> str:
+    """The LAYERS entry a module belongs to: itself, or the unit folder (embedders, demo) it is
+    in."""
+    names = set().union(*LAYERS)
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in names:
+            return ".".join(parts[:n])
+    raise AssertionError(
+        f"vsearch/{module.replace('.', '/')}.py is in no layer; add it to LAYERS and "
+        "architecture.md"
+    )
+
+
 def _layer(module: str) -> int:
-    top = module.split(".")[0]
+    unit = _unit(module)
     for i, layer in enumerate(LAYERS):
-        if top in layer:
+        if unit in layer:
             return i
-    raise AssertionError(f"vsearch/{module.replace('.', '/')}.py is in no layer; add it to LAYERS and architecture.md")
+    raise AssertionError(
+        f"vsearch/{module.replace('.', '/')}.py is in no layer; add it to LAYERS and "
+        "architecture.md"
+    )
 
 
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -124,7 +166,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = dfs(nxt)
                 if found:
@@ -149,33 +191,63 @@ def test_no_import_cycles():
 def test_every_import_points_down():
     upward = []
     for module, targets in _graph().items():
-        if module.split(".")[0] in EXEMPT:
+        if module in EXEMPT:
             continue
         for target in targets:
-            if module.split(".")[0] == target.split(".")[0]:
-                continue  # inside one subpackage: only cycles matter
+            if target in EXEMPT or _unit(module) == _unit(target):
+                continue  # inside one unit (embedders/, demo/): only cycles matter
             if _layer(target) >= _layer(module):
-                upward.append(f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})")
+                upward.append(
+                    f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+                )
     assert not upward, "imports that do not point to a lower stage:\n" + "\n".join(sorted(upward))
 
 
 def test_no_library_module_is_too_long():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from . import store\n", {"store"}),
-    ("def f():\n    from .build import build_index\n", {"build"}),
-    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .search import Hit\n", set()),
-    ("import vsearch.search\n", {"search"}),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from . import store\n", {"store"}),
+        ("def f():\n    from .build import build_index\n", {"build.build_index"}),
+        ("from vsearch.store import generations as store\n", {"store.generations"}),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .search import Hit\n",
+            set(),
+        ),
+        ("import vsearch.search\n", {"search"}),
+    ],
+)
 def test_the_checker_sees_imports(tmp_path, source, expected):
     """The walker itself: function-level imports count, TYPE_CHECKING ones do not."""
     path = tmp_path / "probe.py"
     path.write_text(source)
     assert _imports(path, me="probe") == expected
+
+
+def test_stage_folders_are_small_and_say_what_they_are():
+    """Each stage folder's __init__.py is its docstring only (what the stage does; no code, no
+    re-exports to hide where a name lives), and no folder holds more than a newcomer can scan."""
+    for folder in sorted(STAGE_FOLDERS):
+        tree = ast.parse((PACKAGE / folder / "__init__.py").read_text(encoding="utf-8"))
+        assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr), (
+            f"vsearch/{folder}/__init__.py"
+        )
+    for folder in [
+        PACKAGE,
+        *(p for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"),
+    ]:
+        modules = [p.name for p in folder.glob("*.py") if p.name != "__init__.py"]
+        assert len(modules) <= MAX_MODULES_PER_FOLDER, (
+            f"{folder.name}/ holds {len(modules)} modules"
+        )
 
 
 def test_the_checker_finds_a_cycle():
@@ -184,14 +256,23 @@ def test_the_checker_finds_a_cycle():
 
 
 def test_architecture_md_lists_the_same_layers():
-    """architecture.md's layer table and LAYERS say the same thing, so the map a newcomer reads is true."""
+    """architecture.md's layer table and LAYERS say the same thing, so the map a newcomer reads is
+    true."""
     import itertools
     import re
 
     text = (PACKAGE.parent / "architecture.md").read_text(encoding="utf-8")
-    documented = [set(m.rstrip("/") for m in re.findall(r"`([\w/]+)`", modules))
-                  for modules in re.findall(r"^\| \d+ \| ([^|]+) \|", text, flags=re.M)]
+    documented = [
+        set(m.rstrip("/") for m in re.findall(r"`([\w/.]+)`", modules))
+        for modules in re.findall(r"^\| \d+ \| ([^|]+) \|", text, flags=re.M)
+    ]
     assert documented == LAYERS, (
         "architecture.md's layer table differs from LAYERS in tests/test_architecture.py:\n"
-        + "\n".join(f"layer {i}: architecture.md {sorted(d)} vs LAYERS {sorted(l)}"
-                     for i, (d, l) in enumerate(itertools.zip_longest(documented, LAYERS, fillvalue=set())) if d != l))
+        + "\n".join(
+            f"layer {i}: architecture.md {sorted(d)} vs LAYERS {sorted(layer)}"
+            for i, (d, layer) in enumerate(
+                itertools.zip_longest(documented, LAYERS, fillvalue=set())
+            )
+            if d != layer
+        )
+    )

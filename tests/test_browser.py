@@ -15,8 +15,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # CI installs Debian's chromium there
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 HEADING = "() => (document.querySelector('#vs-status h3')?.innerText || '').trim()"
 
 
@@ -24,11 +30,18 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from test_ui import give_verdicts, shopper_photo, start_server, two_product_photo, unrelated_photo
+    from test_ui import (
+        give_verdicts,
+        shopper_photo,
+        start_server,
+        two_product_photo,
+        unrelated_photo,
+    )
 
-    from vsearch import ui
+    from vsearch.serve import ui as ui
 
-    # an index that gives verdicts: the shopper photo of product 5 scores ~0.99, the flat grey photo < 0.9
+    # an index that gives verdicts: the shopper photo of product 5 scores ~0.99, the flat grey photo
+    # < 0.9
     server = start_server(tmp_path / "srv", notice="Demo catalog with a test model.", close_at=0.95)
     photo = shopper_photo(tmp_path, 5, name="shopper.jpg")
     grey = unrelated_photo(tmp_path)
@@ -42,28 +55,47 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
 
     def upload(page, path: str, width: int) -> None:
         page.locator("#vs-photo input[type=file]").set_input_files(path, timeout=15_000)
-        page.wait_for_function(f"() => [...document.querySelectorAll('#vs-photo img')].some(i => i.naturalWidth === {width})",
-                               timeout=15_000)  # this photo finished uploading
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#vs-photo img')].some(i => i.naturalWidth === "
+            f"{width})",
+            timeout=15_000,
+        )  # this photo finished uploading
 
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1360, "height": 1000})
-            page.on("request", lambda r: urlparse(r.url).hostname not in ("127.0.0.1", "localhost", None)
-                    and not r.url.startswith(("data:", "blob:")) and outside.append(r.url))
+            page.on(
+                "request",
+                lambda r: (
+                    urlparse(r.url).hostname not in ("127.0.0.1", "localhost", None)
+                    and not r.url.startswith(("data:", "blob:"))
+                    and outside.append(r.url)
+                ),
+            )
             page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
             try:
-                upload(page, photo, 400)  # the page searches by itself; no click (a second search could answer late)
-                page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(timeout=20_000)
-                heading_is(page, ui.VERDICT_TITLES[True])  # exactly "Close match", not a title that merely contains it
+                # the page searches by itself; no click (a second search could answer late)
+                upload(page, photo, 400)
+                page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(
+                    timeout=20_000
+                )
+                # exactly "Close match", not a title that merely contains it
+                heading_is(page, ui.VERDICT_TITLES[True])
                 assert page.locator(captions).first.inner_text().startswith("Product 5")
-                page.locator("#vs-results .thumbnail-item").first.click()  # details of the top result
+                # details of the top result
+                page.locator("#vs-results .thumbnail-item").first.click()
                 page.get_by_text("View product page").first.wait_for(timeout=10_000)
-                page.wait_for_function(  # "why it matched": the photo as searched beside the product's matched image
+                # "why it matched": the photo as searched beside the product's matched image
+                page.wait_for_function(
                     "() => { const im = [...document.querySelectorAll('#vs-why img')];"
-                    " return im.length === 2 && im.every(i => i.complete && i.naturalWidth > 0); }", timeout=10_000)
-                assert page.locator("#vs-this-is-it").count() == 0  # feedback is off unless --feedback
-                # "Look closer" is there, but this model cannot locate: greyed out, and the page says why
+                    " return im.length === 2 && im.every(i => i.complete && i.naturalWidth > 0); }",
+                    timeout=10_000,
+                )
+                # feedback is off unless --feedback
+                assert page.locator("#vs-this-is-it").count() == 0
+                # "Look closer" is there, but this model cannot locate: greyed out, and the page
+                # says why
                 assert page.locator("#vs-closer input[type=checkbox]").is_disabled()
                 assert "cannot locate" in page.locator("#vs-closer").inner_text()
 
@@ -79,18 +111,27 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
 
                 # a shelf photo with two products: the right-hand one wins until the shopper crops
                 upload(page, shelf, 384)
-                page.wait_for_function(f"() => document.querySelector({captions!r})?.innerText.startsWith('Product 8')",
-                                       timeout=20_000)
+                page.wait_for_function(
+                    f"() => document.querySelector({captions!r})"
+                    "?.innerText.startsWith('Product 8')",
+                    timeout=20_000,
+                )
                 page.get_by_text("Crop to the item").click()
                 preview = page.locator("#vs-crop-preview img")
                 preview.wait_for(timeout=10_000)
                 assert preview.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [384, 192]
-                page.locator("#vs-crop-right input[type=range]").fill("50")  # cut the right half away
-                page.wait_for_function("() => document.querySelector('#vs-crop-preview img')?.naturalWidth === 192",
-                                       timeout=10_000)  # the preview shows just the left product
+                # cut the right half away
+                page.locator("#vs-crop-right input[type=range]").fill("50")
+                page.wait_for_function(
+                    "() => document.querySelector('#vs-crop-preview img')?.naturalWidth === 192",
+                    timeout=10_000,
+                )  # the preview shows just the left product
                 page.locator("#vs-search").click()
-                page.wait_for_function(f"() => document.querySelector({captions!r})?.innerText.startsWith('Product 3')",
-                                       timeout=20_000)
+                page.wait_for_function(
+                    f"() => document.querySelector({captions!r})"
+                    "?.innerText.startsWith('Product 3')",
+                    timeout=20_000,
+                )
                 assert page.evaluate(HEADING) in (ui.VERDICT_TITLES[True], ui.VERDICT_TITLES[False])
             except Exception:
                 ARTIFACTS.mkdir(exist_ok=True)
@@ -104,28 +145,36 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
     assert not outside, f"the page fetched assets from outside the server: {outside[:5]}"
 
 
-def test_eval_report_opens_offline_and_every_picture_loads(shop_with_queries):
-    """The --report page from disk with the network off: no request leaves file://, every <img> decodes."""
+def test_eval_report_opens_offline_and_every_picture_loads(shop_with_queries):  # noqa: F811
+    """The --report page from disk with the network off: no request leaves file://, every <img>
+    decodes."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from conftest import FakeEmbedder
 
-    from vsearch.evaluate import evaluate
-    from vsearch.report import write_eval_report
+    from vsearch.evaluate.quality import evaluate
+    from vsearch.evaluate.report import write_eval_report
     from vsearch.search import ProductIndex
 
     tmp = shop_with_queries
     index = ProductIndex.load(tmp / "idx", FakeEmbedder())
-    path = write_eval_report(tmp / "report", evaluate(index, tmp / "q.csv", k=5), index, title="browser check")
+    path = write_eval_report(
+        tmp / "report", evaluate(index, tmp / "q.csv", k=5), index, title="browser check"
+    )
     outside = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
         page = context.new_page()
-        page.on("request", lambda r: not r.url.startswith(("file:", "data:")) and outside.append(r.url))
+        page.on(
+            "request", lambda r: not r.url.startswith(("file:", "data:")) and outside.append(r.url)
+        )
         page.goto(path.as_uri(), wait_until="load", timeout=30_000)
-        images = page.evaluate("() => [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        images = page.evaluate(
+            "() => [...document.images].map(i => [i.getAttribute('src'), i.complete, "
+            "i.naturalWidth])"
+        )
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "eval-report.png"), full_page=True)
         assert page.locator("h2", has_text="Worst queries").count() == 1
@@ -145,37 +194,55 @@ def test_a_photo_in_answers_at_once_with_captions_below_the_pictures(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from test_ui import shopper_photo, start_server
 
-    from vsearch import ui
+    from vsearch.serve import ui as ui
 
     server = start_server(tmp_path / "srv")
     photo = shopper_photo(tmp_path, 5, name="shopper.jpg")
     boxes = """() => [...document.querySelectorAll('#vs-results .thumbnail-item')].map(t => {
-        const i = t.querySelector('img').getBoundingClientRect(), c = t.querySelector('.caption-label').getBoundingClientRect();
-        return {img_bottom: i.bottom, img_height: i.height, cap_top: c.top, cap_height: c.height}; })"""
+        const i = t.querySelector('img').getBoundingClientRect();
+        const c = t.querySelector('.caption-label').getBoundingClientRect();
+        return {img_bottom: i.bottom, img_height: i.height,
+                cap_top: c.top, cap_height: c.height}; })"""
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1360, "height": 1000})
             page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
             try:
-                page.locator("#vs-photo input[type=file]").set_input_files(str(photo), timeout=15_000)
-                page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(timeout=30_000)
-                page.wait_for_function("() => [...document.querySelectorAll('#vs-results img')].every(i => i.complete && i.naturalWidth > 0)",
-                                       timeout=10_000)
+                page.locator("#vs-photo input[type=file]").set_input_files(
+                    str(photo), timeout=15_000
+                )
+                page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(
+                    timeout=30_000
+                )
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('#vs-results img')].every(i => i.complete "
+                    "&& i.naturalWidth > 0)",
+                    timeout=10_000,
+                )
                 found = page.evaluate(boxes)
                 assert len(found) >= 4
                 for b in found:
                     assert b["img_height"] > 20 and b["cap_height"] > 5, b
                     assert b["cap_top"] >= b["img_bottom"] - 1, f"caption over the picture: {b}"
                 first = page.locator("#vs-results .caption-label").first.inner_text()
-                assert first.startswith("Product 5") and any(w in first for w in ui.SIMILARITY_WORDS[:3]), first
+                assert first.startswith("Product 5") and any(
+                    w in first for w in ui.SIMILARITY_WORDS[:3]
+                ), first
                 assert "match 0." not in first
                 # words alone, then Enter
-                page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)  # a fresh page: no photo
+                # a fresh page: no photo
+                page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
                 page.locator("#vs-words :is(input, textarea)").fill("Product 7")
                 page.locator("#vs-words :is(input, textarea)").press("Enter")
-                page.wait_for_function(f"() => (({HEADING})()) === {ui.WORDS_TITLE!r}", timeout=20_000)
-                assert page.locator("#vs-results .caption-label").first.inner_text().startswith("Product 7")
+                page.wait_for_function(
+                    f"() => (({HEADING})()) === {ui.WORDS_TITLE!r}", timeout=20_000
+                )
+                assert (
+                    page.locator("#vs-results .caption-label")
+                    .first.inner_text()
+                    .startswith("Product 7")
+                )
             except Exception:
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "browser-words-failure.png"), full_page=True)

@@ -13,7 +13,10 @@ from test_browser import ARGS, ARTIFACTS, CHROMIUM
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-GALLERY_IMAGES = "() => [...document.querySelectorAll('#vs-results img')].map(i => [i.src, i.complete, i.naturalWidth])"
+GALLERY_IMAGES = (
+    "() => [...document.querySelectorAll('#vs-results img')].map(i => [i.src, "
+    "i.complete, i.naturalWidth])"
+)
 
 
 def _browser():
@@ -24,6 +27,7 @@ def _browser():
 
 def _loopback_only(page, outside: list[str]) -> None:
     """Abort every request that would leave the machine (the network is 'off')."""
+
     def route(r):
         host = urlparse(r.request.url).hostname
         if host in ("127.0.0.1", "localhost") or r.request.url.startswith(("data:", "blob:")):
@@ -46,19 +50,28 @@ def test_page_images_still_load_after_gradios_cache_sweep(tmp_path, monkeypatch)
     from test_ui import shopper_photo, start_server
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
-    server = start_server(tmp_path / "srv", files_max_age=10)  # swept every 10 s: anything older than 10 s goes
+    # swept every 10 s: anything older than 10 s goes
+    server = start_server(tmp_path / "srv", files_max_age=10)
     # (short, but long enough for a loaded 2-core test machine to preview the upload before it goes)
     photo = shopper_photo(tmp_path, 5, name="shopper.jpg")
     outside: list[str] = []
 
     def search_and_wait(page) -> list:
         page.locator("#vs-photo input[type=file]").set_input_files(photo, timeout=15_000)
-        page.wait_for_function("() => [...document.querySelectorAll('#vs-photo img')].some(i => i.naturalWidth === 400)",
-                               timeout=15_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#vs-photo img')].some(i => i.naturalWidth === "
+            "400)",
+            timeout=15_000,
+        )
         page.locator("#vs-search").click()
-        page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(timeout=20_000)
-        page.wait_for_function("() => { const im = [...document.querySelectorAll('#vs-results img')];"
-                               " return im.length > 0 && im.every(i => i.complete); }", timeout=20_000)
+        page.locator("#vs-results").get_by_text("Product 5", exact=False).first.wait_for(
+            timeout=20_000
+        )
+        page.wait_for_function(
+            "() => { const im = [...document.querySelectorAll('#vs-results img')];"
+            " return im.length > 0 && im.every(i => i.complete); }",
+            timeout=20_000,
+        )
         return page.evaluate(GALLERY_IMAGES)
 
     try:
@@ -117,5 +130,7 @@ def test_the_api_docs_page_renders_its_operations_with_the_network_off(tmp_path)
             browser.close()
     finally:
         server.app.close()
-    assert {"/search", "/health", "/products/{product_id}"} <= {o.replace("\u200b", "").strip() for o in operations}, operations
+    assert {"/search", "/health", "/products/{product_id}"} <= {
+        o.replace("\u200b", "").strip() for o in operations
+    }, operations
     assert not outside, f"the docs page asked for something outside the server: {outside[:5]}"

@@ -1,4 +1,5 @@
-"""One build at a time per index folder, on POSIX (fcntl) and where fcntl does not exist (Windows)."""
+"""One build at a time per index folder, on POSIX (fcntl) and where fcntl does not exist
+(Windows)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import sys
 import types
 
 import pytest
-
 from conftest import FakeEmbedder
+
 from vsearch.build import build_index
-from vsearch.build_lock import exclusive_build
 from vsearch.errors import VsearchError
 from vsearch.search import ProductIndex
+from vsearch.store.lock import exclusive_build
 
 
 def fake_msvcrt() -> types.ModuleType:
@@ -65,8 +66,12 @@ def test_build_works_without_fcntl(windows, catalog_csv, tmp_path):
     first = build_index(catalog_csv, index_dir, embedder=FakeEmbedder())
     again = build_index(catalog_csv, index_dir, embedder=FakeEmbedder())  # the lock was released
     assert (first.products, again.reused) == (12, 18)
-    assert ProductIndex.load(index_dir, FakeEmbedder()).search(
-        image=catalog_csv.parent / "images" / "p003-0.jpg", k=1)[0].product_id == "P003"
+    assert (
+        ProductIndex.load(index_dir, FakeEmbedder())
+        .search(image=catalog_csv.parent / "images" / "p003-0.jpg", k=1)[0]
+        .product_id
+        == "P003"
+    )
     # each build locked the first byte and unlocked it again
     assert [(mode, pos, n) for mode, pos, n in windows.calls] == [(2, 0, 1), (0, 0, 1)] * 2
 
@@ -86,7 +91,8 @@ def test_build_works_with_neither_fcntl_nor_msvcrt(monkeypatch, catalog_csv, tmp
 
 
 def test_vsearch_build_command_runs_where_fcntl_cannot_be_imported(catalog_csv, tmp_path):
-    """A fresh interpreter without fcntl: nothing on the build path may import it at module level."""
+    """A fresh interpreter without fcntl: nothing on the build path may import it at module
+    level."""
     import subprocess
 
     code = (

@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import FakeEmbedder, draw_product, write_catalog
-from vsearch import store
+
 from vsearch.build import build_index
 from vsearch.errors import CatalogError, IndexFormatError, ModelMismatchError, VsearchError
 from vsearch.search import ProductIndex
+from vsearch.store import generations as store
 
 
 def _build(csv_path, index_dir, embedder=None, **kw):
@@ -22,7 +22,12 @@ def _build(csv_path, index_dir, embedder=None, **kw):
 
 def test_catalog_image_finds_its_own_product_first(catalog_csv, tmp_path):
     report = _build(catalog_csv, tmp_path / "idx")
-    assert report.products == 12 and report.images == 18 and report.embedded == 18 and report.reused == 0
+    assert (
+        report.products == 12
+        and report.images == 18
+        and report.embedded == 18
+        and report.reused == 0
+    )
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
     for i in (0, 3, 7):
         hits = index.search(image=catalog_csv.parent / "images" / f"p{i:03d}-0.jpg", k=5)
@@ -112,16 +117,24 @@ def test_bad_rows_are_skipped_and_reported(tmp_path):
     (shop / "images").mkdir(parents=True)
     (shop / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (shop / "images" / "empty.png").write_bytes(b"")
-    csv_path = write_catalog(shop, n_products=4, extra_rows=[
-        {"product_id": "BAD1", "image": "images/missing.jpg"},
-        {"product_id": "BAD2", "image": "images/corrupt.jpg"},
-        {"product_id": "BAD3", "image": "images/empty.png"},
-    ])
+    csv_path = write_catalog(
+        shop,
+        n_products=4,
+        extra_rows=[
+            {"product_id": "BAD1", "image": "images/missing.jpg"},
+            {"product_id": "BAD2", "image": "images/corrupt.jpg"},
+            {"product_id": "BAD3", "image": "images/empty.png"},
+        ],
+    )
     report = _build(csv_path, tmp_path / "idx")
     assert report.products == 4
     skipped = {p.row: p for p in report.skipped if p.row}
     assert set(skipped) == {8, 9, 10}  # header is row 1; 6 good rows come first
-    assert "missing.jpg" in skipped[8].reason and "corrupt.jpg" in skipped[9].reason and "empty.png" in skipped[10].reason
+    assert (
+        "missing.jpg" in skipped[8].reason
+        and "corrupt.jpg" in skipped[9].reason
+        and "empty.png" in skipped[10].reason
+    )
     with pytest.raises(CatalogError, match="strict"):
         _build(csv_path, tmp_path / "idx2", strict=True)
     assert not (tmp_path / "idx2" / store.CURRENT_FILE).exists()
@@ -195,6 +208,8 @@ def test_model_batches_are_full_and_identical_images_are_embedded_once(tmp_path)
     emb = FakeEmbedder()
     _build(two_views, tmp_path / "idx2", embedder=emb, batch_size=16)
     # catalog images first (60 rows, 45 distinct pictures), then the simulated photos of the verdict
-    simulated = ProductIndex.load(tmp_path / "idx2", FakeEmbedder()).manifest["verdict_simulation"]["photos"]
+    simulated = ProductIndex.load(tmp_path / "idx2", FakeEmbedder()).manifest["verdict_simulation"][
+        "photos"
+    ]
     assert emb.batches[:3] == [16, 16, 13] and simulated > 0 and sum(emb.batches[3:]) == simulated
     assert (report.images, report.embedded, report.products) == (40, 30, 40)

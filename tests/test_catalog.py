@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vsearch.catalog import (
+from vsearch.catalog.rows import (
     KNOWN_COLUMNS,
     REQUIRED_COLUMNS,
     Catalog,
@@ -67,19 +67,40 @@ def test_good_csv_gives_rows_with_spreadsheet_row_numbers_and_resolved_paths(tmp
     assert cat.root == tmp_path.resolve()
     assert cat.rows == [
         CatalogRow(
-            row=2, image=str(tmp_path.resolve() / "images" / "a.jpg"), product=Product(
-                product_id="P1", title="Red Mug", category="mug", price=12.5, url="https://shop.example/p1",
-                brand="Acme", extra=(("color", "red"), ("size", "L"))),
+            row=2,
+            image=str(tmp_path.resolve() / "images" / "a.jpg"),
+            product=Product(
+                product_id="P1",
+                title="Red Mug",
+                category="mug",
+                price=12.5,
+                url="https://shop.example/p1",
+                brand="Acme",
+                extra=(("color", "red"), ("size", "L")),
+            ),
         ),
         CatalogRow(
-            row=3, image=str(tmp_path.resolve() / "b.png"), product=Product(
-                product_id="P2", title="Blue Shirt", category="shirt", price=None, brand="Zenith",
-                extra=(("color", "blue"), ("size", ""))),
+            row=3,
+            image=str(tmp_path.resolve() / "b.png"),
+            product=Product(
+                product_id="P2",
+                title="Blue Shirt",
+                category="shirt",
+                price=None,
+                brand="Zenith",
+                extra=(("color", "blue"), ("size", "")),
+            ),
         ),
     ]
     assert list(cat.products) == ["P1", "P2"]
     assert cat.products["P1"] == ProductInfo(
-        "P1", "Red Mug", "mug", 12.5, "https://shop.example/p1", "Acme", (("color", "red"), ("size", "L"))
+        "P1",
+        "Red Mug",
+        "mug",
+        12.5,
+        "https://shop.example/p1",
+        "Acme",
+        (("color", "red"), ("size", "L")),
     )
 
 
@@ -105,7 +126,9 @@ def test_utf8_bom_is_ignored(tmp_path):
 
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_semicolon_and_tab_separated_files_are_sniffed(tmp_path, sep):
-    text = sep.join(["product_id", "image", "price"]) + "\n" + sep.join(["P1", "a.jpg", "3,50"]) + "\n"
+    text = (
+        sep.join(["product_id", "image", "price"]) + "\n" + sep.join(["P1", "a.jpg", "3,50"]) + "\n"
+    )
     cat = read_catalog(write(tmp_path, text))
     assert cat.problems == []
     assert (cat.rows[0].product_id, cat.rows[0].price) == ("P1", 3.5)
@@ -154,7 +177,9 @@ def test_empty_file_is_a_catalog_error(tmp_path, content):
         read_catalog(write(tmp_path, content))
 
 
-@pytest.mark.parametrize("content", ["product_id,image\n", "product_id,image", "product_id,image\n\n,\n"])
+@pytest.mark.parametrize(
+    "content", ["product_id,image\n", "product_id,image", "product_id,image\n\n,\n"]
+)
 def test_header_only_file_is_a_catalog_error(tmp_path, content):
     with pytest.raises(CatalogError, match="header but no data rows"):
         read_catalog(write(tmp_path, content))
@@ -202,7 +227,11 @@ def test_empty_product_id_and_image_skip_only_their_rows(tmp_path):
 
 
 def test_one_invalid_utf8_byte_costs_only_its_row(tmp_path):
-    data = (HEADER + "P1,a.jpg,ok,,,,\n").encode() + b"P2,b.jpg,caf\xe9,,,,\n" + "P3,c.jpg,Caf\u00e9,,,,\n".encode()
+    data = (
+        (HEADER + "P1,a.jpg,ok,,,,\n").encode()
+        + b"P2,b.jpg,caf\xe9,,,,\n"
+        + "P3,c.jpg,Caf\u00e9,,,,\n".encode()
+    )
     cat = read_catalog(write(tmp_path, data))
     assert [r.product_id for r in cat.rows] == ["P1", "P3"]
     assert cat.rows[1].title == "Café"
@@ -222,8 +251,18 @@ def test_wrong_number_of_cells_is_a_row_problem(tmp_path, line, cells):
 @pytest.mark.parametrize(
     "text, value",
     [
-        ("12.50", 12.5), (" 12,50 ", 12.5), ("$12.50", 12.5), ("12.50 EUR", 12.5), ("EUR 12.50", 12.5),
-        ("€ 9", 9.0), ("9£", 9.0), ("0", 0.0), ("7.", 7.0), (".5", 0.5), ("+3", 3.0), ("", None),
+        ("12.50", 12.5),
+        (" 12,50 ", 12.5),
+        ("$12.50", 12.5),
+        ("12.50 EUR", 12.5),
+        ("EUR 12.50", 12.5),
+        ("€ 9", 9.0),
+        ("9£", 9.0),
+        ("0", 0.0),
+        ("7.", 7.0),
+        (".5", 0.5),
+        ("+3", 3.0),
+        ("", None),
     ],
 )
 def test_accepted_prices(tmp_path, text, value):
@@ -236,10 +275,17 @@ def test_accepted_prices(tmp_path, text, value):
 @pytest.mark.parametrize(
     "text, why",
     [
-        ("abc", "is not a number"), ("NaN", "is not a number"), ("inf", "is not a number"),
-        ("-infinity", "is not a number"), ("1e5", "is not a number"), ("1,234.50", "is not a number"),
-        ("1.2.3", "is not a number"), ("12 50", "is not a number"), ("-5", "is negative"),
-        ("$-5", "is negative"), ("9" * 400, "not a finite number"),
+        ("abc", "is not a number"),
+        ("NaN", "is not a number"),
+        ("inf", "is not a number"),
+        ("-infinity", "is not a number"),
+        ("1e5", "is not a number"),
+        ("1,234.50", "is not a number"),
+        ("1.2.3", "is not a number"),
+        ("12 50", "is not a number"),
+        ("-5", "is negative"),
+        ("$-5", "is negative"),
+        ("9" * 400, "not a finite number"),
     ],
 )
 def test_rejected_prices_name_the_value(tmp_path, text, why):
@@ -288,14 +334,19 @@ def test_exact_duplicate_rows_warn_and_keep_the_first(tmp_path):
     assert fatal(cat) == {}
 
 
-# --------------------------------------------------------------------------- several images, conflicts
+# --------------------------------------------------------------------------- several images,
+# conflicts
 
 
 def test_several_images_per_product_from_repeated_rows_and_pipes(tmp_path):
     text = HEADER + "P1,a.jpg|b.jpg | c.jpg,Mug,,,,\nP1,d.jpg,,,,,\nP2,e.jpg|,,,,,\n"
     cat = read_catalog(write(tmp_path, text))
     assert [(r.row, r.product_id, Path(r.image).name) for r in cat.rows] == [
-        (2, "P1", "a.jpg"), (2, "P1", "b.jpg"), (2, "P1", "c.jpg"), (3, "P1", "d.jpg"), (4, "P2", "e.jpg"),
+        (2, "P1", "a.jpg"),
+        (2, "P1", "b.jpg"),
+        (2, "P1", "c.jpg"),
+        (3, "P1", "d.jpg"),
+        (4, "P2", "e.jpg"),
     ]
     assert cat.problems == []
     assert list(cat.products) == ["P1", "P2"]
@@ -342,7 +393,9 @@ def test_conflict_in_an_extra_column_is_reported(tmp_path):
 
 
 def test_skipped_rows_do_not_contribute_metadata(tmp_path):
-    cat = read_catalog(write(tmp_path, "product_id,image,title,price\nP1,a.jpg,Bad,abc\nP1,b.jpg,Good,1\n"))
+    cat = read_catalog(
+        write(tmp_path, "product_id,image,title,price\nP1,a.jpg,Bad,abc\nP1,b.jpg,Good,1\n")
+    )
     assert cat.products["P1"].title == "Good"
     assert warnings(cat) == []
 
@@ -367,11 +420,15 @@ def test_unnamed_trailing_columns_are_ignored_when_empty(tmp_path):
 def test_http_urls_are_kept_as_written(tmp_path):
     text = "product_id,image\nP1,https://cdn.example/a.jpg?x=1\nP2,HTTP://cdn.example/b.jpg\n"
     cat = read_catalog(write(tmp_path, text))
-    assert [r.image for r in cat.rows] == ["https://cdn.example/a.jpg?x=1", "HTTP://cdn.example/b.jpg"]
+    assert [r.image for r in cat.rows] == [
+        "https://cdn.example/a.jpg?x=1",
+        "HTTP://cdn.example/b.jpg",
+    ]
 
 
 @pytest.mark.parametrize(
-    "ref", ["file:///etc/passwd", "ftp://host/a.jpg", "javascript:alert(1)", "data:image/png;base64,AAAA"]
+    "ref",
+    ["file:///etc/passwd", "ftp://host/a.jpg", "javascript:alert(1)", "data:image/png;base64,AAAA"],
 )
 def test_other_url_schemes_are_row_problems(tmp_path, ref):
     cat = read_catalog(write(tmp_path, f'product_id,image\nP1,"{ref}"\nP2,b.jpg\n'))
@@ -403,7 +460,8 @@ def test_paths_leaving_the_catalog_folder_are_refused(tmp_path):
     assert [(r.product_id, r.image) for r in cat.rows] == [("P4", str(shop.resolve() / "ok.jpg"))]
     problems = fatal(cat)
     assert problems[2] == (
-        "image path '../../etc/passwd' leaves the catalog folder (use --allow-outside-paths to permit)"
+        "image path '../../etc/passwd' leaves the catalog folder (use --allow-outside-paths to "
+        "permit)"
     )
     assert "is absolute" in problems[3] and "--allow-outside-paths" in problems[3]
     assert "leaves the catalog folder" in problems[4]
@@ -415,7 +473,8 @@ def test_allow_outside_paths_accepts_them_resolved(tmp_path):
     cat = read_catalog(write(shop, text), allow_outside_paths=True)
     assert cat.problems == []
     assert [r.image for r in cat.rows] == [
-        str(tmp_path.resolve() / "pics" / "a.jpg"), str(tmp_path.resolve() / "pics" / "b.jpg")
+        str(tmp_path.resolve() / "pics" / "a.jpg"),
+        str(tmp_path.resolve() / "pics" / "b.jpg"),
     ]
 
 
@@ -434,9 +493,12 @@ def test_symlinks_that_leave_the_catalog_folder_are_refused(tmp_path):
         "P4,images/inner.jpg\n"
     )
     cat = read_catalog(write(shop, text))
-    # P3 is inside shop/ if '..' were applied lexically; resolving the symlink first puts it outside.
+    # P3 is inside shop/ if '..' were applied lexically; resolving the symlink first puts it
+    # outside.
     assert sorted(fatal(cat)) == [2, 3, 4]
-    assert [(r.product_id, r.image) for r in cat.rows] == [("P4", str(shop.resolve() / "images" / "real.jpg"))]
+    assert [(r.product_id, r.image) for r in cat.rows] == [
+        ("P4", str(shop.resolve() / "images" / "real.jpg"))
+    ]
     allowed = read_catalog(shop / "catalog.csv", allow_outside_paths=True)
     assert [r.image for r in allowed.rows][:2] == [str(outside.resolve() / "secret.jpg")] * 2
 
@@ -460,14 +522,25 @@ def test_relative_paths_resolve_against_the_csv_folder_not_the_cwd(tmp_path, mon
 
 def test_folder_of_images_is_a_catalog(tmp_path):
     root = tmp_path / "photos"
-    for rel in ["red_mug.jpg", "b-shirt.PNG", "lamps/desk-lamp_2.webp", "lamps/a.heic",
-                ".hidden.jpg", ".cache/x.jpg", "notes.txt", "lamps/readme.md"]:
+    for rel in [
+        "red_mug.jpg",
+        "b-shirt.PNG",
+        "lamps/desk-lamp_2.webp",
+        "lamps/a.heic",
+        ".hidden.jpg",
+        ".cache/x.jpg",
+        "notes.txt",
+        "lamps/readme.md",
+    ]:
         write(root, b"not decoded here", name=rel)
     cat = read_catalog(root)
     assert cat.problems == []
     assert cat.root == root.resolve()
     assert [(r.product_id, r.title) for r in cat.rows] == [
-        ("b-shirt", "b shirt"), ("red_mug", "red mug"), ("lamps/a", "a"), ("lamps/desk-lamp_2", "desk lamp 2"),
+        ("b-shirt", "b shirt"),
+        ("red_mug", "red mug"),
+        ("lamps/a", "a"),
+        ("lamps/desk-lamp_2", "desk lamp 2"),
     ]
     assert [r.row for r in cat.rows] == [1, 2, 3, 4]
     assert cat.rows[0].image == str(root.resolve() / "b-shirt.PNG")
@@ -489,7 +562,11 @@ def test_iter_catalog_rows_streams_the_same_items_in_file_order(tmp_path):
     path = write(tmp_path, text)
     items = list(iter_catalog_rows(path))
     assert [(type(i).__name__, i.row) for i in items] == [
-        ("CatalogRow", 2), ("RowProblem", 3), ("RowProblem", 4), ("CatalogRow", 4), ("RowProblem", 5),
+        ("CatalogRow", 2),
+        ("RowProblem", 3),
+        ("RowProblem", 4),
+        ("CatalogRow", 4),
+        ("RowProblem", 5),
     ]
     cat = read_catalog(path)
     assert [i for i in items if isinstance(i, CatalogRow)] == cat.rows
@@ -510,7 +587,16 @@ def test_100k_row_csv_is_read_in_bounded_time(tmp_path):
     w = csv.writer(buf)
     w.writerow(["product_id", "image", "title", "category", "price", "color"])
     for i in range(100_000):
-        w.writerow([f"P{i // 2}", f"images/d{i % 97}/img{i}.jpg", f"Product {i // 2}", "mug", "12.50", "red"])
+        w.writerow(
+            [
+                f"P{i // 2}",
+                f"images/d{i % 97}/img{i}.jpg",
+                f"Product {i // 2}",
+                "mug",
+                "12.50",
+                "red",
+            ]
+        )
     path = write(tmp_path, buf.getvalue())
     start = time.perf_counter()
     cat = read_catalog(path)
@@ -524,7 +610,20 @@ def test_100k_row_csv_is_read_in_bounded_time(tmp_path):
 
 _CELL = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=12
-) | st.sampled_from(["", "a.jpg", "x|y.png", "../up.jpg", "/abs.jpg", "https://h/a.jpg", "ftp://h", "12,5", "-1", "nan"])
+) | st.sampled_from(
+    [
+        "",
+        "a.jpg",
+        "x|y.png",
+        "../up.jpg",
+        "/abs.jpg",
+        "https://h/a.jpg",
+        "ftp://h",
+        "12,5",
+        "-1",
+        "nan",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

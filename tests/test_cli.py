@@ -1,14 +1,15 @@
-"""The `vsearch` CLI, run in-process with the tiny open_clip model (real model code, random weights)."""
+"""The `vsearch` CLI, run in-process with the tiny open_clip model (real model code, random
+weights)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from conftest import draw_product, write_catalog
-from vsearch.store import FORMAT_VERSION
+
 from vsearch.cli import VERDICT_LINES, main
+from vsearch.store.generations import FORMAT_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -16,17 +17,50 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     csv_path = write_catalog(root / "shop", n_products=9)
     index_dir = root / "idx"
-    assert main(["build", str(csv_path), "--index", str(index_dir), "--model", "test-tiny", "--quiet"]) == 0
+    assert (
+        main(["build", str(csv_path), "--index", str(index_dir), "--model", "test-tiny", "--quiet"])
+        == 0
+    )
     return csv_path, index_dir
 
 
 def test_build_prints_a_summary(tmp_path, capsys):
-    csv_path = write_catalog(tmp_path / "shop", n_products=4, extra_rows=[{"product_id": "X", "image": "images/nope.jpg"}])
-    assert main(["build", str(csv_path), "--index", str(tmp_path / "idx"), "--model", "test-tiny", "--quiet"]) == 0
+    csv_path = write_catalog(
+        tmp_path / "shop",
+        n_products=4,
+        extra_rows=[{"product_id": "X", "image": "images/nope.jpg"}],
+    )
+    assert (
+        main(
+            [
+                "build",
+                str(csv_path),
+                "--index",
+                str(tmp_path / "idx"),
+                "--model",
+                "test-tiny",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert "4 products, 6 images (6 embedded, 0 reused from cache), 1 rows skipped" in out
     assert "skipped row 8:" in err and "nope.jpg" in err
-    assert main(["build", str(csv_path), "--index", str(tmp_path / "idx"), "--model", "test-tiny", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                str(csv_path),
+                "--index",
+                str(tmp_path / "idx"),
+                "--model",
+                "test-tiny",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "(0 embedded, 6 reused from cache)" in capsys.readouterr().out
 
 
@@ -45,21 +79,49 @@ def test_search_prints_ranked_products(built, capsys):
 
 def test_search_says_each_verdict_in_its_own_words():
     assert VERDICT_LINES[True] == "close match:"
-    assert VERDICT_LINES[False].startswith("not sure") and VERDICT_LINES[None].startswith("best guesses")
+    assert VERDICT_LINES[False].startswith("not sure") and VERDICT_LINES[None].startswith(
+        "best guesses"
+    )
 
 
 def test_search_json_and_filters(built, capsys):
     csv_path, index_dir = built
     photo = csv_path.parent / "images" / "p004-0.jpg"
-    assert main(["search", str(photo), "--index", str(index_dir), "--json", "--category", "shirt", "--max-price", "20"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(photo),
+                "--index",
+                str(index_dir),
+                "--json",
+                "--category",
+                "shirt",
+                "--max-price",
+                "20",
+            ]
+        )
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)
     assert hits and all(h["category"] == "shirt" and h["price"] <= 20 for h in hits)
-    assert {"rank", "product_id", "score", "title", "price", "image", "metadata", "confident"} <= set(hits[0])
+    assert {
+        "rank",
+        "product_id",
+        "score",
+        "title",
+        "price",
+        "image",
+        "metadata",
+        "confident",
+    } <= set(hits[0])
 
 
 def test_text_search_with_a_clip_model(built, capsys):
     _, index_dir = built
-    assert main(["search", "--text", "a red mug", "--index", str(index_dir), "-k", "2", "--json"]) == 0
+    assert (
+        main(["search", "--text", "a red mug", "--index", str(index_dir), "-k", "2", "--json"]) == 0
+    )
     assert len(json.loads(capsys.readouterr().out)) == 2
 
 
@@ -67,7 +129,12 @@ def test_info(built, capsys):
     _, index_dir = built
     assert main(["info", "--index", str(index_dir)]) == 0
     out = capsys.readouterr().out
-    assert "products:     9" in out and "images:       14" in out and "test-tiny" in out and f"v{FORMAT_VERSION}" in out
+    assert (
+        "products:     9" in out
+        and "images:       14" in out
+        and "test-tiny" in out
+        and f"v{FORMAT_VERSION}" in out
+    )
     # 9 products, 5 of them with two photos: too few to learn from, and info says so
     assert "adaptation:   none: catalog adaptation needs at least 20 products" in out
     assert "close match:  " in out
@@ -96,7 +163,10 @@ def test_missing_photo_and_missing_index(built, tmp_path, capsys):
 def test_wrong_model_for_index_is_refused(built, tmp_path, capsys):
     csv_path, index_dir = built
     photo = csv_path.parent / "images" / "p004-0.jpg"
-    assert main(["search", str(photo), "--index", str(index_dir), "--model", "efficientnet-lite0"]) == 1
+    assert (
+        main(["search", str(photo), "--index", str(index_dir), "--model", "efficientnet-lite0"])
+        == 1
+    )
     err = capsys.readouterr().err
     assert "built with model" in err and "test-tiny" in err
 
@@ -127,7 +197,8 @@ def test_help_lists_commands_and_defaults(capsys):
 
 
 def test_readme_cli_reference_matches_help():
-    """Every subcommand in --help is in the README's CLI table, and every option the table names exists."""
+    """Every subcommand in --help is in the README's CLI table, and every option the table names
+    exists."""
     import re
     from pathlib import Path
 
@@ -142,4 +213,6 @@ def test_readme_cli_reference_matches_help():
         row = next(line for line in table.splitlines() if line.startswith(f"| `vsearch {name}"))
         options = {o for a in cmd._actions for o in a.option_strings}
         for opt in re.findall(r"(--[a-z-]+|-k)\b", row):
-            assert opt in options, f"README names {opt} for 'vsearch {name}', which --help does not have"
+            assert opt in options, (
+                f"README names {opt} for 'vsearch {name}', which --help does not have"
+            )

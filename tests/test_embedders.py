@@ -1,4 +1,5 @@
-"""Embedders: images (and texts) become unit-length float32 vectors, from the weights the user named.
+"""Embedders: images (and texts) become unit-length float32 vectors, from the weights the user
+named.
 
 The bundled EfficientNet-Lite0 is checked against a real photo (matplotlib's Grace Hopper
 sample): a model whose weights silently failed to load would still produce vectors of
@@ -50,7 +51,9 @@ def drawn(seed: int, size=(120, 90), mode="RGB") -> Image.Image:
 
 @pytest.fixture(scope="module")
 def grace() -> Image.Image:
-    cbook = pytest.importorskip("matplotlib.cbook", reason="matplotlib (test dependency) ships the sample photo")
+    cbook = pytest.importorskip(
+        "matplotlib.cbook", reason="matplotlib (test dependency) ships the sample photo"
+    )
     try:
         path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     except Exception as e:  # pragma: no cover - stripped matplotlib installs
@@ -128,7 +131,8 @@ def test_preprocess_in_worker_threads_while_embedding(effnet):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-# -- determinism and fingerprints -------------------------------------------------------------------
+# -- determinism and fingerprints
+# -------------------------------------------------------------------
 
 
 def test_tiny_is_deterministic_and_leaves_global_rng_alone(tiny):
@@ -181,7 +185,8 @@ def test_text_and_image_vectors_share_a_space(tiny):
     assert v.shape == (2, 32)  # same dim, so text queries can search an image index
 
 
-# -- the offline model's weights are real -----------------------------------------------------------
+# -- the offline model's weights are real
+# -----------------------------------------------------------
 
 
 def test_effnet_weights_classify_grace_hopper_as_military_uniform(effnet, grace):
@@ -218,16 +223,19 @@ def test_effnet_finds_the_same_photo_across_crops_and_sizes(effnet, grace):
 
 
 def test_effnet_multilayer_read_out_adds_the_last_stage_and_still_retrieves(effnet, grace):
-    """":ml" appends the 320-d last-stage mean at weight 0.5; the head part is the plain vector."""
+    """ ":ml" appends the 320-d last-stage mean at weight 0.5; the head part is the plain vector."""
     from vsearch.embedders.efficientnet import ML_WEIGHT, parse_efficientnet_spec
 
-    assert parse_efficientnet_spec("efficientnet-lite0:ml") == parse_efficientnet_spec("efficientnet-lite0:avg+ml")
+    assert parse_efficientnet_spec("efficientnet-lite0:ml") == parse_efficientnet_spec(
+        "efficientnet-lite0:avg+ml"
+    )
     assert parse_efficientnet_spec("efficientnet-lite0:gem-ms+ml")["multilayer"] is True
     with pytest.raises(ModelError, match=r"\+ml"):
         parse_efficientnet_spec("efficientnet-lite0:ml+gem")
     ml = load_embedder("efficientnet-lite0:ml", precision="fp32")
     assert (ml.dim, ml.spec) == (1600, "efficientnet-lite0:avg+ml")
-    assert load_embedder(ml.spec, precision="fp32").fingerprint == ml.fingerprint  # index reload round-trips
+    # index reload round-trips
+    assert load_embedder(ml.spec, precision="fp32").fingerprint == ml.fingerprint
     assert ml.fingerprint != effnet.fingerprint and ml.fingerprint.startswith(effnet.fingerprint)
 
     w, h = grace.size
@@ -249,17 +257,25 @@ def test_map_windows_and_the_photo_region_each_one_sees():
     fmap[:, 4:7, 1:4] = 1.0  # an object in the lower left
     vectors, boxes = locate.window_vectors(fmap)
     assert len(boxes) == 25 + 16 + 9 and vectors.shape == (50, 8)
-    np.testing.assert_allclose(vectors[boxes.index((2, 7, 0, 5))], fmap[:, 2:7, 0:5].mean(axis=(1, 2)), rtol=1e-6)
-    assert boxes[int(np.argmax(vectors[:, 0]))] == (4, 7, 1, 4)  # the window exactly on it is the most active
-    assert locate.window_vectors(fmap[:, :2, :2])[1] == [(0, 2, 0, 2)]  # a map smaller than every window: the whole map
+    np.testing.assert_allclose(
+        vectors[boxes.index((2, 7, 0, 5))], fmap[:, 2:7, 0:5].mean(axis=(1, 2)), rtol=1e-6
+    )
+    # the window exactly on it is the most active
+    assert boxes[int(np.argmax(vectors[:, 0]))] == (4, 7, 1, 4)
+    # a map smaller than every window: the whole map
+    assert locate.window_vectors(fmap[:, :2, :2])[1] == [(0, 2, 0, 2)]
     # 800 x 600 photo: the model sees its centre 600 x 600 (x from 100), at 224 px, 32 px a cell
     scale = 224 / 600
     left, top, right, bottom = locate.photo_region((800, 600), (2, 5, 2, 5), 7, 224)
-    assert (right - left) == (bottom - top) == round(3 * 32 * 1.5 / scale)  # square, 1.5 x the window
-    assert abs((left + right) / 2 - 400) <= 1 and abs((top + bottom) / 2 - 300) <= 1  # centre cell -> photo centre
+    # square, 1.5 x the window
+    assert (right - left) == (bottom - top) == round(3 * 32 * 1.5 / scale)
+    # centre cell -> photo centre
+    assert abs((left + right) / 2 - 400) <= 1 and abs((top + bottom) / 2 - 300) <= 1
     left, top, right, bottom = locate.photo_region((800, 600), (0, 3, 0, 3), 7, 224)
-    assert (left, top) == (round(48 / scale + 100 - (right - left) / 2), 0)  # shifted down into the photo, not cut
-    assert locate.photo_region((300, 300), (0, 7, 0, 7), 7, 224) == (0, 0, 300, 300)  # never larger than the photo
+    # shifted down into the photo, not cut
+    assert (left, top) == (round(48 / scale + 100 - (right - left) / 2), 0)
+    # never larger than the photo
+    assert locate.photo_region((300, 300), (0, 7, 0, 7), 7, 224) == (0, 0, 300, 300)
     assert locate.load_side(224) == 349  # the smallest close-up (3 cells + margin) still has 224 px
 
 
@@ -267,7 +283,9 @@ def _on_a_table(photo: Image.Image, corner: tuple[int, int]) -> Image.Image:
     """photo, small, in one corner of a plain table with a pen lying in the opposite one."""
     scene = Image.new("RGB", (448, 448), (196, 180, 160))
     x, y = corner
-    ImageDraw.Draw(scene).line((448 - x - 120, 448 - y - 40, 448 - x - 60, 448 - y - 20), fill=(40, 60, 160), width=6)
+    ImageDraw.Draw(scene).line(
+        (448 - x - 120, 448 - y - 40, 448 - x - 60, 448 - y - 20), fill=(40, 60, 160), width=6
+    )
     scene.paste(photo.resize((176, 208)), corner)
     return scene
 
@@ -288,9 +306,13 @@ def test_effnet_finds_a_small_product_and_its_close_up_is_nearer_the_product(eff
     for scene, fmap, (x, y) in zip(scenes, maps, corners):
         vectors, boxes = locate.window_vectors(fmap)
         r0, r1, c0, c1 = boxes[int(np.argmax(vectors @ target / np.linalg.norm(vectors, axis=1)))]
-        cx, cy = (c0 + c1) / 2 * 448 / 7, (r0 + r1) / 2 * 448 / 7  # the window's centre, in scene pixels
-        assert abs(cx - (x + 88)) < 120 and abs(cy - (y + 104)) < 120  # on the product (176 x 208 at x, y)
-        close_ups.append(scene.crop(locate.photo_region(scene.size, (r0, r1, c0, c1), 7, effnet.input_size)))
+        # the window's centre, in scene pixels
+        cx, cy = (c0 + c1) / 2 * 448 / 7, (r0 + r1) / 2 * 448 / 7
+        # on the product (176 x 208 at x, y)
+        assert abs(cx - (x + 88)) < 120 and abs(cy - (y + 104)) < 120
+        close_ups.append(
+            scene.crop(locate.photo_region(scene.size, (r0, r1, c0, c1), 7, effnet.input_size))
+        )
     zoomed = effnet.embed_images(close_ups)
     assert (zoomed @ target > full @ target + 0.05).all()
     ml = load_embedder("efficientnet-lite0:ml", precision="fp32")
@@ -312,7 +334,8 @@ def test_bundled_weights_with_wrong_shapes_are_refused(tmp_path):
         EfficientNetEmbedder(weights=str(bad), precision="fp32")
 
 
-# -- precision ----------------------------------------------------------------------------------------
+# -- precision
+# ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bf16")
@@ -330,7 +353,11 @@ def test_bf16_vectors_match_fp32(tiny, effnet, grace):
     bf_eff = load_embedder("efficientnet-lite0", precision="bf16")
     assert bf_eff.precision == "bf16" and bf_eff.fingerprint == effnet.fingerprint
     w, h = grace.size
-    photos = [grace, grace.crop((0, 0, w, h // 2)), grace.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    photos = [
+        grace,
+        grace.crop((0, 0, w, h // 2)),
+        grace.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    ]
     cos = np.sum(bf_eff.embed_images(photos) * effnet.embed_images(photos), axis=1)
     assert cos.min() >= 0.999
 
@@ -346,14 +373,17 @@ def test_precision_is_validated(monkeypatch):
     assert load_embedder("test-tiny", precision="auto").precision == "fp32"
 
 
-# -- names and weights ----------------------------------------------------------------------------------
+# -- names and weights
+# ----------------------------------------------------------------------------------
 
 
 def test_unknown_model_name_says_what_is_accepted():
     with pytest.raises(ModelError) as err:
         load_embedder("resnet-9000")
     msg = str(err.value)
-    assert "'resnet-9000'" in msg and "efficientnet-lite0" in msg and "open_clip.list_models()" in msg
+    assert (
+        "'resnet-9000'" in msg and "efficientnet-lite0" in msg and "open_clip.list_models()" in msg
+    )
     with pytest.raises(ModelError, match="Did you mean ViT-B-32"):
         load_embedder("vit-b-32")
 
@@ -392,7 +422,6 @@ def test_unreachable_hub_fails_fast_without_offline_flag(tmp_path, monkeypatch):
 
 def _save_tiny_checkpoint(tiny, folder: Path) -> Path:
     import torch
-
     from vsearch_test_models.tiny import build_tiny_model
 
     path = folder / "tiny_clip.bin"
@@ -402,7 +431,6 @@ def _save_tiny_checkpoint(tiny, folder: Path) -> Path:
 
 def test_local_checkpoint_gives_the_same_vectors(tiny, tmp_path):
     import open_clip
-
     from vsearch_test_models.tiny import TINY_ARCH, TINY_MODEL_CFG
 
     config = tmp_path / f"{TINY_ARCH}.json"
@@ -449,8 +477,11 @@ def test_hf_hub_model_loads_from_the_cache_offline(tiny, tmp_path, monkeypatch):
 
     ckpt = _save_tiny_checkpoint(tiny, tmp_path)
     config = json.dumps({"model_cfg": TINY_MODEL_CFG, "preprocess_cfg": {}}).encode()
-    _fake_hub_cache(tmp_path / "hf", "shop-org/tiny-clip",
-                    {"open_clip_config.json": config, "open_clip_pytorch_model.bin": ckpt.read_bytes()})
+    _fake_hub_cache(
+        tmp_path / "hf",
+        "shop-org/tiny-clip",
+        {"open_clip_config.json": config, "open_clip_pytorch_model.bin": ckpt.read_bytes()},
+    )
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

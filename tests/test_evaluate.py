@@ -1,4 +1,5 @@
-"""Evaluation: metrics on known rankings, labelled evaluation, self-test hold-out, close-match threshold."""
+"""Evaluation: metrics on known rankings, labelled evaluation, self-test hold-out, close-match
+threshold."""
 
 from __future__ import annotations
 
@@ -6,16 +7,23 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import FakeEmbedder, draw_product, write_catalog
+
 from vsearch.build import build_index
-from vsearch.calibration import VerdictCalibration, calibrate_verdict, wilson_lower
 from vsearch.cli import main
 from vsearch.errors import CatalogError
-from vsearch.evaluate import (
-    QueryResult, confidence_report, evaluate, first_correct_rank, mean_reciprocal_rank,
-    read_queries, recall_at, self_test, summarize,
+from vsearch.evaluate.quality import (
+    QueryResult,
+    confidence_report,
+    evaluate,
+    first_correct_rank,
+    mean_reciprocal_rank,
+    read_queries,
+    recall_at,
+    self_test,
+    summarize,
 )
+from vsearch.learn.calibration import VerdictCalibration, calibrate_verdict, wilson_lower
 from vsearch.search import ProductIndex
 
 
@@ -23,8 +31,16 @@ def _result(rank, category="a", expected=("P1",), score=0.5, confident=True):
     ranked = tuple(f"X{i}" for i in range(10))
     if rank is not None:
         ranked = ranked[: rank - 1] + expected[:1] + ranked[rank:]
-    return QueryResult(image=f"q{rank}.jpg", expected=expected, category=category, ranked=ranked,
-                       scores=(score,) * 10, rank=rank, latency_ms=float(rank or 20), confident=confident)
+    return QueryResult(
+        image=f"q{rank}.jpg",
+        expected=expected,
+        category=category,
+        ranked=ranked,
+        scores=(score,) * 10,
+        rank=rank,
+        latency_ms=float(rank or 20),
+        confident=confident,
+    )
 
 
 def test_recall_and_mrr_on_known_ranks():
@@ -53,7 +69,9 @@ def test_summarize_reports_categories_latency_and_worst_first():
 
 
 def test_read_queries_pipes_relative_paths_and_errors(tmp_path):
-    (tmp_path / "q.csv").write_text("image,product_id\nphotos/a.jpg, P1 | P2 \n/abs/b.jpg,P3\n", encoding="utf-8")
+    (tmp_path / "q.csv").write_text(
+        "image,product_id\nphotos/a.jpg, P1 | P2 \n/abs/b.jpg,P3\n", encoding="utf-8"
+    )
     qs = read_queries(tmp_path / "q.csv")
     assert qs[0].expected == ("P1", "P2") and qs[0].image == str(tmp_path / "photos" / "a.jpg")
     assert qs[1].image == "/abs/b.jpg" and qs[1].row == 3
@@ -85,7 +103,8 @@ def test_evaluate_finds_products_from_new_photos_and_flags_wrong_labels(shop):
     assert report.recall[1] == pytest.approx(4 / 5)
     assert [w.image.endswith("mislabelled.jpg") for w in report.worst] == [True]
     assert report.worst[0].top == "P005"
-    assert set(report.per_category_r1) == {"mug", "shirt", "lamp"}  # categories taken from the index
+    # categories taken from the index
+    assert set(report.per_category_r1) == {"mug", "shirt", "lamp"}
 
 
 def test_self_test_never_finds_the_held_out_image_itself(shop):
@@ -135,7 +154,8 @@ def test_verdict_threshold_reaches_the_target_precision_and_keeps_unsold_photos_
 def test_verdict_gives_none_when_scores_cannot_tell_right_from_wrong():
     rng = np.random.default_rng(1)
     scores = rng.normal(0.6, 0.1, 600)
-    correct = rng.random(600) < 0.5  # right and wrong answers score alike: precision ~0.5 everywhere
+    # right and wrong answers score alike: precision ~0.5 everywhere
+    correct = rng.random(600) < 0.5
     v = calibrate_verdict(scores, correct, rng.normal(0.6, 0.1, 300))
     assert v.threshold is None and v.decide(0.99) is None and "no verdict" in v.reason
 
@@ -158,14 +178,23 @@ def test_verdict_judges_by_the_lead_over_the_runner_up_when_scores_alone_cannot_
     correct = np.r_[np.ones(400, bool), np.zeros(400, bool)]
     margins = np.r_[rng.gamma(2.0, 0.04, 400), rng.gamma(1.0, 0.01, 400)]
     unsold, unsold_margins = rng.normal(0.7, 0.05, 400), rng.gamma(1.0, 0.01, 400)
-    assert calibrate_verdict(scores, correct, unsold).threshold is None  # the score alone gives no verdict
+    # the score alone gives no verdict
+    assert calibrate_verdict(scores, correct, unsold).threshold is None
     v = calibrate_verdict(scores, correct, unsold, margins=margins, unsold_margins=unsold_margins)
     assert v.signal == "margin" and v.threshold is not None and "runner-up" in v.reason
     above = margins >= v.threshold
-    assert correct[above].mean() >= 0.9 and v.recall == pytest.approx(correct[above].sum() / 400) and v.recall > 0.3
+    assert (
+        correct[above].mean() >= 0.9
+        and v.recall == pytest.approx(correct[above].sum() / 400)
+        and v.recall > 0.3
+    )
     assert np.mean(unsold_margins >= v.threshold) <= 0.1
-    assert v.decide(0.5, 0.5 - v.threshold - 1e-6) is True and v.decide(0.9, 0.9 - v.threshold + 1e-6) is False
-    assert v.decide(v.threshold, None) is True  # no second product: the runner-up counts as unrelated (0)
+    assert (
+        v.decide(0.5, 0.5 - v.threshold - 1e-6) is True
+        and v.decide(0.9, 0.9 - v.threshold + 1e-6) is False
+    )
+    # no second product: the runner-up counts as unrelated (0)
+    assert v.decide(v.threshold, None) is True
     back = VerdictCalibration.from_dict(v.to_dict())
     assert back.signal == "margin" and back.threshold == pytest.approx(v.threshold, abs=1e-6)
 
@@ -175,12 +204,18 @@ def test_verdict_keeps_the_score_when_it_serves_as_well_as_the_margin():
     scores = np.r_[rng.normal(0.8, 0.05, 300), rng.normal(0.5, 0.05, 100)]
     correct = np.r_[np.ones(300, bool), np.zeros(100, bool)]
     noise = rng.random(400) * 0.1  # the margin says nothing here
-    v = calibrate_verdict(scores, correct, rng.normal(0.5, 0.05, 300), margins=noise, unsold_margins=rng.random(300) * 0.1)
+    v = calibrate_verdict(
+        scores,
+        correct,
+        rng.normal(0.5, 0.05, 300),
+        margins=noise,
+        unsold_margins=rng.random(300) * 0.1,
+    )
     assert v.signal == "score" and v.threshold is not None
 
 
 def test_calibration_queries_report_the_lead_over_the_runner_up_and_the_unsold_side():
-    from vsearch.learn import verdict_from_queries
+    from vsearch.learn.fit import verdict_from_queries
 
     catalog = np.eye(4, dtype=np.float32)  # products A, A, B, C
     pids = ["A", "A", "B", "C"]
@@ -189,9 +224,12 @@ def test_calibration_queries_report_the_lead_over_the_runner_up_and_the_unsold_s
     # image 0 is held out: A still wins through image 1 (0.1)? no - B scores 0.3, so B is first
     assert got.top.tolist() == pytest.approx([0.3]) and got.right.tolist() == [False]
     assert got.margin.tolist() == pytest.approx([0.2])  # B 0.3 over A 0.1
-    assert got.unsold_top.tolist() == pytest.approx([0.3]) and got.unsold_margin.tolist() == pytest.approx([0.3])
+    assert got.unsold_top.tolist() == pytest.approx(
+        [0.3]
+    ) and got.unsold_margin.tolist() == pytest.approx([0.3])
     got = verdict_from_queries(catalog, pids, q, ["A"])
-    assert got.right.tolist() == [True] and got.margin.tolist() == pytest.approx([0.6])  # A 0.9 over B 0.3
+    # A 0.9 over B 0.3
+    assert got.right.tolist() == [True] and got.margin.tolist() == pytest.approx([0.6])
 
 
 def test_wilson_lower_bound_is_below_the_share_and_tightens_with_more_data():
@@ -223,8 +261,15 @@ def test_verdict_is_stored_in_the_manifest_and_drives_hit_confident(tmp_path):
 
 
 def test_confidence_report_precision_recall():
-    inside = [_result(1, confident=True), _result(2, confident=True), _result(None, confident=False)]
-    outside = [_result(None, expected=(), confident=True), _result(None, expected=(), confident=False)]
+    inside = [
+        _result(1, confident=True),
+        _result(2, confident=True),
+        _result(None, confident=False),
+    ]
+    outside = [
+        _result(None, expected=(), confident=True),
+        _result(None, expected=(), confident=False),
+    ]
     rep = confidence_report(inside, outside, 0.5)
     assert rep.precision == pytest.approx(2 / 3) and rep.recall == pytest.approx(2 / 3)
     assert rep.ooc_rejected == pytest.approx(0.5) and rep.confident_correct == pytest.approx(1 / 3)
@@ -232,13 +277,43 @@ def test_confidence_report_precision_recall():
 
 def test_cli_eval_queries_and_self_test(tmp_path, capsys):
     csv_path = write_catalog(tmp_path / "shop", n_products=6, views=2)
-    assert main(["build", str(csv_path), "--index", str(tmp_path / "idx"), "--model", "test-tiny", "--quiet"]) == 0
-    (tmp_path / "q.csv").write_text(f"image,product_id\n{tmp_path / 'shop/images/p000-1.jpg'},P000|P001\n", encoding="utf-8")
+    assert (
+        main(
+            [
+                "build",
+                str(csv_path),
+                "--index",
+                str(tmp_path / "idx"),
+                "--model",
+                "test-tiny",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    (tmp_path / "q.csv").write_text(
+        f"image,product_id\n{tmp_path / 'shop/images/p000-1.jpg'},P000|P001\n", encoding="utf-8"
+    )
     capsys.readouterr()
-    assert main(["eval", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.csv"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--index",
+                str(tmp_path / "idx"),
+                "--queries",
+                str(tmp_path / "q.csv"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["n_queries"] == 1 and set(out["recall"]) == {"1", "5", "10"}
-    assert main(["eval", "--index", str(tmp_path / "idx"), "--self-test", "-k", "3", "--tta", "flip"]) == 0
+    assert (
+        main(["eval", "--index", str(tmp_path / "idx"), "--self-test", "-k", "3", "--tta", "flip"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "self-test" in text and "R@1=" in text and "latency:" in text and "tta=flip" in text
     assert main(["eval", "--index", str(tmp_path / "idx")]) == 1

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from vsearch import fetch
+from vsearch.catalog import fetch as fetch
+from vsearch.catalog.fetch import FetchPolicy, fetch_image
 from vsearch.errors import FetchError, ImageError
-from vsearch.fetch import FetchPolicy, fetch_image
 
 LOCAL = FetchPolicy(allow_private=True, connect_timeout=2.0, read_timeout=5.0)
 
@@ -62,7 +62,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output clean
         pass
 
-    def _send(self, status: int, body: bytes, ctype: str | None = "image/jpeg", length: bool = True, **extra) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str | None = "image/jpeg",
+        length: bool = True,
+        **extra,
+    ) -> None:
         self.send_response(status)
         if ctype is not None:
             self.send_header("Content-Type", ctype)
@@ -110,7 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(JPEG)))
             self.end_headers()
             self.wfile.flush()
-            self._drip(JPEG[:8])  # 4 s of dripping, then hang up: never a hung test if the deadline breaks
+            # 4 s of dripping, then hang up: never a hung test if the deadline breaks
+            self._drip(JPEG[:8])
         elif path == "/slow-headers":
             self.wfile.write(b"HTTP/1.0 200 OK\r\n")
             self._drip(b"X-Paddi")
@@ -136,7 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
         elif path == "/huge-chunked":
             self.wfile.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
+                b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
             )
             try:
                 chunk = JPEG + b"\0" * 16384
@@ -154,7 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(JPEG[:50])
         elif path.startswith("/redirect/"):
             left = int(path.rsplit("/", 1)[1])
-            target = f"/redirect/{left - 1}{tail}" if left > 1 else f"../good.jpg{tail}"  # relative, like real servers
+            # relative, like real servers
+            target = f"/redirect/{left - 1}{tail}" if left > 1 else f"../good.jpg{tail}"
             self._send(302, b"", ctype=None, Location=target)
         elif path == "/to-file":
             self._send(302, b"", ctype=None, Location="file:///etc/passwd")
@@ -191,7 +201,9 @@ def _start(state: _State, context: ssl.SSLContext | None = None):
     server.block_on_close = False
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     return server, thread
 
@@ -224,14 +236,18 @@ def connections(monkeypatch):
     def spy(family, sockaddr, timeout):
         seen.append(sockaddr)
         if not sockaddr[0].startswith("127.") and sockaddr[0] != "::1":
-            raise AssertionError(f"fetch tried to connect to {sockaddr} — must never happen in tests")
+            raise AssertionError(
+                f"fetch tried to connect to {sockaddr} — must never happen in tests"
+            )
         return real(family, sockaddr, timeout)
 
     monkeypatch.setattr(fetch, "_open_socket", spy)
     return seen
 
 
-def _fake_dns(monkeypatch, table: dict[str, list[str]], delay: float = 0.0, calls: list | None = None):
+def _fake_dns(
+    monkeypatch, table: dict[str, list[str]], delay: float = 0.0, calls: list | None = None
+):
     """Answer getaddrinfo for made-up host names from ``table``; other names behave as usual."""
     real = socket.getaddrinfo
 
@@ -336,13 +352,17 @@ def test_accepts_common_image_formats(server, cache, fmt):
 
 
 def test_redirect_chain_within_the_limit_is_followed(server, cache):
-    data, _ = fetch_image(server.url("/redirect/3?t=ok"), cache, policy=LOCAL)  # 3 redirects, limit 3
+    # 3 redirects, limit 3
+    data, _ = fetch_image(server.url("/redirect/3?t=ok"), cache, policy=LOCAL)
     assert data == JPEG
     assert server.state.counts["/good.jpg?t=ok"] == 1
 
 
-def test_host_header_is_the_original_name_and_dns_is_asked_once(server, cache, monkeypatch, connections):
-    """We connect to the address we checked (no second lookup that could rebind) and still send Host."""
+def test_host_header_is_the_original_name_and_dns_is_asked_once(
+    server, cache, monkeypatch, connections
+):
+    """We connect to the address we checked (no second lookup that could rebind) and still send
+    Host."""
     calls: list[str] = []
     _fake_dns(monkeypatch, {"shop.example": ["127.0.0.1"]}, calls=calls)
     data, _ = fetch_image(f"http://shop.example:{server.port}/host.jpg?t=pin", cache, policy=LOCAL)
@@ -384,7 +404,13 @@ def test_default_policy_refuses_non_public_addresses_without_connecting(url, cac
 
 def test_one_private_address_among_public_ones_is_enough_to_refuse(cache, monkeypatch, connections):
     _fake_dns(monkeypatch, {"cdn.example": ["93.184.216.34", "127.0.0.1"]})
-    err = _fails("https://cdn.example/a.jpg", cache, FetchPolicy(), match=r"resolves to 127\.0\.0\.1", within=1.0)
+    err = _fails(
+        "https://cdn.example/a.jpg",
+        cache,
+        FetchPolicy(),
+        match=r"resolves to 127\.0\.0\.1",
+        within=1.0,
+    )
     assert "cdn.example" in str(err)
     assert connections == []
 
@@ -410,13 +436,25 @@ def test_refuses_other_schemes_and_malformed_urls(url, reason, cache, connection
 
 
 def test_password_in_url_is_not_repeated_in_errors(cache, connections):
-    err = _fails("http://shop:s3cret@10.1.2.3/a.jpg", cache, FetchPolicy(), match="private address", within=1.0)
+    err = _fails(
+        "http://shop:s3cret@10.1.2.3/a.jpg",
+        cache,
+        FetchPolicy(),
+        match="private address",
+        within=1.0,
+    )
     assert "s3cret" not in str(err) and "shop:***@10.1.2.3" in str(err)
 
 
 def test_dns_lookup_is_bounded_by_the_connect_timeout(cache, monkeypatch, connections):
     _fake_dns(monkeypatch, {"slow-dns.example": ["93.184.216.34"]}, delay=3.0)
-    _fails("http://slow-dns.example/a.jpg", cache, FetchPolicy(connect_timeout=0.3), match="took longer", within=1.5)
+    _fails(
+        "http://slow-dns.example/a.jpg",
+        cache,
+        FetchPolicy(connect_timeout=0.3),
+        match="took longer",
+        within=1.5,
+    )
     assert connections == []
 
 
@@ -425,7 +463,12 @@ def test_unresolvable_host_is_reported(cache, monkeypatch):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", broken)
-    _fails("http://nowhere.invalid/a.jpg", cache, FetchPolicy(), match=r"'nowhere\.invalid' could not be resolved")
+    _fails(
+        "http://nowhere.invalid/a.jpg",
+        cache,
+        FetchPolicy(),
+        match=r"'nowhere\.invalid' could not be resolved",
+    )
 
 
 # ---------------------------------------------------------------- redirects
@@ -451,7 +494,13 @@ def test_each_redirect_hop_gets_the_address_check(server, cache, monkeypatch, co
     """A public-looking first hop must not bounce us to the cloud metadata service."""
     real = fetch._refusal
     monkeypatch.setattr(fetch, "_refusal", lambda ip: None if str(ip) == "127.0.0.1" else real(ip))
-    err = _fails(server.url("/to-metadata"), cache, FetchPolicy(), match=r"redirect 1 to .*169\.254\.169\.254", within=2.0)
+    err = _fails(
+        server.url("/to-metadata"),
+        cache,
+        FetchPolicy(),
+        match=r"redirect 1 to .*169\.254\.169\.254",
+        within=2.0,
+    )
     assert "link-local" in str(err)
     assert server.state.counts["/to-metadata"] == 1
     assert connections == [("127.0.0.1", server.port)]
@@ -468,16 +517,26 @@ def test_slow_drip_body_hits_the_total_deadline(server, cache):
     """A byte every 0.5 s never trips a per-read timeout; the whole-download deadline must."""
     policy = FetchPolicy(allow_private=True, connect_timeout=1.0, read_timeout=1.0)
     start = time.monotonic()
-    _fails(server.url("/slow-body"), cache, policy, match=r"did not finish within the 1 s", within=2.5)
+    _fails(
+        server.url("/slow-body"), cache, policy, match=r"did not finish within the 1 s", within=2.5
+    )
     assert time.monotonic() - start >= 0.9
 
 
 def test_slow_drip_headers_hit_the_total_deadline(server, cache):
     policy = FetchPolicy(allow_private=True, connect_timeout=1.0, read_timeout=1.0)
-    _fails(server.url("/slow-headers"), cache, policy, match=r"did not finish within the 1 s", within=2.5)
+    _fails(
+        server.url("/slow-headers"),
+        cache,
+        policy,
+        match=r"did not finish within the 1 s",
+        within=2.5,
+    )
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs when the accept queue is full")
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="relies on Linux dropping SYNs when the accept queue is full"
+)
 def test_connect_timeout(cache):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -494,7 +553,13 @@ def test_connect_timeout(cache):
                 pass
             fillers.append(s)
         policy = FetchPolicy(allow_private=True, connect_timeout=0.5, read_timeout=5.0)
-        _fails(f"http://127.0.0.1:{port}/a.jpg", cache, policy, match=r"within 0\.5 s \(connect timeout\)", within=2.0)
+        _fails(
+            f"http://127.0.0.1:{port}/a.jpg",
+            cache,
+            policy,
+            match=r"within 0\.5 s \(connect timeout\)",
+            within=2.0,
+        )
     finally:
         for s in fillers:
             s.close()
@@ -516,7 +581,12 @@ SMALL = FetchPolicy(allow_private=True, connect_timeout=2.0, read_timeout=5.0, m
 
 
 def test_content_length_over_the_limit_is_refused_before_reading(server, cache):
-    _fails(server.url("/huge-length"), cache, SMALL, match=r"Content-Length 1000000000 bytes exceeds the 65536-byte limit")
+    _fails(
+        server.url("/huge-length"),
+        cache,
+        SMALL,
+        match=r"Content-Length 1000000000 bytes exceeds the 65536-byte limit",
+    )
 
 
 @pytest.mark.parametrize("path", ["/huge-stream", "/huge-chunked"])
@@ -540,7 +610,9 @@ def test_body_cut_short_is_reported(server, cache):
 
 
 def test_http_error_status(server, cache):
-    err = _fails(server.url("/missing.jpg"), cache, match=r"HTTP status 404 Not Found \(expected 200\)")
+    err = _fails(
+        server.url("/missing.jpg"), cache, match=r"HTTP status 404 Not Found \(expected 200\)"
+    )
     assert server.url("/missing.jpg") in str(err)
 
 
@@ -574,7 +646,8 @@ def tls_server(tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        ["openssl", "req", "-x509", "-newkey", "ec",
+         "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=DNS:shop.example"],
         check=True, capture_output=True,
@@ -598,17 +671,26 @@ def trust_test_cert(tls_server, monkeypatch):
     monkeypatch.setattr(fetch, "_ssl_context", lambda: ctx)
 
 
-def test_https_sends_the_original_name_as_sni_and_verifies_it(tls_server, trust_test_cert, cache, monkeypatch):
-    """The certificate is for shop.example; we connect to 127.0.0.1 yet verify and send shop.example."""
+def test_https_sends_the_original_name_as_sni_and_verifies_it(
+    tls_server, trust_test_cert, cache, monkeypatch
+):
+    """The certificate is for shop.example; we connect to 127.0.0.1 yet verify and send
+    shop.example."""
     _fake_dns(monkeypatch, {"shop.example": ["127.0.0.1"]})
     data, _ = fetch_image(f"https://shop.example:{tls_server.port}/good.jpg", cache, policy=LOCAL)
     assert data == JPEG
     assert tls_server.state.headers["/good.jpg"]["Host"] == f"shop.example:{tls_server.port}"
 
 
-def test_https_certificate_for_another_name_is_refused(tls_server, trust_test_cert, cache, monkeypatch):
+def test_https_certificate_for_another_name_is_refused(
+    tls_server, trust_test_cert, cache, monkeypatch
+):
     _fake_dns(monkeypatch, {"evil.example": ["127.0.0.1"]})
-    _fails(f"https://evil.example:{tls_server.port}/good.jpg", cache, match="TLS certificate of 'evil.example' not accepted")
+    _fails(
+        f"https://evil.example:{tls_server.port}/good.jpg",
+        cache,
+        match="TLS certificate of 'evil.example' not accepted",
+    )
 
 
 def test_newer_cache_schema_is_refused(server, cache):

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FakeEmbedder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import FakeEmbedder
 from vsearch import cli
 from vsearch.build import build_index
+from vsearch.catalog.images import MAX_BYTES
 from vsearch.errors import CatalogError, ImageError
-from vsearch.images import MAX_BYTES
 from vsearch.search import ProductIndex
 
 _spec = importlib.util.spec_from_file_location(
@@ -62,15 +62,26 @@ def test_every_hostile_image_is_indexed_or_skipped_with_a_reason_naming_it(image
         if o.outcome == zoo.SKIPPED:  # the reason names the file (or the catalog cell) at fault
             cell = o.case.image
             assert Path(cell).name in o.detail or cell in o.detail, (o.case.name, o.detail)
-    assert seconds < 20, f"the zoo took {seconds:.1f} s to build"  # nothing hangs, bombs cost nothing
+    # nothing hangs, bombs cost nothing
+    assert seconds < 20, f"the zoo took {seconds:.1f} s to build"
 
 
 def test_zoo_covers_the_formats_the_issue_names(image_zoo):
     _, cases, _, _ = image_zoo
     names = {c.name for c in cases}
     wanted = {
-        "truncated-jpeg", "truncated-png", "corrupt-png-crc", "zero-byte", "text-as-jpg", "png-bomb-100k-x-100k",
-        "1x10000-strip", "animated-gif", "animated-webp", "cmyk-jpeg", "16-bit-grey-png", "palette-transparency-png",
+        "truncated-jpeg",
+        "truncated-png",
+        "corrupt-png-crc",
+        "zero-byte",
+        "text-as-jpg",
+        "png-bomb-100k-x-100k",
+        "1x10000-strip",
+        "animated-gif",
+        "animated-webp",
+        "cmyk-jpeg",
+        "16-bit-grey-png",
+        "palette-transparency-png",
         *(f"exif-orientation-{o}" for o in range(1, 9)),
     }
     assert wanted <= names
@@ -91,8 +102,14 @@ def test_rotated_phone_photos_are_indexed_upright(image_zoo):
     scores = {o: _score_of(index, upright, f"exif-orientation-{o}") for o in range(1, 9)}
     assert min(scores.values()) > 0.97, scores
     # A photo rotated a quarter turn really does look different to the model: the check has teeth.
-    assert _score_of(index, zoo.encode(zoo.card().transpose(Image.Transpose.ROTATE_90).resize((80, 60)), "PNG"),
-                     "exif-orientation-1") < 0.9
+    assert (
+        _score_of(
+            index,
+            zoo.encode(zoo.card().transpose(Image.Transpose.ROTATE_90).resize((80, 60)), "PNG"),
+            "exif-orientation-1",
+        )
+        < 0.9
+    )
 
 
 def test_animations_are_indexed_by_their_first_frame(image_zoo):
@@ -112,13 +129,25 @@ def test_same_bytes_under_two_names_are_embedded_once(image_zoo):
 
 # ---------------------------------------------------------------- random bytes as catalog images
 
-_MAGICS = [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\x00\x01\x00\x00WEBPVP8 ", b"II*\x00", b"BM",
-           b"\x00\x00\x00\x18ftypheic"]
+_MAGICS = [
+    b"",
+    b"\xff\xd8\xff\xe0",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"RIFF\x00\x01\x00\x00WEBPVP8 ",
+    b"II*\x00",
+    b"BM",
+    b"\x00\x00\x00\x18ftypheic",
+]
 _GOOD = zoo.encode(zoo.card(), "JPEG")
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(files=st.lists(st.tuples(st.sampled_from(_MAGICS), st.binary(max_size=600)), min_size=1, max_size=4))
+@given(
+    files=st.lists(
+        st.tuples(st.sampled_from(_MAGICS), st.binary(max_size=600)), min_size=1, max_size=4
+    )
+)
 def test_random_bytes_as_catalog_images_never_break_a_build(files):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -130,7 +159,9 @@ def test_random_bytes_as_catalog_images_never_break_a_build(files):
             rows.append((f"R{i}", f"images/r{i}.jpg"))
         with open(folder / "catalog.csv", "w", newline="") as f:
             csv.writer(f).writerows([("product_id", "image"), *rows])
-        report = build_index(folder / "catalog.csv", folder / "idx", embedder=FakeEmbedder(), workers=2)
+        report = build_index(
+            folder / "catalog.csv", folder / "idx", embedder=FakeEmbedder(), workers=2
+        )
         index = ProductIndex.load(folder / "idx", FakeEmbedder())
         problems = {p.row: p.reason for p in report.problems if p.fatal}
         for row, (pid, image) in enumerate(rows, start=2):  # the header is row 1
@@ -141,7 +172,8 @@ def test_random_bytes_as_catalog_images_never_break_a_build(files):
         assert index.search(image=_GOOD, k=1)[0].product_id == "GOOD"
 
 
-# ---------------------------------------------------------------- paths that leave the catalog folder
+# ---------------------------------------------------------------- paths that leave the catalog
+# folder
 
 
 @pytest.fixture
@@ -151,9 +183,15 @@ def escaping_catalog(tmp_path):
     (outside / "secret.jpg").write_bytes(_GOOD)
     shop = tmp_path / "shop"
     (shop / "images").mkdir(parents=True)
-    (shop / "images" / "ok.jpg").write_bytes(zoo.encode(Image.new("RGB", (40, 40), (0, 90, 200)), "JPEG"))
-    rows = [("OK", "images/ok.jpg"), ("DOTDOT", "../outside/secret.jpg"), ("ABS", str(outside / "secret.jpg")),
-            ("PASSWD", "../../../../../../etc/passwd")]
+    (shop / "images" / "ok.jpg").write_bytes(
+        zoo.encode(Image.new("RGB", (40, 40), (0, 90, 200)), "JPEG")
+    )
+    rows = [
+        ("OK", "images/ok.jpg"),
+        ("DOTDOT", "../outside/secret.jpg"),
+        ("ABS", str(outside / "secret.jpg")),
+        ("PASSWD", "../../../../../../etc/passwd"),
+    ]
     with open(shop / "catalog.csv", "w", newline="") as f:
         csv.writer(f).writerows([("product_id", "image"), *rows])
     return shop / "catalog.csv"
@@ -170,8 +208,12 @@ def test_paths_leaving_the_catalog_folder_are_refused_by_default(escaping_catalo
     assert source.endswith("ok.jpg")
 
 
-def test_allow_outside_paths_lets_them_in_but_etc_passwd_is_still_not_an_image(escaping_catalog, tmp_path):
-    report = build_index(escaping_catalog, tmp_path / "idx", embedder=FakeEmbedder(), allow_outside_paths=True)
+def test_allow_outside_paths_lets_them_in_but_etc_passwd_is_still_not_an_image(
+    escaping_catalog, tmp_path
+):
+    report = build_index(
+        escaping_catalog, tmp_path / "idx", embedder=FakeEmbedder(), allow_outside_paths=True
+    )
     assert report.products == 3
     (only,) = report.skipped
     assert only.row == 5 and "passwd" in only.reason and "not a recognised image" in only.reason
@@ -179,10 +221,24 @@ def test_allow_outside_paths_lets_them_in_but_etc_passwd_is_still_not_an_image(e
 
 def test_cli_allow_outside_paths_flag(escaping_catalog, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("vsearch.embedders.load_embedder", lambda *a, **k: FakeEmbedder())
-    assert cli.main(["build", str(escaping_catalog), "--index", str(tmp_path / "a"), "--quiet"]) == 0
+    assert (
+        cli.main(["build", str(escaping_catalog), "--index", str(tmp_path / "a"), "--quiet"]) == 0
+    )
     out = capsys.readouterr()
     assert ": 1 products" in out.out and out.err.count("leaves the catalog folder") == 2
-    assert cli.main(["build", str(escaping_catalog), "--index", str(tmp_path / "b"), "--quiet", "--allow-outside-paths"]) == 0
+    assert (
+        cli.main(
+            [
+                "build",
+                str(escaping_catalog),
+                "--index",
+                str(tmp_path / "b"),
+                "--quiet",
+                "--allow-outside-paths",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert ": 3 products" in out.out and "leaves the catalog folder" not in out.err
 
@@ -195,11 +251,16 @@ def test_url_images_through_a_build_against_a_local_server(tmp_path):
         cases = zoo.url_cases(server.base)
         csv_path = zoo.write_catalog(tmp_path / "shop", cases)
         started = time.perf_counter()
-        report = build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), fetch_policy=zoo.url_policy())
+        report = build_index(
+            csv_path, tmp_path / "idx", embedder=FakeEmbedder(), fetch_policy=zoo.url_policy()
+        )
         assert time.perf_counter() - started < 15  # slow and endless answers are cut off
         outcomes = zoo.outcomes_of(cases, report, tmp_path / "idx", FakeEmbedder())
         assert not [(o.case.name, o.detail) for o in outcomes if not o.ok]
-        assert {o.case.name for o in outcomes if o.outcome == zoo.INDEXED} == {"url-good", "url-redirect-to-good"}
+        assert {o.case.name for o in outcomes if o.outcome == zoo.INDEXED} == {
+            "url-good",
+            "url-redirect-to-good",
+        }
         detail = {o.case.name: o.detail for o in outcomes}
         assert "deadline" in detail["url-slow-drip"]
         assert "limit" in detail["url-huge-declared"] and "limit" in detail["url-huge-stream"]
@@ -207,19 +268,25 @@ def test_url_images_through_a_build_against_a_local_server(tmp_path):
         assert "file:" in detail["url-redirect-to-file-scheme"]
 
         fetched = server.counts["/good.jpg"], server.counts["/good-again.jpg"]
-        again = build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), fetch_policy=zoo.url_policy())
-        assert (server.counts["/good.jpg"], server.counts["/good-again.jpg"]) == fetched == (1, 1)  # no refetch
+        again = build_index(
+            csv_path, tmp_path / "idx", embedder=FakeEmbedder(), fetch_policy=zoo.url_policy()
+        )
+        # no refetch
+        assert (server.counts["/good.jpg"], server.counts["/good-again.jpg"]) == fetched == (1, 1)
         assert again.embedded == 0 and again.products == 2
 
         # The default policy refuses loopback without a flag (intranet catalogs opt in).
-        default = zoo.write_catalog(tmp_path / "default", [zoo.Case("x", f"{server.base}/good.jpg", zoo.SKIPPED)])
+        default = zoo.write_catalog(
+            tmp_path / "default", [zoo.Case("x", f"{server.base}/good.jpg", zoo.SKIPPED)]
+        )
         before = server.total_requests()
         with pytest.raises(CatalogError, match="127.0.0.1"):
             build_index(default, tmp_path / "idx-default", embedder=FakeEmbedder())
         assert server.total_requests() == before
 
 
-# ---------------------------------------------------------------- hostile uploads to search (library side)
+# ---------------------------------------------------------------- hostile uploads to search
+# (library side)
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +310,8 @@ _HUGE_DECLARED = zoo.raw_png(100_000, 100_000, 8, 2, b"")
     "upload, reason",
     [
         (_HUGE_DECLARED, "decompression bomb"),
-        (zoo.encode(Image.new("L", (9000, 9000)), "PNG"), "megapixels"),  # 81 MP of real pixels, 80 KB on the wire
+        # 81 MP of real pixels, 80 KB on the wire
+        (zoo.encode(Image.new("L", (9000, 9000)), "PNG"), "megapixels"),
         (b"<?php system($_GET['c']); ?>", "not a recognised image"),
         (b"%!PS-Adobe-3.0 EPSF-3.0\nshowpage\n", "not a recognised image"),
         (b"", "no data"),

@@ -1,4 +1,5 @@
-"""Image decoding: every photo becomes an upright RGB image, or an ImageError naming the file and the reason."""
+"""Image decoding: every photo becomes an upright RGB image, or an ImageError naming the file and
+the reason."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, features
 
-from vsearch import images
-from vsearch.errors import ImageError
-from vsearch.images import (
+from vsearch.catalog import images as images
+from vsearch.catalog.images import (
     IMAGE_EXTENSIONS,
     MAX_ASPECT,
     MAX_PIXELS,
@@ -26,6 +26,7 @@ from vsearch.images import (
     load_image,
     read_image_bytes,
 )
+from vsearch.errors import ImageError
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -72,7 +73,19 @@ def png_declaring(width, height):
 
 
 def test_extensions_cover_phone_and_web_formats():
-    for ext in (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"):
+    for ext in (
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+    ):
         assert ext in IMAGE_EXTENSIONS
     assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS)
     assert ".txt" not in IMAGE_EXTENSIONS
@@ -158,7 +171,7 @@ def test_truncated_file_errors_instead_of_grey_image(tmp_path, fmt):
 def test_corrupt_png_pixel_data(tmp_path):
     data = bytearray(encode(noisy(), "PNG"))
     start = data.index(b"IDAT") + 4
-    data[start + 10 : start + 200] = b"\xAB" * 190
+    data[start + 10 : start + 200] = b"\xab" * 190
     with pytest.raises(ImageError, match="shelf.png.*corrupt"):
         load_image(bytes(data), name="shelf.png")
 
@@ -199,8 +212,10 @@ def test_absurd_aspect_ratio():
 
 # --- orientation ---------------------------------------------------------------------------------
 
-# How a camera stores the pixels of an upright scene for each EXIF orientation (EXIF 2.3, tag 0x0112):
-# 6 = stored rotated 90 deg counter-clockwise (display needs 90 deg clockwise), 8 = the reverse, etc.
+# How a camera stores the pixels of an upright scene for each EXIF orientation (EXIF 2.3, tag
+# 0x0112):
+# 6 = stored rotated 90 deg counter-clockwise (display needs 90 deg clockwise), 8 = the reverse,
+# etc.
 STORED = {
     1: None,
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -323,7 +338,9 @@ def test_animated_first_frame(fmt):
 
 @pytest.mark.parametrize("fmt", ["BMP", "TIFF", "WEBP"])
 def test_other_formats(fmt):
-    assert_upright_card(load_image(encode(quadrants(), fmt, **({"lossless": True} if fmt == "WEBP" else {}))))
+    assert_upright_card(
+        load_image(encode(quadrants(), fmt, **({"lossless": True} if fmt == "WEBP" else {})))
+    )
 
 
 def test_heic(tmp_path):
@@ -423,7 +440,9 @@ def test_min_side_larger_than_image_keeps_full_size():
 
 def test_parallel_decoding_matches_serial(monkeypatch):
     monkeypatch.setattr(images, "_formats", None)  # make the threads race for the lazy registration
-    payloads = [oriented_jpeg(o) for o in range(1, 9)] + [encode(quadrants(), f) for f in ("PNG", "GIF", "WEBP")]
+    payloads = [oriented_jpeg(o) for o in range(1, 9)] + [
+        encode(quadrants(), f) for f in ("PNG", "GIF", "WEBP")
+    ]
     pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.register_heif_opener()
     payloads.append(encode(quadrants(), "HEIF", quality=95))
@@ -472,7 +491,9 @@ def test_random_bytes_only_raise_image_error(prefix, body):
     assert out.mode == "RGB"
 
 
-VALID = {fmt: encode(quadrants(16, 12), fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")}
+VALID = {
+    fmt: encode(quadrants(16, 12), fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
+}
 
 
 @settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

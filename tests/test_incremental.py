@@ -1,4 +1,4 @@
-"""Incremental rebuilds (vsearch.incremental) and `vsearch gc`.
+"""Incremental rebuilds (vsearch.store.incremental) and `vsearch gc`.
 
 An updated index must answer like a from-scratch build (same top-k for flat and IVF with the
 same quantizer, HNSW recall within 0.005), never return a removed product, fall back to a full
@@ -17,18 +17,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 from conftest import FakeEmbedder
-from vsearch import incremental, store
+
 from vsearch.build import build_index
 from vsearch.search import ProductIndex
+from vsearch.store import generations as store
+from vsearch.store import incremental as incremental
 
 DIM = FakeEmbedder.dim
 
 
 def vectors_of(ids: list[str], dim: int = DIM, salt: int = 0) -> np.ndarray:
-    """A fixed, clustered unit vector per product id (the same id gives the same vector in every build)."""
+    """A fixed, clustered unit vector per product id (the same id gives the same vector in every
+    build)."""
     centres = np.random.default_rng(99).standard_normal((20, dim))
     out = np.empty((len(ids), dim), dtype=np.float32)
     for row, pid in enumerate(ids):
@@ -46,9 +47,16 @@ def write_ids(path: Path, ids: list[str]) -> Path:
     return path
 
 
-def build(folder: Path, ids: list[str], index_type: str, vectors: np.ndarray | None = None, embedder=None):
-    return build_index(write_ids(folder / "catalog.csv", ids), folder / "idx", embedder=embedder or FakeEmbedder(),
-                       embeddings=vectors_of(ids) if vectors is None else vectors, index_type=index_type)
+def build(
+    folder: Path, ids: list[str], index_type: str, vectors: np.ndarray | None = None, embedder=None
+):
+    return build_index(
+        write_ids(folder / "catalog.csv", ids),
+        folder / "idx",
+        embedder=embedder or FakeEmbedder(),
+        embeddings=vectors_of(ids) if vectors is None else vectors,
+        index_type=index_type,
+    )
 
 
 def edit(ids: list[str], n_removed: int, n_added: int, start: int) -> list[str]:
@@ -64,7 +72,9 @@ def top_ids(index: ProductIndex, queries: np.ndarray, k: int = 10) -> list[list[
 
 def queries_near(vectors: np.ndarray, n: int = 60) -> np.ndarray:
     rng = np.random.default_rng(5)
-    q = vectors[rng.choice(len(vectors), n, replace=False)] + 0.05 * rng.standard_normal((n, vectors.shape[1]))
+    q = vectors[rng.choice(len(vectors), n, replace=False)] + 0.05 * rng.standard_normal(
+        (n, vectors.shape[1])
+    )
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -78,11 +88,18 @@ def test_flat_update_answers_like_a_from_scratch_build(tmp_path):
     changed = vectors_of(new_ids)
     changed[5] = vectors_of([new_ids[5]], salt=1)[0]  # P5 gets a new photo (new vector, same key)
     report = build(tmp_path / "inc", new_ids, "flat", vectors=changed)
-    assert report.incremental["base"] and report.incremental["added"] == 10 and report.incremental["removed"] == 13
+    assert (
+        report.incremental["base"]
+        and report.incremental["added"] == 10
+        and report.incremental["removed"] == 13
+    )
     scratch = build(tmp_path / "scratch", new_ids, "flat", vectors=changed)
     assert "base" not in scratch.incremental
 
-    inc, ref = ProductIndex.load(tmp_path / "inc" / "idx", FakeEmbedder()), ProductIndex.load(tmp_path / "scratch" / "idx", FakeEmbedder())
+    inc, ref = (
+        ProductIndex.load(tmp_path / "inc" / "idx", FakeEmbedder()),
+        ProductIndex.load(tmp_path / "scratch" / "idx", FakeEmbedder()),
+    )
     q = queries_near(changed)
     a = [[(h.product_id, round(h.score, 5)) for h in inc.search_vector(v, k=10)] for v in q]
     b = [[(h.product_id, round(h.score, 5)) for h in ref.search_vector(v, k=10)] for v in q]
@@ -93,8 +110,9 @@ def test_flat_update_answers_like_a_from_scratch_build(tmp_path):
 
 def test_ivf_rebuild_reuses_the_trained_quantizer_and_answers_like_a_build_with_it(tmp_path):
     """IVF lists live on disk, merged from shards: a small change rebuilds them on the previous
-    generation's trained quantizer (no training) and answers exactly like a build with that quantizer."""
-    from vsearch import sharded_index
+    generation's trained quantizer (no training) and answers exactly like a build with that
+    quantizer."""
+    from vsearch.store import sharded as sharded_index
 
     ids = [f"P{i}" for i in range(2500)]
     first = build(tmp_path, ids, "ivf")
@@ -105,7 +123,8 @@ def test_ivf_rebuild_reuses_the_trained_quantizer_and_answers_like_a_build_with_
     timings = store.read_manifest(tmp_path / "idx" / report.generation)["sharded_build"]
     assert timings["train_s"] < 1.0  # nothing was trained
 
-    # A build with the same quantizer: the first generation's trained index, filled with the new catalog.
+    # A build with the same quantizer: the first generation's trained index, filled with the new
+    # catalog.
     ref = sharded_index.empty_copy(tmp_path / "idx" / first.generation / store.VECTORS_FILE)
     vectors = vectors_of(new_ids)
     ref.add(vectors)
@@ -124,14 +143,17 @@ def test_ivf_rebuild_reuses_the_trained_quantizer_and_answers_like_a_build_with_
 def faiss_centroids(generation: Path) -> np.ndarray:
     import faiss
 
-    from vsearch import sharded_index
+    from vsearch.store import sharded as sharded_index
 
-    index = sharded_index.empty_copy(generation / store.VECTORS_FILE)  # keep it alive while its quantizer is read
+    # keep it alive while its quantizer is read
+    index = sharded_index.empty_copy(generation / store.VECTORS_FILE)
     ivf = faiss.extract_index_ivf(index)
     return ivf.quantizer.reconstruct_n(0, ivf.nlist)
 
 
-def test_hnsw_update_has_the_recall_of_a_from_scratch_build_and_never_returns_removed_products(tmp_path):
+def test_hnsw_update_has_the_recall_of_a_from_scratch_build_and_never_returns_removed_products(
+    tmp_path,
+):
     ids = [f"P{i}" for i in range(3000)]
     build(tmp_path / "inc", ids, "hnsw")
     new_ids = edit(ids, 30, 30, start=3000)
@@ -154,9 +176,15 @@ def test_hnsw_update_has_the_recall_of_a_from_scratch_build_and_never_returns_re
     assert r_inc >= r_ref - 0.005, (r_inc, r_ref)
 
     removed = sorted(set(ids) - set(new_ids))
-    for v in vectors_of(removed):  # a removed product's own vector: it would be the top hit if it were still there
+    # a removed product's own vector: it would be the top hit if it were still there
+    for v in vectors_of(removed):
         assert not set(h.product_id for h in index.search_vector(v, k=20)) & set(removed)
-    assert not set(h.product_id for h in index.search_vector(vectors_of(removed)[0], k=20, filters={"title": [f"product {p}" for p in removed]}))
+    assert not set(
+        h.product_id
+        for h in index.search_vector(
+            vectors_of(removed)[0], k=20, filters={"title": [f"product {p}" for p in removed]}
+        )
+    )
     for pid, v in zip(new_ids[-30:], vectors[-30:]):  # every new product is found
         assert index.search_vector(v, k=1)[0].product_id == pid
 
@@ -173,7 +201,8 @@ def test_a_large_change_is_a_full_build(tmp_path):
 
 
 def test_hidden_hnsw_vectors_past_the_fraction_force_a_full_build(tmp_path, monkeypatch):
-    monkeypatch.setattr(incremental, "MAX_CHANGE_FRACTION", 1.0)  # only the hidden-vector limit applies
+    # only the hidden-vector limit applies
+    monkeypatch.setattr(incremental, "MAX_CHANGE_FRACTION", 1.0)
     ids = [f"P{i}" for i in range(400)]
     build(tmp_path, ids, "hnsw")
     ids = edit(ids, 48, 0, start=400)  # 12 % hidden: updated
@@ -185,7 +214,10 @@ def test_hidden_hnsw_vectors_past_the_fraction_force_a_full_build(tmp_path, monk
     assert "base" not in report.incremental and "hidden" in report.incremental["full_build"]
     assert store.read_faiss(tmp_path / "idx" / report.generation).ntotal == 304
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
-    assert len(index) == 304 and index.search_vector(vectors_of(ids[-1:])[0], k=1)[0].product_id == ids[-1]
+    assert (
+        len(index) == 304
+        and index.search_vector(vectors_of(ids[-1:])[0], k=1)[0].product_id == ids[-1]
+    )
 
 
 def test_small_changes_add_up_to_a_full_build(tmp_path):
@@ -203,11 +235,15 @@ def test_another_model_or_index_type_is_a_full_build(tmp_path):
     ids = [f"P{i}" for i in range(300)]
     build(tmp_path, ids, "flat")
     assert "index type" in build(tmp_path, ids, "hnsw").incremental["full_build"]
-    assert "model" in build(tmp_path, ids, "hnsw", embedder=FakeEmbedder("other")).incremental["full_build"]
+    assert (
+        "model"
+        in build(tmp_path, ids, "hnsw", embedder=FakeEmbedder("other")).incremental["full_build"]
+    )
     assert build(tmp_path, ids, "hnsw", embedder=FakeEmbedder("other")).incremental["added"] == 0
 
 
-# ---------------------------------------------------------------- SIGKILL during an incremental build
+# ---------------------------------------------------------------- SIGKILL during an incremental
+# build
 
 
 def test_sigkill_during_an_incremental_build_keeps_the_previous_incremental_generation(tmp_path):
@@ -221,7 +257,9 @@ def test_sigkill_during_an_incremental_build_keeps_the_previous_incremental_gene
     assert live.incremental["hidden"] == 100  # the live generation is itself an incremental one
     index = ProductIndex.load(tmp_path / "idx", embedder)
     probes = vectors_of(["P7", "P20050", "P0"], embedder.dim)  # kept, added, removed
-    before = [[(h.product_id, round(h.score, 5)) for h in index.search_vector(v, k=5)] for v in probes]
+    before = [
+        [(h.product_id, round(h.score, 5)) for h in index.search_vector(v, k=5)] for v in probes
+    ]
     assert before[2][0][0] != "P0"
 
     next_ids = edit(ids, 100, 100, start=30000)
@@ -229,9 +267,24 @@ def test_sigkill_during_an_incremental_build_keeps_the_previous_incremental_gene
     write_ids(tmp_path / "catalog.csv", next_ids)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VSEARCH_")}
     env["HF_HUB_OFFLINE"] = "1"
-    seen: set[str] = set()  # temporary folders of builds killed already (the next build removes them)
-    cmd = [sys.executable, "-m", "vsearch", "build", str(tmp_path / "catalog.csv"), "--index", str(tmp_path / "idx"),
-           "--model", "test-tiny", "--embeddings", str(tmp_path / "next.npy"), "--index-type", "hnsw", "--quiet"]
+    # temporary folders of builds killed already (the next build removes them)
+    seen: set[str] = set()
+    cmd = [
+        sys.executable,
+        "-m",
+        "vsearch",
+        "build",
+        str(tmp_path / "catalog.csv"),
+        "--index",
+        str(tmp_path / "idx"),
+        "--model",
+        "test-tiny",
+        "--embeddings",
+        str(tmp_path / "next.npy"),
+        "--index-type",
+        "hnsw",
+        "--quiet",
+    ]
     # Kill 1 once the new generation's folder exists (the index update is under way); kill 2 once
     # the updated FAISS file is being written there (the update is done, nothing is published yet).
     for ready in (lambda tmp: True, lambda tmp: (tmp / store.VECTORS_FILE).exists()):
@@ -243,20 +296,31 @@ def test_sigkill_during_an_incremental_build_keeps_the_previous_incremental_gene
                 seen.add(tmp[0].name)
                 break
             time.sleep(0.0005)
-        assert proc.poll() is None, f"the build finished before it could be killed: {proc.communicate()}"
+        assert proc.poll() is None, (
+            f"the build finished before it could be killed: {proc.communicate()}"
+        )
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
         assert proc.returncode == -signal.SIGKILL
 
         assert store.read_current(tmp_path / "idx") == live.generation
         index = ProductIndex.load(tmp_path / "idx", embedder)
-        assert [[(h.product_id, round(h.score, 5)) for h in index.search_vector(v, k=5)] for v in probes] == before
+        assert [
+            [(h.product_id, round(h.score, 5)) for h in index.search_vector(v, k=5)] for v in probes
+        ] == before
 
-    report = build_index(tmp_path / "catalog.csv", tmp_path / "idx", embedder=embedder,
-                         embeddings=np.load(tmp_path / "next.npy"), index_type="hnsw")
+    report = build_index(
+        tmp_path / "catalog.csv",
+        tmp_path / "idx",
+        embedder=embedder,
+        embeddings=np.load(tmp_path / "next.npy"),
+        index_type="hnsw",
+    )
     assert report.incremental["base"] == live.generation and report.incremental["hidden"] == 200
     assert index.reload_if_changed() and len(index) == len(next_ids)
-    assert index.search_vector(vectors_of(["P30050"], embedder.dim)[0], k=1)[0].product_id == "P30050"
+    assert (
+        index.search_vector(vectors_of(["P30050"], embedder.dim)[0], k=1)[0].product_id == "P30050"
+    )
     assert not list((tmp_path / "idx").glob(".tmp-*"))
 
 
@@ -267,7 +331,7 @@ def test_gc_drops_what_no_generation_uses_and_keeps_the_live_and_previous_ones(t
     from conftest import write_catalog
 
     from vsearch import cli
-    from vsearch.gc import collect_garbage
+    from vsearch.store.gc import collect_garbage
 
     shop, idx = tmp_path / "shop", tmp_path / "idx"
     csv_path = write_catalog(shop, n_products=12)
@@ -279,7 +343,8 @@ def test_gc_drops_what_no_generation_uses_and_keeps_the_live_and_previous_ones(t
     (downloads / ("ab" + "0" * 62)).write_bytes(b"x" * 1000)  # a download no generation uses
     used_hash = _hashes(idx)[0]
     (idx / "downloads" / "objects" / used_hash[:2]).mkdir(exist_ok=True)
-    (idx / "downloads" / "objects" / used_hash[:2] / used_hash).write_bytes(b"y")  # one a generation uses
+    # one a generation uses
+    (idx / "downloads" / "objects" / used_hash[:2] / used_hash).write_bytes(b"y")
 
     def keep(n):  # the catalog with only its first n rows
         with open(csv_path, "w", newline="", encoding="utf-8") as f:
@@ -290,11 +355,16 @@ def test_gc_drops_what_no_generation_uses_and_keeps_the_live_and_previous_ones(t
     keep(len(rows) - 2)
     build_index(csv_path, idx, embedder=FakeEmbedder())  # previous generation still has every image
     keep(len(rows) - 4)
-    build_index(csv_path, idx, embedder=FakeEmbedder())  # now the two generations kept lack the last two rows
+    # now the two generations kept lack the last two rows
+    build_index(csv_path, idx, embedder=FakeEmbedder())
     assert _cached(idx) == len(rows)
-    db = sqlite3.connect(idx / store.CACHE_FILE)  # a vector of a used image, but by a model no generation uses
-    db.execute("INSERT INTO embeddings SELECT content_hash, 'another-model', dim, vector FROM embeddings "
-               "WHERE content_hash = ?", (used_hash,))
+    # a vector of a used image, but by a model no generation uses
+    db = sqlite3.connect(idx / store.CACHE_FILE)
+    db.execute(
+        "INSERT INTO embeddings SELECT content_hash, 'another-model', dim, vector FROM embeddings "
+        "WHERE content_hash = ?",
+        (used_hash,),
+    )
     db.commit()
     db.close()
     total = _cached(idx)
@@ -307,14 +377,19 @@ def test_gc_drops_what_no_generation_uses_and_keeps_the_live_and_previous_ones(t
     assert "deleted 3 cached embedding(s)" in capsys.readouterr().out
     assert _cached(idx) == total - 3
     # the remembered (path, size, mtime) -> hash rows go with the images no generation uses
-    assert set(_cache_hashes(idx, "files")) == set(files_before) & set(_hashes(idx, everything=True)) and len(_cache_hashes(idx, "files")) == len(rows) - 2
+    assert (
+        set(_cache_hashes(idx, "files")) == set(files_before) & set(_hashes(idx, everything=True))
+        and len(_cache_hashes(idx, "files")) == len(rows) - 2
+    )
     assert not list(idx.glob(".gc-*")), "gc's scratch file is gone"
-    assert set(_hashes(idx, everything=True)) <= set(_cache_hashes(idx))  # every image a generation uses stays cached
+    # every image a generation uses stays cached
+    assert set(_hashes(idx, everything=True)) <= set(_cache_hashes(idx))
     assert (idx / "downloads" / "objects" / used_hash[:2] / used_hash).exists()
     assert not (downloads / ("ab" + "0" * 62)).exists()
     report = build_index(csv_path, idx, embedder=FakeEmbedder())
     assert report.embedded == 0  # nothing the index uses was lost
-    assert collect_garbage(idx).cache_rows == 2  # the rows only the generation replaced just now had
+    # the rows only the generation replaced just now had
+    assert collect_garbage(idx).cache_rows == 2
     assert collect_garbage(idx).cache_rows == 0
 
 
@@ -362,6 +437,8 @@ def test_the_verdict_is_reused_after_a_small_change_and_recalibrated_after_a_lar
     assert small["calibrated_in"] and small["changed_since_calibration"] < 0.1
     live = store.read_manifest(tmp_path / "idx" / store.read_current(tmp_path / "idx"))
     assert "verdict_simulation" not in live, "a reused verdict needs no simulated shopper photos"
-    assert {k: v for k, v in small.items() if k not in ("calibrated_in", "changed_since_calibration")} == first
+    assert {
+        k: v for k, v in small.items() if k not in ("calibrated_in", "changed_since_calibration")
+    } == first
     large = build_rows(len(rows) - 5)  # 5 of 36 since it was calibrated: over 10 %
     assert "calibrated_in" not in large

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_catalog_rows
+
 from vsearch.build import build_index
 from vsearch.search import ProductIndex
 
@@ -16,15 +16,26 @@ DIM = 32
 
 
 def rare_catalog(folder: Path, n: int, rare: list[int]) -> Path:
-    return write_catalog_rows(folder, ([f"P{i:05d}", f"img/{i:05d}.jpg", f"Product {i}", "rare" if i in rare else "common",
-                                        f"{i % 50 + 1}.00"] for i in range(n)))
+    return write_catalog_rows(
+        folder,
+        (
+            [
+                f"P{i:05d}",
+                f"img/{i:05d}.jpg",
+                f"Product {i}",
+                "rare" if i in rare else "common",
+                f"{i % 50 + 1}.00",
+            ]
+            for i in range(n)
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
 def clustered(tmp_path_factory):
     """3,000 products in 60 tight clusters; the 1 % 'rare' category lives in one cluster far
     from the query, so an ANN pass near the query finds none or few of them."""
-    from vsearch.embeddings_io import ModelIdentity
+    from vsearch.embeddings.imported import ModelIdentity
 
     rng = np.random.default_rng(11)
     n = 3000
@@ -36,8 +47,14 @@ def clustered(tmp_path_factory):
     query = centres[0]
     far = int(np.argmin(centres @ query))
     rare = [int(i) for i in np.flatnonzero(labels == far)[:30]]  # 1 % of the catalog
-    model = ModelIdentity(name="vectors", spec="vectors", pretrained=None, fingerprint="vectors-32", dim=DIM,
-                          supports_text=False)
+    model = ModelIdentity(
+        name="vectors",
+        spec="vectors",
+        pretrained=None,
+        fingerprint="vectors-32",
+        dim=DIM,
+        supports_text=False,
+    )
     return tmp_path_factory.mktemp("k"), model, vectors, query, rare
 
 
@@ -45,7 +62,13 @@ def clustered(tmp_path_factory):
 def test_selective_category_returns_k_products_on_every_index_type(clustered, index_type):
     root, model, vectors, query, rare = clustered
     catalog = rare_catalog(root / index_type, len(vectors), set(rare))
-    build_index(catalog, root / index_type / "index", embedder=model, embeddings=vectors, index_type=index_type)
+    build_index(
+        catalog,
+        root / index_type / "index",
+        embedder=model,
+        embeddings=vectors,
+        index_type=index_type,
+    )
     index = ProductIndex.load(root / index_type / "index", model)
     hits = index.search_vector(query, k=10, filters={"category": "rare"})
     assert len(hits) == 10 and {h.category for h in hits} == {"rare"}

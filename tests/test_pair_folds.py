@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vsearch import learn
-from vsearch.adaptation import fit_adaptation, training_pairs
+from vsearch.learn import fit as learn
+from vsearch.learn.adaptation import fit_adaptation, training_pairs
 
 
 def _shop(*, sessions=2, photos=3, gap=1.0, session=0.8, n=30, distractors=100, d=256, seed=0):
@@ -32,7 +32,9 @@ def _shop(*, sessions=2, photos=3, gap=1.0, session=0.8, n=30, distractors=100, 
         for s in range(sessions):
             offset = session * unit()
             for _ in range(photos):
-                photos_.append(packshots[p] + gap * others[p] + offset + 0.05 * rng.normal(size=d) / np.sqrt(d))
+                photos_.append(
+                    packshots[p] + gap * others[p] + offset + 0.05 * rng.normal(size=d) / np.sqrt(d)
+                )
                 labels.append(f"P{p}")
                 session_of.append(p * sessions + s)
     q = np.asarray(photos_)
@@ -41,7 +43,9 @@ def _shop(*, sessions=2, photos=3, gap=1.0, session=0.8, n=30, distractors=100, 
 
 
 def _index(catalog, pids, q, labels):
-    proj = fit_adaptation(catalog, training_pairs(catalog, pids, shopper_vectors=q, shopper_labels=labels))
+    proj = fit_adaptation(
+        catalog, training_pairs(catalog, pids, shopper_vectors=q, shopper_labels=labels)
+    )
     return proj, proj.apply(catalog)
 
 
@@ -60,26 +64,40 @@ def test_a_session_never_straddles_folds_and_a_products_sessions_are_spread():
     catalog, pids, q, labels, session = _shop()
     fold = learn.session_folds(q, labels, folds=5)
     for s in np.unique(session):  # per-photo folds would split a session's near-duplicates
-        assert len(np.unique(fold[session == s])) == 1, f"session {s} split over folds {np.unique(fold[session == s])}"
+        assert len(np.unique(fold[session == s])) == 1, (
+            f"session {s} split over folds {np.unique(fold[session == s])}"
+        )
     for p in np.unique(labels):  # a product's two sessions land in different folds
         assert len(np.unique(fold[labels == p])) == 2
 
 
 def test_session_folds_give_a_verdict_where_product_folds_cannot_and_it_holds_on_new_sessions():
     catalog, pids, q, labels, session = _shop(sessions=3, seed=1)
-    confirmed = session % 3 < 2  # two sessions confirmed per product; the third is the shop's future
+    # two sessions confirmed per product; the third is the shop's future
+    confirmed = session % 3 < 2
     proj, index_vectors = _index(catalog, pids, q[confirmed], labels[confirmed])
     shopper = (q[confirmed], labels[confirmed])
-    by_product = learn.calibrate(catalog, pids, adapted=True, index_vectors=index_vectors, shopper=shopper,
-                                 pair_folds="product")
-    by_session = learn.calibrate(catalog, pids, adapted=True, index_vectors=index_vectors, shopper=shopper)
+    by_product = learn.calibrate(
+        catalog,
+        pids,
+        adapted=True,
+        index_vectors=index_vectors,
+        shopper=shopper,
+        pair_folds="product",
+    )
+    by_session = learn.calibrate(
+        catalog, pids, adapted=True, index_vectors=index_vectors, shopper=shopper
+    )
     assert by_product.threshold is None, by_product
     assert by_session.threshold is not None, by_session.reason
     assert by_session.recall >= 0.3
-    future = learn.verdict_from_queries(index_vectors, pids, proj.apply(q[~confirmed]), labels[~confirmed])
+    future = learn.verdict_from_queries(
+        index_vectors, pids, proj.apply(q[~confirmed]), labels[~confirmed]
+    )
     value = future.top if by_session.signal == "score" else future.margin
     close = value >= by_session.threshold
-    assert close.sum() >= 10 and future.right[close].mean() >= 0.9  # the promise holds on unseen sessions
+    # the promise holds on unseen sessions
+    assert close.sum() >= 10 and future.right[close].mean() >= 0.9
 
 
 def test_a_verdict_learnt_from_confirmed_photos_covers_only_their_products(tmp_path):
@@ -88,36 +106,75 @@ def test_a_verdict_learnt_from_confirmed_photos_covers_only_their_products(tmp_p
     import json
 
     from conftest import FakeEmbedder, write_catalog
+
     from vsearch.build import build_index
-    from vsearch.calibration import VerdictCalibration
+    from vsearch.learn.calibration import VerdictCalibration
     from vsearch.search import ProductIndex
 
     catalog, pids, q, labels, session = _shop(sessions=3, seed=1)
     confirmed = session % 3 < 2
     _, index_vectors = _index(catalog, pids, q[confirmed], labels[confirmed])
-    verdict = learn.calibrate(catalog, pids, adapted=True, index_vectors=index_vectors,
-                              shopper=(q[confirmed], labels[confirmed]))
-    assert verdict.threshold is not None and verdict.covers == frozenset(labels.tolist())  # P*, not the X* distractors
+    verdict = learn.calibrate(
+        catalog,
+        pids,
+        adapted=True,
+        index_vectors=index_vectors,
+        shopper=(q[confirmed], labels[confirmed]),
+    )
+    # P*, not the X* distractors
+    assert verdict.threshold is not None and verdict.covers == frozenset(labels.tolist())
     assert "30 products with confirmed photos (of 130)" in verdict.reason
     high = verdict.threshold + 1.0
     assert verdict.decide(high, 0.0, "P3") is True and verdict.decide(high, 0.0, "X3") is None
     again = VerdictCalibration.from_dict(json.loads(json.dumps(verdict.to_dict())))
     assert again.covers == verdict.covers and again.decide(high, 0.0, "X3") is None
     from vsearch.cli_info import _verdict_summary
+
     assert "only for the 30 products with confirmed photos" in _verdict_summary(verdict.to_dict())
     # product folds speak for every product (pessimistically): no restriction
-    assert learn.calibrate(catalog, pids, adapted=True, index_vectors=index_vectors, shopper=(q[confirmed], labels[confirmed]),
-                           pair_folds="product").covers is None
+    assert (
+        learn.calibrate(
+            catalog,
+            pids,
+            adapted=True,
+            index_vectors=index_vectors,
+            shopper=(q[confirmed], labels[confirmed]),
+            pair_folds="product",
+        ).covers
+        is None
+    )
 
     build_index(write_catalog(tmp_path / "shop"), tmp_path / "idx", embedder=FakeEmbedder())
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
     shot = tmp_path / "shop" / "images" / "p002-0.jpg"
     first = index.search(image=shot, k=2)[0].product_id
-    index._gen.verdict = VerdictCalibration(0.0, 1.0, 0.5, 0.0, 10, 10, 0.9, {"train_pairs": 10}, "test", "score",
-                                            covers=frozenset({first}))
+    index._gen.verdict = VerdictCalibration(
+        0.0,
+        1.0,
+        0.5,
+        0.0,
+        10,
+        10,
+        0.9,
+        {"train_pairs": 10},
+        "test",
+        "score",
+        covers=frozenset({first}),
+    )
     assert index.search(image=shot, k=2)[0].confident is True
-    index._gen.verdict = VerdictCalibration(0.0, 1.0, 0.5, 0.0, 10, 10, 0.9, {"train_pairs": 10}, "test", "score",
-                                            covers=frozenset({"someone-else"}))
+    index._gen.verdict = VerdictCalibration(
+        0.0,
+        1.0,
+        0.5,
+        0.0,
+        10,
+        10,
+        0.9,
+        {"train_pairs": 10},
+        "test",
+        "score",
+        covers=frozenset({"someone-else"}),
+    )
     assert index.search(image=shot, k=2)[0].confident is None
 
 
@@ -126,9 +183,17 @@ def test_one_session_per_product_is_not_vouched_for_by_its_own_near_duplicates()
     a verdict nothing in the pairs supports; folding by session treats it like an unseen product."""
     catalog, pids, q, labels, _ = _shop(sessions=1, photos=4)
     _, index_vectors = _index(catalog, pids, q, labels)
-    by_session = learn.calibrate(catalog, pids, adapted=True, index_vectors=index_vectors, shopper=(q, labels))
-    by_photo = learn.calibrate(catalog, pids, adapted=True, index_vectors=index_vectors, shopper=(q, labels),
-                               session_cosine=1.01)  # every photo its own cluster
+    by_session = learn.calibrate(
+        catalog, pids, adapted=True, index_vectors=index_vectors, shopper=(q, labels)
+    )
+    by_photo = learn.calibrate(
+        catalog,
+        pids,
+        adapted=True,
+        index_vectors=index_vectors,
+        shopper=(q, labels),
+        session_cosine=1.01,
+    )  # every photo its own cluster
     assert by_photo.threshold is not None  # what per-photo folding would (wrongly) promise
     assert by_session.threshold is None, by_session
 
@@ -136,4 +201,11 @@ def test_one_session_per_product_is_not_vouched_for_by_its_own_near_duplicates()
 def test_pair_folds_must_be_named():
     catalog, pids, q, labels, _ = _shop(n=20, distractors=20, d=32)
     with pytest.raises(ValueError, match="pair_folds must be 'session' or 'product'"):
-        learn.calibrate(catalog, pids, adapted=False, index_vectors=catalog, shopper=(q, labels), pair_folds="photo")
+        learn.calibrate(
+            catalog,
+            pids,
+            adapted=False,
+            index_vectors=catalog,
+            shopper=(q, labels),
+            pair_folds="photo",
+        )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import FakeEmbedder, LocatingFake, draw_product, write_catalog
 from PIL import Image, ImageOps
 
-from conftest import FakeEmbedder, LocatingFake, draw_product, write_catalog
-from vsearch import transforms as post
-from vsearch.query_options import product_score
 from vsearch.build import build_index
 from vsearch.errors import ModelError, VsearchError
-from vsearch.calibration import VerdictCalibration
+from vsearch.learn import transforms as post
+from vsearch.learn.calibration import VerdictCalibration
+from vsearch.query_options import product_score
 from vsearch.search import ProductIndex
 
 
@@ -23,8 +23,11 @@ def _clustered(seed=0, n=200, d=32, nuisance_dims=4, nuisance=2.0, noise=0.3):
     centres = rng.normal(size=(n, d))
 
     def photos():
-        return post.l2_normalise(centres + nuisance * rng.normal(size=(n, nuisance_dims)) @ basis
-                                 + noise * rng.normal(size=(n, d)))
+        return post.l2_normalise(
+            centres
+            + nuisance * rng.normal(size=(n, nuisance_dims)) @ basis
+            + noise * rng.normal(size=(n, d))
+        )
 
     return photos(), photos()
 
@@ -39,7 +42,8 @@ def test_whitening_removes_a_shared_direction_and_improves_recall():
     assert _r1(w.apply(catalog), w.apply(queries)) > _r1(catalog, queries)
     centred = post.fit_whitening(catalog, power=0.0, shrinkage=0.0)
     assert np.allclose(np.linalg.norm(centred.apply(queries), axis=1), 1.0, atol=1e-5)
-    assert post.fit_whitening(catalog, components=5).apply(queries).shape == queries.shape  # dim kept
+    # dim kept
+    assert post.fit_whitening(catalog, components=5).apply(queries).shape == queries.shape
 
 
 def test_whitening_round_trips_through_npy_files(tmp_path):
@@ -56,7 +60,9 @@ def test_whitening_round_trips_through_npy_files(tmp_path):
 def test_dba_pulls_a_products_views_together():
     rng = np.random.default_rng(1)
     a = rng.normal(size=16)
-    views = post.l2_normalise(np.stack([a + 0.6 * rng.normal(size=16) for _ in range(2)] + list(rng.normal(size=(6, 16)))))
+    views = post.l2_normalise(
+        np.stack([a + 0.6 * rng.normal(size=16) for _ in range(2)] + list(rng.normal(size=(6, 16))))
+    )
     before = float(views[0] @ views[1])
     aug = post.database_augment(views, k=1, alpha=1.0)
     assert float(aug[0] @ aug[1]) > before
@@ -76,7 +82,10 @@ def test_nearest_reads_the_database_a_block_at_a_time_and_merges_the_blocks(monk
     """The verdict calibration scores a big catalog through a cross-fitted projection this way:
     blocks of rows, each projected, top-k merged - the same answer as the whole projected array."""
     rng = np.random.default_rng(0)
-    db, q = rng.normal(size=(100, 16)).astype(np.float32), rng.normal(size=(9, 16)).astype(np.float32)
+    db, q = (
+        rng.normal(size=(100, 16)).astype(np.float32),
+        rng.normal(size=(9, 16)).astype(np.float32),
+    )
     m = rng.normal(size=(16, 16)).astype(np.float32)
     whole_s, whole_i = post.nearest(q, post.l2_normalise(db @ m), 5)
     seen = []
@@ -119,12 +128,16 @@ def test_product_scoring_mean_prefers_products_whose_images_all_match(tmp_path):
     rng = np.random.default_rng(3)
     q = post.l2_normalise(rng.normal(size=(1, d)))[0]
     other = post.l2_normalise(rng.normal(size=(1, d)))[0]
+
     def towards(w):
         return post.l2_normalise((w * q + (1 - w) * other)[None])[0]
+
     # A: one image almost identical to the query, one unrelated; B: two good images.
     vecs = np.stack([towards(0.97), -q, towards(0.85), towards(0.85)])
     csv_path = _vector_shop(tmp_path, vecs, ["A", "A", "B", "B"])
-    build_index(csv_path, tmp_path / "idx", embedder=FakeEmbedder(), embeddings=vecs.astype(np.float32))
+    build_index(
+        csv_path, tmp_path / "idx", embedder=FakeEmbedder(), embeddings=vecs.astype(np.float32)
+    )
     index = ProductIndex.load(tmp_path / "idx", FakeEmbedder())
     assert [h.product_id for h in index.search_vector(q, k=2)] == ["A", "B"]
     assert [h.product_id for h in index.search_vector(q, k=2, product_scoring="mean")] == ["B", "A"]
@@ -141,7 +154,9 @@ def test_flip_tta_helps_a_mirrored_photo(catalog_csv, tmp_path):
     flipped = index.search(image=mirrored, k=1, tta="flip")[0]
     assert flipped.product_id == "P002"
     assert flipped.score > plain.score if plain.product_id == "P002" else True
-    assert not np.allclose(index.embed_query(mirrored, tta="flip"), index.embed_query(mirrored, tta="none"))
+    assert not np.allclose(
+        index.embed_query(mirrored, tta="flip"), index.embed_query(mirrored, tta="none")
+    )
     with pytest.raises(VsearchError, match="tta"):
         index.search(image=mirrored, tta="rotate")
 
@@ -153,34 +168,51 @@ def test_locate_zooms_in_on_the_item_and_scores_both_looks(catalog_csv, tmp_path
     table = Image.fromarray(rng.integers(0, 255, (288, 288, 3), dtype=np.uint8))
     table.paste(draw_product(2), (150, 40))  # small, top right, on clutter
     located = index.search(image=table, k=3, locate=True)
-    (close_up,) = index.embedder.seen[-1]  # the second look: around the product, not the whole table
+    # the second look: around the product, not the whole table
+    (close_up,) = index.embedder.seen[-1]
     assert 96 <= close_up.width == close_up.height < 288
-    left, top = next((x, y) for x in range(0, 200) for y in range(0, 200)
-                     if np.array_equal(np.asarray(table.crop((x, y, x + close_up.width, y + close_up.height))),
-                                       np.asarray(close_up)))
-    assert left <= 150 and top <= 40 and left + close_up.width >= 246 and top + close_up.height >= 136
+    left, top = next(
+        (x, y)
+        for x in range(0, 200)
+        for y in range(0, 200)
+        if np.array_equal(
+            np.asarray(table.crop((x, y, x + close_up.width, y + close_up.height))),
+            np.asarray(close_up),
+        )
+    )
+    assert (
+        left <= 150 and top <= 40 and left + close_up.width >= 246 and top + close_up.height >= 136
+    )
     # each product scored by its best image under the whole photo and under the close-up, averaged
     zoom = FakeEmbedder().embed_images([close_up])[0]
     whole_vec = FakeEmbedder().embed_images([table])[0]
     by_whole = {h.product_id: h.score for h in index.search_vector(whole_vec, k=12)}
     by_zoom = {h.product_id: h.score for h in index.search_vector(zoom, k=12)}
     expected = sorted(((by_whole[p] + by_zoom[p]) / 2, p) for p in by_whole)[::-1][:3]
-    assert [(h.product_id, round(h.score, 5)) for h in located] == [(p, round(s, 5)) for s, p in expected]
+    assert [(h.product_id, round(h.score, 5)) for h in located] == [
+        (p, round(s, 5)) for s, p in expected
+    ]
     assert [h.rank for h in located] == [1, 2, 3]
-    assert len(index.search(image=table, k=1000, locate=True)) == 12  # the largest k: every product, once
+    # the largest k: every product, once
+    assert len(index.search(image=table, k=1000, locate=True)) == 12
     # the verdict stays the calibrated one-look verdict of each product, whatever the new order
     one_look = {h.product_id: h.confident for h in index.search(image=table, k=50)}
     assert [h.confident for h in located] == [one_look[h.product_id] for h in located]
-    index._gen.verdict = VerdictCalibration.from_dict({"threshold": 0.12, "signal": "score"})  # as if calibrated
+    # as if calibrated
+    index._gen.verdict = VerdictCalibration.from_dict({"threshold": 0.12, "signal": "score"})
     one_look = {h.product_id: h.confident for h in index.search(image=table, k=50)}
     relocated = index.search(image=table, k=12, locate=True)
     assert {True, False} <= {h.confident for h in relocated}
     assert [h.confident for h in relocated] == [one_look[h.product_id] for h in relocated]
     # filters and held-out images hold in both looks
-    mugs = index.search(image=table, k=3, locate=True, filters={"category": "mug"})  # P002 is a lamp
+    # P002 is a lamp
+    mugs = index.search(image=table, k=3, locate=True, filters={"category": "mug"})
     assert mugs and all(h.product.category == "mug" for h in mugs)
     p002 = [vid for vid, _ in index.images_by_product()["P002"]]
-    assert all(h.product_id != "P002" for h in index.search(image=table, k=12, locate=True, exclude_images=p002))
+    assert all(
+        h.product_id != "P002"
+        for h in index.search(image=table, k=12, locate=True, exclude_images=p002)
+    )
     with pytest.raises(VsearchError, match="text"):
         index.search(image=table, text="red mug", locate=True)
     with pytest.raises(VsearchError, match="test-time augmentation"):
@@ -192,15 +224,25 @@ def test_locate_zooms_in_on_the_item_and_scores_both_looks(catalog_csv, tmp_path
 def test_build_options_are_stored_and_used_at_query_time(tmp_path):
     csv_path = write_catalog(tmp_path / "shop", n_products=30, views=2)
     build_index(csv_path, tmp_path / "plain", embedder=FakeEmbedder(), whitening=False)
-    build_index(csv_path, tmp_path / "tuned", embedder=FakeEmbedder(), whitening={"power": 0.5, "shrinkage": 0.5},
-                dba={"k": 1}, query_defaults={"tta": "flip", "query_expansion": {"k": 2}, "product_scoring": "top2"})
+    build_index(
+        csv_path,
+        tmp_path / "tuned",
+        embedder=FakeEmbedder(),
+        whitening={"power": 0.5, "shrinkage": 0.5},
+        dba={"k": 1},
+        query_defaults={"tta": "flip", "query_expansion": {"k": 2}, "product_scoring": "top2"},
+    )
     plain = ProductIndex.load(tmp_path / "plain", FakeEmbedder())
     tuned = ProductIndex.load(tmp_path / "tuned", FakeEmbedder())
     assert plain.manifest["postprocess"]["whitening"] is None
     gen = tmp_path / "tuned" / tuned.generation
     assert (gen / "whitening_projection.npy").is_file() and not list(gen.glob("*.pkl"))
     assert tuned.manifest["postprocess"]["dba"] == {"k": 1, "alpha": 3.0}
-    assert tuned.query_defaults() == {"tta": "flip", "query_expansion": {"k": 2}, "product_scoring": "top2"}
+    assert tuned.query_defaults() == {
+        "tta": "flip",
+        "query_expansion": {"k": 2},
+        "product_scoring": "top2",
+    }
     photo = draw_product(4, view=1, size=110)
     assert tuned.search(image=photo, k=1)[0].product_id == "P004"
     # the stored defaults are what a bare search uses; explicit arguments override them
@@ -209,15 +251,18 @@ def test_build_options_are_stored_and_used_at_query_time(tmp_path):
     c = tuned.search(image=photo, k=5, tta="none", query_expansion={"k": 0}, product_scoring="max")
     assert [h.score for h in a] == [h.score for h in b] != [h.score for h in c]
     # whitened scores differ from raw cosine, so the catalog vectors really were transformed
-    assert plain.search(image=photo, k=1)[0].score != pytest.approx(tuned.search(image=photo, k=1, tta="none",
-                                                                                   query_expansion={"k": 0})[0].score)
+    assert plain.search(image=photo, k=1)[0].score != pytest.approx(
+        tuned.search(image=photo, k=1, tta="none", query_expansion={"k": 0})[0].score
+    )
 
 
 def test_unknown_build_options_are_refused(tmp_path, catalog_csv):
     with pytest.raises(ValueError, match="accepted"):
         build_index(catalog_csv, tmp_path / "x", embedder=FakeEmbedder(), whitening={"strength": 1})
     with pytest.raises(ValueError, match="unknown query option"):
-        build_index(catalog_csv, tmp_path / "y", embedder=FakeEmbedder(), query_defaults={"rerank": True})
+        build_index(
+            catalog_csv, tmp_path / "y", embedder=FakeEmbedder(), query_defaults={"rerank": True}
+        )
 
 
 def test_clip_text_fusion_and_zero_shot_category(tmp_path):
@@ -247,7 +292,10 @@ def test_efficientnet_read_out_specs():
     from vsearch.embedders.efficientnet import parse_efficientnet_spec
 
     assert parse_efficientnet_spec("efficientnet-lite0") == {"pooling": "avg", "multiscale": False}
-    assert parse_efficientnet_spec("efficientnet-lite0:gem-ms") == {"pooling": "gem", "multiscale": True}
+    assert parse_efficientnet_spec("efficientnet-lite0:gem-ms") == {
+        "pooling": "gem",
+        "multiscale": True,
+    }
     with pytest.raises(ModelError, match="gem-ms"):
         parse_efficientnet_spec("efficientnet-lite0:max")
 
@@ -269,22 +317,35 @@ def test_efficientnet_multiscale_changes_vectors_and_round_trips_its_spec():
 
 def test_auto_whitening_is_kept_only_when_held_out_views_improve(tmp_path):
     catalog, queries = _clustered(n=60)
-    two_views = np.concatenate([catalog, queries])  # each product: two photos with different nuisance
+    # each product: two photos with different nuisance
+    two_views = np.concatenate([catalog, queries])
     pids = [f"P{i:03d}" for i in range(60)] * 2
     csv_path = _vector_shop(tmp_path, two_views, pids)
-    from vsearch.calibration import held_out_recall
+    from vsearch.learn.calibration import held_out_recall
 
     before, n = held_out_recall(two_views, np.asarray(pids))
     assert n == 120 and before < 0.9
     # adaptation off: it would already remove the nuisance whitening is tested on here
-    build_index(csv_path, tmp_path / "multi", embedder=FakeEmbedder(), embeddings=_pad(two_views), whitening="auto",
-                adapt="off")
+    build_index(
+        csv_path,
+        tmp_path / "multi",
+        embedder=FakeEmbedder(),
+        embeddings=_pad(two_views),
+        whitening="auto",
+        adapt="off",
+    )
     info = ProductIndex.load(tmp_path / "multi", FakeEmbedder()).manifest["postprocess"]
     assert info["whitening_auto"]["kept"] and info["whitening"] is not None
     assert info["whitening_auto"]["r1_whitened"] > info["whitening_auto"]["r1_raw"]
     # single-image products: nothing to hold out, so "auto" leaves whitening off
     csv_single = _vector_shop(tmp_path / "s", catalog, [f"P{i:03d}" for i in range(60)])
-    build_index(csv_single, tmp_path / "single", embedder=FakeEmbedder(), embeddings=_pad(catalog), whitening="auto")
+    build_index(
+        csv_single,
+        tmp_path / "single",
+        embedder=FakeEmbedder(),
+        embeddings=_pad(catalog),
+        whitening="auto",
+    )
     info = ProductIndex.load(tmp_path / "single", FakeEmbedder()).manifest["postprocess"]
     assert info["whitening"] is None and info["whitening_auto"]["kept"] is False
 
@@ -300,10 +361,12 @@ def test_one_blas_thread_is_shared_by_overlapping_queries():
     """Two searches overlap in time: the BLAS limit holds until the last one leaves, and is then
     restored (a limit per query would be lifted under the second one, or left on for good)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from vsearch.transforms import single_threaded_blas
+    from vsearch.learn.transforms import single_threaded_blas
 
     def blas_threads():
-        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        return [
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        ]
 
     before = blas_threads()
     if not before or max(before) == 1:

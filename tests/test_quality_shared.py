@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 
 from vsearch.build import build_index
-from vsearch.evaluate import Query, evaluate
+from vsearch.evaluate.quality import Query, evaluate
 from vsearch.search import ProductIndex
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = [
-    pytest.mark.shared_data, pytest.mark.slow,
-    pytest.mark.skipif(not (DATA / "jumia" / "manifest.csv").is_file(), reason=f"{DATA} (real product photos) is not here"),
+    pytest.mark.shared_data,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (DATA / "jumia" / "manifest.csv").is_file(),
+        reason=f"{DATA} (real product photos) is not here",
+    ),
 ]
 JUMIA_CATEGORIES = ("mouse", "flash_drive", "office_chairs")  # 191 product groups, 854 photos
 # Measured on this subset (143 queries; benchmarks/RESULTS.md, "Learning from the shop"):
@@ -44,9 +48,22 @@ def jumia_subset(tmp_path_factory):
     for group, rows in sorted(groups.items()):
         rows.sort(key=lambda r: (int(r["view"]), r["image"]))
         if len(rows) >= 2:
-            queries.append(Query(image=str(DATA / "jumia" / rows[-1]["image"]), expected=(group,), category=rows[-1]["category"]))
+            queries.append(
+                Query(
+                    image=str(DATA / "jumia" / rows[-1]["image"]),
+                    expected=(group,),
+                    category=rows[-1]["category"],
+                )
+            )
             rows = rows[:-1]
-        catalog += [{"product_id": group, "image": str(DATA / "jumia" / r["image"]), "category": r["category"]} for r in rows]
+        catalog += [
+            {
+                "product_id": group,
+                "image": str(DATA / "jumia" / r["image"]),
+                "category": r["category"],
+            }
+            for r in rows
+        ]
     path = root / "catalog.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["product_id", "image", "category"])
@@ -59,7 +76,13 @@ def test_catalog_adaptation_beats_raw_vectors_on_jumia(jumia_subset):
     catalog, queries, root = jumia_subset
     r1 = {}
     for adapt in ("off", "auto"):  # same index folder: the second build reuses every embedding
-        report = build_index(catalog, root / "index", model="efficientnet-lite0", adapt=adapt, allow_outside_paths=True)
+        report = build_index(
+            catalog,
+            root / "index",
+            model="efficientnet-lite0",
+            adapt=adapt,
+            allow_outside_paths=True,
+        )
         index = ProductIndex.load(root / "index", report.embedder)
         r1[adapt] = evaluate(index, queries, k=10).recall[1]
     assert index.manifest["adaptation"]["state"] == "fitted"
@@ -75,7 +98,9 @@ def test_train_pairs_teach_the_phone_photo_gap_and_bad_rows_are_named(tmp_path):
     with open(catalog, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["product_id", "image"])
-        w.writerows((pid(r), str(DATA / "grocery" / r["image"])) for r in rows if r["kind"] == "iconic")
+        w.writerows(
+            (pid(r), str(DATA / "grocery" / r["image"])) for r in rows if r["kind"] == "iconic"
+        )
     val = [r for r in rows if r["split"] == "val"]
     pairs = tmp_path / "pairs.csv"
     with open(pairs, "w", newline="", encoding="utf-8") as f:
@@ -83,18 +108,33 @@ def test_train_pairs_teach_the_phone_photo_gap_and_bad_rows_are_named(tmp_path):
         w.writerow(["image", "product_id"])
         w.writerows((str(DATA / "grocery" / r["image"]), pid(r)) for r in val[::5])  # 60 photos
         w.writerow([str(tmp_path / "gone.jpg"), pid(val[0])])  # row 62: a missing photo
-        w.writerow([str(DATA / "grocery" / val[1]["image"]), "99-Not-Sold"])  # row 63: an unknown product
-    report = build_index(catalog, tmp_path / "index", model="efficientnet-lite0", train_pairs=pairs,
-                         allow_outside_paths=True)
+        # row 63: an unknown product
+        w.writerow([str(DATA / "grocery" / val[1]["image"]), "99-Not-Sold"])
+    report = build_index(
+        catalog,
+        tmp_path / "index",
+        model="efficientnet-lite0",
+        train_pairs=pairs,
+        allow_outside_paths=True,
+    )
     named = {p.row: p.reason for p in report.problems if "train pairs" in p.reason}
     assert set(named) == {62, 63}, named
     assert "gone.jpg" in named[62] and "99-Not-Sold" in named[63]
     index = ProductIndex.load(tmp_path / "index", report.embedder)
     adaptation = index.manifest["adaptation"]
     assert adaptation["state"] == "fitted" and adaptation["shopper_pairs"] == 60
-    # photos the projection never saw (the other val photos) find their product more often than without it
-    held = [Query(image=str(DATA / "grocery" / r["image"]), expected=(pid(r),)) for i, r in enumerate(val) if i % 5][:80]
+    # photos the projection never saw (the other val photos) find their product more often than
+    # without it
+    held = [
+        Query(image=str(DATA / "grocery" / r["image"]), expected=(pid(r),))
+        for i, r in enumerate(val)
+        if i % 5
+    ][:80]
     adapted = evaluate(index, held, k=5).recall[1]
-    plain_report = build_index(catalog, tmp_path / "plain", model="efficientnet-lite0", allow_outside_paths=True)
-    plain = evaluate(ProductIndex.load(tmp_path / "plain", plain_report.embedder), held, k=5).recall[1]
+    plain_report = build_index(
+        catalog, tmp_path / "plain", model="efficientnet-lite0", allow_outside_paths=True
+    )
+    plain = evaluate(
+        ProductIndex.load(tmp_path / "plain", plain_report.embedder), held, k=5
+    ).recall[1]
     assert adapted > plain + 0.05, (plain, adapted)

@@ -11,23 +11,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_catalog
-from vsearch import store
-from vsearch.cache import EmbeddingCache
-from vsearch.embedding_shards import (fill_from_shards, iter_embedding_shards, prune_shards, shard_fingerprint, shard_keys,
-                                      write_embedding_shard)
+
+from vsearch.embeddings.cache import EmbeddingCache
+from vsearch.embeddings.shards import (
+    fill_from_shards,
+    iter_embedding_shards,
+    prune_shards,
+    shard_fingerprint,
+    shard_keys,
+    write_embedding_shard,
+)
 from vsearch.errors import VsearchError
-from vsearch.gc import UsedKeys
+from vsearch.store import generations as store
+from vsearch.store.gc import UsedKeys
 
 TIMEOUT_S = 300
-BAD_ROW = {"product_id": "BROKEN", "image": "images/broken.jpg", "title": "Broken", "category": "mug",
-           "price": "1.00", "url": "", "brand": "", "color": ""}
+BAD_ROW = {
+    "product_id": "BROKEN",
+    "image": "images/broken.jpg",
+    "title": "Broken",
+    "category": "mug",
+    "price": "1.00",
+    "url": "",
+    "brand": "",
+    "color": "",
+}
 
 
 @pytest.fixture
 def hard_timeout():
     """Fail (not hang) if a test runs past TIMEOUT_S."""
+
     def expire(signum, frame):
         raise TimeoutError(f"Ray test ran past {TIMEOUT_S} s")
 
@@ -43,10 +58,16 @@ def ray_cluster(tmp_path_factory):
     """One Ray for this module, with 2 CPUs; its workers see the kill switch's file path."""
     ray = pytest.importorskip("ray")
     kill_switch = tmp_path_factory.mktemp("ray") / "kill-one-actor"
-    from vsearch.ray_engine import TEST_EXIT_ONCE_ENV
+    from vsearch.embeddings.ray_engine import TEST_EXIT_ONCE_ENV
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, logging_level="warning",
-             runtime_env={"env_vars": {TEST_EXIT_ONCE_ENV: str(kill_switch)}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        logging_level="warning",
+        runtime_env={"env_vars": {TEST_EXIT_ONCE_ENV: str(kill_switch)}},
+    )
     yield kill_switch
     ray.shutdown()
 
@@ -75,15 +96,46 @@ def _raw(index: Path, hashes: list[str], fingerprint: str) -> np.ndarray:
     return np.stack([got[h] for h in hashes])
 
 
-def test_ray_build_equals_local_build_and_embeds_in_workers(tmp_path, ray_cluster, hard_timeout, capsys):
+def test_ray_build_equals_local_build_and_embeds_in_workers(
+    tmp_path, ray_cluster, hard_timeout, capsys
+):
     from vsearch.cli import main
     from vsearch.search import ProductIndex
 
     catalog = _catalog(tmp_path / "shop")
-    assert main(["build", str(catalog), "--index", str(tmp_path / "local"), "--model", "test-tiny", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                str(catalog),
+                "--index",
+                str(tmp_path / "local"),
+                "--model",
+                "test-tiny",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     local_err = capsys.readouterr().err
-    assert main(["build", str(catalog), "--index", str(tmp_path / "ray"), "--model", "test-tiny", "--quiet",
-                 "--engine", "ray", "--ray-actors", "1"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                str(catalog),
+                "--index",
+                str(tmp_path / "ray"),
+                "--model",
+                "test-tiny",
+                "--quiet",
+                "--engine",
+                "ray",
+                "--ray-actors",
+                "1",
+            ]
+        )
+        == 0
+    )
     ray_err = capsys.readouterr().err
 
     # the same images, rows and order; the same bad row, reported with its row number and message
@@ -99,13 +151,18 @@ def test_ray_build_equals_local_build_and_embeds_in_workers(tmp_path, ray_cluste
     hashes = [h for _, _, h in ray_rows]
     cos = (_raw(tmp_path / "local", hashes, fp) * _raw(tmp_path / "ray", hashes, fp)).sum(axis=1)
     assert cos.min() >= 0.9999
-    a, b = store.read_faiss(_generation(tmp_path / "local")), store.read_faiss(_generation(tmp_path / "ray"))
+    a, b = (
+        store.read_faiss(_generation(tmp_path / "local")),
+        store.read_faiss(_generation(tmp_path / "ray")),
+    )
     assert a.ntotal == b.ntotal == len(ray_rows)
     assert np.allclose(a.reconstruct_n(0, a.ntotal), b.reconstruct_n(0, b.ntotal), atol=1e-5)
     # the same top-1 product for every catalog photo
     li, ri = ProductIndex.load(tmp_path / "local"), ProductIndex.load(tmp_path / "ray")
     for source, _, _ in ray_rows[:6]:
-        assert li.search(image=source, k=1)[0].product_id == ri.search(image=source, k=1)[0].product_id
+        assert (
+            li.search(image=source, k=1)[0].product_id == ri.search(image=source, k=1)[0].product_id
+        )
 
     # the Parquet shards hold exactly the vectors embedded, under the model's fingerprint
     shards = list((tmp_path / "ray" / "embeddings").glob("part-*.parquet"))
@@ -123,27 +180,47 @@ def test_embedding_runs_in_ray_worker_processes(tmp_path, ray_cluster, hard_time
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     from conftest import draw_product
+
     from vsearch.build import build_index
-    from vsearch.fetch import FetchPolicy
+    from vsearch.catalog.fetch import FetchPolicy
 
     served = tmp_path / "served"
     served.mkdir()
     draw_product(40).save(served / "remote.jpg", quality=92)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(served)))
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/remote.jpg"
     try:
-        catalog = write_catalog(tmp_path / "shop", n_products=4, extra_rows=[{**BAD_ROW, "product_id": "WEB", "image": url}])
-        report = build_index(catalog, tmp_path / "idx", model="test-tiny", engine="ray", ray_actors=1,
-                             fetch_policy=FetchPolicy(allow_private=True))
+        catalog = write_catalog(
+            tmp_path / "shop",
+            n_products=4,
+            extra_rows=[{**BAD_ROW, "product_id": "WEB", "image": url}],
+        )
+        report = build_index(
+            catalog,
+            tmp_path / "idx",
+            model="test-tiny",
+            engine="ray",
+            ray_actors=1,
+            fetch_policy=FetchPolicy(allow_private=True),
+        )
     finally:
         server.shutdown()
     assert report.embedded == 7 and not report.skipped
     assert (url, 8) in [(s, r) for s, r, _ in _image_rows(tmp_path / "idx")]
     pids = report.engine["worker_pids"]
     assert pids and os.getpid() not in pids
-    again = build_index(catalog, tmp_path / "idx", model="test-tiny", engine="ray", fetch_policy=FetchPolicy(allow_private=True))
-    assert (again.embedded, again.reused, again.engine["actors"]) == (0, 7, 0)  # all cached: Ray is not even asked
+    again = build_index(
+        catalog,
+        tmp_path / "idx",
+        model="test-tiny",
+        engine="ray",
+        fetch_policy=FetchPolicy(allow_private=True),
+    )
+    # all cached: Ray is not even asked
+    assert (again.embedded, again.reused, again.engine["actors"]) == (0, 7, 0)
 
 
 def test_killed_actor_is_retried_and_every_row_is_indexed_once(tmp_path, ray_cluster, hard_timeout):
@@ -151,28 +228,37 @@ def test_killed_actor_is_retried_and_every_row_is_indexed_once(tmp_path, ray_clu
 
     catalog = write_catalog(tmp_path / "shop", n_products=24)
     ray_cluster.write_text("armed")  # the first actor to take a batch deletes this file and dies
-    report = build_index(catalog, tmp_path / "idx", model="test-tiny", engine="ray", ray_actors=1, batch_size=4)
+    report = build_index(
+        catalog, tmp_path / "idx", model="test-tiny", engine="ray", ray_actors=1, batch_size=4
+    )
     assert not ray_cluster.exists(), "no actor was killed, so this test proved nothing"
     rows = _image_rows(tmp_path / "idx")
     assert len(rows) == 36 == report.images == report.embedded and not report.skipped
-    assert len({r for _, r, _ in rows}) == 36 and len({h for _, _, h in rows}) == 36  # no image twice
+    # no image twice
+    assert len({r for _, r, _ in rows}) == 36 and len({h for _, _, h in rows}) == 36
     assert store.read_faiss(_generation(tmp_path / "idx")).ntotal == 36
     killed = int(Path(f"{ray_cluster}.killed").read_text())
-    assert report.engine["worker_pids"] and killed not in report.engine["worker_pids"]  # its replacement did the work
+    # its replacement did the work
+    assert report.engine["worker_pids"] and killed not in report.engine["worker_pids"]
     with EmbeddingCache(tmp_path / "idx" / store.CACHE_FILE) as cache:
         assert cache.count() == 36
 
 
-def test_a_batch_that_kills_every_worker_fails_the_build_after_a_bounded_number_of_restarts(tmp_path, ray_cluster,
-                                                                                               hard_timeout):
+def test_a_batch_that_kills_every_worker_fails_the_build_after_a_bounded_number_of_restarts(
+    tmp_path, ray_cluster, hard_timeout
+):
     from vsearch.build import build_index
-    from vsearch.ray_engine import ACTOR_MAX_RESTARTS
+    from vsearch.embeddings.ray_engine import ACTOR_MAX_RESTARTS
 
     catalog = write_catalog(tmp_path / "shop", n_products=3)
     always = Path(f"{ray_cluster}.always")
-    always.write_text("")  # every worker that takes a batch dies (a deterministic crash: retrying cannot help)
+    # every worker that takes a batch dies (a deterministic crash: retrying cannot help)
+    always.write_text("")
     try:
-        with pytest.raises(VsearchError, match=r"the Ray embedding job failed \(a model actor died and was restarted"):
+        with pytest.raises(
+            VsearchError,
+            match=r"the Ray embedding job failed \(a model actor died and was restarted",
+        ):
             build_index(catalog, tmp_path / "idx", model="test-tiny", engine="ray", ray_actors=1)
         deaths = always.read_text().split()
     finally:
@@ -181,16 +267,36 @@ def test_a_batch_that_kills_every_worker_fails_the_build_after_a_bounded_number_
     assert store.read_current(tmp_path / "idx", missing_ok=True) is None
 
 
-def test_a_worker_that_cannot_load_the_model_or_loads_other_weights_fails_with_its_error(ray_cluster, hard_timeout):
+def test_a_worker_that_cannot_load_the_model_or_loads_other_weights_fails_with_its_error(
+    ray_cluster, hard_timeout
+):
+    from vsearch.embeddings.ray_engine import RayOptions, embed_misses
     from vsearch.errors import ModelError
-    from vsearch.ray_engine import RayOptions, embed_misses
 
     with pytest.raises(ModelError, match=r"Ray worker .* could not load model no-such-model"):
-        embed_misses({"0" * 64: ("a.jpg", None, b"bytes")}, model="no-such-model", pretrained=None, precision="fp32",
-                     fingerprint="x", dim=4, options=RayOptions(actors=1), on_vectors=lambda k, v: None)
-    with pytest.raises(ModelError, match=r"Ray worker .* loaded test-tiny with other weights than the driver"):
-        embed_misses({"0" * 64: ("a.jpg", None, b"bytes")}, model="test-tiny", pretrained=None, precision="fp32",
-                     fingerprint="not-the-driver's", dim=32, options=RayOptions(actors=1), on_vectors=lambda k, v: None)
+        embed_misses(
+            {"0" * 64: ("a.jpg", None, b"bytes")},
+            model="no-such-model",
+            pretrained=None,
+            precision="fp32",
+            fingerprint="x",
+            dim=4,
+            options=RayOptions(actors=1),
+            on_vectors=lambda k, v: None,
+        )
+    with pytest.raises(
+        ModelError, match=r"Ray worker .* loaded test-tiny with other weights than the driver"
+    ):
+        embed_misses(
+            {"0" * 64: ("a.jpg", None, b"bytes")},
+            model="test-tiny",
+            pretrained=None,
+            precision="fp32",
+            fingerprint="not-the-driver's",
+            dim=32,
+            options=RayOptions(actors=1),
+            on_vectors=lambda k, v: None,
+        )
 
 
 class _WeightsOnlyTheDriverReads:
@@ -204,7 +310,9 @@ class _WeightsOnlyTheDriverReads:
         return getattr(self._model, name)
 
 
-def test_a_worker_that_cannot_read_the_pretrained_file_fails_the_build_naming_the_file(tmp_path, ray_cluster, hard_timeout):
+def test_a_worker_that_cannot_read_the_pretrained_file_fails_the_build_naming_the_file(
+    tmp_path, ray_cluster, hard_timeout
+):
     import re
 
     from vsearch.build import build_index
@@ -214,7 +322,11 @@ def test_a_worker_that_cannot_read_the_pretrained_file_fails_the_build_naming_th
     catalog = write_catalog(tmp_path / "shop", n_products=3)
     weights = tmp_path / "not-mounted-on-workers" / "vit-b-32.bin"
     model = _WeightsOnlyTheDriverReads(load_embedder("test-tiny"), weights)
-    with pytest.raises(ModelError, match=rf"Ray worker .* \(pid \d+\) could not load model ViT-B-32: .*{re.escape(str(weights))}"):
+    with pytest.raises(
+        ModelError,
+        match=r"Ray worker .* \(pid \d+\) could not load model ViT-B-32: "
+        rf".*{re.escape(str(weights))}",
+    ):
         build_index(catalog, tmp_path / "idx", embedder=model, engine="ray", ray_actors=1)
     assert store.read_current(tmp_path / "idx", missing_ok=True) is None  # nothing published
 
@@ -222,7 +334,7 @@ def test_a_worker_that_cannot_read_the_pretrained_file_fails_the_build_naming_th
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):
     import sys
 
-    from vsearch.ray_engine import require_ray
+    from vsearch.embeddings.ray_engine import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(VsearchError, match=r"pip install 'vsearch\[ray\]'"):
@@ -234,14 +346,23 @@ def test_embedding_shards_round_trip(tmp_path):
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((5, 8)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)
+    a, b = (
+        rng.standard_normal((5, 8)).astype(np.float32),
+        rng.standard_normal((3, 4)).astype(np.float32),
+    )
     first = write_embedding_shard(tmp_path, [f"k{i}" for i in range(5)], a, "model-a")
     second = write_embedding_shard(tmp_path, ["x", "y", "z"], b, "model-b")
     assert (first.name, second.name) == ("part-00000.parquet", "part-00001.parquet")
     schema = pq.read_schema(first)
-    assert schema.field("vector").type == pa.list_(pa.float32(), 8) and schema.field("key").type == pa.string()
-    assert schema.metadata[b"vsearch.model_fingerprint"] == b"model-a" and schema.metadata[b"vsearch.dim"] == b"8"
-    (keys, vecs), = iter_embedding_shards(tmp_path, fingerprint="model-b")
+    assert (
+        schema.field("vector").type == pa.list_(pa.float32(), 8)
+        and schema.field("key").type == pa.string()
+    )
+    assert (
+        schema.metadata[b"vsearch.model_fingerprint"] == b"model-a"
+        and schema.metadata[b"vsearch.dim"] == b"8"
+    )
+    ((keys, vecs),) = iter_embedding_shards(tmp_path, fingerprint="model-b")
     assert keys == ["x", "y", "z"] and vecs.dtype == np.float32 and np.array_equal(vecs, b)
     assert len(list(iter_embedding_shards(tmp_path))) == 2
     pq.write_table(pa.table({"key": ["q"]}), tmp_path / "part-00002.parquet")
@@ -249,12 +370,20 @@ def test_embedding_shards_round_trip(tmp_path):
         list(iter_embedding_shards(tmp_path))
 
 
-def test_the_shards_join_reads_each_vector_into_its_rows_and_gc_drops_unused_and_repeated_keys(tmp_path):
+def test_the_shards_join_reads_each_vector_into_its_rows_and_gc_drops_unused_and_repeated_keys(
+    tmp_path,
+):
     rng = np.random.default_rng(1)
     vecs = {f"k{i}": rng.standard_normal(4).astype(np.float32) for i in range(7)}
-    write_embedding_shard(tmp_path, ["k0", "k1", "k2"], np.stack([vecs[k] for k in ("k0", "k1", "k2")]), "model-a")
-    write_embedding_shard(tmp_path, ["k2", "k3", "k4"], np.stack([vecs[k] for k in ("k2", "k3", "k4")]), "model-a")
-    write_embedding_shard(tmp_path, ["k5", "k6"], np.stack([vecs[k] for k in ("k5", "k6")]), "model-b")
+    write_embedding_shard(
+        tmp_path, ["k0", "k1", "k2"], np.stack([vecs[k] for k in ("k0", "k1", "k2")]), "model-a"
+    )
+    write_embedding_shard(
+        tmp_path, ["k2", "k3", "k4"], np.stack([vecs[k] for k in ("k2", "k3", "k4")]), "model-a"
+    )
+    write_embedding_shard(
+        tmp_path, ["k5", "k6"], np.stack([vecs[k] for k in ("k5", "k6")]), "model-b"
+    )
     assert shard_keys(tmp_path, "model-a") == {"k0", "k1", "k2", "k3", "k4"}
 
     out = np.zeros((5, 4), dtype=np.float32)
@@ -272,12 +401,19 @@ def test_the_shards_join_reads_each_vector_into_its_rows_and_gc_drops_unused_and
         return keys.claim
 
     runs: list = []
-    (tmp_path / ".part-killed.tmp").write_bytes(b"PAR1 half a file")  # what a build killed mid-write leaves
-    assert prune_shards(tmp_path, used(), dry_run=True) == 4 and len(list(tmp_path.glob("part-*"))) == 3
+    # what a build killed mid-write leaves
+    (tmp_path / ".part-killed.tmp").write_bytes(b"PAR1 half a file")
+    assert (
+        prune_shards(tmp_path, used(), dry_run=True) == 4
+        and len(list(tmp_path.glob("part-*"))) == 3
+    )
     assert (tmp_path / ".part-killed.tmp").exists()
-    assert prune_shards(tmp_path, used()) == 4  # k1 k3 k5 unused (k1 only by another model), k2 repeated
+    # k1 k3 k5 unused (k1 only by another model), k2 repeated
+    assert prune_shards(tmp_path, used()) == 4
     assert not list(tmp_path.glob(".part-*"))
-    assert shard_keys(tmp_path, "model-a") == {"k0", "k2", "k4"} and shard_keys(tmp_path, "model-b") == {"k6"}
+    assert shard_keys(tmp_path, "model-a") == {"k0", "k2", "k4"} and shard_keys(
+        tmp_path, "model-b"
+    ) == {"k6"}
     kept = {k: v for keys, part in iter_embedding_shards(tmp_path) for k, v in zip(keys, part)}
     assert len(kept) == 4 and all(np.array_equal(v, vecs[k]) for k, v in kept.items())
     assert sum(len(keys) for keys, _ in iter_embedding_shards(tmp_path)) == 4, "no key twice"
@@ -297,23 +433,33 @@ def test_compacting_keeps_the_marked_rows_in_order(monkeypatch):
     assert np.array_equal(vectors[: keep.sum()], want)
 
 
-def test_at_scale_the_parquet_shards_are_the_ray_builds_only_cache(tmp_path, ray_cluster, hard_timeout, monkeypatch):
+def test_at_scale_the_parquet_shards_are_the_ray_builds_only_cache(
+    tmp_path, ray_cluster, hard_timeout, monkeypatch
+):
     """From build.ON_DISK_MIN_VECTORS images on (0 here) a Ray build of an IVF index keeps the
     vectors it makes in Parquet shards only: the SQLite cache holds none, the index answers like
     the local build's, a rebuild (Ray or local) embeds nothing and reads them back shard by
     shard, and gc drops the shard rows of images no generation uses."""
     from vsearch import build as build_module
-    from vsearch import ray_engine
     from vsearch.build import build_index
-    from vsearch.gc import collect_garbage
+    from vsearch.embeddings import ray_engine as ray_engine
     from vsearch.search import ProductIndex
+    from vsearch.store.gc import collect_garbage
 
     catalog = _catalog(tmp_path / "shop")
     build_index(catalog, tmp_path / "local", model="test-tiny", index_type="ivf")
     monkeypatch.setattr(build_module, "ON_DISK_MIN_VECTORS", 0)
     monkeypatch.setattr(ray_engine, "SHARD_ROWS", 4)
     index = tmp_path / "ray"
-    first = build_index(catalog, index, model="test-tiny", index_type="ivf", engine="ray", ray_actors=1, batch_size=4)
+    first = build_index(
+        catalog,
+        index,
+        model="test-tiny",
+        index_type="ivf",
+        engine="ray",
+        ray_actors=1,
+        batch_size=4,
+    )
     rows = _image_rows(index)
     hashes = {h for _, _, h in rows}
     fp = store.read_manifest(_generation(index))["model"]["fingerprint"]
@@ -330,25 +476,32 @@ def test_at_scale_the_parquet_shards_are_the_ray_builds_only_cache(tmp_path, ray
         assert [h.product_id for h in got] == [h.product_id for h in want]
         assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-4)
 
-    again = build_index(catalog, index, model="test-tiny", index_type="ivf", engine="ray", ray_actors=1)
+    again = build_index(
+        catalog, index, model="test-tiny", index_type="ivf", engine="ray", ray_actors=1
+    )
     assert (again.embedded, again.reused) == (0, 15)  # (the broken row is tried again, as locally)
     by_local = build_index(catalog, index, model="test-tiny", index_type="ivf")
     assert (by_local.embedded, by_local.reused) == (0, 15), "a local build reads the shards too"
 
     smaller = _catalog(tmp_path / "smaller", n_products=6)
     for _ in range(2):  # gc keeps the live and the previous generation: let the 10-product one go
-        assert build_index(smaller, index, model="test-tiny", index_type="ivf", engine="ray").embedded == 0
+        assert (
+            build_index(smaller, index, model="test-tiny", index_type="ivf", engine="ray").embedded
+            == 0
+        )
     kept = {h for _, _, h in _image_rows(index)}
     assert kept < hashes
     report = collect_garbage(index)
     assert report.shard_rows == len(hashes - kept) and report.cache_rows == 0
     assert shard_keys(index / "embeddings", fp) == kept
-    assert build_index(smaller, index, model="test-tiny", index_type="ivf", engine="ray").embedded == 0
+    assert (
+        build_index(smaller, index, model="test-tiny", index_type="ivf", engine="ray").embedded == 0
+    )
 
 
 def test_readme_scaling_out_commands_parse():
-    """The README's cluster commands: the vsearch build line uses flags that exist, with Ray's address
-    from the environment, as written."""
+    """The README's cluster commands: the vsearch build line uses flags that exist, with Ray's
+    address from the environment, as written."""
     import re
     import shlex
 
@@ -360,7 +513,7 @@ def test_readme_scaling_out_commands_parse():
     line = next(ln for ln in block.splitlines() if "vsearch build" in ln)
     words = shlex.split(line.split("#")[0])
     assert words[0].startswith("RAY_ADDRESS=") and "ray start --head" in block
-    args = build_parser().parse_args(words[words.index("vsearch") + 1:])
+    args = build_parser().parse_args(words[words.index("vsearch") + 1 :])
     assert (args.engine, args.ray_actors, args.ray_address) == ("ray", 4, None)
 
 
@@ -380,15 +533,36 @@ def test_readme_cluster_recipe_on_one_machine(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     # its own temp dir (short: Ray's socket paths must fit 107 bytes), so that the "last cluster
     # started here" file, which a plain ray.init() on this machine would follow, dies with it
     temp_dir = tempfile.mkdtemp(prefix="vsr-", dir="/tmp")
     head = subprocess.Popen(
-        [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head", "--block",
-         f"--port={port}", "--num-cpus=2", "--object-store-memory=200000000", "--include-dashboard=false",
-         "--disable-usage-stats", f"--temp-dir={temp_dir}"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "from ray.scripts.scripts import main; main()",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--object-store-memory=200000000",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         started = time.monotonic()
         for line in head.stdout:
@@ -401,9 +575,25 @@ def test_readme_cluster_recipe_on_one_machine(tmp_path):
             pytest.fail("ray start --head exited")
         catalog = write_catalog(tmp_path / "shop", n_products=4)
         out = subprocess.run(
-            [sys.executable, "-m", "vsearch", "build", str(catalog), "--index", str(tmp_path / "idx"), "--model", "test-tiny",
-             "--quiet", "--engine", "ray"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
-            capture_output=True, text=True, timeout=TIMEOUT_S)
+            [
+                sys.executable,
+                "-m",
+                "vsearch",
+                "build",
+                str(catalog),
+                "--index",
+                str(tmp_path / "idx"),
+                "--model",
+                "test-tiny",
+                "--quiet",
+                "--engine",
+                "ray",
+            ],
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -413,5 +603,6 @@ def test_readme_cluster_recipe_on_one_machine(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "6 images (6 embedded, 0 reused from cache)" in out.stdout
-    assert f"embedded on Ray at {head_ip}:{port}: 1 actor(s) x 2 CPU(s)" in out.stdout  # the cluster, not a Ray of its own
+    # the cluster, not a Ray of its own
+    assert f"embedded on Ray at {head_ip}:{port}: 1 actor(s) x 2 CPU(s)" in out.stdout
     assert len(list((tmp_path / "idx" / "embeddings").glob("part-*.parquet"))) == 1

@@ -1,4 +1,5 @@
-"""The README's Python quickstart runs as written (on the generated sample catalog, offline model)."""
+"""The README's Python quickstart runs as written (on the generated sample catalog, offline
+model)."""
 
 from __future__ import annotations
 

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FakeEmbedder, write_catalog_rows
 from PIL import Image
 
-from conftest import FakeEmbedder, write_catalog_rows
 from vsearch import cli
-from vsearch import store
 from vsearch.build import build_index
-from vsearch.cache import EmbeddingCache
+from vsearch.embeddings.cache import EmbeddingCache
 from vsearch.errors import VsearchError
 from vsearch.search import ProductIndex
+from vsearch.store import generations as store
 
 
 def noise_catalog(folder: Path, ids: list[str], n_images: int, *, title: str = "") -> Path:
@@ -38,8 +38,13 @@ def noise_catalog(folder: Path, ids: list[str], n_images: int, *, title: str = "
         if not p.exists():
             arr = np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
             Image.fromarray(arr).save(p)
-    return write_catalog_rows(folder, ([pid, f"images/{i:04d}.png", title or f"product {pid}", "noise", f"{1 + i % 50}.00"]
-                                       for i, pid in enumerate(ids)))
+    return write_catalog_rows(
+        folder,
+        (
+            [pid, f"images/{i:04d}.png", title or f"product {pid}", "noise", f"{1 + i % 50}.00"]
+            for i, pid in enumerate(ids)
+        ),
+    )
 
 
 def fingerprint_of(hits) -> list[tuple[str, float, str]]:
@@ -47,11 +52,14 @@ def fingerprint_of(hits) -> list[tuple[str, float, str]]:
 
 
 def cache_state(path: Path, dim: int) -> int:
-    """Check the embedding cache is a sound SQLite file whose every vector has the model's dim; return its size."""
+    """Check the embedding cache is a sound SQLite file whose every vector has the model's dim;
+    return its size."""
     db = sqlite3.connect(path, timeout=10)
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        bad = db.execute("SELECT COUNT(*) FROM embeddings WHERE dim != ? OR length(vector) != 4 * ?", (dim, dim)).fetchone()[0]
+        bad = db.execute(
+            "SELECT COUNT(*) FROM embeddings WHERE dim != ? OR length(vector) != 4 * ?", (dim, dim)
+        ).fetchone()[0]
         assert bad == 0, f"{bad} cached vectors have the wrong size"
         return db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
     finally:
@@ -89,8 +97,22 @@ def test_sigkilled_builds_keep_the_old_index_and_the_cache_and_the_next_build_re
     cache_path = idx / store.CACHE_FILE
     env = {k: v for k, v in os.environ.items() if not k.startswith("VSEARCH_")}
     env["HF_HUB_OFFLINE"] = "1"
-    cmd = [sys.executable, "-m", "vsearch", "build", str(csv_path), "--index", str(idx), "--model", "test-tiny",
-           "--batch-size", "4", "--workers", "1", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vsearch",
+        "build",
+        str(csv_path),
+        "--index",
+        str(idx),
+        "--model",
+        "test-tiny",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
 
     counts = [cache_state(cache_path, embedder.dim)]
     # Kill 1 while the process is still starting; kills 2-4 each once 30 more images were embedded.
@@ -100,7 +122,11 @@ def test_sigkilled_builds_keep_the_old_index_and_the_cache_and_the_next_build_re
         if kill == 0:
             time.sleep(0.3)
         else:
-            while cached_count(cache_path) < counts[-1] + 30 and proc.poll() is None and time.monotonic() < deadline:
+            while (
+                cached_count(cache_path) < counts[-1] + 30
+                and proc.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.02)
         assert proc.poll() is None, f"build finished before kill {kill}: {proc.communicate()}"
         proc.send_signal(signal.SIGKILL)
@@ -116,7 +142,9 @@ def test_sigkilled_builds_keep_the_old_index_and_the_cache_and_the_next_build_re
         counts.append(cache_state(cache_path, embedder.dim))
         assert counts[-1] >= counts[-2]
         if kill > 0:
-            assert counts[-1] < total, "kill landed after embedding; the catalog is too small to aim it"
+            assert counts[-1] < total, (
+                "kill landed after embedding; the catalog is too small to aim it"
+            )
 
     assert counts[-1] >= 40 + 90, f"killed builds kept too little: {counts}"
 
@@ -136,7 +164,8 @@ class _Killed(BaseException):
 
 @pytest.mark.parametrize("crash_at", [0, 1, 2, "cleanup"])
 def test_crash_at_every_step_of_publishing_leaves_a_loadable_index(tmp_path, monkeypatch, crash_at):
-    """A kill between the renames of a publish (too narrow to hit with a timer) is simulated here."""
+    """A kill between the renames of a publish (too narrow to hit with a timer) is simulated
+    here."""
     shop, idx = tmp_path / "shop", tmp_path / "idx"
     csv_path = noise_catalog(shop, [f"A{i}" for i in range(10)], 20)
     first = build_index(csv_path, idx, embedder=FakeEmbedder())
@@ -153,8 +182,11 @@ def test_crash_at_every_step_of_publishing_leaves_a_loadable_index(tmp_path, mon
 
     monkeypatch.setattr(os, "replace", replace)
     if crash_at == "cleanup":
-        monkeypatch.setattr(store, "cleanup_generations", lambda d: (_ for _ in ()).throw(_Killed()))
-    monkeypatch.setattr("vsearch.build.shutil.rmtree", lambda *a, **k: None)  # a killed process cleans nothing
+        monkeypatch.setattr(
+            store, "cleanup_generations", lambda d: (_ for _ in ()).throw(_Killed())
+        )
+    # a killed process cleans nothing
+    monkeypatch.setattr("vsearch.build.shutil.rmtree", lambda *a, **k: None)
     with pytest.raises(_Killed):
         build_index(csv_path, idx, embedder=FakeEmbedder())
     monkeypatch.undo()
@@ -177,17 +209,23 @@ def test_crash_at_every_step_of_publishing_leaves_a_loadable_index(tmp_path, mon
 
 
 def test_index_folder_that_cannot_be_created_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    # Tests run as root in CI, where chmod does not stop writes: a regular file where a folder must go does.
+    # Tests run as root in CI, where chmod does not stop writes: a regular file where a folder must
+    # go does.
     csv_path = noise_catalog(tmp_path / "shop", ["P1", "P2"], 2)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     with pytest.raises(VsearchError, match="cannot write to the index folder .*not-a-folder/idx"):
         build_index(csv_path, blocker / "idx", embedder=FakeEmbedder())
 
-    monkeypatch.setattr("vsearch.embedders.load_embedder", lambda *a, **k: pytest.fail("model loaded before the folder check"))
+    monkeypatch.setattr(
+        "vsearch.embedders.load_embedder",
+        lambda *a, **k: pytest.fail("model loaded before the folder check"),
+    )
     assert cli.main(["build", str(csv_path), "--index", str(blocker / "idx"), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("vsearch: error: cannot write to the index folder") and "not-a-folder" in err
+    assert (
+        err.startswith("vsearch: error: cannot write to the index folder") and "not-a-folder" in err
+    )
     assert "Traceback" not in err and err.count("\n") == 1
 
 
@@ -195,7 +233,9 @@ def _two_versions(tmp_path):
     shop, idx = tmp_path / "shop", tmp_path / "idx"
     csv_path = noise_catalog(shop, [f"A{i}" for i in range(10)], 10)
     first = build_index(csv_path, idx, embedder=FakeEmbedder())
-    before = fingerprint_of(ProductIndex.load(idx, FakeEmbedder()).search(image=shop / "images" / "0002.png", k=5))
+    before = fingerprint_of(
+        ProductIndex.load(idx, FakeEmbedder()).search(image=shop / "images" / "0002.png", k=5)
+    )
     noise_catalog(shop, [f"B{i}" for i in range(16)], 16)  # 6 new images to embed
     return csv_path, idx, first, before, shop
 
@@ -207,7 +247,9 @@ def _assert_unchanged(idx, first, before, shop):
     assert not list(idx.glob(".tmp-*"))
 
 
-def test_read_only_file_system_at_publish_is_a_clear_error_and_the_old_index_stays(tmp_path, monkeypatch):
+def test_read_only_file_system_at_publish_is_a_clear_error_and_the_old_index_stays(
+    tmp_path, monkeypatch
+):
     csv_path, idx, first, before, shop = _two_versions(tmp_path)
     real_replace = os.replace
 
@@ -217,21 +259,30 @@ def test_read_only_file_system_at_publish_is_a_clear_error_and_the_old_index_sta
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(VsearchError, match=f"could not write the index in {idx}.*Read-only.*previous index is unchanged"):
+    with pytest.raises(
+        VsearchError,
+        match=f"could not write the index in {idx}.*Read-only.*previous index is unchanged",
+    ):
         build_index(csv_path, idx, embedder=FakeEmbedder())
     monkeypatch.undo()
     _assert_unchanged(idx, first, before, shop)
-    assert build_index(csv_path, idx, embedder=FakeEmbedder()).products == 16  # works once the disk is back
+    # works once the disk is back
+    assert build_index(csv_path, idx, embedder=FakeEmbedder()).products == 16
 
 
-def test_disk_full_while_caching_embeddings_is_a_clear_error_and_the_old_index_stays(tmp_path, monkeypatch):
+def test_disk_full_while_caching_embeddings_is_a_clear_error_and_the_old_index_stays(
+    tmp_path, monkeypatch
+):
     csv_path, idx, first, before, shop = _two_versions(tmp_path)
 
     def full(self, *a, **k):
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(EmbeddingCache, "put_many", full)
-    with pytest.raises(VsearchError, match=r"embedding cache .*cache\.sqlite failed \(database or disk is full\).*unchanged"):
+    with pytest.raises(
+        VsearchError,
+        match=r"embedding cache .*cache\.sqlite failed \(database or disk is full\).*unchanged",
+    ):
         build_index(csv_path, idx, embedder=FakeEmbedder(), batch_size=2)
     monkeypatch.undo()
     _assert_unchanged(idx, first, before, shop)
@@ -280,7 +331,9 @@ def test_searches_during_a_rebuild_see_old_or_new_never_a_mix_and_switch_without
                 hits = index.search(image=queries[n % len(queries)], k=5)
                 n += 1
                 versions = {h.product_id[:3] for h in hits} | {h.title.upper() for h in hits}
-                assert len(hits) == 5 and len(versions) == 1, f"mixed result: {fingerprint_of(hits)}"
+                assert len(hits) == 5 and len(versions) == 1, (
+                    f"mixed result: {fingerprint_of(hits)}"
+                )
                 seen.append(versions.pop())
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from vsearch.errors import CatalogError
 from vsearch.demo import SAMPLE_COLUMNS, write_sample_catalog, write_sample_queries
+from vsearch.errors import CatalogError
 
 
 def _rows(csv_path: Path) -> list[dict[str, str]]:
@@ -163,7 +163,8 @@ def _colour_descriptor(path: Path) -> np.ndarray:
 
 
 def test_second_view_finds_its_own_product_with_a_colour_histogram(default_sample):
-    """Products must differ visibly: another view of a product is nearer to it than to most others."""
+    """Products must differ visibly: another view of a product is nearer to it than to most
+    others."""
     catalog, _ = default_sample
     by_product = _images_by_product(catalog)
     ids = sorted(by_product)
@@ -174,7 +175,9 @@ def test_second_view_finds_its_own_product_with_a_colour_histogram(default_sampl
     for i in multi:
         scores = gallery @ _colour_descriptor(by_product[ids[i]][1])
         in_top5 += int((scores > scores[i]).sum() < 5)
-    assert in_top5 >= 0.8 * len(multi), f"only {in_top5}/{len(multi)} second views ranked their product in the top 5"
+    assert in_top5 >= 0.8 * len(multi), (
+        f"only {in_top5}/{len(multi)} second views ranked their product in the top 5"
+    )
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -73,15 +73,20 @@ def peak_growth_mib(fn) -> float:
 # ---------------------------------------------------------------- bounded request bodies
 
 
-@pytest.mark.parametrize(("route", "field"), [("/api/v1/search", "image"), ("/gradio_api/upload", "files")])
+@pytest.mark.parametrize(
+    ("route", "field"), [("/api/v1/search", "image"), ("/gradio_api/upload", "files")]
+)
 def test_a_chunked_200_mib_body_is_refused_with_413_while_it_streams(server, route, field):
     """No Content-Length, so nothing can be refused up front: the body is counted as it arrives."""
     sent = [0]
     boundary = "vsearch-test-boundary"
 
     def body():  # made lazily, 1 MiB at a time: the test never holds the 200 MiB either
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"big.jpg\"\r\n"
-                "Content-Type: image/jpeg\r\n\r\n").encode()
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            'filename="big.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
         chunk = b"\xff" * MiB
         for part in [head] + [chunk] * 200 + [f"\r\n--{boundary}--\r\n".encode()]:
             sent[0] += len(part)
@@ -90,39 +95,63 @@ def test_a_chunked_200_mib_body_is_refused_with_413_while_it_streams(server, rou
     answers = []
 
     def post():
-        r = httpx.post(_url(server, route), content=body(), timeout=120,
-                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        r = httpx.post(
+            _url(server, route),
+            content=body(),
+            timeout=120,
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
         answers.append(r)
 
     t0 = time.monotonic()
     grew = peak_growth_mib(post)
-    print(f"{route}: refused after {sent[0] / MiB:.0f} MiB sent, {time.monotonic() - t0:.1f} s, memory +{grew:.0f} MiB")
+    print(
+        f"{route}: refused after {sent[0] / MiB:.0f} MiB sent, {time.monotonic() - t0:.1f} s, "
+        f"memory +{grew:.0f} MiB"
+    )
     (r,) = answers
     assert r.status_code == 413, r.text
     # the guard's words, or Gradio's own per-file check when it counts first: both while streaming
-    assert ("at most" in r.text and "50 MiB" in r.text) or f"maximum allowed size of {50 * MiB} bytes" in r.text
+    assert (
+        "at most" in r.text and "50 MiB" in r.text
+    ) or f"maximum allowed size of {50 * MiB} bytes" in r.text
     assert sent[0] < 150 * MiB, f"the server read {sent[0] / MiB:.0f} MiB before refusing"
     assert grew < 100, f"the server's memory grew by {grew:.0f} MiB"
-    ok = httpx.post(_url(server, "/api/v1/search?k=1"), files={"image": ("p.png", png_bytes(4), "image/png")})
+    ok = httpx.post(
+        _url(server, "/api/v1/search?k=1"), files={"image": ("p.png", png_bytes(4), "image/png")}
+    )
     assert ok.status_code == 200 and ok.json()["results"][0]["product_id"] == "P004"
 
 
 def test_a_declared_oversize_json_body_is_refused_before_it_is_read(server):
-    r = httpx.post(_url(server, "/api/v1/search"), content=b"{" + b" " * (2 * MiB) + b"}",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        _url(server, "/api/v1/search"),
+        content=b"{" + b" " * (2 * MiB) + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and "at most 1 MiB" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("route", ["/api/v1/search", "/gradio_api/upload", "/gradio_api/queue/join"])
+@pytest.mark.parametrize(
+    "route", ["/api/v1/search", "/gradio_api/upload", "/gradio_api/queue/join"]
+)
 def test_a_slow_body_is_cut_off_with_408_after_the_body_timeout(impatient, route):
-    """A client that drips a few bytes a second is answered 408 once body_timeout (2 s here) is up."""
+    """A client that drips a few bytes a second is answered 408 once body_timeout (2 s here) is
+    up."""
     port = int(impatient.url.rstrip("/").rsplit(":", 1)[1])
     json_route = route.endswith("join")
     ctype = "application/json" if json_route else "multipart/form-data; boundary=x"
-    start = b"" if json_route else b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
+    start = (
+        b""
+        if json_route
+        else b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
-                  "Content-Length: 100000\r\n\r\n".encode() + start)
+        s.sendall(
+            f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            "Content-Length: 100000\r\n\r\n".encode()
+            + start
+        )
         started = time.monotonic()
         s.setblocking(False)
         answer = b""
@@ -180,13 +209,23 @@ def test_page_handlers_gradio_api_and_rest_share_one_gate(tmp_path):
             fn()
             ended[name] = time.monotonic()
 
-        first = threading.Thread(target=run, args=("gradio api", lambda: Client(srv.url, verbose=False).predict(
-            handle_file(photo), api_name="/search")))
+        first = threading.Thread(
+            target=run,
+            args=(
+                "gradio api",
+                lambda: Client(srv.url, verbose=False).predict(
+                    handle_file(photo), api_name="/search"
+                ),
+            ),
+        )
         first.start()
         assert slow.started.wait(30), "the first search never reached the model"
         others = {
-            "rest": lambda: httpx.post(_url(srv, "/api/v1/search?k=1"), timeout=60,
-                                       files={"image": ("p.png", png_bytes(3), "image/png")}).raise_for_status(),
+            "rest": lambda: httpx.post(
+                _url(srv, "/api/v1/search?k=1"),
+                timeout=60,
+                files={"image": ("p.png", png_bytes(3), "image/png")},
+            ).raise_for_status(),
             "page search": lambda: fns["ui_search"](photo, 0, 0, 0, 0, "", 3, [], 0, 0),
             "crop preview": lambda: fns["prepare_crop"](photo),
             "why it matched": lambda: fns["show_why"](photo, 0, 0, 0, 0, hits, _Select(0)),
@@ -197,8 +236,13 @@ def test_page_handlers_gradio_api_and_rest_share_one_gate(tmp_path):
         for t in [first, *threads]:
             t.join(60)
         assert set(ended) == {"gradio api", *others}
-        early = {n: round(slow.finished_at - ended[n], 2) for n in others if ended[n] < slow.finished_at}
-        assert not early, f"ran beside the slow search instead of waiting for the slot (s before it ended): {early}"
+        early = {
+            n: round(slow.finished_at - ended[n], 2) for n in others if ended[n] < slow.finished_at
+        }
+        assert not early, (
+            "ran beside the slow search instead of waiting for the slot (s before it ended): "
+            f"{early}"
+        )
     finally:
         srv.app.close()
 
@@ -215,13 +259,21 @@ def test_with_an_api_key_the_gradio_api_needs_it_too(tmp_path):
         with pytest.raises(Exception, match="(?i)login|auth|401|credentials"):
             Client(srv.url, verbose=False).predict(photo, api_name="/search")
         for route in ("/gradio_api/upload", "/gradio_api/queue/join", "/config"):
-            r = httpx.post(_url(srv, route), files={"files": ("p.png", png_bytes(1), "image/png")}) \
-                if route.endswith("upload") else httpx.request("POST" if "queue" in route else "GET", _url(srv, route),
-                                                               json={} if "queue" in route else None)
+            r = (
+                httpx.post(_url(srv, route), files={"files": ("p.png", png_bytes(1), "image/png")})
+                if route.endswith("upload")
+                else httpx.request(
+                    "POST" if "queue" in route else "GET",
+                    _url(srv, route),
+                    json={} if "queue" in route else None,
+                )
+            )
             assert r.status_code == 401, (route, r.status_code, r.text[:200])
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 (gradio_client's error type varies by version)
             Client(srv.url, auth=("shop", "wrong"), verbose=False)
-        hits = Client(srv.url, auth=("shop", "s3cret"), verbose=False).predict(photo, api_name="/search")
+        hits = Client(srv.url, auth=("shop", "s3cret"), verbose=False).predict(
+            photo, api_name="/search"
+        )
         assert hits[0]["product_id"] == "P006"
     finally:
         srv.app.close()
@@ -235,7 +287,8 @@ def test_the_page_and_gradio_api_take_from_the_same_rate_limit(tmp_path):
         client = Client(srv.url, verbose=False)
         photo = handle_file(shopper_photo(tmp_path, 2))
         assert client.predict(photo, api_name="/search")[0]["product_id"] == "P002"
-        assert httpx.get(_url(srv, "/api/v1/health")).status_code == 200  # REST and page: one bucket
+        # REST and page: one bucket
+        assert httpx.get(_url(srv, "/api/v1/health")).status_code == 200
         with pytest.raises(AppError, match="too many requests"):
             client.predict(photo, api_name="/search")
         assert httpx.get(_url(srv, "/api/v1/health")).status_code == 429
@@ -245,12 +298,18 @@ def test_the_page_and_gradio_api_take_from_the_same_rate_limit(tmp_path):
 
 def test_forwarded_addresses_key_the_rate_limit_only_from_trusted_proxies(tmp_path):
     def codes(srv, forwarded: list[str]) -> list[int]:
-        return [httpx.get(_url(srv, "/api/v1/health"), headers={"X-Forwarded-For": f}).status_code for f in forwarded]
+        return [
+            httpx.get(_url(srv, "/api/v1/health"), headers={"X-Forwarded-For": f}).status_code
+            for f in forwarded
+        ]
 
-    trusted = start_server(tmp_path / "a", rate_limit=1, rate_burst=2, trusted_proxies=("127.0.0.1",))
+    trusted = start_server(
+        tmp_path / "a", rate_limit=1, rate_burst=2, trusted_proxies=("127.0.0.1",)
+    )
     try:  # behind a trusted proxy every shopper has a bucket of their own
         assert codes(trusted, ["1.2.3.4", "1.2.3.4", "1.2.3.4"]) == [200, 200, 429]
-        assert codes(trusted, ["5.6.7.8", "9.9.9.9, 1.2.3.4"]) == [200, 429]  # the proxy appends the real client
+        # the proxy appends the real client
+        assert codes(trusted, ["5.6.7.8", "9.9.9.9, 1.2.3.4"]) == [200, 429]
     finally:
         trusted.app.close()
     untrusted = start_server(tmp_path / "b", rate_limit=1, rate_burst=2)
@@ -258,7 +317,9 @@ def test_forwarded_addresses_key_the_rate_limit_only_from_trusted_proxies(tmp_pa
         assert codes(untrusted, ["1.2.3.4", "5.6.7.8", "9.9.9.9"]) == [200, 200, 429]
     finally:
         untrusted.app.close()
-    other_proxy = start_server(tmp_path / "c", rate_limit=1, rate_burst=2, trusted_proxies=("10.0.0.0/8",))
+    other_proxy = start_server(
+        tmp_path / "c", rate_limit=1, rate_burst=2, trusted_proxies=("10.0.0.0/8",)
+    )
     try:  # the peer (127.0.0.1) is not the trusted proxy
         assert codes(other_proxy, ["1.2.3.4", "5.6.7.8", "9.9.9.9"]) == [200, 200, 429]
     finally:
@@ -267,19 +328,25 @@ def test_forwarded_addresses_key_the_rate_limit_only_from_trusted_proxies(tmp_pa
 
 def test_client_address_walks_forwarded_for_from_the_nearest_hop():
     from vsearch.errors import VsearchError
-    from vsearch.guard import TrustedProxies, client_address
+    from vsearch.serve.guard import TrustedProxies, client_address
 
     proxies = TrustedProxies(["127.0.0.1", "10.0.0.0/8"])
-    assert client_address("127.0.0.1", {"x-forwarded-for": "6.6.6.6, 1.2.3.4, 10.1.1.1"}, proxies) == "1.2.3.4"
+    assert (
+        client_address("127.0.0.1", {"x-forwarded-for": "6.6.6.6, 1.2.3.4, 10.1.1.1"}, proxies)
+        == "1.2.3.4"
+    )
     assert client_address("127.0.0.1", {}, proxies) == "127.0.0.1"
     assert client_address("8.8.8.8", {"x-forwarded-for": "1.2.3.4"}, proxies) == "8.8.8.8"
     assert client_address("127.0.0.1", {"x-forwarded-for": "junk, 1.2.3.4"}, proxies) == "1.2.3.4"
-    assert client_address("127.0.0.1", {"x-forwarded-for": "1.2.3.4"}, TrustedProxies()) == "127.0.0.1"
+    assert (
+        client_address("127.0.0.1", {"x-forwarded-for": "1.2.3.4"}, TrustedProxies()) == "127.0.0.1"
+    )
     with pytest.raises(VsearchError, match="'proxy.example' is not an IP address or network"):
         TrustedProxies(["proxy.example"])
 
 
-# ---------------------------------------------------------------- image_url: bounded, under the gate
+# ---------------------------------------------------------------- image_url: bounded, under the
+# gate
 
 
 class _Images(http.server.ThreadingHTTPServer):
@@ -287,8 +354,8 @@ class _Images(http.server.ThreadingHTTPServer):
 
 
 def image_server(delay: threading.Event | None = None):
-    """A loopback HTTP server: /N.png is product N's PNG; with ``delay``, answers only once it is set
-    (or after 20 s). Counts the requests it answered."""
+    """A loopback HTTP server: /N.png is product N's PNG; with ``delay``, answers only once it is
+    set (or after 20 s). Counts the requests it answered."""
     hits = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -312,20 +379,23 @@ def image_server(delay: threading.Event | None = None):
 
 
 def test_image_url_photos_live_in_a_bounded_cache():
-    from vsearch.fetch import FetchPolicy
-    from vsearch.guard import QueryDownloads
+    from vsearch.catalog.fetch import FetchPolicy
+    from vsearch.serve.guard import QueryDownloads
 
     srv, base, hits = image_server()
     cache = QueryDownloads(max_files=2, policy=FetchPolicy(allow_private=True))
     try:
         for n in (1, 2, 3):
             assert cache.fetch(f"{base}/{n}.png") == png_bytes(n)
-        assert len(cache) == 2 and len(list(cache.root.iterdir())) == 2  # the least recently used went
+        # the least recently used went
+        assert len(cache) == 2 and len(list(cache.root.iterdir())) == 2
         cache.fetch(f"{base}/3.png")
         assert len(hits) == 3  # a cached photo is not fetched again
         cache.fetch(f"{base}/1.png")
         assert len(hits) == 4 and len(list(cache.root.iterdir())) == 2
-        by_bytes = QueryDownloads(max_bytes=len(png_bytes(1)) + 10, policy=FetchPolicy(allow_private=True))
+        by_bytes = QueryDownloads(
+            max_bytes=len(png_bytes(1)) + 10, policy=FetchPolicy(allow_private=True)
+        )
         by_bytes.fetch(f"{base}/1.png")
         by_bytes.fetch(f"{base}/2.png")
         assert len(by_bytes) == 1 and by_bytes.total_bytes <= len(png_bytes(1)) + 10
@@ -341,18 +411,24 @@ def test_slow_image_urls_hold_the_gate_not_the_server(tmp_path):
     """45 searches by slow image_url: each fetch takes a slot of the fetch gate, the rest wait
     without holding the server's worker threads, so /health and catalog images keep answering,
     and a shopper's photo search (search gate at 1) is not held up behind them."""
-    from vsearch.fetch import FetchPolicy
+    from vsearch.catalog.fetch import FetchPolicy
 
     release = threading.Event()
     images, base, _ = image_server(release)
     srv = start_server(tmp_path / "srv", concurrency=1, rate_limit=0)
     threads = []
     try:
-        srv.service.downloads().policy = FetchPolicy(allow_private=True, connect_timeout=2, read_timeout=25)
+        srv.service.downloads().policy = FetchPolicy(
+            allow_private=True, connect_timeout=2, read_timeout=25
+        )
         codes: list[int] = []
 
         def search(n):
-            r = httpx.post(_url(srv, "/api/v1/search"), json={"image_url": f"{base}/{n}.png", "k": 1}, timeout=90)
+            r = httpx.post(
+                _url(srv, "/api/v1/search"),
+                json={"image_url": f"{base}/{n}.png", "k": 1},
+                timeout=90,
+            )
             codes.append(r.status_code)
 
         threads = [threading.Thread(target=search, args=(n,), daemon=True) for n in range(45)]
@@ -362,13 +438,19 @@ def test_slow_image_urls_hold_the_gate_not_the_server(tmp_path):
         deadline = time.monotonic() + 20
         while gate._waiting < 45 - gate.limit and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert gate._slots._value == 0 and gate._waiting == 45 - gate.limit, (gate._slots._value, gate._waiting)
+        assert gate._slots._value == 0 and gate._waiting == 45 - gate.limit, (
+            gate._slots._value,
+            gate._waiting,
+        )
         t0 = time.monotonic()
         health = httpx.get(_url(srv, "/api/v1/health"), timeout=10)
         product = httpx.get(_url(srv, "/api/v1/products/P001"), timeout=10)
         assert health.status_code == 200 and product.status_code == 200
-        shopper = httpx.post(_url(srv, "/api/v1/search?k=1"), files={"image": ("p.png", png_bytes(7), "image/png")},
-                             timeout=20)
+        shopper = httpx.post(
+            _url(srv, "/api/v1/search?k=1"),
+            files={"image": ("p.png", png_bytes(7), "image/png")},
+            timeout=20,
+        )
         assert shopper.status_code == 200 and shopper.json()["results"][0]["product_id"] == "P007"
         assert time.monotonic() - t0 < 5
     finally:
@@ -406,7 +488,7 @@ def test_the_docs_page_uses_swagger_files_served_by_the_app(server):
 
 
 def test_page_images_are_copied_again_after_the_cache_sweep(server, tmp_path):
-    from vsearch.page_files import PageFiles
+    from vsearch.serve.page_files import PageFiles
 
     files = PageFiles(server.index)
     files.cache_dir = str(tmp_path / "cache")
@@ -420,17 +502,32 @@ def test_page_images_are_copied_again_after_the_cache_sweep(server, tmp_path):
 
     os.utime(again, (old, old))
     files.path(server.index.generation, 0)
-    assert Path(again).stat().st_mtime > time.time() - 60  # handed out again: touched, its age starts over
+    # handed out again: touched, its age starts over
+    assert Path(again).stat().st_mtime > time.time() - 60
 
 
 def test_serve_passes_its_guard_flags_on_and_refuses_bad_ones_before_loading(monkeypatch, capsys):
-    from vsearch import cli, ui
+    from vsearch import cli
+    from vsearch.serve import ui as ui
 
     got: dict = {}
     monkeypatch.delenv("VSEARCH_TRUSTED_PROXIES", raising=False)
-    monkeypatch.setattr(ui, "serve", lambda index, **kw: got.update(kw))  # the index is never loaded here
-    assert cli.main(["serve", "--index", "idx", "--trusted-proxies", "127.0.0.1, 10.0.0.0/8",
-                     "--body-timeout", "5"]) == 0
+    # the index is never loaded here
+    monkeypatch.setattr(ui, "serve", lambda index, **kw: got.update(kw))
+    assert (
+        cli.main(
+            [
+                "serve",
+                "--index",
+                "idx",
+                "--trusted-proxies",
+                "127.0.0.1, 10.0.0.0/8",
+                "--body-timeout",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert got["trusted_proxies"] == ("127.0.0.1", "10.0.0.0/8") and got["body_timeout"] == 5
     got.clear()
     assert cli.main(["serve", "--index", "idx"]) == 0
@@ -439,4 +536,6 @@ def test_serve_passes_its_guard_flags_on_and_refuses_bad_ones_before_loading(mon
     assert cli.main(["serve", "--index", "idx", "--trusted-proxies", "127.0.0.1,proxy.local"]) == 1
     assert "'proxy.local' is not an IP address or network" in capsys.readouterr().err and not got
     assert cli.main(["serve", "--index", "idx", "--body-timeout", "-1"]) == 1
-    assert "--body-timeout must be 0 (no limit) or more seconds" in capsys.readouterr().err and not got
+    assert (
+        "--body-timeout must be 0 (no limit) or more seconds" in capsys.readouterr().err and not got
+    )

@@ -22,8 +22,8 @@ import pytest
 from conftest import draw_product
 from PIL import Image
 
-from vsearch import store
 from vsearch.errors import VsearchError
+from vsearch.store import generations as store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,9 @@ def write_shop(folder: Path, n: int = 16) -> Path:
         draw_product(i, 0, 128).save(images / f"p{i}-0.jpg", quality=92)
         rows.append([f"P{i:03d}", f"images/p{i}-0.jpg", f"Product {i}"])
         if i % 4 != 3:
-            draw_product(i, 1, 128).rotate(90).crop((20, 0, 128, 110)).save(images / f"p{i}-1.jpg", quality=92)
+            draw_product(i, 1, 128).rotate(90).crop((20, 0, 128, 110)).save(
+                images / f"p{i}-1.jpg", quality=92
+            )
             rows.append([f"P{i:03d}", f"images/p{i}-1.jpg", f"Product {i}"])
     path = folder / "catalog.csv"
     with open(path, "w", newline="") as f:
@@ -50,13 +52,15 @@ def write_shop(folder: Path, n: int = 16) -> Path:
 def build(catalog: Path, index: Path, **kw):
     from vsearch.build import build_index
 
-    return build_index(catalog, index, model="test-tiny", adapt="off", calibrate_threshold=False, **kw)
+    return build_index(
+        catalog, index, model="test-tiny", adapt="off", calibrate_threshold=False, **kw
+    )
 
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """A test-tiny index of a small shop, tuned (last image block only) and built again with it."""
-    from vsearch.tune import tune_index
+    from vsearch.learn.tune import tune_index
 
     root = tmp_path_factory.mktemp("tune")
     catalog = write_shop(root / "shop")
@@ -69,9 +73,9 @@ def tuned(tmp_path_factory):
 def test_tuned_weights_are_stored_fingerprinted_and_used_by_build_search_and_rest(tuned):
     from safetensors.torch import load_file
 
-    from vsearch.api import ServeSettings, Service, create_rest_app
+    from vsearch.embeddings.tuned_model import read_record, weights_digest
     from vsearch.search import ProductIndex
-    from vsearch.tuned_model import read_record, weights_digest
+    from vsearch.serve.api import ServeSettings, Service, create_rest_app
 
     index, report, base = tuned["index"], tuned["report"], tuned["base"]
     assert report.finished and report.kept, report.reason
@@ -101,12 +105,24 @@ def test_tuned_weights_are_stored_fingerprinted_and_used_by_build_search_and_res
     from fastapi.testclient import TestClient
 
     client = TestClient(create_rest_app(Service(live, ServeSettings())))
-    body = client.post("/search?k=3", files={"image": ("q.jpg", (tuned["catalog"].parent / "images" / "p2-0.jpg").read_bytes(), "image/jpeg")}).json()
+    body = client.post(
+        "/search?k=3",
+        files={
+            "image": (
+                "q.jpg",
+                (tuned["catalog"].parent / "images" / "p2-0.jpg").read_bytes(),
+                "image/jpeg",
+            )
+        },
+    ).json()
     assert [h["product_id"] for h in body["results"]] == [h.product_id for h in hits]
 
     # a small catalog change later: the tuned model stays, only the new photo is embedded
     grown = tuned["catalog"].parent / "grown.csv"
-    draw_product(17, 0, 128).rotate(45).save(tuned["catalog"].parent / "images" / "new.jpg", quality=92)  # unlike any shop photo
+    # unlike any shop photo
+    draw_product(17, 0, 128).rotate(45).save(
+        tuned["catalog"].parent / "images" / "new.jpg", quality=92
+    )
     grown.write_text(tuned["catalog"].read_text() + "P900,images/new.jpg,New product\n")
     later = build(grown, index)
     assert later.embedded == 1 and later.embedder.fingerprint == record["fingerprint"]
@@ -121,14 +137,17 @@ def test_tuned_weights_are_stored_fingerprinted_and_used_by_build_search_and_res
 
 def test_clip_tune_changes_only_the_chosen_image_blocks_and_keeps_text_vectors(tuned):
     from vsearch.embedders import load_embedder
-    from vsearch.tuned_model import apply_tuned, read_record
+    from vsearch.embeddings.tuned_model import apply_tuned, read_record
 
     base = load_embedder("test-tiny", precision="fp32")
-    tuned_model = apply_tuned(load_embedder("test-tiny", precision="fp32"), tuned["index"], read_record(tuned["index"]))
+    tuned_model = apply_tuned(
+        load_embedder("test-tiny", precision="fp32"), tuned["index"], read_record(tuned["index"])
+    )
     a, b = base.model.state_dict(), tuned_model.model.state_dict()
     changed = {k for k in a if not np.array_equal(a[k].numpy(), b[k].numpy())}
     assert changed, "the tune changed nothing"
-    allowed = ("visual.transformer.resblocks.1.", "visual.ln_post.", "visual.proj")  # stages=1 of 2 blocks
+    # stages=1 of 2 blocks
+    allowed = ("visual.transformer.resblocks.1.", "visual.ln_post.", "visual.proj")
     assert all(k.startswith(allowed) for k in changed), sorted(changed)
     assert any(k.startswith("visual.transformer.resblocks.1.") for k in changed)
     texts = ["a red mug", "blue lamp"]
@@ -136,8 +155,8 @@ def test_clip_tune_changes_only_the_chosen_image_blocks_and_keeps_text_vectors(t
 
 
 def test_gc_deletes_tuned_weights_nothing_uses(tuned):
-    from vsearch.gc import collect_garbage
-    from vsearch.tuned_model import read_record
+    from vsearch.embeddings.tuned_model import read_record
+    from vsearch.store.gc import collect_garbage
 
     folder = tuned["index"] / "tuned"
     current = read_record(tuned["index"])["weights"]
@@ -148,16 +167,36 @@ def test_gc_deletes_tuned_weights_nothing_uses(tuned):
 
 
 def test_killed_tune_resumes_from_its_checkpoint_while_the_index_keeps_serving(tmp_path):
+    from vsearch.learn.tune import WORK_DIR, tune_index
     from vsearch.search import ProductIndex
-    from vsearch.tune import WORK_DIR, tune_index
 
     catalog = write_shop(tmp_path / "shop")
     index = tmp_path / "index"
     build(catalog, index)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "vsearch", "tune", "--index", str(index), "--quiet", "--stages", "1",
-                             "--views", "2", "--max-steps", "400", "--validate-every", "1"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vsearch",
+            "tune",
+            "--index",
+            str(index),
+            "--quiet",
+            "--stages",
+            "1",
+            "--views",
+            "2",
+            "--max-steps",
+            "400",
+            "--validate-every",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     ckpt = index / WORK_DIR / "checkpoint.json"
     deadline = time.monotonic() + 240
     try:
@@ -177,20 +216,28 @@ def test_killed_tune_resumes_from_its_checkpoint_while_the_index_keeps_serving(t
     assert ProductIndex.load(index).search(image=photo, k=1)  # serving never stopped
 
     seen: list[tuple[str, int, int]] = []
-    report = tune_index(index, stages=1, views=2, max_steps=killed_at + 2, validate_every=1, patience=100,
-                        progress=lambda phase, done, total: seen.append((phase, done, total)))
+    report = tune_index(
+        index,
+        stages=1,
+        views=2,
+        max_steps=killed_at + 2,
+        validate_every=1,
+        patience=100,
+        progress=lambda phase, done, total: seen.append((phase, done, total)),
+    )
     assert report.resumed and report.finished
     assert report.steps == killed_at + 2
     cache = [s for s in seen if s[0] == "cache"]
     assert cache[0][1] == cache[0][2]  # every view was still cached: none computed again
-    assert [s for s in seen if s[0] == "train"][0][1] == killed_at  # went on from the checkpoint, not from step 0
+    # went on from the checkpoint, not from step 0
+    assert [s for s in seen if s[0] == "train"][0][1] == killed_at
     assert not (index / WORK_DIR).exists()
     assert (index / "tuned" / "latest.json").exists()
 
 
 def test_validation_photos_take_their_near_duplicates_out_of_training(tmp_path):
-    from vsearch.hygiene import fingerprint_file, near_identical_pairs
-    from vsearch.tune import split_views
+    from vsearch.catalog.hygiene import fingerprint_file, near_identical_pairs
+    from vsearch.learn.tune import split_views
 
     catalog = write_shop(tmp_path / "shop", n=24)
     items = []
@@ -202,7 +249,9 @@ def test_validation_photos_take_their_near_duplicates_out_of_training(tmp_path):
         copy = Path(it[0]).with_name(Path(it[0]).stem + "-copy.jpg")
         im = Image.open(it[0])
         im.resize((im.width * 9 // 10, im.height * 9 // 10)).save(copy, quality=70)
-        items.append([str(copy), it[1] if i % 3 else items[(i + 2) % len(items)][1], f"copy{i}", False])
+        items.append(
+            [str(copy), it[1] if i % 3 else items[(i + 2) % len(items)][1], f"copy{i}", False]
+        )
     plan = split_views(items, seed=3)
     assert len(plan["val"]) >= 3
     prints = [fingerprint_file(it[0]) for it in items]
@@ -211,14 +260,17 @@ def test_validation_photos_take_their_near_duplicates_out_of_training(tmp_path):
     for q in plan["val"]:
         assert q not in train
         dups = {j for i, j in near if i == q} | {i for i, j in near if j == q}
-        assert not dups & train, f"near-duplicates {dups & train} of validation photo {q} are trained on"
-    assert all({j for i, j in near if i == q} | {i for i, j in near if j == q} for q in plan["val"])  # each has copies
+        assert not dups & train, (
+            f"near-duplicates {dups & train} of validation photo {q} are trained on"
+        )
+    # each has copies
+    assert all({j for i, j in near if i == q} | {i for i, j in near if j == q} for q in plan["val"])
 
 
 def test_held_out_shopper_sessions_stay_out_of_training(tmp_path):
     """One packshot per product (grocery-like): validation comes from confirmed shopper photos, a
     whole near-duplicate session at a time, and the product's packshot stays in the gallery."""
-    from vsearch.tune import split_views
+    from vsearch.learn.tune import split_views
 
     catalog = write_shop(tmp_path / "shop", n=12)
     items, sessions = [], {}
@@ -235,7 +287,8 @@ def test_held_out_shopper_sessions_stay_out_of_training(tmp_path):
                 items.append([str(path), f"P{p:03d}", "", True])
     plan = split_views(items, seed=1, sessions=sessions)
     val, train = set(plan["val"]), set(plan["train"])
-    assert val and all(items[i][3] for i in val)  # no product has two packshots: only shopper photos validate
+    # no product has two packshots: only shopper photos validate
+    assert val and all(items[i][3] for i in val)
     held_sessions = {sessions[i] for i in val}
     assert len({items[i][1] for i in val}) >= 3
     for i in range(len(items)):
@@ -246,22 +299,31 @@ def test_held_out_shopper_sessions_stay_out_of_training(tmp_path):
 
 
 def test_a_tune_that_does_not_help_is_not_kept_and_info_says_why(tmp_path, monkeypatch, capsys):
-    import vsearch.tune as tune
+    import vsearch.learn.tune as tune
     from vsearch.cli import main
 
     catalog = write_shop(tmp_path / "shop")
     index = tmp_path / "index"
     base = build(catalog, index)
     # validation that never improves: the trained weights do no better than the base model
-    monkeypatch.setattr(tune, "_validate", lambda *a, **k: {"held_out_r1": 0.5, "augmented_r1": 0.25, "score": 0.375})
+    monkeypatch.setattr(
+        tune,
+        "_validate",
+        lambda *a, **k: {"held_out_r1": 0.5, "augmented_r1": 0.25, "score": 0.375},
+    )
     report = tune.tune_index(index, stages=1, views=1, max_steps=4, validate_every=2, patience=100)
     assert report.finished and not report.kept and "did not beat the base model" in report.reason
-    assert not (index / "tuned" / "CURRENT.json").exists() and not list((index / "tuned").glob("*.safetensors"))
+    assert not (index / "tuned" / "CURRENT.json").exists() and not list(
+        (index / "tuned").glob("*.safetensors")
+    )
     again = build(catalog, index)
     assert again.embedder.fingerprint == base.embedder.fingerprint and again.reused == again.images
     assert main(["info", "--index", str(index)]) == 0
     out = capsys.readouterr().out
-    assert "uses the base model" in out and "not kept: the tuned model did not beat the base model" in out
+    assert (
+        "uses the base model" in out
+        and "not kept: the tuned model did not beat the base model" in out
+    )
     assert "validation MRR (what decides keeping it) 0.375 -> 0.375" in out
 
 
@@ -269,23 +331,38 @@ def test_time_budget_stops_the_job_and_the_next_run_goes_on_with_progress_and_et
     """--max-minutes spent while caching: nothing kept, work left to resume; the next run finishes.
     Progress goes to stderr as tqdm bars with their remaining-time estimate."""
     from vsearch.cli import main
-    from vsearch.tune import WORK_DIR
+    from vsearch.learn.tune import WORK_DIR
 
     catalog = write_shop(tmp_path / "shop")
     index = tmp_path / "index"
     build(catalog, index)
-    args = ["tune", "--index", str(index), "--stages", "1", "--views", "1", "--max-steps", "4", "--validate-every", "2"]
+    args = [
+        "tune",
+        "--index",
+        str(index),
+        "--stages",
+        "1",
+        "--views",
+        "1",
+        "--max-steps",
+        "4",
+        "--validate-every",
+        "2",
+    ]
     assert main(args + ["--max-minutes", "0.000001"]) == 0
     out, err = capsys.readouterr()
     assert "time budget ran out while caching" in out and "run vsearch tune again" in out
     assert "cached activations" in err and "GiB on disk" in err  # the size, stated before it starts
-    assert (index / WORK_DIR / "plan.json").exists() and not (index / "tuned" / "latest.json").exists()
+    assert (index / WORK_DIR / "plan.json").exists() and not (
+        index / "tuned" / "latest.json"
+    ).exists()
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "resuming the interrupted tune" in err
     import re
 
-    assert re.search(r"caching views: .*\| *\d+/\d+ \[\d\d:\d\d<\d\d:\d\d", err), err  # elapsed<remaining
+    # elapsed<remaining
+    assert re.search(r"caching views: .*\| *\d+/\d+ \[\d\d:\d\d<\d\d:\d\d", err), err
     assert re.search(r"training: .*\| *4/4 \[\d\d:\d\d<\d\d:\d\d", err), err
     assert (index / "tuned" / "latest.json").exists() and not (index / WORK_DIR).exists()
 
@@ -293,15 +370,17 @@ def test_time_budget_stops_the_job_and_the_next_run_goes_on_with_progress_and_et
 def test_tune_refuses_when_the_disk_cannot_hold_the_cache_or_a_build_runs(tmp_path, monkeypatch):
     import shutil
 
-    import vsearch.tune as tune
-    from vsearch.build_lock import exclusive_build
+    import vsearch.learn.tune as tune
+    from vsearch.store.lock import exclusive_build
 
     catalog = write_shop(tmp_path / "shop")
     index = tmp_path / "index"
     build(catalog, index)
     with exclusive_build(index), pytest.raises(VsearchError, match="already running"):
         tune.tune_index(index, stages=1, views=1, max_steps=1)
-    monkeypatch.setattr(tune.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
+    monkeypatch.setattr(
+        tune.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20)
+    )
     with pytest.raises(VsearchError, match="GiB free"):
         tune.tune_index(index, stages=1, views=1, max_steps=1)
     assert not (index / "tuned").exists()

@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vsearch.calibration import VerdictCalibration  # noqa: E402
+from vsearch.learn.calibration import VerdictCalibration  # noqa: E402
 
 
 def free_port() -> int:
@@ -37,30 +37,39 @@ class Server:
 
 
 def give_verdicts(index, close_at: float | None):
-    """Make ``index`` answer like one that gives verdicts: a hit is a close match at score >= close_at;
-    None: like an index that gives no verdict (confident=None). The page must show exactly what
-    the index says, whatever rule the index uses."""
+    """Make ``index`` answer like one that gives verdicts: a hit is a close match at score >=
+    close_at; None: like an index that gives no verdict (confident=None). The page must show exactly
+    what the index says, whatever rule the index uses."""
     from dataclasses import replace
 
     search = type(index).search.__get__(index)
 
     def with_verdicts(*args, **kwargs):
-        return [replace(h, confident=None if close_at is None else h.score >= close_at)
-                for h in search(*args, **kwargs)]
+        return [
+            replace(h, confident=None if close_at is None else h.score >= close_at)
+            for h in search(*args, **kwargs)
+        ]
 
     index.search = with_verdicts
     return index
 
 
-def start_server(root: Path, examples: list[str] | None = None, notice: str | None = None, *,
-                 close_at: float | None = None, files_max_age: int | None = None, **settings) -> Server:
+def start_server(
+    root: Path,
+    examples: list[str] | None = None,
+    notice: str | None = None,
+    *,
+    close_at: float | None = None,
+    files_max_age: int | None = None,
+    **settings,
+) -> Server:
     """Build a small catalog with the fake model and serve it on a free loopback port.
     close_at: give verdicts (close match at this score); files_max_age: create_app's (default if
     None); settings: ServeSettings fields."""
-    from vsearch.api import ServeSettings, Service
     from vsearch.build import build_index
     from vsearch.search import ProductIndex
-    from vsearch.ui import create_app, launch_app
+    from vsearch.serve.api import ServeSettings, Service
+    from vsearch.serve.ui import create_app, launch_app
 
     csv = write_catalog(root / "shop", extra_rows=_pointed_products(root / "shop" / "images"))
     build_index(csv, root / "index", embedder=FakeEmbedder())
@@ -68,8 +77,13 @@ def start_server(root: Path, examples: list[str] | None = None, notice: str | No
     if close_at is not None:
         give_verdicts(index, close_at)
     service = Service(index, ServeSettings(**settings))
-    app = create_app(index, examples=examples, notice=notice, service=service,
-                     **({} if files_max_age is None else {"files_max_age": files_max_age}))
+    app = create_app(
+        index,
+        examples=examples,
+        notice=notice,
+        service=service,
+        **({} if files_max_age is None else {"files_max_age": files_max_age}),
+    )
     url = launch_app(app, index, port=free_port(), examples=examples, watch_interval=0.1)
     return Server(url=url, index=index, app=app, root=root, service=service)
 
@@ -80,10 +94,21 @@ def _pointed_products(images: Path) -> list[dict]:
     images.mkdir(parents=True, exist_ok=True)
     upright = draw_product(20)  # a triangle pointing up
     upright.save(images / "p900.jpg", quality=92)
-    upright.transpose(Image.Transpose.ROTATE_90).save(images / "p901.jpg", quality=92)  # pointing left
-    return [{"product_id": pid, "image": f"images/{pid.lower()}.jpg", "title": title, "category": "mug",
-             "price": "99.00", "url": f"https://shop.example/p/{pid}", "brand": "Acme", "color": "c0"}
-            for pid, title in [("P900", "Pointer up"), ("P901", "Pointer left")]]
+    # pointing left
+    upright.transpose(Image.Transpose.ROTATE_90).save(images / "p901.jpg", quality=92)
+    return [
+        {
+            "product_id": pid,
+            "image": f"images/{pid.lower()}.jpg",
+            "title": title,
+            "category": "mug",
+            "price": "99.00",
+            "url": f"https://shop.example/p/{pid}",
+            "brand": "Acme",
+            "color": "c0",
+        }
+        for pid, title in [("P900", "Pointer up"), ("P901", "Pointer left")]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +135,16 @@ def test_catalog_photo_finds_its_product_first(client, tmp_path):
     assert hits[0]["product_id"] == "P005"
     assert hits[0]["title"] == "Product 5"
     assert hits[0]["rank"] == 1 and hits[0]["score"] > hits[1]["score"]
-    assert {"price", "url", "category", "metadata", "matched_image_urls", "confident", "image_url", "verdict"} <= hits[0].keys()
+    assert {
+        "price",
+        "url",
+        "category",
+        "metadata",
+        "matched_image_urls",
+        "confident",
+        "image_url",
+        "verdict",
+    } <= hits[0].keys()
     assert len({h["product_id"] for h in hits}) == len(hits)  # products appear once
     assert len(hits) == 10  # default k
 
@@ -118,7 +152,8 @@ def test_catalog_photo_finds_its_product_first(client, tmp_path):
 def test_a_shoppers_uploaded_photo_leaves_the_server_once_it_is_old(tmp_path, monkeypatch):
     cache = tmp_path / "gradio-cache"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # where this server's uploads land
-    srv = start_server(tmp_path / "srv", files_max_age=10)  # long enough for a search on a busy machine
+    # long enough for a search on a busy machine
+    srv = start_server(tmp_path / "srv", files_max_age=10)
     try:
         photo = shopper_photo(tmp_path, 5, name="a-shoppers-photo.jpg")
         hits = Client(srv.url, verbose=False).predict(handle_file(photo), api_name="/search")
@@ -172,12 +207,17 @@ def test_look_closer_through_the_api_and_run_search(server, client, tmp_path, mo
     index whose model cannot locate says so instead of searching without it."""
     from conftest import LocatingFake
 
-    from vsearch import ui
+    from vsearch.serve import ui as ui
 
     photo = shopper_photo(tmp_path, 5)
     with pytest.raises(AppError, match="cannot locate"):
         client.predict(handle_file(photo), "", 3, [], 0, 0, True, api_name="/search")
-    assert client.predict(handle_file(photo), "", 3, [], 0, 0, False, api_name="/search")[0]["product_id"] == "P005"
+    assert (
+        client.predict(handle_file(photo), "", 3, [], 0, 0, False, api_name="/search")[0][
+            "product_id"
+        ]
+        == "P005"
+    )
     fake = LocatingFake()
     monkeypatch.setattr(server.index, "embedder", fake)
     hits = client.predict(handle_file(photo), "", 3, [], 0, 0, True, api_name="/search")
@@ -198,7 +238,9 @@ def test_words_search_an_image_only_models_catalog_by_its_text(client, tmp_path)
         client.predict(None, "zebra", api_name="/search")
     photo = handle_file(shopper_photo(tmp_path, 1))
     alone = client.predict(photo, "", 5, api_name="/search")
-    assert [h["product_id"] for h in client.predict(photo, "zebra", 5, api_name="/search")] == [h["product_id"] for h in alone]
+    assert [h["product_id"] for h in client.predict(photo, "zebra", 5, api_name="/search")] == [
+        h["product_id"] for h in alone
+    ]
 
 
 def test_catalog_images_are_served_but_nothing_else(server, client, tmp_path):
@@ -207,8 +249,13 @@ def test_catalog_images_are_served_but_nothing_else(server, client, tmp_path):
     assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"  # the catalog JPEG
     catalog_image = server.root / "shop" / "images" / "p003-0.jpg"
     assert image.content == catalog_image.read_bytes()
-    for path in ["/etc/passwd", server.root / "index" / "CURRENT", server.root / "shop" / "catalog.csv",
-                 next((server.root / "index").rglob("products.sqlite")), catalog_image]:
+    for path in [
+        "/etc/passwd",
+        server.root / "index" / "CURRENT",
+        server.root / "shop" / "catalog.csv",
+        next((server.root / "index").rglob("products.sqlite")),
+        catalog_image,
+    ]:
         r = httpx.get(f"{server.url}gradio_api/file={path}")
         assert r.status_code in (403, 404), f"{path} was served"
 
@@ -220,23 +267,36 @@ def unrelated_photo(tmp_path: Path) -> str:
 
 
 def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
-    from vsearch import ui
     from vsearch.search import Hit
+    from vsearch.serve import ui as ui
 
     def hit(confident, score=0.8):
-        from vsearch.catalog import Product
+        from vsearch.catalog.rows import Product
 
-        return Hit(rank=1, product=Product("P1", "T", "", None, "", "", ()), score=score, image="x.jpg",
-                   confident=confident)
+        return Hit(
+            rank=1,
+            product=Product("P1", "T", "", None, "", "", ()),
+            score=score,
+            image="x.jpg",
+            confident=confident,
+        )
 
-    headings = {state: ui._status([hit(state), hit(state)], 0.01).splitlines()[0] for state in (True, False, None)}
-    assert headings == {True: "### Close match",
-                        False: "### Not sure - these are the nearest products",
-                        None: "### Best guesses (this index cannot tell a close match)"}
+    headings = {
+        state: ui._status([hit(state), hit(state)], 0.01).splitlines()[0]
+        for state in (True, False, None)
+    }
+    assert headings == {
+        True: "### Close match",
+        False: "### Not sure - these are the nearest products",
+        None: "### Best guesses (this index cannot tell a close match)",
+    }
     assert ui._status([], 0.01).splitlines()[0] == "### No products found"
     # "not sure" never claims the product is not there: below the bar the first result is often it
-    assert "not" not in ui._status([hit(False)], 0.01).splitlines()[1].lower().replace("not sure", "")
-    # no fixed fallback threshold: a weak score the index calls a close match (or gives no verdict on)
+    assert "not" not in ui._status([hit(False)], 0.01).splitlines()[1].lower().replace(
+        "not sure", ""
+    )
+    # no fixed fallback threshold: a weak score the index calls a close match (or gives no verdict
+    # on)
     # is shown as the index says
     assert not hasattr(ui, "FALLBACK_THRESHOLDS") and not hasattr(ui, "effective_threshold")
     assert ui._status([hit(True, score=0.2)], 0.01).startswith("### Close match\n")
@@ -247,7 +307,7 @@ def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
 
 
 def test_run_search_passes_the_index_verdict_through_unchanged(server, tmp_path):
-    from vsearch import ui
+    from vsearch.serve import ui as ui
 
     give_verdicts(server.index, 0.95)
     try:
@@ -266,9 +326,12 @@ def phone_photo(tmp_path_factory) -> Path:
     (landscape 4000x3000) plus EXIF orientation 6 ("rotate 90 degrees clockwise to view")."""
     upright = draw_product(20).resize((3000, 4000), Image.Resampling.BILINEAR)
     rng = np.random.default_rng(0)
-    pixels = np.asarray(upright, dtype=np.int16) + rng.integers(-24, 25, (4000, 3000, 3), dtype=np.int16)
+    pixels = np.asarray(upright, dtype=np.int16) + rng.integers(
+        -24, 25, (4000, 3000, 3), dtype=np.int16
+    )
     noisy = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    stored = noisy.transpose(Image.Transpose.ROTATE_90)  # exif_transpose undoes this for orientation 6
+    # exif_transpose undoes this for orientation 6
+    stored = noisy.transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[0x0112] = 6
     path = tmp_path_factory.mktemp("phone") / "IMG_4032.jpg"
@@ -284,10 +347,16 @@ def test_big_exif_rotated_phone_photo_finds_its_product(client, server, phone_ph
     # P900 is the photo upright, as the shopper saw it; ignoring EXIF would have found P901 (the raw
     # pixels, pointing left) first with a near-perfect score.
     assert hits[0]["product_id"] == "P900"
-    verdict = VerdictCalibration.from_dict(server.index.verdict)  # the index's own verdict, passed through unchanged
-    assert hits[0]["confident"] is verdict.decide(hits[0]["score"], hits[1]["score"] if verdict.signal == "margin" else None)
-    assert hits[0]["score"] > next(h["score"] for h in hits if h["product_id"] == "P901") + 0.05 \
-        if any(h["product_id"] == "P901" for h in hits) else True
+    # the index's own verdict, passed through unchanged
+    verdict = VerdictCalibration.from_dict(server.index.verdict)
+    assert hits[0]["confident"] is verdict.decide(
+        hits[0]["score"], hits[1]["score"] if verdict.signal == "margin" else None
+    )
+    assert (
+        hits[0]["score"] > next(h["score"] for h in hits if h["product_id"] == "P901") + 0.05
+        if any(h["product_id"] == "P901" for h in hits)
+        else True
+    )
 
 
 def test_heic_upload_finds_its_product(client, tmp_path):
@@ -302,18 +371,24 @@ def test_heic_upload_finds_its_product(client, tmp_path):
 
 
 def test_oversize_upload_is_refused_readably_and_server_keeps_answering(server, client, tmp_path):
-    from vsearch.images import MAX_BYTES
+    from vsearch.catalog.images import MAX_BYTES
 
     huge = tmp_path / "huge.jpg"
     with open(huge, "wb") as f:
         f.write(Path(shopper_photo(tmp_path, 2)).read_bytes())
         f.truncate(MAX_BYTES + 1)
     # gradio_client checks the server's advertised limit before sending anything ...
-    with pytest.raises(ValueError, match=rf"huge\.jpg exceeds the maximum file size of {MAX_BYTES} bytes"):
+    with pytest.raises(
+        ValueError, match=rf"huge\.jpg exceeds the maximum file size of {MAX_BYTES} bytes"
+    ):
         client.predict(handle_file(str(huge)), api_name="/search")
     # ... and a client that sends it anyway is refused by the server with a plain-text reason.
     with open(huge, "rb") as f:
-        r = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("huge.jpg", f, "image/jpeg")}, timeout=60)
+        r = httpx.post(
+            f"{server.url}gradio_api/upload",
+            files={"files": ("huge.jpg", f, "image/jpeg")},
+            timeout=60,
+        )
     assert r.status_code == 413
     assert f"maximum allowed size of {MAX_BYTES} bytes" in r.text
     hits = client.predict(handle_file(shopper_photo(tmp_path, 9)), api_name="/search")
@@ -332,7 +407,7 @@ def two_product_photo(tmp_path: Path, left: int = 3, right: int = 8, name: str =
 
 def test_crop_photo_keeps_only_the_framed_area():
     from vsearch.errors import VsearchError
-    from vsearch.ui import crop_photo
+    from vsearch.serve.ui import crop_photo
 
     img = Image.new("RGB", (200, 100), "red")
     img.paste((0, 0, 255), (100, 0, 200, 100))  # right half blue
@@ -342,18 +417,21 @@ def test_crop_photo_keeps_only_the_framed_area():
     corner = crop_photo(img, (75, 10, 0, 40))
     assert corner.size == (50, 50) and corner.getcolors() == [(50 * 50, (0, 0, 255))]
     assert crop_photo(img, (0, 0, 0, 0)).size == (200, 100)
-    assert crop_photo(img, None) is img and crop_photo(img, (None, 0, None, 0)) is img  # untouched sliders
+    # untouched sliders
+    assert crop_photo(img, None) is img and crop_photo(img, (None, 0, None, 0)) is img
     assert img.size == (200, 100)  # the original is not modified
     with pytest.raises(VsearchError, match=r"left \+ right margins are 60% \+ 40%"):
         crop_photo(img, (60, 0, 40, 0))
-    with pytest.raises(VsearchError, match="bottom crop margin must be from 0 to under 100 percent, got -5"):
+    with pytest.raises(
+        VsearchError, match="bottom crop margin must be from 0 to under 100 percent, got -5"
+    ):
         crop_photo(img, (0, 0, 0, -5))
     with pytest.raises(VsearchError, match="4 margins"):
         crop_photo(img, (10, 10))
 
 
 def test_cropped_search_finds_the_product_inside_the_crop(server, client, tmp_path):
-    from vsearch.ui import run_search
+    from vsearch.serve.ui import run_search
 
     pair = two_product_photo(tmp_path)
     whole = run_search(server.index, pair)
@@ -379,31 +457,44 @@ def test_crop_preview_of_a_phone_photo_decodes_at_screen_size(server, phone_phot
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     fns = {f.fn.__name__: f.fn for f in server.app.fns.values()}
     preview = fns["prepare_crop"](str(phone_photo))[0]
-    assert max(preview.size) == 640 and preview.size[1] > preview.size[0]  # upright (portrait), screen size
+    # upright (portrait), screen size
+    assert max(preview.size) == 640 and preview.size[1] > preview.size[0]
     assert requested and max(requested[0]) <= 1000  # decoded at 1/4 scale (1000x750), not 4000x3000
 
 
 def test_requests_never_load_an_index_generation(server, client, tmp_path, monkeypatch):
     """Reloading is the background watcher's job: a search request never pays for it."""
-    from vsearch import ui
+    from vsearch.serve import ui as ui
 
     def forbidden():
         raise AssertionError("a request tried to reload the index")
 
     monkeypatch.setattr(server.index, "reload_if_changed", forbidden)
     assert ui.run_search(server.index, shopper_photo(tmp_path, 4), k=1)[0].product_id == "P004"
-    assert client.predict(handle_file(shopper_photo(tmp_path, 6)), k=1, api_name="/search")[0]["product_id"] == "P006"
-    r = httpx.post(server.url + "api/v1/search?k=1", files={"image": ("q.jpg", open(shopper_photo(tmp_path, 7), "rb"))})
+    assert (
+        client.predict(handle_file(shopper_photo(tmp_path, 6)), k=1, api_name="/search")[0][
+            "product_id"
+        ]
+        == "P006"
+    )
+    r = httpx.post(
+        server.url + "api/v1/search?k=1",
+        files={"image": ("q.jpg", open(shopper_photo(tmp_path, 7), "rb"))},
+    )
     assert r.json()["results"][0]["product_id"] == "P007"
 
 
 def test_look_closer_box_is_offered_only_when_the_model_can_locate(server, tmp_path):
     from conftest import LocatingFake
 
-    from vsearch.ui import create_app
+    from vsearch.serve.ui import create_app
 
     def closer_box(app):
-        (box,) = [c["props"] for c in app.get_config_file()["components"] if c["props"].get("elem_id") == "vs-closer"]
+        (box,) = [
+            c["props"]
+            for c in app.get_config_file()["components"]
+            if c["props"].get("elem_id") == "vs-closer"
+        ]
         return box
 
     box = closer_box(server.app)  # the fake model cannot locate: greyed out, and says why
@@ -414,4 +505,6 @@ def test_look_closer_box_is_offered_only_when_the_model_can_locate(server, tmp_p
         box = closer_box(create_app(server.index))
     finally:
         server.index.embedder = original
-    assert box["interactive"] is not False and "twice as slow" in box["info"] and box["value"] is False
+    assert (
+        box["interactive"] is not False and "twice as slow" in box["info"] and box["value"] is False
+    )

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from conftest import FakeEmbedder, write_catalog
 
-from vsearch import store
 from vsearch.build import build_index
 from vsearch.search import ProductIndex
-from vsearch.watcher import IndexWatcher
+from vsearch.serve.watcher import IndexWatcher
+from vsearch.store import generations as store
 
 
 def publish_copy(idx: Path, damage) -> str:
@@ -51,7 +51,10 @@ def test_broken_generations_are_skipped_once_and_the_next_good_one_goes_live(tmp
         assert not index.reload_if_changed()
         assert not index.reload_if_changed()  # not retried, not logged again
     assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
-    assert broken in caplog.records[0].getMessage() and first.generation in caplog.records[0].getMessage()
+    assert (
+        broken in caplog.records[0].getMessage()
+        and first.generation in caplog.records[0].getMessage()
+    )
     assert broken in index.skipped_generations
     assert index.generation == first.generation
     assert index.search(image=query, k=1)[0].product_id == "P004"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import FakeEmbedder, draw_product, write_catalog_rows
 
-from vsearch import words
 from vsearch.build import build_index
 from vsearch.errors import NoWordMatchError
 from vsearch.search import ProductIndex
+from vsearch.store import words as words
 
 # titles that differ by one word; the word sits in a different column each time
 ONE_WORD = [
@@ -24,7 +24,13 @@ ONE_WORD = [
     ("A4", "Ceramic mug", "Harbor", "teapot", "plain"),
     ("A5", "Ceramic mug", "Harbor", "mug", "speckled"),
 ]
-ONE_WORD_QUERIES = {"charcoal": "A1", "saffron": "A2", "Lindqvist": "A3", "teapot": "A4", "speckled": "A5"}
+ONE_WORD_QUERIES = {
+    "charcoal": "A1",
+    "saffron": "A2",
+    "Lindqvist": "A3",
+    "teapot": "A4",
+    "speckled": "A5",
+}
 
 # >= 6 languages, 4 scripts (Latin with accents, Cyrillic, Arabic, Han/kana), plus Greek
 MULTILINGUAL = [
@@ -33,11 +39,16 @@ MULTILINGUAL = [
     ("ru", "Красная керамическая кружка", "кружка"),
     ("ar", "حقيبة ظهر جلدية سوداء", "حقيبة"),
     ("zh", "红色连衣裙女夏季", "裙"),  # one-character word inside an unsegmented title
-    ("zh2", "不锈钢保温杯大容量", "水杯保温"),  # two-character word (保温) among others the title lacks
+    (
+        "zh2",
+        "不锈钢保温杯大容量",
+        "水杯保温",
+    ),  # two-character word (保温) among others the title lacks
     ("ja", "赤いスニーカーメンズ", "スニーカー"),
     ("el", "Κόκκινη κούπα καφέ", "κουπα"),  # accent-less Greek
 ]
-ACCENTLESS = {"grunem": "de", "camion": "es", "GRÜNEM": "de", "ｃａｍｉｏｎ": "es"}  # also case and full width
+# also case and full width
+ACCENTLESS = {"grunem": "de", "camion": "es", "GRÜNEM": "de", "ｃａｍｉｏｎ": "es"}
 
 
 def _catalog(folder: Path, rows: list[tuple], header: list[str]) -> Path:
@@ -52,7 +63,9 @@ def _catalog(folder: Path, rows: list[tuple], header: list[str]) -> Path:
 @pytest.fixture(scope="module")
 def one_word(tmp_path_factory):
     root = tmp_path_factory.mktemp("words")
-    csv = _catalog(root / "shop", ONE_WORD, ["product_id", "image", "title", "brand", "category", "finish"])
+    csv = _catalog(
+        root / "shop", ONE_WORD, ["product_id", "image", "title", "brand", "category", "finish"]
+    )
     build_index(csv, root / "index", embedder=FakeEmbedder())
     return root / "index", ProductIndex.load(root / "index", embedder=FakeEmbedder())
 
@@ -60,7 +73,11 @@ def one_word(tmp_path_factory):
 @pytest.fixture(scope="module")
 def multilingual(tmp_path_factory):
     root = tmp_path_factory.mktemp("langs")
-    csv = _catalog(root / "shop", [(lang, title) for lang, title, _ in MULTILINGUAL], ["product_id", "image", "title"])
+    csv = _catalog(
+        root / "shop",
+        [(lang, title) for lang, title, _ in MULTILINGUAL],
+        ["product_id", "image", "title"],
+    )
     build_index(csv, root / "index", embedder=FakeEmbedder())
     return ProductIndex.load(root / "index", embedder=FakeEmbedder())
 
@@ -68,7 +85,7 @@ def multilingual(tmp_path_factory):
 def _rest(index):
     from fastapi.testclient import TestClient
 
-    from vsearch.api import ServeSettings, Service, create_rest_app
+    from vsearch.serve.api import ServeSettings, Service, create_rest_app
 
     return TestClient(create_rest_app(Service(index, ServeSettings(rate_limit=0))))
 
@@ -79,29 +96,48 @@ def test_each_word_finds_its_product_first_in_python(one_word):
     for word, pid in ONE_WORD_QUERIES.items():
         hits = index.search(text=word, k=3)
         assert hits[0].product_id == pid, (word, [h.product_id for h in hits])
-        assert hits[0].confident is None and hits[0].score == 1.0  # no verdict on words; relative relevance
+        # no verdict on words; relative relevance
+        assert hits[0].confident is None and hits[0].score == 1.0
     # filters behave as for photos; k is k
-    assert [h.product_id for h in index.search(text="ceramic", k=2, filters={"category": "teapot"})] == ["A4"]
+    assert [
+        h.product_id for h in index.search(text="ceramic", k=2, filters={"category": "teapot"})
+    ] == ["A4"]
     assert len(index.search(text="ceramic mug", k=4)) == 4
 
 
-@pytest.mark.parametrize("model", [pytest.param("efficientnet-lite0", marks=pytest.mark.slow), "test-tiny"])
+@pytest.mark.parametrize(
+    "model", [pytest.param("efficientnet-lite0", marks=pytest.mark.slow), "test-tiny"]
+)
 def test_each_word_finds_its_product_first_in_the_cli(tmp_path, capsys, model):
-    """The offline model (no text tower: BM25 alone) and a CLIP model (BM25 fused with text->image)."""
+    """The offline model (no text tower: BM25 alone) and a CLIP model (BM25 fused with
+    text->image)."""
     from vsearch.cli import main
 
-    csv = _catalog(tmp_path / "shop", ONE_WORD, ["product_id", "image", "title", "brand", "category", "finish"])
-    assert main(["build", str(csv), "--index", str(tmp_path / "index"), "--model", model, "--quiet"]) == 0
+    csv = _catalog(
+        tmp_path / "shop", ONE_WORD, ["product_id", "image", "title", "brand", "category", "finish"]
+    )
+    assert (
+        main(["build", str(csv), "--index", str(tmp_path / "index"), "--model", model, "--quiet"])
+        == 0
+    )
     capsys.readouterr()
     for word, pid in ONE_WORD_QUERIES.items():
-        assert main(["search", "--text", word, "--index", str(tmp_path / "index"), "-k", "3", "--json"]) == 0
+        assert (
+            main(
+                ["search", "--text", word, "--index", str(tmp_path / "index"), "-k", "3", "--json"]
+            )
+            == 0
+        )
         assert json.loads(capsys.readouterr().out)[0]["product_id"] == pid, word
     assert main(["search", "--text", "saffron", "--index", str(tmp_path / "index"), "-k", "2"]) == 0
     out = capsys.readouterr().out
     assert "text holds your words" in out and out.splitlines()[1].split()[2] == "A2"
     if model == "efficientnet-lite0":
         assert main(["search", "--text", "zebra", "--index", str(tmp_path / "index")]) == 1
-        assert "no product's title, brand, category or other text holds any of the words 'zebra'" in capsys.readouterr().err
+        assert (
+            "no product's title, brand, category or other text holds any of the words 'zebra'"
+            in capsys.readouterr().err
+        )
 
 
 def test_each_word_finds_its_product_first_through_rest(one_word):
@@ -130,8 +166,12 @@ def test_languages_and_scripts_find_their_product_first(multilingual):
         assert multilingual.search(text=word, k=3)[0].product_id == lang, word
     client = _rest(multilingual)
     for lang, _, word in MULTILINGUAL:
-        assert client.post("/search", json={"text": word}).json()["results"][0]["product_id"] == lang, word
-    assert client.post("/search", json={"text": "camion"}).json()["results"][0]["product_id"] == "es"
+        assert (
+            client.post("/search", json={"text": word}).json()["results"][0]["product_id"] == lang
+        ), word
+    assert (
+        client.post("/search", json={"text": "camion"}).json()["results"][0]["product_id"] == "es"
+    )
 
 
 def test_tokenising_cjk_keeps_one_and_two_character_words():
@@ -144,7 +184,10 @@ def test_tokenising_cjk_keeps_one_and_two_character_words():
 
 
 def test_incremental_build_keeps_words_in_step(tmp_path):
-    rows = [(f"B{i}", f"Vase {name}", "Acme", "vase", "") for i, name in enumerate(["amber", "cobalt", "ivory", "jade", "onyx", "pearl"])]
+    rows = [
+        (f"B{i}", f"Vase {name}", "Acme", "vase", "")
+        for i, name in enumerate(["amber", "cobalt", "ivory", "jade", "onyx", "pearl"])
+    ]
     header = ["product_id", "image", "title", "brand", "category", "finish"]
     csv = _catalog(tmp_path / "shop", rows, header)
     build_index(csv, tmp_path / "index", embedder=FakeEmbedder())

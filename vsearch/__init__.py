@@ -9,34 +9,43 @@ Heavy modules (torch, faiss, open_clip) load on first use, not on import.
 
 __version__ = "0.1.0"
 
-__all__ = ["ProductIndex", "Hit", "Product", "build_index", "BuildReport", "read_catalog", "load_embedder", "load_image",
-           "errors"]
+__all__ = [
+    "ProductIndex",
+    "Hit",
+    "Product",
+    "build_index",
+    "BuildReport",
+    "read_catalog",
+    "load_embedder",
+    "load_image",
+    "errors",
+]
 
 
 def __getattr__(name: str):
     # Lazy re-exports keep `import vsearch` and `vsearch --help` instant.
     if name in ("ProductIndex", "Hit"):
-        from . import search
+        from vsearch import search
 
         return getattr(search, name)
     if name in ("build_index", "BuildReport"):
-        from . import build
+        from vsearch import build
 
         return getattr(build, name)
     if name in ("read_catalog", "Product"):
-        from . import catalog
+        from vsearch.catalog import rows as catalog
 
         return getattr(catalog, name)
     if name == "load_embedder":
-        from .embedders import load_embedder
+        from vsearch.embedders import load_embedder
 
         return load_embedder
     if name == "load_image":
-        from .images import load_image
+        from vsearch.catalog.images import load_image
 
         return load_image
     if name == "errors":
-        from . import errors
+        from vsearch import errors
 
         return errors
     raise AttributeError(f"module 'vsearch' has no attribute {name!r}")

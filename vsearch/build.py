@@ -1,4 +1,5 @@
-"""The build stage: catalog rows -> embeddings (cached) -> a new index generation, published atomically.
+"""The build stage: catalog rows -> embeddings (cached) -> a new index generation, published
+atomically.
 
 Decoding runs in a small thread pool ahead of the model (Pillow and torch release the GIL), the
 model sees full batches, and images whose bytes were embedded before by the same model are taken
@@ -24,26 +25,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import store
-from .build_lock import exclusive_build
-from .cache import EmbeddingCache
-from .catalog import Catalog, CatalogRow, RowProblem, read_catalog
-from .embedding_shards import fill_from_shards, shard_keys
-from .errors import CatalogError, ImageError, VsearchError
-from .tuned_model import manifest_info
+from vsearch.catalog.rows import Catalog, CatalogRow, RowProblem, read_catalog
+from vsearch.embeddings.cache import EmbeddingCache
+from vsearch.embeddings.shards import fill_from_shards, shard_keys
+from vsearch.embeddings.tuned_model import manifest_info
+from vsearch.errors import CatalogError, ImageError, VsearchError
+from vsearch.store import generations as store
+from vsearch.store.lock import exclusive_build
 
 if TYPE_CHECKING:
-    from .embedders import Embedder
+    from vsearch.embedders import Embedder
 
 DOWNLOADS_DIR = "downloads"
-SHARDS_DIR = "embeddings"  # Parquet shards of vectors a Ray build made (vsearch.embedding_shards)
+SHARDS_DIR = "embeddings"  # Parquet shards of vectors a Ray build made (vsearch.embeddings.shards)
 # From this many catalog images on, a build of a sharded IVF type (ivf, ivfpq, ivfpq-fs) keeps the
 # catalog's vectors in a float32 file on disk (memory-mapped, removed after the build) instead of
 # in memory, and every step that can goes a shard at a time (``sharded_index.SHARD_VECTORS``):
 # below it the whole matrix is small and RAM is faster. A Ray build of that size keeps the vectors
 # it makes only in Parquet shards (SHARDS_DIR), not in the SQLite cache as well.
 ON_DISK_MIN_VECTORS = 100_000
-ASSEMBLE_ROWS = 8_192  # vectors read from the cache (or an import) per step when assembling the matrix (40 MB at 1280-d)
+# vectors read from the cache (or an import) per step when assembling the matrix (40 MB at 1280-d)
+ASSEMBLE_ROWS = 8_192
 SPILL_PREFIX = ".tmp-vectors-"
 ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 
@@ -65,8 +67,10 @@ class BuildReport:
     embed_seconds: float
     index_type: str
     embedder: Any = field(default=None, repr=False)
-    incremental: dict[str, Any] = field(default_factory=dict)  # the manifest's "incremental": updated or why not
-    engine: dict[str, Any] = field(default_factory=dict)  # "ray": actors, worker pids and hosts, shards folder
+    # the manifest's "incremental": updated or why not
+    incremental: dict[str, Any] = field(default_factory=dict)
+    # "ray": actors, worker pids and hosts, shards folder
+    engine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def skipped(self) -> list[RowProblem]:
@@ -83,14 +87,16 @@ class BuildReport:
 
 @dataclass
 class _Prepared:
-    """One catalog row after the decode workers: its content hash and either a tensor or nothing to do."""
+    """One catalog row after the decode workers: its content hash and either a tensor or nothing to
+    do."""
 
     row: CatalogRow
     content_hash: str | None = None
     tensor: Any = None  # preprocessed image, only when the embedding is not cached
     file_entry: tuple[str, int, int, str] | None = None
     error: str | None = None
-    remote: tuple[str, str | None, bytes | None] | None = None  # a miss for Ray: (name, path, bytes)
+    # a miss for Ray: (name, path, bytes)
+    remote: tuple[str, str | None, bytes | None] | None = None
 
 
 def build_index(
@@ -124,17 +130,17 @@ def build_index(
 
     Only images not already embedded by this model are run through it; products no longer in
     the catalog disappear. With ``strict`` any bad row aborts the build before the model loads.
-    With ``embeddings`` (a .npy / Parquet file, see ``vsearch.embeddings_io``) no image is read
-    and no model runs: ``model``/``pretrained`` only name the model the vectors came from.
+    With ``embeddings`` (a .npy / Parquet file, see ``vsearch.embeddings.imported``) no image is
+    read and no model runs: ``model``/``pretrained`` only name the model the vectors came from.
 
-    Retrieval-quality options (None = the measured defaults in ``vsearch.transforms`` and ``vsearch.query_options``):
-    ``whitening`` - PCA-whitening fitted on this catalog's vectors (True/False or
-    {"power", "shrinkage", "components"}); ``dba`` - database-side augmentation {"k", "alpha"}
-    ({"k": 0} = off); ``query_defaults`` - what searches use unless told otherwise ("tta",
+    Retrieval-quality options (None = the measured defaults in ``vsearch.learn.transforms`` and
+    ``vsearch.query_options``): ``whitening`` - PCA-whitening fitted on this catalog's vectors
+    (True/False or {"power", "shrinkage", "components"}); ``dba`` - database-side augmentation {"k",
+    "alpha"} ({"k": 0} = off); ``query_defaults`` - what searches use unless told otherwise ("tta",
     "query_expansion", "product_scoring"); ``calibrate_threshold`` - learn when a result may be
     called a "close match" (manifest ``verdict``; False = the index gives no verdict).
 
-    Learning from the shop (``vsearch.learn``): ``adapt`` - "auto" learns a projection of the
+    Learning from the shop (``vsearch.learn.fit``): ``adapt`` - "auto" learns a projection of the
     vectors from the catalog's multi-image products (and ``train_pairs``), refit only when what
     it learns from changed by more than ``learn.REFIT_FRACTION``; "refit" always refits; "off"
     turns it off. ``train_pairs`` - a CSV of ``image,product_id`` (confirmed shopper photo ->
@@ -142,15 +148,20 @@ def build_index(
     weights even with ``embeddings``), never enter the catalog, and bad or unknown rows are
     reported like catalog rows ("train pairs row N").
 
-    ``tuned``: "auto" embeds with the model ``vsearch tune`` fitted to this index (``vsearch.tuned_model``), "off" with the base model.
-    ``engine="ray"`` embeds the cache misses on a Ray cluster (``vsearch.ray_engine``; at
-    ``ray_address``, default $RAY_ADDRESS or a Ray started here, with ``ray_actors`` model actors)
-    and also writes their vectors as Parquet shards in ``<index_dir>/embeddings/``.
+    ``tuned``: "auto" embeds with the model ``vsearch tune`` fitted to this index
+    (``vsearch.embeddings.tuned_model``), "off" with the base model. ``engine="ray"`` embeds the
+    cache misses on a Ray cluster (``vsearch.embeddings.ray_engine``; at ``ray_address``, default
+    $RAY_ADDRESS or a Ray started here, with ``ray_actors`` model actors) and also writes their
+    vectors as Parquet shards in ``<index_dir>/embeddings/``.
     """
     if engine not in ("local", "ray"):
         raise VsearchError(f"engine must be 'local' or 'ray'; got {engine!r}")
     started = time.perf_counter()
-    cat = catalog if isinstance(catalog, Catalog) else read_catalog(catalog, allow_outside_paths=allow_outside_paths)
+    cat = (
+        catalog
+        if isinstance(catalog, Catalog)
+        else read_catalog(catalog, allow_outside_paths=allow_outside_paths)
+    )
     problems = list(cat.problems)
     _raise_if_strict(strict, problems, cat)
     if not cat.rows:
@@ -160,38 +171,77 @@ def build_index(
     index_dir = Path(index_dir)
     on_disk = index_type in store.SHARDED_TYPES and len(cat.rows) >= ON_DISK_MIN_VECTORS
     if on_disk and dba is not None and int(dict(dba).get("k", 0)) > 0:
-        raise VsearchError(f"DBA (--dba) rewrites every vector from its neighbours, so it needs them all in memory: not "
-                           f"available for an {index_type} build of {ON_DISK_MIN_VECTORS:,} images or more; build without --dba")
+        raise VsearchError(
+            "DBA (--dba) rewrites every vector from its neighbours, so it needs them all in "
+            "memory: not "
+            f"available for an {index_type} build of {ON_DISK_MIN_VECTORS:,} images or more; build "
+            "without --dba"
+        )
     with exclusive_build(index_dir), _spill_folder(index_dir, on_disk) as spill:
         if embedder is None and embeddings is not None:
-            from .embeddings_io import model_identity
+            from vsearch.embeddings.imported import model_identity
 
-            embedder = model_identity(model, pretrained)  # name, fingerprint, dim: no weights loaded
+            # name, fingerprint, dim: no weights loaded
+            embedder = model_identity(model, pretrained)
         elif embedder is None:
-            from .tuned_model import build_embedder
+            from vsearch.embeddings.tuned_model import build_embedder
 
-            embedder = build_embedder(index_dir, model, pretrained, precision=precision, tuned=tuned)
+            embedder = build_embedder(
+                index_dir, model, pretrained, precision=precision, tuned=tuned
+            )
         job: dict[str, Any] = {}
         if engine == "ray" and embeddings is None:
-            from .ray_engine import RayOptions, require_ray
+            from vsearch.embeddings.ray_engine import RayOptions, require_ray
 
             require_ray()
-            job = {"options": RayOptions(address=ray_address, actors=ray_actors, batch_size=batch_size),
-                   "model": getattr(embedder, "spec", model), "pretrained": getattr(embedder, "pretrained", pretrained),
-                   "precision": getattr(embedder, "precision", precision)}
-        with _cache_errors(index_dir / store.CACHE_FILE), EmbeddingCache(index_dir / store.CACHE_FILE) as cache:
+            job = {
+                "options": RayOptions(
+                    address=ray_address, actors=ray_actors, batch_size=batch_size
+                ),
+                "model": getattr(embedder, "spec", model),
+                "pretrained": getattr(embedder, "pretrained", pretrained),
+                "precision": getattr(embedder, "precision", precision),
+            }
+        with (
+            _cache_errors(index_dir / store.CACHE_FILE),
+            EmbeddingCache(index_dir / store.CACHE_FILE) as cache,
+        ):
             embed_started = time.perf_counter()
-            kept, vectors, embedded, reused, image_problems = _imported_rows(cat, embeddings, embedder, progress, spill) if embeddings is not None else _embed_rows(
-                cat.rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
-                fetch_policy=fetch_policy, progress=progress, job=job, spill=spill,
+            kept, vectors, embedded, reused, image_problems = (
+                _imported_rows(cat, embeddings, embedder, progress, spill)
+                if embeddings is not None
+                else _embed_rows(
+                    cat.rows,
+                    embedder,
+                    cache,
+                    index_dir=index_dir,
+                    batch_size=batch_size,
+                    workers=workers,
+                    fetch_policy=fetch_policy,
+                    progress=progress,
+                    job=job,
+                    spill=spill,
+                )
             )
             shopper = None
             if train_pairs is not None:
                 shopper, pair_problems, model = _train_pair_vectors(
-                    train_pairs, {row.product_id for row, _ in kept}, embedder, cache, index_dir=index_dir,
-                    batch_size=batch_size, workers=workers, fetch_policy=fetch_policy, precision=precision)
+                    train_pairs,
+                    {row.product_id for row, _ in kept},
+                    embedder,
+                    cache,
+                    index_dir=index_dir,
+                    batch_size=batch_size,
+                    workers=workers,
+                    fetch_policy=fetch_policy,
+                    precision=precision,
+                )
                 problems.extend(pair_problems)
-                embedder = model if embeddings is not None and not hasattr(embedder, "embed_images") else embedder
+                embedder = (
+                    model
+                    if embeddings is not None and not hasattr(embedder, "embed_images")
+                    else embedder
+                )
             embed_seconds = time.perf_counter() - embed_started
         problems.extend(image_problems)
         _raise_if_strict(strict, problems, cat)
@@ -200,10 +250,14 @@ def build_index(
         problems.extend(left_out)
         if not images:
             raise CatalogError(_no_rows_message(cat, problems))
-        chosen_type, fallback = store.pq_fallback(store.choose_index_type(len(images), index_type), len(images))
-        if fallback:  # too few images to train PQ codebooks: exact search, said in the summary and manifest
+        chosen_type, fallback = store.pq_fallback(
+            store.choose_index_type(len(images), index_type), len(images)
+        )
+        # too few images to train PQ codebooks: exact search, said in the summary and manifest
+        if fallback:
             problems.append(RowProblem(row=0, reason=fallback, fatal=False))
-        name = store.read_current(index_dir, missing_ok=True)  # a malformed CURRENT stops the build here
+        # a malformed CURRENT stops the build here
+        name = store.read_current(index_dir, missing_ok=True)
         live = index_dir / name if name is not None and (index_dir / name).is_dir() else None
         previous = _previous_product_ids(live)
         manifest = {
@@ -213,51 +267,97 @@ def build_index(
                 "pretrained": getattr(embedder, "pretrained", None),
                 "fingerprint": embedder.fingerprint,
                 "supports_text": bool(embedder.supports_text),
-                "precision_at_build": getattr(embedder, "precision", "fp32"), **manifest_info(embedder),
+                "precision_at_build": getattr(embedder, "precision", "fp32"),
+                **manifest_info(embedder),
             },
             "dim": int(embedder.dim),
             "catalog": str(cat.source),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build": {"embedded": embedded, "reused": reused, "skipped_rows": sum(p.fatal for p in problems)},
+            "build": {
+                "embedded": embedded,
+                "reused": reused,
+                "skipped_rows": sum(p.fatal for p in problems),
+            },
         }
         if fallback:
             manifest["index_type_fallback"] = {"requested": index_type, "reason": fallback}
         tmp = store.new_generation_dir(index_dir)
         try:
             vectors = _quality_postprocess(
-                tmp, vectors, images, manifest, whitening=whitening, dba=dba,
-                query_defaults=query_defaults, calibrate=calibrate_threshold, adapt=adapt, shopper=shopper,
-                embedder=embedder, previous=live, spill=spill,
+                tmp,
+                vectors,
+                images,
+                manifest,
+                whitening=whitening,
+                dba=dba,
+                query_defaults=query_defaults,
+                calibrate=calibrate_threshold,
+                adapt=adapt,
+                shopper=shopper,
+                embedder=embedder,
+                previous=live,
+                spill=spill,
             )
             if shopper is not None:
                 manifest["train_pairs"] = store.write_train_pairs(tmp, shopper[2])
             update, quantizer = _incremental_update(live, vectors, images, manifest, chosen_type)
-            store.write_generation(tmp, vectors=vectors, images=images, products=products, manifest=manifest,
-                                   index_type=chosen_type, prebuilt=update, quantizer=quantizer)
+            store.write_generation(
+                tmp,
+                vectors=vectors,
+                images=images,
+                products=products,
+                manifest=manifest,
+                index_type=chosen_type,
+                prebuilt=update,
+                quantizer=quantizer,
+            )
             final = store.publish_generation(index_dir, tmp)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise VsearchError(f"could not write the index in {index_dir}: {e}; the previous index is unchanged") from e
+            raise VsearchError(
+                f"could not write the index in {index_dir}: {e}; the previous index is unchanged"
+            ) from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
     removed = len(previous - {p.product_id for p in products}) if previous else 0
     return BuildReport(
-        index_dir=index_dir, generation=final.name, model=embedder.name, products=len(products), images=len(images),
-        embedded=embedded, reused=reused, removed_products=removed, problems=problems,
-        seconds=time.perf_counter() - started, embed_seconds=embed_seconds, index_type=chosen_type,
-        embedder=embedder if hasattr(embedder, "embed_images") else None,  # imported: no model was loaded
+        index_dir=index_dir,
+        generation=final.name,
+        model=embedder.name,
+        products=len(products),
+        images=len(images),
+        embedded=embedded,
+        reused=reused,
+        removed_products=removed,
+        problems=problems,
+        seconds=time.perf_counter() - started,
+        embed_seconds=embed_seconds,
+        index_type=chosen_type,
+        # imported: no model was loaded
+        embedder=embedder if hasattr(embedder, "embed_images") else None,
         incremental=dict(manifest.get("incremental") or {}),
         engine=job.get("report", {}),
     )
 
 
-def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dict[str, Any], *,
-                         whitening: bool | Mapping[str, Any] | None, dba: Mapping[str, Any] | None,
-                         query_defaults: Mapping[str, Any] | None, calibrate: bool, adapt: str,
-                         shopper: tuple[np.ndarray, list[str], list[str]] | None, embedder: Any,
-                         previous: Path | None, spill: Path | None = None) -> np.ndarray:
+def _quality_postprocess(
+    tmp: Path,
+    raw: np.ndarray,
+    images: list,
+    manifest: dict[str, Any],
+    *,
+    whitening: bool | Mapping[str, Any] | None,
+    dba: Mapping[str, Any] | None,
+    query_defaults: Mapping[str, Any] | None,
+    calibrate: bool,
+    adapt: str,
+    shopper: tuple[np.ndarray, list[str], list[str]] | None,
+    embedder: Any,
+    previous: Path | None,
+    spill: Path | None = None,
+) -> np.ndarray:
     """Catalog adaptation, whitening and DBA on the catalog vectors (stored beside the index),
     query defaults and the "close match" verdict, all recorded in the manifest. Returns the
     vectors to index; the embedding cache keeps the raw model vectors, so changing these options
@@ -265,23 +365,36 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
     and the projected (or whitened) vectors go to another one, a shard at a time; fitting the
     projection and the verdict read it a block of rows at a time, whitening is fitted on a
     sample (store.TRAIN_SAMPLE_MAX rows); DBA, which needs every vector, is refused there."""
-    from . import learn
-    from . import transforms as post
-    from .calibration import held_out_recall
-    from .query_options import resolve_query_defaults
+    from vsearch.learn import fit as learn
+    from vsearch.learn import transforms as post
+    from vsearch.learn.calibration import held_out_recall
+    from vsearch.query_options import resolve_query_defaults
 
     product_ids = [im.product_id for im in images]
     w_opts = post.resolve_whitening(whitening)
     d_opts = post.resolve_dba(dba)
     q_opts = resolve_query_defaults(query_defaults)
     settings = learn.query_settings(q_opts)  # what the verdict is calibrated with and applies to
-    shopper_vectors, shopper_labels, shopper_keys = shopper if shopper is not None else (None, [], [])
+    shopper_vectors, shopper_labels, shopper_keys = (
+        shopper if shopper is not None else (None, [], [])
+    )
     adaptation = learn.adapt(
-        tmp, raw, product_ids, [im.content_hash or im.source for im in images], mode=adapt,
-        model_fingerprint=manifest["model"]["fingerprint"], previous=previous,
-        shopper_vectors=shopper_vectors, shopper_labels=shopper_labels, shopper_keys=shopper_keys)
-    simulated = None  # simulated shopper photos: made at most once, for the shopper check and the verdict
-    if adaptation.record.get("state") == "fitted" and (shopper_vectors is None or len(shopper_vectors) == 0):
+        tmp,
+        raw,
+        product_ids,
+        [im.content_hash or im.source for im in images],
+        mode=adapt,
+        model_fingerprint=manifest["model"]["fingerprint"],
+        previous=previous,
+        shopper_vectors=shopper_vectors,
+        shopper_labels=shopper_labels,
+        shopper_keys=shopper_keys,
+    )
+    # simulated shopper photos: made at most once, for the shopper check and the verdict
+    simulated = None
+    if adaptation.record.get("state") == "fitted" and (
+        shopper_vectors is None or len(shopper_vectors) == 0
+    ):
         simulated = learn.simulated_photos(embedder, images, manifest, tta=settings["tta"])
         if simulated is not None:
             check = learn.shopper_check(raw, product_ids, adaptation.projection, simulated)
@@ -289,13 +402,17 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
             if check["rejected"]:
                 adaptation = learn.reject(tmp, adaptation, check)
     manifest["adaptation"] = adaptation.record
-    vectors = raw if adaptation.projection is None else _mapped(adaptation.projection.apply, raw, spill, "adapted")
+    vectors = (
+        raw
+        if adaptation.projection is None
+        else _mapped(adaptation.projection.apply, raw, spill, "adapted")
+    )
     record: dict[str, Any] = {"whitening": None, "dba": None}
     auto = w_opts is not None and w_opts.pop("auto", False)
     whitener = None
     if w_opts is not None and len(vectors) >= post.MIN_WHITENING_VECTORS:
         if spill is not None:  # fitted on the IVF training sample
-            from .sharded_index import training_sample
+            from vsearch.store.sharded import training_sample
 
             w = post.fit_whitening(training_sample(vectors, store.TRAIN_SAMPLE_MAX), **w_opts)
         else:
@@ -306,62 +423,93 @@ def _quality_postprocess(tmp: Path, raw: np.ndarray, images: list, manifest: dic
             before, n = held_out_recall(vectors, np.asarray(product_ids))
             after, _ = held_out_recall(whitened, np.asarray(product_ids))
             keep = n >= post.AUTO_MIN_HELD_OUT and after >= before + post.AUTO_MIN_GAIN
-            record["whitening_auto"] = {"held_out_images": n, "r1_raw": round(before, 4), "r1_whitened": round(after, 4),
-                                        "kept": keep}
+            record["whitening_auto"] = {
+                "held_out_images": n,
+                "r1_raw": round(before, 4),
+                "r1_whitened": round(after, 4),
+                "kept": keep,
+            }
         if keep:
             vectors, whitener = whitened, w
             record["whitening"] = w.save(tmp)
     elif w_opts is not None:
-        record["whitening_skipped"] = f"{len(vectors)} images; whitening needs at least {post.MIN_WHITENING_VECTORS}"
+        record["whitening_skipped"] = (
+            f"{len(vectors)} images; whitening needs at least {post.MIN_WHITENING_VECTORS}"
+        )
     if d_opts["k"] > 0:
         vectors = post.database_augment(vectors, **d_opts)
         record["dba"] = d_opts
     manifest["postprocess"] = record
     manifest["query_defaults"] = q_opts
     if not calibrate:
-        manifest["verdict"] = {"threshold": None, "reason": "no verdict: turned off at build (--no-threshold)"}
+        manifest["verdict"] = {
+            "threshold": None,
+            "reason": "no verdict: turned off at build (--no-threshold)",
+        }
         return vectors
     has_pairs = shopper_vectors is not None and len(shopper_vectors) > 0
-    reused = learn.reuse_verdict(previous, manifest, [store.content_key(im.product_id, im.source, im.content_hash)
-                                                      for im in images], train_pairs=has_pairs, settings=settings)
+    reused = learn.reuse_verdict(
+        previous,
+        manifest,
+        [store.content_key(im.product_id, im.source, im.content_hash) for im in images],
+        train_pairs=has_pairs,
+        settings=settings,
+    )
     if reused is not None:  # a small change in the same vector space: the calibration still holds
         manifest["verdict"] = reused
         return vectors
     withheld = learn.settings_withheld(settings, simulated=True, train_pairs=has_pairs)
     if simulated is None and not withheld:
         simulated = learn.simulated_photos(embedder, images, manifest, tta=settings["tta"])
-    withheld = withheld or learn.settings_withheld(settings, simulated=simulated is not None, train_pairs=has_pairs)
+    withheld = withheld or learn.settings_withheld(
+        settings, simulated=simulated is not None, train_pairs=has_pairs
+    )
     if withheld:
         manifest["verdict"] = {"threshold": None, "reason": withheld, "query_settings": settings}
         return vectors
     verdict = learn.calibrate(
-        raw, product_ids, adapted=adaptation.projection is not None, index_vectors=vectors,
-        post=whitener.apply if whitener is not None else None, simulated=simulated, settings=settings,
-        shopper=(shopper_vectors, shopper_labels) if has_pairs else None)
+        raw,
+        product_ids,
+        adapted=adaptation.projection is not None,
+        index_vectors=vectors,
+        post=whitener.apply if whitener is not None else None,
+        simulated=simulated,
+        settings=settings,
+        shopper=(shopper_vectors, shopper_labels) if has_pairs else None,
+    )
     manifest["verdict"] = {**verdict.to_dict(), "query_settings": settings}
     return vectors
 
 
-def _mapped(fn: Callable[[np.ndarray], np.ndarray], vectors: np.ndarray, spill: Path | None, name: str) -> np.ndarray:
+def _mapped(
+    fn: Callable[[np.ndarray], np.ndarray], vectors: np.ndarray, spill: Path | None, name: str
+) -> np.ndarray:
     """``fn`` (a row-wise map: a learned projection, whitening) of every vector: in memory, or with
     ``spill`` a shard at a time into a memory map ``<spill>/<name>.f32.npy``."""
     if spill is None:
         return fn(vectors)
-    from .sharded_index import map_shards
+    from vsearch.store.sharded import map_shards
 
-    return map_shards(fn, vectors, _matrix(spill / f"{name}.f32.npy", len(vectors), vectors.shape[1]))
+    return map_shards(
+        fn, vectors, _matrix(spill / f"{name}.f32.npy", len(vectors), vectors.shape[1])
+    )
 
 
-def _incremental_update(live: Path | None, vectors: np.ndarray, images: list, manifest: dict[str, Any], index_type: str):
-    """The live index updated in place of a full FAISS build when little changed (``vsearch.incremental``);
-    records what was done in the manifest's ``incremental`` entry. Returns (prebuilt index or
-    None, the previous trained IVF quantizer to build on or None); (None, None) = build afresh."""
-    from . import incremental
+def _incremental_update(
+    live: Path | None, vectors: np.ndarray, images: list, manifest: dict[str, Any], index_type: str
+):
+    """The live index updated in place of a full FAISS build when little changed
+    (``vsearch.store.incremental``); records what was done in the manifest's ``incremental`` entry.
+    Returns (prebuilt index or None, the previous trained IVF quantizer to build on or None); (None,
+    None) = build afresh."""
+    from vsearch.store import incremental as incremental
 
     if index_type in incremental.QUANTIZER_REUSE_TYPES:
         quantizer, why = incremental.reusable_quantizer(live, images, manifest, index_type)
         if quantizer is not None:
-            manifest["incremental"] = {k: v for k, v in quantizer.items() if k not in ("factory", "trained_index")}
+            manifest["incremental"] = {
+                k: v for k, v in quantizer.items() if k not in ("factory", "trained_index")
+            }
             return None, quantizer
     else:
         update, why = incremental.try_update(live, vectors, images, manifest, index_type)
@@ -372,43 +520,84 @@ def _incremental_update(live: Path | None, vectors: np.ndarray, images: list, ma
     return None, None
 
 
-def _train_pair_vectors(path: str | os.PathLike, known: set[str], embedder: Any, cache: EmbeddingCache, *,
-                        index_dir: Path, batch_size: int, workers: int | None, fetch_policy: Any, precision: str,
-                        ) -> tuple[tuple[np.ndarray, list[str], list[str]], list[RowProblem], Any]:
+def _train_pair_vectors(
+    path: str | os.PathLike,
+    known: set[str],
+    embedder: Any,
+    cache: EmbeddingCache,
+    *,
+    index_dir: Path,
+    batch_size: int,
+    workers: int | None,
+    fetch_policy: Any,
+    precision: str,
+) -> tuple[tuple[np.ndarray, list[str], list[str]], list[RowProblem], Any]:
     """Embed the photos of a train-pairs CSV (image,product_id) with the index's model, through the
     embedding cache. Returns ((vectors, product ids, content hashes), problems, the loaded model).
     Pairs whose product is not in the catalog are reported by row and left out."""
-    if not hasattr(embedder, "embed_images"):  # --embeddings import: the pairs still need the real model
-        from .embedders import load_embedder
+    # --embeddings import: the pairs still need the real model
+    if not hasattr(embedder, "embed_images"):
+        from vsearch.embedders import load_embedder
 
         model = load_embedder(embedder.spec, embedder.pretrained, precision=precision)
         if model.fingerprint != embedder.fingerprint:
-            raise VsearchError(f"--train-pairs: the loaded model {model.name} does not match the imported vectors' model")
+            raise VsearchError(
+                f"--train-pairs: the loaded model {model.name} does not match the imported "
+                "vectors' model"
+            )
         embedder = model
-    pairs = read_catalog(path, allow_outside_paths=True)  # pair photos are never served: any path may be read
+    # pair photos are never served: any path may be read
+    pairs = read_catalog(path, allow_outside_paths=True)
     label = f"train pairs {pairs.source}"
-    problems = [RowProblem(row=p.row, reason=f"{label}: {p.reason}", image=p.image, fatal=p.fatal) for p in pairs.problems]
+    problems = [
+        RowProblem(row=p.row, reason=f"{label}: {p.reason}", image=p.image, fatal=p.fatal)
+        for p in pairs.problems
+    ]
     rows = []
     for row in pairs.rows:
         if row.product_id in known:
             rows.append(row)
         else:
-            problems.append(RowProblem(row=row.row, image=row.image, reason=(
-                f"{label}: product {row.product_id!r} is not in the catalog (or has no usable image); pair left out")))
+            problems.append(
+                RowProblem(
+                    row=row.row,
+                    image=row.image,
+                    reason=(
+                        f"{label}: product {row.product_id!r} is not in the catalog (or has no "
+                        "usable image); pair left out"
+                    ),
+                )
+            )
     kept, vectors, _, _, image_problems = _embed_rows(
-        rows, embedder, cache, index_dir=index_dir, batch_size=batch_size, workers=workers,
-        fetch_policy=fetch_policy, progress=None)
-    problems += [RowProblem(row=p.row, reason=f"{label}: {p.reason}", image=p.image, fatal=p.fatal) for p in image_problems]
+        rows,
+        embedder,
+        cache,
+        index_dir=index_dir,
+        batch_size=batch_size,
+        workers=workers,
+        fetch_policy=fetch_policy,
+        progress=None,
+    )
+    problems += [
+        RowProblem(row=p.row, reason=f"{label}: {p.reason}", image=p.image, fatal=p.fatal)
+        for p in image_problems
+    ]
     return (vectors, [r.product_id for r, _ in kept], [h for _, h in kept]), problems, embedder
 
 
 # ---------------------------------------------------------------- embedding pipeline
 
 
-def _imported_rows(cat: Catalog, embeddings: Any, model: Any, progress: ProgressCallback | None, spill: Path | None = None):
+def _imported_rows(
+    cat: Catalog,
+    embeddings: Any,
+    model: Any,
+    progress: ProgressCallback | None,
+    spill: Path | None = None,
+):
     """Precomputed vectors instead of the model: same shape of result as ``_embed_rows``. With
     ``spill`` they are streamed into a memory map there, a batch of rows at a time."""
-    from .embeddings_io import load_embeddings, load_embeddings_into
+    from vsearch.embeddings.imported import load_embeddings, load_embeddings_into
 
     if spill is not None:
         out = _matrix(spill / "raw.f32.npy", len(cat.rows), int(model.dim))
@@ -420,17 +609,41 @@ def _imported_rows(cat: Catalog, embeddings: Any, model: Any, progress: Progress
     kept = [(row, "") for row in cat.rows]  # images are never read, so there is no content hash
     notes = []
     if imported.renormalised:
-        notes.append(RowProblem(row=0, fatal=False, reason=(
-            f"{imported.source}: {imported.renormalised} vector(s) were not unit length and were L2-normalised")))
+        notes.append(
+            RowProblem(
+                row=0,
+                fatal=False,
+                reason=(
+                    f"{imported.source}: {imported.renormalised} vector(s) were not unit length "
+                    "and were L2-normalised"
+                ),
+            )
+        )
     if imported.unused:
-        notes.append(RowProblem(row=0, fatal=False, reason=(
-            f"{imported.source}: {imported.unused} vector(s) match no catalog image and were not indexed")))
+        notes.append(
+            RowProblem(
+                row=0,
+                fatal=False,
+                reason=(
+                    f"{imported.source}: {imported.unused} vector(s) match no catalog image and "
+                    "were not indexed"
+                ),
+            )
+        )
     return kept, imported.vectors, 0, 0, notes
 
 
 def _embed_rows(
-    rows: list[CatalogRow], embedder: Embedder, cache: EmbeddingCache, *, index_dir: Path, batch_size: int,
-    workers: int | None, fetch_policy: Any, progress: ProgressCallback | None, job: dict[str, Any] | None = None,
+    rows: list[CatalogRow],
+    embedder: Embedder,
+    cache: EmbeddingCache,
+    *,
+    index_dir: Path,
+    batch_size: int,
+    workers: int | None,
+    fetch_policy: Any,
+    progress: ProgressCallback | None,
+    job: dict[str, Any] | None = None,
     spill: Path | None = None,
 ) -> tuple[list[tuple[CatalogRow, str]], np.ndarray, int, int, list[RowProblem]]:
     """Embed every row not in the cache; return kept (row, hash) pairs with their vectors in order.
@@ -442,10 +655,13 @@ def _embed_rows(
     fingerprint = embedder.fingerprint
     shards_dir = index_dir / SHARDS_DIR
     cached = cache.cached_hashes(fingerprint)
-    in_shards_only = shard_keys(shards_dir, fingerprint) - cached  # read from the shards, not SQLite
+    # read from the shards, not SQLite
+    in_shards_only = shard_keys(shards_dir, fingerprint) - cached
     cached |= in_shards_only
     workers = workers or max(1, min(4, os.cpu_count() or 1))
-    prepare = _RowPreparer(embedder, cache, cached, index_dir / DOWNLOADS_DIR, fetch_policy, decode=not job)
+    prepare = _RowPreparer(
+        embedder, cache, cached, index_dir / DOWNLOADS_DIR, fetch_policy, decode=not job
+    )
     misses: dict[str, tuple[str, str | None, bytes | None]] = {}
 
     kept: list[tuple[CatalogRow, str]] = []
@@ -473,16 +689,24 @@ def _embed_rows(
         pending_hashes.clear()
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vsearch-decode") as pool:
-        for done, item in enumerate(_ordered_map(pool, prepare, rows, window=max(2 * batch_size, 4 * workers)), start=1):
+        for done, item in enumerate(
+            _ordered_map(pool, prepare, rows, window=max(2 * batch_size, 4 * workers)), start=1
+        ):
             if item.error is not None:
-                problems.append(RowProblem(row=item.row.row, reason=item.error, image=item.row.image))
+                problems.append(
+                    RowProblem(row=item.row.row, reason=item.error, image=item.row.image)
+                )
             else:
                 kept.append((item.row, item.content_hash))
                 if item.file_entry:
                     file_entries.append(item.file_entry)
                 if item.remote is not None:
                     misses.setdefault(item.content_hash, item.remote)
-                if item.tensor is not None and item.content_hash not in new_vectors and item.content_hash not in pending_hashes:
+                if (
+                    item.tensor is not None
+                    and item.content_hash not in new_vectors
+                    and item.content_hash not in pending_hashes
+                ):
                     pending.append((item.content_hash, item.tensor))
                     pending_hashes.add(item.content_hash)
                     if len(pending) >= batch_size:
@@ -492,28 +716,51 @@ def _embed_rows(
         flush()
     cache.remember_files(file_entries)
     if job:
-        from .ray_engine import embed_into_cache
+        from vsearch.embeddings.ray_engine import embed_into_cache
 
         shards_only = spill is not None  # too big for the SQLite cache: the shards are the cache
-        new_hashes, failed, run = embed_into_cache(misses, embedder, cache, job=job, progress=progress,
-                                                   shards_dir=shards_dir, shards_only=shards_only)
+        new_hashes, failed, run = embed_into_cache(
+            misses,
+            embedder,
+            cache,
+            job=job,
+            progress=progress,
+            shards_dir=shards_dir,
+            shards_only=shards_only,
+        )
         new_vectors = dict.fromkeys(new_hashes)
         if shards_only:
             in_shards_only |= new_hashes
         embedded = len(new_vectors)
-        job["report"] = {"engine": "ray", "address": run.address, "actors": run.actors, "cpus_per_actor": run.cpus_per_actor,
-                         "worker_pids": sorted(run.worker_pids), "hosts": sorted(run.hosts), "shards": str(shards_dir),
-                         "shards_are_cache": shards_only}
-        problems += [RowProblem(row=r.row, reason=failed[h], image=r.image) for r, h in kept if h in failed]
+        job["report"] = {
+            "engine": "ray",
+            "address": run.address,
+            "actors": run.actors,
+            "cpus_per_actor": run.cpus_per_actor,
+            "worker_pids": sorted(run.worker_pids),
+            "hosts": sorted(run.hosts),
+            "shards": str(shards_dir),
+            "shards_are_cache": shards_only,
+        }
+        problems += [
+            RowProblem(row=r.row, reason=failed[h], image=r.image) for r, h in kept if h in failed
+        ]
         kept = [(r, h) for r, h in kept if h not in failed]
 
     dim = int(embedder.dim)
-    vectors = _matrix(spill / "raw.f32.npy", len(kept), dim) if spill is not None else np.empty((len(kept), dim), dtype=np.float32)
+    vectors = (
+        _matrix(spill / "raw.f32.npy", len(kept), dim)
+        if spill is not None
+        else np.empty((len(kept), dim), dtype=np.float32)
+    )
     found = np.zeros(len(kept), dtype=bool)
-    for start in range(0, len(kept), ASSEMBLE_ROWS):  # one step's vectors at a time, in catalog order
-        part = kept[start:start + ASSEMBLE_ROWS]
+    # one step's vectors at a time, in catalog order
+    for start in range(0, len(kept), ASSEMBLE_ROWS):
+        part = kept[start : start + ASSEMBLE_ROWS]
         from_cache = cache.get_many(
-            list({h for _, h in part if new_vectors.get(h) is None and h not in in_shards_only}), fingerprint)
+            list({h for _, h in part if new_vectors.get(h) is None and h not in in_shards_only}),
+            fingerprint,
+        )
         block = np.empty((len(part), dim), dtype=np.float32)
         for i, (_, h) in enumerate(part):
             vec = new_vectors.get(h)
@@ -522,15 +769,22 @@ def _embed_rows(
             if vec is not None and vec.shape[0] == dim:
                 block[i] = vec
                 found[start + i] = True
-        vectors[start:start + len(part)] = block
+        vectors[start : start + len(part)] = block
     wanted: dict[str, list[int]] = {}
     for i in np.flatnonzero(~found):
         wanted.setdefault(kept[i][1], []).append(int(i))
-    fill_from_shards(shards_dir, fingerprint, wanted, vectors)  # one pass over the shards; leaves what none held
+    # one pass over the shards; leaves what none held
+    fill_from_shards(shards_dir, fingerprint, wanted, vectors)
     found[:] = True
     found[[i for rows in wanted.values() for i in rows]] = False
-    problems += [RowProblem(row=kept[i][0].row, reason="embedding missing from the cache; rebuild to retry", image=kept[i][0].image)
-                 for i in np.flatnonzero(~found)]
+    problems += [
+        RowProblem(
+            row=kept[i][0].row,
+            reason="embedding missing from the cache; rebuild to retry",
+            image=kept[i][0].image,
+        )
+        for i in np.flatnonzero(~found)
+    ]
     final_kept = [pair for pair, ok in zip(kept, found) if ok]
     _compact(vectors, found)
     reused = sum(1 for _, h in final_kept if h not in new_vectors)
@@ -546,16 +800,25 @@ def _compact(vectors: np.ndarray, keep: np.ndarray) -> None:
     if len(rows) == len(keep):
         return
     for start in range(0, len(rows), ASSEMBLE_ROWS):  # a row only moves up, past rows already read
-        chunk = rows[start:start + ASSEMBLE_ROWS]
-        vectors[start:start + len(chunk)] = vectors[chunk]
+        chunk = rows[start : start + ASSEMBLE_ROWS]
+        vectors[start : start + len(chunk)] = vectors[chunk]
 
 
 class _RowPreparer:
-    """Runs in decode workers: find a row's bytes and hash, and decode + preprocess only if needed."""
+    """Runs in decode workers: find a row's bytes and hash, and decode + preprocess only if
+    needed."""
 
-    def __init__(self, embedder: Embedder, cache: EmbeddingCache, cached: set[str], downloads: Path, fetch_policy: Any,
-                 decode: bool = True):
-        self.decode = decode  # False: leave decoding to Ray workers, which read the file again themselves
+    def __init__(
+        self,
+        embedder: Embedder,
+        cache: EmbeddingCache,
+        cached: set[str],
+        downloads: Path,
+        fetch_policy: Any,
+        decode: bool = True,
+    ):
+        # False: leave decoding to Ray workers, which read the file again themselves
+        self.decode = decode
         self.embedder = embedder
         self.cache = cache
         self.cached = cached
@@ -572,15 +835,21 @@ class _RowPreparer:
             return _Prepared(row, error=f"{row.image}: unexpected error {type(e).__name__}: {e}")
 
     def _prepare(self, row: CatalogRow) -> _Prepared:
-        from .images import content_hash, load_image, read_image_bytes
+        from vsearch.catalog.images import content_hash, load_image, read_image_bytes
 
         entry = None
         if row.image.startswith(("http://", "https://")):
-            from .fetch import FetchPolicy, downloaded_file, fetch_image
+            from vsearch.catalog.fetch import FetchPolicy, downloaded_file, fetch_image
 
-            data, digest = fetch_image(row.image, self.downloads, policy=self.fetch_policy or FetchPolicy())
+            data, digest = fetch_image(
+                row.image, self.downloads, policy=self.fetch_policy or FetchPolicy()
+            )
             if not self.decode and digest not in self.cached:
-                return _Prepared(row, content_hash=digest, remote=(row.image, str(downloaded_file(self.downloads, digest)), None))
+                return _Prepared(
+                    row,
+                    content_hash=digest,
+                    remote=(row.image, str(downloaded_file(self.downloads, digest)), None),
+                )
         else:
             try:
                 st = os.stat(row.image)
@@ -596,9 +865,13 @@ class _RowPreparer:
         if digest in self.cached:
             return _Prepared(row, content_hash=digest, file_entry=entry)
         if not self.decode:
-            return _Prepared(row, content_hash=digest, file_entry=entry, remote=(row.image, row.image, None))
+            return _Prepared(
+                row, content_hash=digest, file_entry=entry, remote=(row.image, row.image, None)
+            )
         image = load_image(io.BytesIO(data), min_side=self.min_side, name=row.image)
-        return _Prepared(row, content_hash=digest, tensor=self.embedder.preprocess(image), file_entry=entry)
+        return _Prepared(
+            row, content_hash=digest, tensor=self.embedder.preprocess(image), file_entry=entry
+        )
 
 
 def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
@@ -633,7 +906,8 @@ def _spill_folder(index_dir: Path, enabled: bool) -> Iterator[Path | None]:
 
 
 def _matrix(path: Path, rows: int, dim: int) -> np.ndarray:
-    """A float32 [rows, dim] .npy on disk, memory-mapped for writing: vectors in page cache, not in the heap."""
+    """A float32 [rows, dim] .npy on disk, memory-mapped for writing: vectors in page cache, not in
+    the heap."""
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
 
 
@@ -641,10 +915,16 @@ def _products_and_images(cat: Catalog, kept: list[tuple[CatalogRow, str]]):
     """Products with at least one usable image, and one image record per kept row."""
     with_images = {row.product_id for row, _ in kept}
     products = [product for pid, product in cat.products.items() if pid in with_images]
-    images = [store.ImageRecord(product_id=row.product_id, source=row.image, row=row.row, content_hash=h) for row, h in kept]
+    images = [
+        store.ImageRecord(product_id=row.product_id, source=row.image, row=row.row, content_hash=h)
+        for row, h in kept
+    ]
     left_out = [
-        RowProblem(row=0, reason=f"product {pid!r} has no usable image and was left out", fatal=False)
-        for pid in cat.products if pid not in with_images
+        RowProblem(
+            row=0, reason=f"product {pid!r} has no usable image and was left out", fatal=False
+        )
+        for pid in cat.products
+        if pid not in with_images
     ]
     return products, images, left_out
 
@@ -667,7 +947,9 @@ def _raise_if_strict(strict: bool, problems: list[RowProblem], cat: Catalog) -> 
     if strict and fatal:
         lines = "; ".join(f"row {p.row}: {p.reason}" for p in fatal[:5])
         more = f" (and {len(fatal) - 5} more)" if len(fatal) > 5 else ""
-        raise CatalogError(f"{cat.source}: {len(fatal)} bad row(s) and --strict is on: {lines}{more}")
+        raise CatalogError(
+            f"{cat.source}: {len(fatal)} bad row(s) and --strict is on: {lines}{more}"
+        )
 
 
 def _no_rows_message(cat: Catalog, problems: list[RowProblem]) -> str:
@@ -683,6 +965,7 @@ def _cache_errors(path: Path):
         yield
     except sqlite3.Error as e:
         raise VsearchError(
-            f"embedding cache {path} failed ({e}); the previous index is unchanged. Free disk space, "
+            f"embedding cache {path} failed ({e}); the previous index is unchanged. Free disk "
+            "space, "
             "or delete that file to start the cache afresh (everything will be re-embedded)"
         ) from e

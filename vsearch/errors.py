@@ -38,7 +38,8 @@ class FetchError(ImageError):
 
 
 class FeedbackError(VsearchError):
-    """A shopper's confirmed match cannot be recorded (bad input, or the feedback folder is full)."""
+    """A shopper's confirmed match cannot be recorded (bad input, or the feedback folder is
+    full)."""
 
 
 class ServerBusyError(VsearchError):
@@ -46,4 +47,5 @@ class ServerBusyError(VsearchError):
 
 
 class NoWordMatchError(VsearchError):
-    """No product's text holds any of the query's words (a words-alone search with no text model)."""
+    """No product's text holds any of the query's words (a words-alone search with no text
+    model)."""

@@ -19,10 +19,13 @@ Box = tuple[int, int, int, int]  # (row0, row1, col0, col1) of map cells, end-ex
 
 WINDOW_SIZES = (3, 4, 5)  # window sides in map cells; smaller windows overfit to a detail
 MARGIN = 0.5  # the close-up is the window's square enlarged by this share (context for the model)
-SHORTLIST = 50  # products the window is matched against, and that each pass contributes to the merge
+# products the window is matched against, and that each pass contributes to the merge
+SHORTLIST = 50
 
 
-def window_vectors(fmap: np.ndarray, sizes: tuple[int, ...] = WINDOW_SIZES) -> tuple[np.ndarray, list[Box]]:
+def window_vectors(
+    fmap: np.ndarray, sizes: tuple[int, ...] = WINDOW_SIZES
+) -> tuple[np.ndarray, list[Box]]:
     """One photo's map [C, H, W] -> (the mean feature of every s x s window, [R, C]; their boxes).
     Sides larger than the map are skipped; a map smaller than every side gives the whole map."""
     c, h, w = fmap.shape
@@ -33,14 +36,20 @@ def window_vectors(fmap: np.ndarray, sizes: tuple[int, ...] = WINDOW_SIZES) -> t
     for s in [s for s in sizes if s <= min(h, w)] or [min(h, w)]:
         for r in range(h - s + 1):
             for q in range(w - s + 1):
-                total = table[:, r + s, q + s] - table[:, r, q + s] - table[:, r + s, q] + table[:, r, q]
+                total = (
+                    table[:, r + s, q + s]
+                    - table[:, r, q + s]
+                    - table[:, r + s, q]
+                    + table[:, r, q]
+                )
                 vectors.append(total / (s * s))
                 boxes.append((r, r + s, q, q + s))
     return np.asarray(vectors, dtype=np.float32), boxes
 
 
-def photo_region(photo_size: tuple[int, int], box: Box, grid: int, input_size: int,
-                 margin: float = MARGIN) -> tuple[int, int, int, int]:
+def photo_region(
+    photo_size: tuple[int, int], box: Box, grid: int, input_size: int, margin: float = MARGIN
+) -> tuple[int, int, int, int]:
     """The square part of the original photo (left, top, right, bottom) that a map window sees.
 
     The embedder resizes the photo's short side to input_size and takes the centre square, which

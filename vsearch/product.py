@@ -17,7 +17,8 @@ class Product:
     price: float | None = None
     url: str = ""
     brand: str = ""
-    extra: tuple[tuple[str, str], ...] = ()  # further catalog columns (name, value), in column order
+    # further catalog columns (name, value), in column order
+    extra: tuple[tuple[str, str], ...] = ()
 
     @property
     def metadata(self) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Query-side options and their defaults: the one place that says what a search does unless told otherwise.
+"""Query-side options and their defaults: the one place that says what a search does unless told
+otherwise.
 
 A build can store its own defaults in the manifest ("query_defaults"); a search call can override
 them. Both are checked here.
@@ -7,15 +8,19 @@ them. Both are checked here.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 PRODUCT_SCORING = ("max", "mean", "top2")
 TTA_MODES = ("none", "flip", "pad", "flip+pad")
 # Measured in benchmarks/RESULTS.md: the plain pipeline was best overall for the offline model.
-QUERY_DEFAULTS: dict[str, Any] = {"tta": "none", "query_expansion": {"k": 0}, "product_scoring": "max"}
-
+QUERY_DEFAULTS: dict[str, Any] = {
+    "tta": "none",
+    "query_expansion": {"k": 0},
+    "product_scoring": "max",
+}
 
 
 def product_score(image_scores: np.ndarray, mode: str = "max") -> float:
@@ -40,5 +45,8 @@ def resolve_query_defaults(value: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"unknown query option {key!r}; accepted: {sorted(opts)}")
         opts[key] = dict(v) if isinstance(v, Mapping) else v
     if opts["product_scoring"] not in PRODUCT_SCORING:
-        raise ValueError(f"product_scoring {opts['product_scoring']!r} is not one of {', '.join(PRODUCT_SCORING)}")
+        raise ValueError(
+            f"product_scoring {opts['product_scoring']!r} is not one of "
+            f"{', '.join(PRODUCT_SCORING)}"
+        )
     return opts

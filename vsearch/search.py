@@ -10,23 +10,31 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import store, words
-from .candidates import _best_image_per_product, _filter_sql
-from .product import Product, ReadsProduct
-from .errors import IndexFormatError, ModelError, ModelMismatchError, NoWordMatchError, VsearchError
-from .calibration import VerdictCalibration
-from .generation import Generation, GenerationImages
-from .query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
+from vsearch.errors import (
+    IndexFormatError,
+    ModelError,
+    ModelMismatchError,
+    NoWordMatchError,
+    VsearchError,
+)
+from vsearch.learn.calibration import VerdictCalibration
+from vsearch.product import Product, ReadsProduct
+from vsearch.query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
+from vsearch.store import generations as store
+from vsearch.store import words as words
+from vsearch.store.candidates import _best_image_per_product, _filter_sql
+from vsearch.store.loaded import Generation, GenerationImages
 
 if TYPE_CHECKING:
-    from .embedders import Embedder
-    from .images import ImageSource
+    from vsearch.catalog.images import ImageSource
+    from vsearch.embedders import Embedder
 
 MAX_K = 1000
 EXACT_FALLBACK_CHUNK = 65_536  # vectors scored per step when an ANN pass comes back short
@@ -51,26 +59,57 @@ class Hit(ReadsProduct):
     # The index's verdict on this result: True = a close match, False = not sure (below the bar),
     # None = this index gives no verdict (it cannot tell at the precision it promises).
     confident: bool | None = None
-    image_id: int = -1  # id of `image` in its generation (the web app serves images by generation + id)
+    # id of `image` in its generation (the web app serves images by generation + id)
+    image_id: int = -1
     matched_image_ids: tuple[int, ...] = ()  # ids of `matched_images`, same order
     generation: str = ""  # the index generation that answered
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (used by the CLI's --json and the web API)."""
-        d = {k: getattr(self, k) for k in ("rank", "product_id", "score", "title", "category", "price", "url", "brand", "image", "confident")}
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "rank",
+                "product_id",
+                "score",
+                "title",
+                "category",
+                "price",
+                "url",
+                "brand",
+                "image",
+                "confident",
+            )
+        }
         d["score"] = round(float(self.score), 6)
         d["metadata"] = dict(self.metadata)
         d["matched_images"] = list(self.matched_images)
-        d["image_id"], d["matched_image_ids"], d["generation"] = self.image_id, list(self.matched_image_ids), self.generation
+        d["image_id"], d["matched_image_ids"], d["generation"] = (
+            self.image_id,
+            list(self.matched_image_ids),
+            self.generation,
+        )
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Hit:
-        """The Hit a ``to_dict()`` came from (keys it does not know, e.g. the API's image_url, are ignored)."""
-        product = Product(d["product_id"], d.get("title", ""), d.get("category", ""), d.get("price"),
-                          d.get("url", ""), d.get("brand", ""), tuple(dict(d.get("metadata") or {}).items()))
-        own = {f.name for f in fields(cls)} - {"product"}  # every other field comes back as it was given
-        return cls(product=product, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in own})
+        """The Hit a ``to_dict()`` came from (keys it does not know, e.g. the API's image_url, are
+        ignored)."""
+        product = Product(
+            d["product_id"],
+            d.get("title", ""),
+            d.get("category", ""),
+            d.get("price"),
+            d.get("url", ""),
+            d.get("brand", ""),
+            tuple(dict(d.get("metadata") or {}).items()),
+        )
+        # every other field comes back as it was given
+        own = {f.name for f in fields(cls)} - {"product"}
+        return cls(
+            product=product,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in own},
+        )
 
 
 class ProductIndex:
@@ -80,39 +119,57 @@ class ProductIndex:
     >>> hits = index.search(image="photo.jpg", k=10, filters={"category": "mug", "price": (0, 20)})
     """
 
-    def __init__(self, index_dir: str | Path, embedder: Embedder | None = None, *, model: str | None = None,
-                 pretrained: str | None = None, precision: str = "auto"):
+    def __init__(
+        self,
+        index_dir: str | Path,
+        embedder: Embedder | None = None,
+        *,
+        model: str | None = None,
+        pretrained: str | None = None,
+        precision: str = "auto",
+    ):
         self.index_dir = Path(index_dir)
         self._reload_lock = threading.Lock()
         self._skipped: dict[str, str] = {}  # generations that failed to load: name -> reason
         name = store.read_current(self.index_dir)
         self._gen = Generation(self.index_dir / name)
         self._gen_name = name
-        # the generation a reload replaced, reduced to its database: answers image lookups for results
+        # the generation a reload replaced, reduced to its database: answers image lookups for
+        # results
         # given just before the swap without keeping its FAISS index in memory
         self._previous: GenerationImages | None = None
-        self.embedder = embedder if embedder is not None else self._load_model(model, pretrained, precision)
+        self.embedder = (
+            embedder if embedder is not None else self._load_model(model, pretrained, precision)
+        )
         self._check_model(self.embedder, self._gen.manifest)
 
     # ------------------------------------------------------------ construction
 
     @classmethod
-    def load(cls, index_dir: str | Path, embedder: Embedder | None = None, **kwargs) -> ProductIndex:
-        """Load an index and the model it was built with (or check that ``embedder`` is that model)."""
+    def load(
+        cls, index_dir: str | Path, embedder: Embedder | None = None, **kwargs
+    ) -> ProductIndex:
+        """Load an index and the model it was built with (or check that ``embedder`` is that
+        model)."""
         return cls(index_dir, embedder, **kwargs)
 
     def _load_model(self, model: str | None, pretrained: str | None, precision: str) -> Embedder:
-        from .tuned_model import index_embedder  # the base model, plus the weights `vsearch tune` fitted, if any
+        # the base model, plus the weights `vsearch tune` fitted, if any
+        from vsearch.embeddings.tuned_model import index_embedder
 
-        return index_embedder(self.index_dir, self._gen.manifest["model"], model, pretrained, precision)
+        return index_embedder(
+            self.index_dir, self._gen.manifest["model"], model, pretrained, precision
+        )
 
     @staticmethod
     def _check_model(embedder: Embedder, manifest: Mapping[str, Any]) -> None:
         info = manifest["model"]
         if embedder.fingerprint != info["fingerprint"] or embedder.dim != manifest["dim"]:
             raise ModelMismatchError(
-                f"this index was built with model {info['name']!r} (fingerprint {info['fingerprint'][:12]}, dim {manifest['dim']}), "
-                f"but the query model is {embedder.name!r} (fingerprint {embedder.fingerprint[:12]}, dim {embedder.dim}); "
+                f"this index was built with model {info['name']!r} (fingerprint "
+                f"{info['fingerprint'][:12]}, dim {manifest['dim']}), "
+                f"but the query model is {embedder.name!r} (fingerprint "
+                f"{embedder.fingerprint[:12]}, dim {embedder.dim}); "
                 "search with the index's model, or rebuild the index with this one"
             )
 
@@ -133,20 +190,28 @@ class ProductIndex:
     @property
     def score_threshold(self) -> float | None:
         """Top-1 scores at or above this are a "close match"; None = this index gives no verdict, or
-        judges by the top-1 product's lead over the runner-up instead (``verdict["signal"] == "margin"``)."""
+        judges by the top-1 product's lead over the runner-up instead (``verdict["signal"] ==
+        "margin"``)."""
         v = self._gen.verdict
         return v.threshold if v.signal == "score" else None
 
     @property
     def verdict(self) -> dict[str, Any]:
         """How this index decides "close match" (threshold, calibrated precision/recall, why)."""
-        return dict(self._gen.manifest.get("verdict") or {"threshold": None, "reason": "no verdict"})
+        return dict(
+            self._gen.manifest.get("verdict") or {"threshold": None, "reason": "no verdict"}
+        )
 
     def __len__(self) -> int:
         return self._gen.n_products
 
     def categories(self) -> list[str]:
-        return [r[0] for r in self._gen.query("SELECT DISTINCT category FROM products WHERE category != '' ORDER BY category")]
+        return [
+            r[0]
+            for r in self._gen.query(
+                "SELECT DISTINCT category FROM products WHERE category != '' ORDER BY category"
+            )
+        ]
 
     def price_range(self) -> tuple[float, float] | None:
         lo, hi = self._gen.query("SELECT MIN(price), MAX(price) FROM products")[0]
@@ -165,9 +230,16 @@ class ProductIndex:
         p = rows[0]
         images = gen.query("SELECT vid, source FROM images WHERE pid=? ORDER BY vid", (p["pid"],))
         return {
-            "product_id": p["product_id"], "title": p["title"], "category": p["category"], "price": p["price"],
-            "url": p["url"], "brand": p["brand"], "metadata": json.loads(p["extra"]), "images": [r[1] for r in images],
-            "image_ids": [int(r[0]) for r in images], "generation": gen.name,
+            "product_id": p["product_id"],
+            "title": p["title"],
+            "category": p["category"],
+            "price": p["price"],
+            "url": p["url"],
+            "brand": p["brand"],
+            "metadata": json.loads(p["extra"]),
+            "images": [r[1] for r in images],
+            "image_ids": [int(r[0]) for r in images],
+            "generation": gen.name,
         }
 
     def image_sources(self) -> set[str]:
@@ -218,12 +290,18 @@ class ProductIndex:
                     if latest == name:
                         reason = f"{type(e).__name__}: {e}"
                         self._skipped[name] = reason
-                        log.error("index generation %s cannot be served, still serving %s: %s", name, self._gen_name, reason)
+                        log.error(
+                            "index generation %s cannot be served, still serving %s: %s",
+                            name,
+                            self._gen_name,
+                            reason,
+                        )
                         return False
                     name = latest
             else:
                 return False
-            self._previous = self._gen.images_only()  # the old FAISS index is freed once no search holds it
+            # the old FAISS index is freed once no search holds it
+            self._previous = self._gen.images_only()
             self._gen, self._gen_name = gen, name
         return True
 
@@ -231,7 +309,8 @@ class ProductIndex:
         """{product_id: [(image id, source), ...]} in catalog order (self-test and diagnostics)."""
         out: dict[str, list[tuple[int, str]]] = {}
         for pid, vid, source in self._gen.query(
-            "SELECT p.product_id, i.vid, i.source FROM images i JOIN products p ON p.pid = i.pid ORDER BY i.vid"
+            "SELECT p.product_id, i.vid, i.source FROM images i JOIN products p ON p.pid = i.pid "
+            "ORDER BY i.vid"
         ):
             out.setdefault(pid, []).append((int(vid), source))
         return out
@@ -241,26 +320,33 @@ class ProductIndex:
         larger for a locate search, whose close-up needs the pixels (vsearch.locate.load_side)."""
         side = getattr(self.embedder, "input_size", None)
         if locate and side:
-            from .locate import load_side
+            from vsearch.locate import load_side
 
             return load_side(side)
         return side
 
     def query_defaults(self) -> dict[str, Any]:
-        """Query-side options decided when the index was built (tta, query_expansion, product_scoring)."""
+        """Query-side options decided when the index was built (tta, query_expansion,
+        product_scoring)."""
         return {**QUERY_DEFAULTS, **(self._gen.manifest.get("query_defaults") or {})}
 
     # ------------------------------------------------------------ queries
 
-    def embed_query(self, image: ImageSource | None = None, text: str | None = None, *, text_weight: float = 0.5,
-                    tta: str | None = None) -> np.ndarray:
+    def embed_query(
+        self,
+        image: ImageSource | None = None,
+        text: str | None = None,
+        *,
+        text_weight: float = 0.5,
+        tta: str | None = None,
+    ) -> np.ndarray:
         """The query vector: image, text, or both fused (normalised sum, text weighted).
 
         tta: test-time augmentation of the photo - "none", "flip" (mean with the mirror image),
         "pad" (mean with the whole photo padded square, which the centre crop would cut) or
         "flip+pad"; None = the index's default. Costs one extra image per view in the batch.
         """
-        from .images import load_image
+        from vsearch.catalog.images import load_image
 
         if image is None and not (text and text.strip()):
             raise VsearchError("give a photo, a text, or both to search")
@@ -285,7 +371,8 @@ class ProductIndex:
         if text and text.strip():
             if not self.supports_text:
                 raise ModelError(
-                    f"the index's model {self.embedder.name!r} is image-only and cannot search by text; "
+                    f"the index's model {self.embedder.name!r} is image-only and cannot search by "
+                    "text; "
                     "search with a photo, or build the index with a CLIP model"
                 )
             vec = self.embedder.embed_texts([text.strip()])[0]
@@ -293,10 +380,21 @@ class ProductIndex:
         q = np.sum(parts, axis=0).astype(np.float32)
         return q / max(float(np.linalg.norm(q)), 1e-12)
 
-    def search(self, image: ImageSource | None = None, text: str | None = None, k: int = 10,
-               filters: Mapping[str, Any] | None = None, *, text_weight: float = 0.5, tta: str | None = None,
-               query_expansion: Mapping[str, Any] | None = None, product_scoring: str | None = None,
-               zero_shot_categories: int = 0, exclude_images: Sequence[int] = (), locate: bool = False) -> list[Hit]:
+    def search(
+        self,
+        image: ImageSource | None = None,
+        text: str | None = None,
+        k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        *,
+        text_weight: float = 0.5,
+        tta: str | None = None,
+        query_expansion: Mapping[str, Any] | None = None,
+        product_scoring: str | None = None,
+        zero_shot_categories: int = 0,
+        exclude_images: Sequence[int] = (),
+        locate: bool = False,
+    ) -> list[Hit]:
         """Ranked products for a photo (path, bytes, file object or PIL image) and/or a text.
 
         Quality options (None = what the index was built to use; see ``query_defaults()``):
@@ -310,25 +408,44 @@ class ProductIndex:
         result keeps the verdict the first look gave its product (the close-match bar was
         calibrated on one-look scores; the second look only reorders).
 
-        Words, every model (vsearch.words): a text alone ranks products by BM25 over their text (RRF-fused
-        with text->image search for CLIP; score 0..1 relative to the first result otherwise; no verdict;
-        NoWordMatchError when no word is found). A photo with words re-ranks the photo's shortlist
-        (words.fuse_photo); each result keeps the photo's verdict.
+        Words, every model (vsearch.store.words): a text alone ranks products by BM25 over their
+        text (RRF-fused with text->image search for CLIP; score 0..1 relative to the first result
+        otherwise; no verdict; NoWordMatchError when no word is found). A photo with words re-ranks
+        the photo's shortlist (words.fuse_photo); each result keeps the photo's verdict.
         """
         if locate:
-            return self._search_located(image, text, k, filters, tta=tta, query_expansion=query_expansion,
-                                        product_scoring=product_scoring, exclude_images=exclude_images)
+            return self._search_located(
+                image,
+                text,
+                k,
+                filters,
+                tta=tta,
+                query_expansion=query_expansion,
+                product_scoring=product_scoring,
+                exclude_images=exclude_images,
+            )
         text = (text or "").strip() or None
         if text is not None and image is None:
             return self._search_words(text, k, filters)
-        query = self.embed_query(image, text if self.supports_text else None, text_weight=text_weight, tta=tta)
+        query = self.embed_query(
+            image, text if self.supports_text else None, text_weight=text_weight, tta=tta
+        )
         if zero_shot_categories:
             filters = self._zero_shot_filter(query, int(zero_shot_categories), filters)
-        gen, options = self._gen, dict(query_expansion=query_expansion, product_scoring=product_scoring,
-                                       exclude_images=exclude_images, tta=tta)
+        gen, options = (
+            self._gen,
+            dict(
+                query_expansion=query_expansion,
+                product_scoring=product_scoring,
+                exclude_images=exclude_images,
+                tta=tta,
+            ),
+        )
         if text is None or not (words.has_words_table(gen.query) or not self.supports_text):
             return self._search_vector(query, k, filters, **options)
-        shortlist = self._search_vector(query, min(MAX_K, max(int(k) + 1, words.SHORTLIST)), filters, **options)
+        shortlist = self._search_vector(
+            query, min(MAX_K, max(int(k) + 1, words.SHORTLIST)), filters, **options
+        )
         if not shortlist or shortlist[0].generation != gen.name:
             return shortlist[:k]
         pids = [int(gen.vid_to_pid[h.image_id]) for h in shortlist]
@@ -343,46 +460,81 @@ class ProductIndex:
         gen, k = self._gen, int(k)
         indexed = words.has_words_table(gen.query)
         if not indexed and not self.supports_text:
-            raise IndexFormatError(f"{gen.path} was built before products' words were indexed; rebuild it "
-                                   f"(vsearch build {gen.manifest.get('catalog') or 'CATALOG'} --index {self.index_dir})")
+            raise IndexFormatError(
+                f"{gen.path} was built before products' words were indexed; rebuild it "
+                f"(vsearch build {gen.manifest.get('catalog') or 'CATALOG'} --index "
+                f"{self.index_dir})"
+            )
         where, params = _filter_sql(filters or {})
         depth = max(k + 1, words.SHORTLIST) if self.supports_text else k
-        found = words.word_scores(gen.query, text, where=where, params=params, limit=depth) if indexed else []
+        found = (
+            words.word_scores(gen.query, text, where=where, params=params, limit=depth)
+            if indexed
+            else []
+        )
         if not self.supports_text:
             if not found:
-                raise NoWordMatchError(f"no product's title, brand, category or other text holds any of the words "
-                                       f"{text!r}" + (" among the products these filters allow" if where else "")
-                                       + "; try other words, or search with a photo")
+                raise NoWordMatchError(
+                    f"no product's title, brand, category or other text holds any of the words "
+                    f"{text!r}"
+                    + (" among the products these filters allow" if where else "")
+                    + "; try other words, or search with a photo"
+                )
             top = found[0][1]
             return self._word_hits(gen, [(pid, s / top) for pid, s in found], k)
         vec = self.embed_query(None, text)
-        seen, vec = self.search_vector(vec, k=depth, filters=filters), gen.to_index_space(vec[None, :])[0]
-        ranked = words.reciprocal_rank_fusion([p for p, _ in found], [int(gen.vid_to_pid[h.image_id]) for h in seen])
-        scored = [(pid, float((gen.vectors_of(gen.vids_of(pid)) @ vec).max())) for pid, _ in ranked[:k]]
+        seen, vec = (
+            self.search_vector(vec, k=depth, filters=filters),
+            gen.to_index_space(vec[None, :])[0],
+        )
+        ranked = words.reciprocal_rank_fusion(
+            [p for p, _ in found], [int(gen.vid_to_pid[h.image_id]) for h in seen]
+        )
+        scored = [
+            (pid, float((gen.vectors_of(gen.vids_of(pid)) @ vec).max())) for pid, _ in ranked[:k]
+        ]
         return self._word_hits(gen, scored, k)
 
     def _word_hits(self, gen: Generation, scored: list[tuple[int, float]], k: int) -> list[Hit]:
         """Hits for products found by words, each shown with its first catalog image; no verdict."""
         scored = scored[:k]
-        first = dict(gen.query(f"SELECT pid, MIN(vid) FROM images WHERE pid IN ({','.join('?' * len(scored))}) "
-                               "GROUP BY pid", tuple(p for p, _ in scored)))
+        first = dict(
+            gen.query(
+                f"SELECT pid, MIN(vid) FROM images WHERE pid IN ({','.join('?' * len(scored))}) "
+                "GROUP BY pid",
+                tuple(p for p, _ in scored),
+            )
+        )
         best = [(pid, score, [int(first[pid])]) for pid, score in scored if pid in first]
         return [replace(h, confident=None) for h in self._hits(gen, best, k)]
 
-    def _search_located(self, image: ImageSource | None, text: str | None, k: int, filters: Mapping[str, Any] | None,
-                        *, tta: str | None, **options: Any) -> list[Hit]:
+    def _search_located(
+        self,
+        image: ImageSource | None,
+        text: str | None,
+        k: int,
+        filters: Mapping[str, Any] | None,
+        *,
+        tta: str | None,
+        **options: Any,
+    ) -> list[Hit]:
         """search(locate=True): the full photo, then a close-up of the item (see vsearch.locate)."""
-        from . import locate
-        from .images import load_image
-        from .transforms import single_threaded_blas
+        from vsearch import locate
+        from vsearch.catalog.images import load_image
+        from vsearch.learn.transforms import single_threaded_blas
 
         if image is None or (text and text.strip()):
             raise VsearchError("locate searches a photo alone; leave out the text")
         if (self.query_defaults()["tta"] if tta is None else tta) != "none":
-            raise VsearchError("locate and test-time augmentation cannot be combined; use tta='none'")
+            raise VsearchError(
+                "locate and test-time augmentation cannot be combined; use tta='none'"
+            )
         if not getattr(self.embedder, "can_locate", False):
-            raise ModelError(f"the index's model {getattr(self.embedder, 'spec', self.embedder.name)!r} cannot locate "
-                             "the item in a photo; locate needs the plain efficientnet-lite0 read-out")
+            raise ModelError(
+                f"the index's model {getattr(self.embedder, 'spec', self.embedder.name)!r} cannot "
+                "locate "
+                "the item in a photo; locate needs the plain efficientnet-lite0 read-out"
+            )
         if not 1 <= int(k) <= MAX_K:
             raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
         img = load_image(image, min_side=self.query_side(locate=True))
@@ -395,7 +547,8 @@ class ProductIndex:
         excluded = np.asarray(list(options.get("exclude_images") or ()), dtype=np.int64)
 
         def images_of(hits: list[Hit]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-            """pid -> (its image ids, their stored vectors), read once for the window choice and the merge."""
+            """pid -> (its image ids, their stored vectors), read once for the window choice and the
+            merge."""
             out = {}
             for h in hits:
                 pid = int(gen.vid_to_pid[h.image_id])
@@ -410,13 +563,18 @@ class ProductIndex:
         windows /= np.maximum(np.linalg.norm(windows, axis=1, keepdims=True), 1e-12)
         with single_threaded_blas():  # ~50 x 1280 x 1280: worth BLAS, not its spinning threads
             best = int(np.argmax((gen.to_index_space(windows) @ vectors.T).max(axis=1)))
-        region = locate.photo_region(img.size, boxes[best], maps.shape[-1], self.embedder.input_size)
-        if region[2] - region[0] >= min(img.size):  # the close-up is what the first look saw: no second look
+        region = locate.photo_region(
+            img.size, boxes[best], maps.shape[-1], self.embedder.input_size
+        )
+        # the close-up is what the first look saw: no second look
+        if region[2] - region[0] >= min(img.size):
             return first[:k]
         zoom = self.embedder.embed_images([img.crop(region)])
         second = self.search_vector(zoom[0], k=depth, filters=filters, **options)
         if second and second[0].generation == gen.name:
-            candidates.update(images_of([h for h in second if int(gen.vid_to_pid[h.image_id]) not in candidates]))
+            candidates.update(
+                images_of([h for h in second if int(gen.vid_to_pid[h.image_id]) not in candidates])
+            )
         # every candidate scored exactly under both passes: its best image for each, summed (halved,
         # so the score stays a similarity in [-1, 1]); the image shown is the best under both
         queries = gen.to_index_space(np.concatenate([full, zoom]).astype(np.float32))
@@ -432,18 +590,25 @@ class ProductIndex:
         # the verdict was calibrated on one-look scores: each product keeps the one its first look
         # gave it (None if that look did not shortlist it); the second look only reorders
         said = {h.product_id: h.confident for h in first}
-        return [replace(h, confident=said.get(h.product_id)) for h in self._hits(gen, merged, int(k))]
+        return [
+            replace(h, confident=said.get(h.product_id)) for h in self._hits(gen, merged, int(k))
+        ]
 
-    def _zero_shot_filter(self, query: np.ndarray, n: int, filters: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Restrict to the n categories whose names ("a photo of a <category>") match the query best."""
+    def _zero_shot_filter(
+        self, query: np.ndarray, n: int, filters: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """Restrict to the n categories whose names ("a photo of a <category>") match the query
+        best."""
         if not self.supports_text:
             raise ModelError(
-                f"zero-shot category constraint needs a text model; the index's model {self.embedder.name!r} is image-only"
+                "zero-shot category constraint needs a text model; the index's model "
+                f"{self.embedder.name!r} is image-only"
             )
         cats = self.categories()
         if not cats:
             return dict(filters or {})
-        # one read of the cached pair: a concurrent query (or a reload) may replace it meanwhile, and
+        # one read of the cached pair: a concurrent query (or a reload) may replace it meanwhile,
+        # and
         # the vectors used must be the ones of these categories, in this order
         cached = getattr(self, "_category_vectors", (None, None))
         if cached[0] != tuple(cats):
@@ -460,19 +625,41 @@ class ProductIndex:
         out["category"] = chosen
         return out
 
-    def search_vector(self, query: np.ndarray, k: int = 10, filters: Mapping[str, Any] | None = None, *,
-                      query_expansion: Mapping[str, Any] | None = None, product_scoring: str | None = None,
-                      exclude_images: Sequence[int] = ()) -> list[Hit]:
+    def search_vector(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        *,
+        query_expansion: Mapping[str, Any] | None = None,
+        product_scoring: str | None = None,
+        exclude_images: Sequence[int] = (),
+    ) -> list[Hit]:
         """Ranked products for an already embedded, L2-normalised query vector (model space;
         the index's whitening, if any, is applied here)."""
-        return self._search_vector(query, k, filters, query_expansion=query_expansion,
-                                   product_scoring=product_scoring, exclude_images=exclude_images)
+        return self._search_vector(
+            query,
+            k,
+            filters,
+            query_expansion=query_expansion,
+            product_scoring=product_scoring,
+            exclude_images=exclude_images,
+        )
 
-    def _search_vector(self, query: np.ndarray, k: int, filters: Mapping[str, Any] | None, *,
-                       query_expansion: Mapping[str, Any] | None, product_scoring: str | None,
-                       exclude_images: Sequence[int], tta: str | None = None) -> list[Hit]:
-        """search_vector, told which test-time augmentation made the vector (None: the index's default),
-        so the verdict is given only under the query-side settings it was calibrated with."""
+    def _search_vector(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: Mapping[str, Any] | None,
+        *,
+        query_expansion: Mapping[str, Any] | None,
+        product_scoring: str | None,
+        exclude_images: Sequence[int],
+        tta: str | None = None,
+    ) -> list[Hit]:
+        """search_vector, told which test-time augmentation made the vector (None: the index's
+        default), so the verdict is given only under the query-side settings it was calibrated
+        with."""
         if not 1 <= int(k) <= MAX_K:
             raise VsearchError(f"k must be between 1 and {MAX_K}, got {k}")
         k = int(k)
@@ -481,32 +668,50 @@ class ProductIndex:
         qe = dict(defaults["query_expansion"] if query_expansion is None else query_expansion or {})
         scoring = defaults["product_scoring"] if product_scoring is None else product_scoring
         if scoring not in PRODUCT_SCORING:
-            raise VsearchError(f"product_scoring {scoring!r} is not one of {', '.join(PRODUCT_SCORING)}")
+            raise VsearchError(
+                f"product_scoring {scoring!r} is not one of {', '.join(PRODUCT_SCORING)}"
+            )
         query = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
         if query.shape[1] != gen.faiss.d:
-            raise ModelMismatchError(f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}")
+            raise ModelMismatchError(
+                f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}"
+            )
         query = gen.to_index_space(query)
         selector, allowed_vids = self._selector(gen, filters)
-        excluded = np.unique(np.concatenate([np.asarray(list(exclude_images), dtype=np.int64), gen.hidden]))
+        excluded = np.unique(
+            np.concatenate([np.asarray(list(exclude_images), dtype=np.int64), gen.hidden])
+        )
         best, expanded = self._ranked(gen, query, k, selector, allowed_vids, excluded, qe, scoring)
         if not best:
             return []
         verdict = gen.verdict
-        if verdict.threshold is not None and not verdict.applies_to(defaults["tta"] if tta is None else tta, qe, scoring):
+        if verdict.threshold is not None and not verdict.applies_to(
+            defaults["tta"] if tta is None else tta, qe, scoring
+        ):
             verdict = None  # calibrated on other scores: its bar means nothing for these
         reference = None
         if allowed_vids is not None and verdict is not None and verdict.threshold is not None:
             # "close match" is judged against the whole catalog, not what the filter left: the same
-            # query's two best products without the filter (a filter must never make an answer surer)
+            # query's two best products without the filter (a filter must never make an answer
+            # surer)
             whole, whole_query = self._ranked(gen, query, 1, None, None, excluded, qe, scoring)
             reference = (whole, None if np.array_equal(whole_query, expanded) else whole_query)
         return self._hits(gen, best, k, verdict, reference, scoring, excluded)
 
-    def _ranked(self, gen: Generation, query: np.ndarray, k: int, selector, allowed_vids: np.ndarray | None,
-                excluded: np.ndarray, qe: Mapping[str, Any], scoring: str):
+    def _ranked(
+        self,
+        gen: Generation,
+        query: np.ndarray,
+        k: int,
+        selector,
+        allowed_vids: np.ndarray | None,
+        excluded: np.ndarray,
+        qe: Mapping[str, Any],
+        scoring: str,
+    ):
         """(the best k + 1 products as (pid, score, image ids), the query after expansion) for an
         index-space query [1, d] among the allowed images (None: all) minus the excluded ones."""
-        from .transforms import query_expand
+        from vsearch.learn.transforms import query_expand
 
         allowed = None if allowed_vids is None else len(allowed_vids)
         keep_alive = [selector]
@@ -517,7 +722,9 @@ class ProductIndex:
             keep_alive.append(not_sel)
             selector = not_sel if selector is None else faiss.IDSelectorAnd(selector, not_sel)
             keep_alive.append(selector)
-        n_candidates = (gen.faiss.ntotal if allowed is None else allowed) - (len(excluded) if allowed is None else 0)
+        n_candidates = (gen.faiss.ntotal if allowed is None else allowed) - (
+            len(excluded) if allowed is None else 0
+        )
         if n_candidates <= 0:
             return [], query
         qe_k = int(qe.get("k", 0) or 0)
@@ -525,18 +732,31 @@ class ProductIndex:
             scores, vids = self._faiss_search(gen, query, min(n_candidates, qe_k), selector)
             ok = vids >= 0
             if ok.any():
-                query = query_expand(query[0], gen.vectors_of(vids[ok]), scores[ok], alpha=float(qe.get("alpha", 3.0)))[None, :]
+                query = query_expand(
+                    query[0],
+                    gen.vectors_of(vids[ok]),
+                    scores[ok],
+                    alpha=float(qe.get("alpha", 3.0)),
+                )[None, :]
         fetch = min(n_candidates, max(4 * k, k + 16))
         while True:
-            scores, vids = self._faiss_search(gen, query, fetch, selector, depth=RERANK_DEPTH_PER_RESULT * (k + 1))
+            scores, vids = self._faiss_search(
+                gen, query, fetch, selector, depth=RERANK_DEPTH_PER_RESULT * (k + 1)
+            )
             best = _best_image_per_product(scores, vids, gen.vid_to_pid)
-            if len(best) > k or fetch >= n_candidates:  # one more than asked: the verdict compares with the runner-up
+            # one more than asked: the verdict compares with the runner-up
+            if len(best) > k or fetch >= n_candidates:
                 break
             fetch = min(n_candidates, fetch * 4)
         if len(best) <= k:
-            # An ANN pass with a selective filter (IVF probes few lists, HNSW's graph walk stops early)
+            # An ANN pass with a selective filter (IVF probes few lists, HNSW's graph walk stops
+            # early)
             # can come back short although enough products match: score the allowed vectors exactly.
-            candidates = np.arange(gen.faiss.ntotal, dtype=np.int64) if allowed_vids is None else allowed_vids
+            candidates = (
+                np.arange(gen.faiss.ntotal, dtype=np.int64)
+                if allowed_vids is None
+                else allowed_vids
+            )
             if len(excluded):
                 candidates = candidates[~np.isin(candidates, excluded)]
             if len(np.unique(gen.vid_to_pid[candidates])) > len(best):
@@ -546,16 +766,18 @@ class ProductIndex:
         return best, query
 
     @staticmethod
-    def _exact_search(gen: Generation, query: np.ndarray, candidates: np.ndarray,
-                      n: int, want: int) -> list[tuple[int, float, list[int]]]:
+    def _exact_search(
+        gen: Generation, query: np.ndarray, candidates: np.ndarray, n: int, want: int
+    ) -> list[tuple[int, float, list[int]]]:
         """Best products by exact inner product over the candidate vectors (a chunk at a time, so a
         large unfiltered fallback never holds every vector)."""
         scores = np.empty(len(candidates), dtype=np.float32)
         for start in range(0, len(candidates), EXACT_FALLBACK_CHUNK):
-            chunk = candidates[start:start + EXACT_FALLBACK_CHUNK]
-            scores[start:start + len(chunk)] = gen.vectors_of(chunk) @ query
+            chunk = candidates[start : start + EXACT_FALLBACK_CHUNK]
+            scores[start : start + len(chunk)] = gen.vectors_of(chunk) @ query
         order = np.argsort(-scores, kind="stable")
-        while True:  # enough images to cover n products (a product may own several of the best images)
+        # enough images to cover n products (a product may own several of the best images)
+        while True:
             top = order[:n]
             best = _best_image_per_product(scores[top], candidates[top], gen.vid_to_pid)
             if len(best) >= want or n >= len(order):
@@ -563,9 +785,15 @@ class ProductIndex:
             n *= 4
 
     @staticmethod
-    def _rescore(gen: Generation, query: np.ndarray, best: list[tuple[int, float, list[int]]], mode: str,
-                 excluded: np.ndarray) -> list[tuple[int, float, list[int]]]:
-        """Score each candidate product from *all* its images (mean / top-2), not only its best one."""
+    def _rescore(
+        gen: Generation,
+        query: np.ndarray,
+        best: list[tuple[int, float, list[int]]],
+        mode: str,
+        excluded: np.ndarray,
+    ) -> list[tuple[int, float, list[int]]]:
+        """Score each candidate product from *all* its images (mean / top-2), not only its best
+        one."""
         out = []
         for pid, score, vids in best:
             all_vids = gen.vids_of(pid)
@@ -577,13 +805,17 @@ class ProductIndex:
         return out
 
     @staticmethod
-    def _faiss_search(gen: Generation, query: np.ndarray, n: int, selector, depth: int | None = None):
+    def _faiss_search(
+        gen: Generation, query: np.ndarray, n: int, selector, depth: int | None = None
+    ):
         import faiss
 
         params = None
         if selector is not None:
             if isinstance(gen.faiss, faiss.IndexHNSW):
-                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(store.HNSW_EF_SEARCH, n))
+                params = faiss.SearchParametersHNSW(
+                    sel=selector, efSearch=max(store.HNSW_EF_SEARCH, n)
+                )
             elif faiss.try_extract_index_ivf(gen.faiss) is not None:
                 ivf = faiss.extract_index_ivf(gen.faiss)
                 params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
@@ -592,13 +824,21 @@ class ProductIndex:
         elif isinstance(gen.faiss, faiss.IndexHNSW) and n > gen.faiss.hnsw.efSearch:
             params = faiss.SearchParametersHNSW(efSearch=n)
         if gen.stored is not None:  # PQ: exact scores of the best approximate candidates
-            from .sharded_index import rerank
+            from vsearch.store.sharded import rerank
 
             def approximate(m: int):
                 scores, vids = store.search_single_threaded(gen.faiss, query, m, params)
                 return scores[0], vids[0]
 
-            return rerank(approximate, gen.stored, query[0], n, gen.faiss.ntotal, gen.manifest.get("rerank_factor"), depth)
+            return rerank(
+                approximate,
+                gen.stored,
+                query[0],
+                n,
+                gen.faiss.ntotal,
+                gen.manifest.get("rerank_factor"),
+                depth,
+            )
         scores, vids = store.search_single_threaded(gen.faiss, query, n, params)
         return scores[0], vids[0]
 
@@ -611,15 +851,25 @@ class ProductIndex:
         where, params = _filter_sql(filters)
         if not where:
             return None, None
-        pids = np.array([r[0] for r in gen.query(f"SELECT pid FROM products WHERE {where}", tuple(params))], dtype=np.int64)
+        pids = np.array(
+            [r[0] for r in gen.query(f"SELECT pid FROM products WHERE {where}", tuple(params))],
+            dtype=np.int64,
+        )
         vids = np.flatnonzero(np.isin(gen.vid_to_pid, pids)).astype(np.int64)
         if len(vids) == 0:
             return None, vids
         return faiss.IDSelectorBatch(vids), vids
 
-    def _hits(self, gen: Generation, best: list[tuple[int, float, list[int]]], k: int,
-              verdict: VerdictCalibration | None = None, reference=None, scoring: str = "max",
-              excluded: np.ndarray | None = None) -> list[Hit]:
+    def _hits(
+        self,
+        gen: Generation,
+        best: list[tuple[int, float, list[int]]],
+        k: int,
+        verdict: VerdictCalibration | None = None,
+        reference=None,
+        scoring: str = "max",
+        excluded: np.ndarray | None = None,
+    ) -> list[Hit]:
         """The first k products as Hits; best may hold more, so the verdict can see the runner-up.
 
         verdict: the rule to judge by (None: no verdict). reference: for a filtered query, the same
@@ -630,14 +880,20 @@ class ProductIndex:
         shown = best[:k]
         pids = [b[0] for b in shown]
         marks = ",".join("?" * len(pids))
-        products = {r["pid"]: store.product_from_row(r) for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))}
+        products = {
+            r["pid"]: store.product_from_row(r)
+            for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))
+        }
         all_vids = [v for b in shown for v in b[2]]
         marks = ",".join("?" * len(all_vids))
-        sources = dict(gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids)))
+        sources = dict(
+            gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids))
+        )
         whole, whole_query = reference if reference is not None else (best, None)
 
         def whole_catalog_score(pid: int, score: float) -> float:
-            """This product's score for the unfiltered query (differs only when QE expanded it otherwise)."""
+            """This product's score for the unfiltered query (differs only when QE expanded it
+            otherwise)."""
             for p, s, _ in whole:
                 if p == pid:
                     return s
@@ -645,7 +901,9 @@ class ProductIndex:
                 return score
             own = gen.vids_of(pid)
             own = own[~np.isin(own, excluded)] if excluded is not None and len(excluded) else own
-            return product_score(gen.vectors_of(own) @ whole_query[0], scoring) if len(own) else score
+            return (
+                product_score(gen.vectors_of(own) @ whole_query[0], scoring) if len(own) else score
+            )
 
         hits = []
         for rank, (pid, score, vids) in enumerate(shown, start=1):
@@ -657,13 +915,24 @@ class ProductIndex:
                 if rank == 1:
                     mine = whole_catalog_score(pid, score)
                     if pid == whole[0][0] or mine >= whole[0][1]:
-                        confident = verdict.decide(mine, max((s for p, s, _ in whole if p != pid), default=None), product_id)
+                        confident = verdict.decide(
+                            mine,
+                            max((s for p, s, _ in whole if p != pid), default=None),
+                            product_id,
+                        )
             else:
                 confident = verdict.decide(whole_catalog_score(pid, score), product_id=product_id)
-            hits.append(Hit(
-                rank=rank, product=products[pid], score=float(score), image=sources[vids[0]],
-                matched_images=tuple(sources[v] for v in vids),
-                image_id=int(vids[0]), matched_image_ids=tuple(int(v) for v in vids), generation=gen.name,
-                confident=confident,
-            ))
+            hits.append(
+                Hit(
+                    rank=rank,
+                    product=products[pid],
+                    score=float(score),
+                    image=sources[vids[0]],
+                    matched_images=tuple(sources[v] for v in vids),
+                    image_id=int(vids[0]),
+                    matched_image_ids=tuple(int(v) for v in vids),
+                    generation=gen.name,
+                    confident=confident,
+                )
+            )
         return hits

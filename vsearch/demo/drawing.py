@@ -14,7 +14,21 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from vsearch.shopper_photos import ACCENTS as _ACCENTS, PALETTE as _PALETTE, Color, fit as _fit, shade as _shade
+from vsearch.learn.shopper_photos import (
+    ACCENTS as _ACCENTS,
+)
+from vsearch.learn.shopper_photos import (
+    PALETTE as _PALETTE,
+)
+from vsearch.learn.shopper_photos import (
+    Color,
+)
+from vsearch.learn.shopper_photos import (
+    fit as _fit,
+)
+from vsearch.learn.shopper_photos import (
+    shade as _shade,
+)
 
 SAMPLE_COLUMNS = ("product_id", "image", "title", "category", "price", "url", "brand", "color")
 _SIDECAR = "sample_catalog.json"
@@ -27,11 +41,25 @@ _R = 640  # products are drawn on a 640 px canvas (2x the packshot size) and dow
 _PATTERNS = ("solid", "solid", "stripes", "dots", "two-tone")
 _PATTERN_WORDS = {"solid": "", "stripes": "striped ", "dots": "polka-dot ", "two-tone": "two-tone "}
 _BRANDS = (
-    "Northwind", "Kestrel", "Alder & Co", "Fernhill", "Bramble", "Larkspur",
-    "Quillon", "Tidewater", "Harbor Lane", "Juniper", "Ottoline", "Marlow",
+    "Northwind",
+    "Kestrel",
+    "Alder & Co",
+    "Fernhill",
+    "Bramble",
+    "Larkspur",
+    "Quillon",
+    "Tidewater",
+    "Harbor Lane",
+    "Juniper",
+    "Ottoline",
+    "Marlow",
 )
 _LIGHT_BGS: tuple[Color, ...] = (
-    (244, 244, 242), (248, 243, 236), (237, 242, 248), (242, 246, 240), (246, 240, 243),
+    (244, 244, 242),
+    (248, 243, 236),
+    (237, 242, 248),
+    (242, 246, 240),
+    (246, 240, 243),
 )
 
 
@@ -46,33 +74,86 @@ class _Category:
 
 
 _CATEGORIES: tuple[_Category, ...] = (
-    _Category("mug", "Mugs", ("ceramic", "stoneware", "enamel", "porcelain"),
-              ("mug", "latte mug", "tapered mug"), ("350 ml", "450 ml", "300 ml"), (9, 24)),
-    _Category("tshirt", "T-shirts", ("cotton", "organic cotton", "linen-blend"),
-              ("crew-neck t-shirt", "V-neck t-shirt", "long-sleeve t-shirt"),
-              ("regular fit", "relaxed fit", "slim fit"), (14, 39)),
-    _Category("sneaker", "Sneakers", ("canvas", "suede", "mesh", "leather"),
-              ("running sneaker", "high-top sneaker", "slip-on sneaker"),
-              ("EU 42", "unisex", "lightweight sole"), (49, 139)),
-    _Category("backpack", "Backpacks", ("nylon", "canvas", "recycled polyester"),
-              ("backpack", "roll-top backpack", "daypack"), ("20 L", "24 L", "15 L"), (39, 119)),
-    _Category("watch", "Watches", ("leather-strap", "silicone-strap", "canvas-strap"),
-              ("round-face watch", "square-face watch", "chronograph watch"),
-              ("38 mm", "40 mm", "42 mm"), (59, 299)),
-    _Category("lamp", "Lamps", ("linen", "cotton", "paper"),
-              ("drum-shade table lamp", "empire-shade table lamp", "dome table lamp"),
-              ("E27, 40 cm", "E27, 35 cm", "E14, 30 cm"), (29, 149)),
-    _Category("bottle", "Water bottles", ("stainless steel", "Tritan", "aluminium"),
-              ("water bottle", "wide-mouth bottle", "sport bottle"), ("750 ml", "1 L", "600 ml"), (12, 39)),
-    _Category("headphones", "Headphones", ("wireless", "wired"),
-              ("over-ear headphones", "on-ear headphones", "sport headphones"),
-              ("30 h battery", "foldable", "sweat-resistant"), (39, 249)),
-    _Category("chair", "Chairs", ("oak", "beech", "steel"),
-              ("dining chair", "upholstered chair", "café chair"),
-              ("single", "stackable", "seat height 46 cm"), (49, 229)),
-    _Category("sunglasses", "Sunglasses", ("acetate", "metal", "recycled plastic"),
-              ("round sunglasses", "aviator sunglasses", "square sunglasses"),
-              ("UV400", "polarised", "UV400, unisex"), (19, 159)),
+    _Category(
+        "mug",
+        "Mugs",
+        ("ceramic", "stoneware", "enamel", "porcelain"),
+        ("mug", "latte mug", "tapered mug"),
+        ("350 ml", "450 ml", "300 ml"),
+        (9, 24),
+    ),
+    _Category(
+        "tshirt",
+        "T-shirts",
+        ("cotton", "organic cotton", "linen-blend"),
+        ("crew-neck t-shirt", "V-neck t-shirt", "long-sleeve t-shirt"),
+        ("regular fit", "relaxed fit", "slim fit"),
+        (14, 39),
+    ),
+    _Category(
+        "sneaker",
+        "Sneakers",
+        ("canvas", "suede", "mesh", "leather"),
+        ("running sneaker", "high-top sneaker", "slip-on sneaker"),
+        ("EU 42", "unisex", "lightweight sole"),
+        (49, 139),
+    ),
+    _Category(
+        "backpack",
+        "Backpacks",
+        ("nylon", "canvas", "recycled polyester"),
+        ("backpack", "roll-top backpack", "daypack"),
+        ("20 L", "24 L", "15 L"),
+        (39, 119),
+    ),
+    _Category(
+        "watch",
+        "Watches",
+        ("leather-strap", "silicone-strap", "canvas-strap"),
+        ("round-face watch", "square-face watch", "chronograph watch"),
+        ("38 mm", "40 mm", "42 mm"),
+        (59, 299),
+    ),
+    _Category(
+        "lamp",
+        "Lamps",
+        ("linen", "cotton", "paper"),
+        ("drum-shade table lamp", "empire-shade table lamp", "dome table lamp"),
+        ("E27, 40 cm", "E27, 35 cm", "E14, 30 cm"),
+        (29, 149),
+    ),
+    _Category(
+        "bottle",
+        "Water bottles",
+        ("stainless steel", "Tritan", "aluminium"),
+        ("water bottle", "wide-mouth bottle", "sport bottle"),
+        ("750 ml", "1 L", "600 ml"),
+        (12, 39),
+    ),
+    _Category(
+        "headphones",
+        "Headphones",
+        ("wireless", "wired"),
+        ("over-ear headphones", "on-ear headphones", "sport headphones"),
+        ("30 h battery", "foldable", "sweat-resistant"),
+        (39, 249),
+    ),
+    _Category(
+        "chair",
+        "Chairs",
+        ("oak", "beech", "steel"),
+        ("dining chair", "upholstered chair", "café chair"),
+        ("single", "stackable", "seat height 46 cm"),
+        (49, 229),
+    ),
+    _Category(
+        "sunglasses",
+        "Sunglasses",
+        ("acetate", "metal", "recycled plastic"),
+        ("round sunglasses", "aviator sunglasses", "square sunglasses"),
+        ("UV400", "polarised", "UV400, unisex"),
+        (19, 159),
+    ),
 )
 
 
@@ -95,11 +176,14 @@ class _Spec:
     @property
     def title(self) -> str:
         c = self.category
-        return (f"{self.color_name} {_PATTERN_WORDS[self.pattern]}{self.material} "
-                f"{c.items[self.variant]}, {c.details[self.variant]}")
+        return (
+            f"{self.color_name} {_PATTERN_WORDS[self.pattern]}{self.material} "
+            f"{c.items[self.variant]}, {c.details[self.variant]}"
+        )
 
 
 # ---------------------------------------------------------------- product specs
+
 
 def _product_specs(n_products: int, seed: int) -> list[_Spec]:
     """Distinct products: within a category every product has its own main colour (while
@@ -123,17 +207,25 @@ def _product_specs(n_products: int, seed: int) -> list[_Spec]:
         seen.add(key)
         lo, hi = cat.price
         price = f"{rng.randint(lo, hi)}.{rng.choice(('99', '99', '49', '00'))}"
-        specs.append(_Spec(
-            product_id=f"{cat.slug}-{k + 1:03d}", category=cat, variant=variant,
-            color_name=color_name, color=color, accent_name=accent_name, accent=accent,
-            pattern=pattern, material=rng.choice(cat.materials), brand=rng.choice(_BRANDS),
-            price=price,
-        ))
+        specs.append(
+            _Spec(
+                product_id=f"{cat.slug}-{k + 1:03d}",
+                category=cat,
+                variant=variant,
+                color_name=color_name,
+                color=color,
+                accent_name=accent_name,
+                accent=accent,
+                pattern=pattern,
+                material=rng.choice(cat.materials),
+                brand=rng.choice(_BRANDS),
+                price=price,
+            )
+        )
     return specs
 
 
 # ---------------------------------------------------------------- drawing helpers
-
 
 
 def _outline(c: Color) -> Color:
@@ -216,7 +308,9 @@ class _Canvas:
     def lit(self) -> Image.Image:
         """A soft light from the upper left, so flat shapes read as objects."""
         r, g, b, a = self.img.split()
-        grad = Image.linear_gradient("L").rotate(45, resample=Image.Resampling.BILINEAR, expand=False)
+        grad = Image.linear_gradient("L").rotate(
+            45, resample=Image.Resampling.BILINEAR, expand=False
+        )
         grad = grad.resize(self.img.size)  # 0 at upper left .. 255 at lower right
         dark = Image.merge("RGB", (r, g, b))
         light = ImageEnhance.Brightness(dark).enhance(1.12)
@@ -232,7 +326,10 @@ def _draw_mug(c: _Canvas, s: _Spec) -> None:
     elif s.variant == 1:
         body, hbox = ("rrect", (222, 140, 378, 490), 22), (330, 220, 462, 390)
     else:
-        body, hbox = ("poly", [(170, 195), (430, 195), (392, 465), (208, 465)]), (368, 250, 505, 395)
+        body, hbox = (
+            ("poly", [(170, 195), (430, 195), (392, 465), (208, 465)]),
+            (368, 250, 505, 395),
+        )
     c.d.ellipse(hbox, outline=_outline(handle) + (255,), width=42)
     c.d.ellipse(hbox, outline=handle + (255,), width=34)
     c.part(body)
@@ -245,8 +342,21 @@ def _draw_tshirt(c: _Canvas, s: _Spec) -> None:
     long = s.variant == 2
     sl = [(92, 268), (148, 305)] if not long else [(118, 455), (172, 462)]
     sr = [(548, 268), (492, 305)] if not long else [(522, 455), (468, 462)]
-    pts = [(262, 118), (172, 148), sl[0], sl[1], (196, 262), (198, 512), (442, 512),
-           (444, 262), sr[1], sr[0], (468, 148), (378, 118), (320, 150)]
+    pts = [
+        (262, 118),
+        (172, 148),
+        sl[0],
+        sl[1],
+        (196, 262),
+        (198, 512),
+        (442, 512),
+        (444, 262),
+        sr[1],
+        sr[0],
+        (468, 148),
+        (378, 118),
+        (320, 150),
+    ]
     c.part(("poly", pts))
     if s.variant == 1:
         c.line([(262, 120), (320, 215), (378, 120)], s.accent, 14)
@@ -257,16 +367,31 @@ def _draw_tshirt(c: _Canvas, s: _Spec) -> None:
 
 def _draw_sneaker(c: _Canvas, s: _Spec) -> None:
     top = {0: 300, 1: 190, 2: 320}[s.variant]
-    upper = [(118, 405), (122, top + 10), (150, top), (232, top + 10), (290, 260 if s.variant != 2 else 300),
-             (400, 312), (470, 340), (520, 362), (540, 392), (536, 410)]
+    upper = [
+        (118, 405),
+        (122, top + 10),
+        (150, top),
+        (232, top + 10),
+        (290, 260 if s.variant != 2 else 300),
+        (400, 312),
+        (470, 340),
+        (520, 362),
+        (540, 392),
+        (536, 410),
+    ]
     c.part(("poly", upper))
-    c.part(("poly", [(150, 375), (300, 340), (470, 360), (460, 385), (300, 372), (160, 400)]), s.accent)
+    c.part(
+        ("poly", [(150, 375), (300, 340), (470, 360), (460, 385), (300, 372), (160, 400)]), s.accent
+    )
     if s.variant != 2:
         for i in range(5):
             x = 300 + i * 24
             y = 270 + i * 12
             c.line([(x - 14, y + 24), (x + 14, y - 4)], (245, 245, 245), 7)
-    c.part(("rrect", (104, 400, 550, 452), 24), (244, 240, 230) if s.accent_name != "Cream" else _shade(s.color, 0.6))
+    c.part(
+        ("rrect", (104, 400, 550, 452), 24),
+        (244, 240, 230) if s.accent_name != "Cream" else _shade(s.color, 0.6),
+    )
     c.line([(120, 438), (535, 438)], (175, 170, 160), 4)
 
 
@@ -282,7 +407,9 @@ def _draw_backpack(c: _Canvas, s: _Spec) -> None:
     else:
         c.part(("rrect", (180, 140, 460, 525), 100 if s.variant == 2 else 70))
         c.arc((200, 160, 440, 330), 200, 340, _shade(s.color, 0.5), 5)
-    pocket = ("ellipse", (225, 330, 415, 500)) if s.variant == 2 else ("rrect", (215, 345, 425, 500), 30)
+    pocket = (
+        ("ellipse", (225, 330, 415, 500)) if s.variant == 2 else ("rrect", (215, 345, 425, 500), 30)
+    )
     c.part(pocket, s.accent)
     c.line([(235, 372), (405, 372)], _outline(s.accent), 5)
     c.part(("rrect", (380, 364, 396, 400), 4), (200, 200, 205))
@@ -305,8 +432,14 @@ def _draw_watch(c: _Canvas, s: _Spec) -> None:
     for h in range(12):
         a = math.radians(h * 30)
         r0, r1 = (78, 95) if h % 3 else (68, 95)
-        c.line([(320 + r0 * math.sin(a), 320 - r0 * math.cos(a)),
-                (320 + r1 * math.sin(a), 320 - r1 * math.cos(a))], ink, 6 if h % 3 == 0 else 3)
+        c.line(
+            [
+                (320 + r0 * math.sin(a), 320 - r0 * math.cos(a)),
+                (320 + r1 * math.sin(a), 320 - r1 * math.cos(a)),
+            ],
+            ink,
+            6 if h % 3 == 0 else 3,
+        )
     if s.variant == 2:
         for cx, cy in ((285, 320), (355, 320)):
             c.d.ellipse((cx - 24, cy - 24, cx + 24, cy + 24), outline=metal + (255,), width=4)
@@ -343,10 +476,23 @@ def _draw_bottle(c: _Canvas, s: _Spec) -> None:
     c.part(("rrect", body, 48))
     c.part(("rrect", cap, 18), s.accent)
     if s.variant == 2:
-        c.arc((cap[2] - 30, cap[1] - 20, cap[2] + 40, cap[1] + 50), 270, 110, _shade(s.accent, 0.7), 12)
+        c.arc(
+            (cap[2] - 30, cap[1] - 20, cap[2] + 40, cap[1] + 50),
+            270,
+            110,
+            _shade(s.accent, 0.7),
+            12,
+        )
         c.part(("rrect", (305, 55, 335, 95), 8), _shade(s.accent, 0.7))
-    c.part(("rrect", (body[0], 340, body[2], 410), 0), (244, 240, 230) if s.accent_name != "Cream" else (40, 40, 44))
-    c.line([(body[0] + 30, 375), (body[2] - 30, 375)], s.accent if s.accent_name != "Cream" else (240, 240, 240), 8)
+    c.part(
+        ("rrect", (body[0], 340, body[2], 410), 0),
+        (244, 240, 230) if s.accent_name != "Cream" else (40, 40, 44),
+    )
+    c.line(
+        [(body[0] + 30, 375), (body[2] - 30, 375)],
+        s.accent if s.accent_name != "Cream" else (240, 240, 240),
+        8,
+    )
 
 
 def _draw_headphones(c: _Canvas, s: _Spec) -> None:
@@ -370,7 +516,12 @@ def _draw_headphones(c: _Canvas, s: _Spec) -> None:
 
 def _draw_chair(c: _Canvas, s: _Spec) -> None:
     wood = s.accent
-    legs = [((190, 390), (200, 575)), ((450, 390), (440, 575)), ((235, 360), (240, 530)), ((405, 360), (400, 530))]
+    legs = [
+        ((190, 390), (200, 575)),
+        ((450, 390), (440, 575)),
+        ((235, 360), (240, 530)),
+        ((405, 360), (400, 530)),
+    ]
     for a, b in legs[2:]:
         c.line([a, b], _shade(wood, 0.75), 16)
     post_top = 190 if s.variant == 2 else 300
@@ -393,8 +544,10 @@ def _draw_sunglasses(c: _Canvas, s: _Spec) -> None:
     if s.variant == 0:
         lenses = [("ellipse", (115, 235, 295, 415)), ("ellipse", (345, 235, 525, 415))]
     elif s.variant == 1:
-        lenses = [("poly", [(112, 240), (298, 240), (290, 330), (240, 410), (160, 405), (118, 340)]),
-                  ("poly", [(528, 240), (342, 240), (350, 330), (400, 410), (480, 405), (522, 340)])]
+        lenses = [
+            ("poly", [(112, 240), (298, 240), (290, 330), (240, 410), (160, 405), (118, 340)]),
+            ("poly", [(528, 240), (342, 240), (350, 330), (400, 410), (480, 405), (522, 340)]),
+        ]
     else:
         lenses = [("rrect", (105, 235, 300, 385), 30), ("rrect", (340, 235, 535, 385), 30)]
     c.line([(110, 262), (70, 250)], _shade(s.color, 0.7), 16)
@@ -410,9 +563,16 @@ def _draw_sunglasses(c: _Canvas, s: _Spec) -> None:
 
 
 _DRAWERS = {
-    "mug": _draw_mug, "tshirt": _draw_tshirt, "sneaker": _draw_sneaker, "backpack": _draw_backpack,
-    "watch": _draw_watch, "lamp": _draw_lamp, "bottle": _draw_bottle, "headphones": _draw_headphones,
-    "chair": _draw_chair, "sunglasses": _draw_sunglasses,
+    "mug": _draw_mug,
+    "tshirt": _draw_tshirt,
+    "sneaker": _draw_sneaker,
+    "backpack": _draw_backpack,
+    "watch": _draw_watch,
+    "lamp": _draw_lamp,
+    "bottle": _draw_bottle,
+    "headphones": _draw_headphones,
+    "chair": _draw_chair,
+    "sunglasses": _draw_sunglasses,
 }
 
 
@@ -425,7 +585,6 @@ def _render_product(spec: _Spec) -> Image.Image:
 
 
 # ---------------------------------------------------------------- packshots
-
 
 
 def _packshot(product: Image.Image, view: int, rng: random.Random) -> Image.Image:
@@ -450,8 +609,13 @@ def _packshot(product: Image.Image, view: int, rng: random.Random) -> Image.Imag
     shadow = Image.new("L", (w2, h2), 0)
     sd = ImageDraw.Draw(shadow)
     bottom = y + item.height
-    sd.ellipse((x + item.width * 0.12, bottom - h2 * 0.035, x + item.width * 0.88, bottom + h2 * 0.03), fill=70)
-    shadow.paste(item.getchannel("A").point(lambda a: a * 40 // 255), (x + 14, y + 18), item.getchannel("A"))
+    sd.ellipse(
+        (x + item.width * 0.12, bottom - h2 * 0.035, x + item.width * 0.88, bottom + h2 * 0.03),
+        fill=70,
+    )
+    shadow.paste(
+        item.getchannel("A").point(lambda a: a * 40 // 255), (x + 14, y + 18), item.getchannel("A")
+    )
     shadow = shadow.filter(ImageFilter.GaussianBlur(16))
     canvas.paste((60, 60, 66), (0, 0), shadow)
     canvas.paste(item, (x, y), item)

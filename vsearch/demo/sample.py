@@ -2,7 +2,7 @@
 
 ``write_sample_catalog`` draws packshots (``vsearch.demo.drawing``) and writes a catalog CSV;
 ``write_sample_queries`` photographs some of its products the way a shopper would
-(``vsearch.shopper_photos``). Everything is deterministic from a seed, so a rebuilt demo index
+(``vsearch.learn.shopper_photos``). Everything is deterministic from a seed, so a rebuilt demo index
 is byte-for-byte the same input.
 """
 
@@ -16,10 +16,21 @@ from pathlib import Path
 
 from PIL import Image
 
+from vsearch.demo.drawing import (
+    _DEFAULT_N_PRODUCTS,
+    _DEFAULT_SEED,
+    _SIDECAR,
+    _SIDECAR_VERSION,
+    SAMPLE_COLUMNS,
+    _packshot,
+    _product_specs,
+    _render_product,
+    _save_jpeg,
+    _Spec,
+)
 from vsearch.errors import CatalogError
-from vsearch.shopper_photos import cutout as _cutout, shopper_photo as _shopper_photo
-
-from .drawing import _DEFAULT_N_PRODUCTS, _DEFAULT_SEED, _SIDECAR, _SIDECAR_VERSION, SAMPLE_COLUMNS, _packshot, _product_specs, _render_product, _save_jpeg, _Spec
+from vsearch.learn.shopper_photos import cutout as _cutout
+from vsearch.learn.shopper_photos import shopper_photo as _shopper_photo
 
 __all__ = ["write_sample_catalog", "write_sample_queries", "SAMPLE_COLUMNS"]
 
@@ -40,7 +51,10 @@ def write_sample_catalog(
     if n_products < 1:
         raise ValueError(f"n_products must be at least 1, got {n_products}")
     if not 1 <= lo <= hi <= 6:
-        raise ValueError(f"images_per_product must be (low, high) with 1 <= low <= high <= 6, got {images_per_product}")
+        raise ValueError(
+            "images_per_product must be (low, high) with 1 <= low <= high <= 6, got "
+            f"{images_per_product}"
+        )
     dest = Path(dest)
     (dest / "images").mkdir(parents=True, exist_ok=True)
     count_rng = random.Random(f"vsearch-sample:{seed}:counts")
@@ -51,15 +65,29 @@ def write_sample_catalog(
         for view in range(count_rng.randint(lo, hi)):
             rel = f"images/{spec.product_id}-{view + 1}.jpg"
             _save_jpeg(_packshot(product, view, view_rng), dest / rel, quality=90)
-            rows.append((spec.product_id, rel, spec.title, spec.category.label, spec.price,
-                         f"https://shop.example/p/{spec.product_id}", spec.brand, spec.color_name))
+            rows.append(
+                (
+                    spec.product_id,
+                    rel,
+                    spec.title,
+                    spec.category.label,
+                    spec.price,
+                    f"https://shop.example/p/{spec.product_id}",
+                    spec.brand,
+                    spec.color_name,
+                )
+            )
     csv_path = dest / "catalog.csv"
     with open(csv_path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(SAMPLE_COLUMNS)
         w.writerows(rows)
-    sidecar = {"generator": "vsearch.sample", "version": _SIDECAR_VERSION,
-               "n_products": n_products, "seed": seed}
+    sidecar = {
+        "generator": "vsearch.sample",
+        "version": _SIDECAR_VERSION,
+        "n_products": n_products,
+        "seed": seed,
+    }
     (dest / _SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return csv_path
 
@@ -73,8 +101,10 @@ def _read_catalog(catalog_csv: Path) -> dict[str, Path]:
         reader = csv.DictReader(f)
         missing = {"product_id", "image"} - set(reader.fieldnames or ())
         if missing:
-            raise CatalogError(f"{catalog_csv}: missing column(s) {', '.join(sorted(missing))}; "
-                               "a catalog needs product_id and image")
+            raise CatalogError(
+                f"{catalog_csv}: missing column(s) {', '.join(sorted(missing))}; "
+                "a catalog needs product_id and image"
+            )
         for row in reader:
             pid = (row["product_id"] or "").strip()
             ref = (row["image"] or "").split("|")[0].strip()
@@ -134,7 +164,9 @@ def write_sample_queries(
         exif = None
         if orientation:
             # pixels stored turned; the tag tells viewers how to turn them upright
-            photo = photo.transpose(Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
+            photo = photo.transpose(
+                Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270
+            )
             exif = Image.Exif()
             exif[0x0112] = orientation
         path = dest / f"shopper-{i + 1:02d}.jpg"

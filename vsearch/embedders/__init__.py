@@ -7,12 +7,11 @@ table (`registry`: the built-ins of `builtin_models`, plus plugins); everything 
 
 from __future__ import annotations
 
+from vsearch.embedders.base import Embedder, TorchEmbedder
+from vsearch.embedders.clip import DEFAULT_CLIP_ARCH, DEFAULT_CLIP_PRETRAINED
+from vsearch.embedders.precision import PRECISIONS, bf16_supported
+from vsearch.embedders.registry import ENTRY_POINT_GROUP, ModelEntry, lookup, registered_models
 from vsearch.errors import ModelError
-
-from .base import Embedder, TorchEmbedder
-from .clip import DEFAULT_CLIP_ARCH, DEFAULT_CLIP_PRETRAINED
-from .precision import PRECISIONS, bf16_supported
-from .registry import ENTRY_POINT_GROUP, ModelEntry, lookup, registered_models
 
 __all__ = [
     "DEFAULT_CLIP_ARCH",
@@ -28,7 +27,9 @@ __all__ = [
 ]
 
 
-def load_embedder(model: str = "clip", pretrained: str | None = None, *, precision: str = "auto") -> Embedder:
+def load_embedder(
+    model: str = "clip", pretrained: str | None = None, *, precision: str = "auto"
+) -> Embedder:
     """Load the embedder a user named, through the model table (`vsearch.embedders.registry`).
 
     model: "clip" (ViT-B-32 / laion2b_s34b_b79k), any open_clip architecture (alone or as
@@ -42,6 +43,8 @@ def load_embedder(model: str = "clip", pretrained: str | None = None, *, precisi
     weights are neither cached nor downloadable.
     """
     if not isinstance(model, str) or not model.strip():
-        raise ModelError(f"model must be a non-empty name such as 'clip' or 'efficientnet-lite0'; got {model!r}")
+        raise ModelError(
+            f"model must be a non-empty name such as 'clip' or 'efficientnet-lite0'; got {model!r}"
+        )
     spec = model.strip()
     return lookup(spec).factory(spec, pretrained, precision=precision)

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from vsearch.embedders import precision as _precision
 from vsearch.errors import ModelError
-
-from . import precision as _precision
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -31,11 +30,11 @@ class Embedder(Protocol):
     input_size: int  # short side preprocessing needs (JPEG draft decoding)
     precision: str  # "fp32" or "bf16", what is in use
 
-    def preprocess(self, image: "Image.Image") -> "torch.Tensor": ...
+    def preprocess(self, image: Image.Image) -> torch.Tensor: ...
 
-    def embed_batch(self, batch: "torch.Tensor") -> np.ndarray: ...
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray: ...
 
-    def embed_images(self, images: "list[Image.Image]") -> np.ndarray: ...
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
 
@@ -62,31 +61,39 @@ class TorchEmbedder:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, precision={self.precision!r})"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, "
+            f"precision={self.precision!r})"
+        )
 
     # -- images ---------------------------------------------------------------------
-    def preprocess(self, image: "Image.Image") -> "torch.Tensor":
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> CHW float32 tensor; safe to run in many decode threads at once."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         return self._transform(image)
 
-    def embed_batch(self, batch: "torch.Tensor") -> np.ndarray:
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
         """[n, C, H, W] preprocessed images -> float32 [n, dim], L2-normalised."""
         import torch
 
         if batch.ndim != 4:
             raise ModelError(
-                f"model {self.name} expects a batch shaped [n, C, H, W]; got shape {tuple(batch.shape)}"
+                f"model {self.name} expects a batch shaped [n, C, H, W]; got shape "
+                f"{tuple(batch.shape)}"
             )
         if batch.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch = batch.to(_precision.input_dtype(self.precision, self.bf16_mode))
-        with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
+        with (
+            self._lock,
+            torch.inference_mode(),
+            _precision.compute_context(self.precision, self.bf16_mode),
+        ):
             out = self._encode_images(batch)
         return _normalise(out)
 
-    def embed_images(self, images: "list[Image.Image]") -> np.ndarray:
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Convenience: preprocess + embed_batch in the calling thread."""
         import torch
 
@@ -108,22 +115,26 @@ class TorchEmbedder:
             texts = [texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
+        with (
+            self._lock,
+            torch.inference_mode(),
+            _precision.compute_context(self.precision, self.bf16_mode),
+        ):
             out = self._encode_texts(list(texts))
         return _normalise(out)
 
     # -- subclass hooks ---------------------------------------------------------------
-    def _transform(self, image: "Image.Image") -> "torch.Tensor":  # pragma: no cover
+    def _transform(self, image: Image.Image) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _encode_images(self, batch: "torch.Tensor") -> "torch.Tensor":  # pragma: no cover
+    def _encode_images(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _encode_texts(self, texts: list[str]) -> "torch.Tensor":  # pragma: no cover
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
-def _normalise(out: "torch.Tensor") -> np.ndarray:
+def _normalise(out: torch.Tensor) -> np.ndarray:
     """float32, unit length, C-contiguous: what FAISS inner-product search wants.
 
     bf16 outputs are widened before normalising so unit length holds to float32 precision.

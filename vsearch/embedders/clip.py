@@ -11,11 +11,10 @@ import difflib
 import os
 from typing import TYPE_CHECKING
 
+from vsearch.embedders import hub
+from vsearch.embedders import precision as _precision
+from vsearch.embedders.base import TorchEmbedder, file_sha256
 from vsearch.errors import ModelError, ModelUnavailableError
-
-from . import hub
-from . import precision as _precision
-from .base import TorchEmbedder, file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -51,13 +50,13 @@ class ClipEmbedder(TorchEmbedder):
         """The underlying open_clip model (read-only use; weights may be bf16)."""
         return self._model
 
-    def _transform(self, image: "Image.Image") -> "torch.Tensor":
+    def _transform(self, image: Image.Image) -> torch.Tensor:
         return self._tf(image)
 
-    def _encode_images(self, batch: "torch.Tensor") -> "torch.Tensor":
+    def _encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         return self._model.encode_image(batch)
 
-    def _encode_texts(self, texts: list[str]) -> "torch.Tensor":
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self._model.encode_text(self._tokenizer(texts))
 
 
@@ -88,10 +87,11 @@ def parse_clip_spec(spec: str, pretrained: str | None) -> tuple[str, str | None]
     """'clip', 'clip:ARCH[/TAG]', 'ARCH', 'hf-hub:org/repo' -> (arch or hf id, pretrained)."""
     if spec == "clip":
         return DEFAULT_CLIP_ARCH, pretrained
-    body = spec[len("clip:"):] if spec.startswith("clip:") else spec
+    body = spec[len("clip:") :] if spec.startswith("clip:") else spec
     if not body:
         raise ModelError(
-            f"model {spec!r} names no architecture; e.g. clip:{DEFAULT_CLIP_ARCH}/{DEFAULT_CLIP_PRETRAINED}"
+            f"model {spec!r} names no architecture; e.g. "
+            f"clip:{DEFAULT_CLIP_ARCH}/{DEFAULT_CLIP_PRETRAINED}"
         )
     if body.startswith(_HF_PREFIX):
         return body, pretrained
@@ -107,25 +107,33 @@ def unknown_model_error(spec: str) -> ModelError:
     archs = known_archs()
     wanted = spec.removeprefix("clip:")
     close = [a for a in archs if a.lower() == wanted.lower()]
-    close += [a for a in difflib.get_close_matches(wanted, archs, n=3, cutoff=0.6) if a not in close]
+    close += [
+        a for a in difflib.get_close_matches(wanted, archs, n=3, cutoff=0.6) if a not in close
+    ]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ModelError(
-        f"model {spec!r} is not known.{hint} Accepted: 'clip' (= {DEFAULT_CLIP_ARCH}/{DEFAULT_CLIP_PRETRAINED}), "
+        f"model {spec!r} is not known.{hint} Accepted: 'clip' (= "
+        f"{DEFAULT_CLIP_ARCH}/{DEFAULT_CLIP_PRETRAINED}), "
         "'efficientnet-lite0' (offline, image-only), any open_clip architecture "
-        f"such as ViT-B-32, ViT-B-16, ViT-L-14 (optionally as 'clip:ARCH/TAG'; {len(archs)} in all, "
-        "see open_clip.list_models()), or 'hf-hub:org/repo' for an open_clip model on the Hugging Face hub."
+        f"such as ViT-B-32, ViT-B-16, ViT-L-14 (optionally as 'clip:ARCH/TAG'; {len(archs)} in "
+        "all, "
+        "see open_clip.list_models()), or 'hf-hub:org/repo' for an open_clip model on the Hugging "
+        "Face hub."
     )
 
 
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load_clip(spec: str = "clip", pretrained: str | None = None, *, precision: str = "auto") -> ClipEmbedder:
+def load_clip(
+    spec: str = "clip", pretrained: str | None = None, *, precision: str = "auto"
+) -> ClipEmbedder:
     """Build a ClipEmbedder from a model spec and a pretrained tag or checkpoint path."""
     arch, pretrained = parse_clip_spec(spec, pretrained)
-    precision = _precision.resolve_precision(precision, spec)  # refuse a bad value before any download
+    # refuse a bad value before any download
+    precision = _precision.resolve_precision(precision, spec)
     if arch.startswith(_HF_PREFIX):
-        return _load_hf_hub(arch[len(_HF_PREFIX):], pretrained, precision)
+        return _load_hf_hub(arch[len(_HF_PREFIX) :], pretrained, precision)
     return _load_builtin(arch, pretrained, precision)
 
 
@@ -136,7 +144,8 @@ def _load_builtin(arch: str, pretrained: str | None, precision: str) -> ClipEmbe
     if pretrained is None:
         if arch != DEFAULT_CLIP_ARCH:
             raise ModelError(
-                f"model {arch} needs weights: pass pretrained= one of {', '.join(tags) or '(no known tags)'}"
+                f"model {arch} needs weights: pass pretrained= one of "
+                f"{', '.join(tags) or '(no known tags)'}"
                 " or a path to a checkpoint file (--pretrained)"
             )
         pretrained = DEFAULT_CLIP_PRETRAINED
@@ -147,7 +156,11 @@ def _load_builtin(arch: str, pretrained: str | None, precision: str) -> ClipEmbe
         checkpoint = _tag_checkpoint(arch, pretrained, pcfg)
 
     # A tag's preprocessing (mean/std, interpolation, resize mode) travels with the weights.
-    preprocess = {f"image_{k}": pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if pcfg.get(k)}
+    preprocess = {
+        f"image_{k}": pcfg[k]
+        for k in ("mean", "std", "interpolation", "resize_mode")
+        if pcfg.get(k)
+    }
     return _build(
         arch,
         checkpoint=checkpoint,
@@ -160,7 +173,8 @@ def _load_builtin(arch: str, pretrained: str | None, precision: str) -> ClipEmbe
 
 
 def weights_identity(arch: str, pretrained: str, tags: list[str]) -> tuple[str, str, str | None]:
-    """(name, fingerprint, checkpoint path or None for a tag) of open_clip weights, without loading them.
+    """(name, fingerprint, checkpoint path or None for a tag) of open_clip weights, without loading
+    them.
 
     Shared by model loading and ``--embeddings`` imports, so an imported index and the model that
     later answers its queries always agree on the fingerprint.
@@ -170,10 +184,16 @@ def weights_identity(arch: str, pretrained: str, tags: list[str]) -> tuple[str, 
     path = os.path.expanduser(pretrained)
     if os.path.isfile(path):
         checkpoint = os.path.abspath(path)
-        return f"clip:{arch}/{checkpoint}", f"open_clip:{arch}:sha256-{file_sha256(checkpoint)[:16]}", checkpoint
+        return (
+            f"clip:{arch}/{checkpoint}",
+            f"open_clip:{arch}:sha256-{file_sha256(checkpoint)[:16]}",
+            checkpoint,
+        )
     raise ModelError(
-        f"pretrained {pretrained!r} for model {arch} is neither a known tag nor an existing checkpoint file; "
-        f"tags for {arch}: {', '.join(tags) or '(none)'}; or pass a path to a .bin/.pt/.safetensors checkpoint"
+        f"pretrained {pretrained!r} for model {arch} is neither a known tag nor an existing "
+        "checkpoint file; "
+        f"tags for {arch}: {', '.join(tags) or '(none)'}; or pass a path to a "
+        ".bin/.pt/.safetensors checkpoint"
     )
 
 
@@ -183,22 +203,27 @@ def _tag_checkpoint(arch: str, tag: str, pcfg: dict) -> str:
     if hf:
         repo_id, filename = os.path.split(hf)  # "org/repo/" -> default file name, as open_clip does
         args = f"{arch!r}, pretrained={tag!r}"
-        return hub.fetch_hf_file(repo_id, hub.weight_candidates(filename), what=what, create_args=args)
+        return hub.fetch_hf_file(
+            repo_id, hub.weight_candidates(filename), what=what, create_args=args
+        )
     return _url_checkpoint(pcfg.get("url", ""), what, f"{arch!r}, pretrained={tag!r}")
 
 
 def _url_checkpoint(url: str, what: str, create_args: str) -> str:
     """Old-style tags with only a URL (none in open_clip 3.x, kept for older configs)."""
     if not url:
-        raise ModelError(f"open_clip lists no download location for {what}; pass a checkpoint file (--pretrained)")
+        raise ModelError(
+            f"open_clip lists no download location for {what}; pass a checkpoint file "
+            "(--pretrained)"
+        )
     cached = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
     if os.path.isfile(cached):
         return cached
     reason = "HF_HUB_OFFLINE is set" if hub.hub_offline() else hub.reachable(url)
     if reason:
         raise ModelUnavailableError(
-            f"weights for {what} are not cached ({cached}) and cannot be downloaded from {url} ({reason}). "
-            + hub.how_to_supply_weights(create_args)
+            f"weights for {what} are not cached ({cached}) and cannot be downloaded from {url} "
+            f"({reason}). " + hub.how_to_supply_weights(create_args)
         )
     from open_clip.pretrained import download_pretrained_from_url
 
@@ -206,7 +231,8 @@ def _url_checkpoint(url: str, what: str, create_args: str) -> str:
         return download_pretrained_from_url(url)
     except Exception as e:
         raise ModelUnavailableError(
-            f"downloading weights for {what} from {url} failed: {e}. " + hub.how_to_supply_weights(create_args)
+            f"downloading weights for {what} from {url} failed: {e}. "
+            + hub.how_to_supply_weights(create_args)
         ) from e
 
 
@@ -240,7 +266,9 @@ def _load_hf_hub(repo_id: str, pretrained: str | None, precision: str) -> ClipEm
     )
 
 
-def _build(model_name, *, checkpoint, preprocess, quick_gelu, name, fingerprint, precision) -> ClipEmbedder:
+def _build(
+    model_name, *, checkpoint, preprocess, quick_gelu, name, fingerprint, precision
+) -> ClipEmbedder:
     import open_clip
 
     used = _precision.resolve_precision(precision, name)
@@ -260,4 +288,6 @@ def _build(model_name, *, checkpoint, preprocess, quick_gelu, name, fingerprint,
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as e:
         raise ModelError(f"the text tokenizer for {name} could not be loaded: {e}") from e
-    return ClipEmbedder(model, transform, tokenizer, name=name, fingerprint=fingerprint, precision=used)
+    return ClipEmbedder(
+        model, transform, tokenizer, name=name, fingerprint=fingerprint, precision=used
+    )

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vsearch.embedders import precision as _precision
+from vsearch.embedders.base import TorchEmbedder, _normalise, file_sha256
 from vsearch.errors import ModelError
-
-from . import precision as _precision
-from .base import TorchEmbedder, _normalise, file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -81,7 +80,8 @@ def load_efficientnet_lite0(weights: str | None = None):
     for i, ((src_key, src), (dst_key, dst)) in enumerate(zip(source.items(), target.items())):
         if tuple(src.shape) != tuple(dst.shape):
             raise ModelError(
-                f"EfficientNet-Lite0 weights {path}: tensor #{i} {src_key} has shape {tuple(src.shape)}, "
+                f"EfficientNet-Lite0 weights {path}: tensor #{i} {src_key} has shape "
+                f"{tuple(src.shape)}, "
                 f"but timm's {dst_key} needs {tuple(dst.shape)}"
             )
         mapped[dst_key] = src
@@ -103,12 +103,20 @@ class EfficientNetEmbedder(TorchEmbedder):
     dim = 1280
     input_size = INPUT_SIZE
 
-    def __init__(self, *, pooling: str = "avg", precision: str = "auto", weights: str | None = None,
-                 multiscale: bool = False, multilayer: bool = False):
+    def __init__(
+        self,
+        *,
+        pooling: str = "avg",
+        precision: str = "auto",
+        weights: str | None = None,
+        multiscale: bool = False,
+        multilayer: bool = False,
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ModelError(
-                f"pooling {pooling!r} for {EFFICIENTNET_NAME} is not known; use one of {', '.join(POOLINGS)}"
+                f"pooling {pooling!r} for {EFFICIENTNET_NAME} is not known; use one of "
+                f"{', '.join(POOLINGS)}"
             )
         self.scales = MULTISCALE if multiscale else (1.0,)
         self.multilayer = bool(multilayer)
@@ -117,13 +125,19 @@ class EfficientNetEmbedder(TorchEmbedder):
 
         self.name = EFFICIENTNET_NAME
         self.pooling = pooling
-        self.precision = _precision.resolve_precision(precision, self.name, auto_bf16=self.auto_bf16)
+        self.precision = _precision.resolve_precision(
+            precision, self.name, auto_bf16=self.auto_bf16
+        )
         _precision.configure_threads()
         path = weights or weights_path()
-        self._model = _precision.prepare_model(load_efficientnet_lite0(path), self.precision, self.bf16_mode)
-        self.fingerprint = f"{EFFICIENTNET_NAME}:{file_sha256(path)[:16]}:{_RECIPE}:pool={pooling}" + (
-            ":ms=" + ",".join(f"{s:g}" for s in self.scales) if multiscale else ""
-        ) + (f":ml=b{ML_STAGE}x{ML_WEIGHT:g}" if self.multilayer else "")
+        self._model = _precision.prepare_model(
+            load_efficientnet_lite0(path), self.precision, self.bf16_mode
+        )
+        self.fingerprint = (
+            f"{EFFICIENTNET_NAME}:{file_sha256(path)[:16]}:{_RECIPE}:pool={pooling}"
+            + (":ms=" + ",".join(f"{s:g}" for s in self.scales) if multiscale else "")
+            + (f":ml=b{ML_STAGE}x{ML_WEIGHT:g}" if self.multilayer else "")
+        )
         # what load_embedder needs to rebuild exactly this read-out when an index is loaded
         variant = pooling + ("-ms" if multiscale else "") + ("+ml" if self.multilayer else "")
         self.spec = EFFICIENTNET_NAME + ("" if variant == "avg" else f":{variant}")
@@ -141,14 +155,15 @@ class EfficientNetEmbedder(TorchEmbedder):
         """The underlying timm model."""
         return self._model
 
-    def _transform(self, image: "Image.Image") -> "torch.Tensor":
+    def _transform(self, image: Image.Image) -> torch.Tensor:
         return self._tf(image)
 
-    def _encode_images(self, batch: "torch.Tensor") -> "torch.Tensor":
+    def _encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         if len(self.scales) == 1:
             return self._describe(batch)
         # Multi-scale: the sum of per-scale unit descriptors. The smaller scale sees the whole
-        # product in fewer, larger receptive fields, which matches a phone photo taken from further away.
+        # product in fewer, larger receptive fields, which matches a phone photo taken from further
+        # away.
         import torch.nn.functional as F
 
         total = None
@@ -156,8 +171,13 @@ class EfficientNetEmbedder(TorchEmbedder):
             x = batch
             if s != 1.0:
                 size = round(batch.shape[-1] * s)
-                x = F.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True,
-                                  align_corners=False).to(batch.dtype)
+                x = F.interpolate(
+                    batch.float(),
+                    size=(size, size),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                ).to(batch.dtype)
             v = F.normalize(self._describe(x), dim=-1)
             total = v if total is None else total + v
         return total
@@ -167,24 +187,32 @@ class EfficientNetEmbedder(TorchEmbedder):
         """Whether ``embed_images_mapped`` applies: the plain single-scale, head-only read-out."""
         return len(self.scales) == 1 and not self.multilayer
 
-    def embed_images_mapped(self, images: "list[Image.Image]") -> tuple[np.ndarray, np.ndarray]:
+    def embed_images_mapped(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """(full, maps): the photos' L2-normalised vectors and, from the same forward pass, the
         feature maps they were pooled from (float32 [n, 1280, 7, 7]), so finding the item in a
         photo (vsearch.locate) costs no extra model run."""
         import torch
 
         if not self.can_locate:
-            raise ModelError(f"locating the item needs the plain {EFFICIENTNET_NAME} read-out, not {self.spec!r}")
+            raise ModelError(
+                f"locating the item needs the plain {EFFICIENTNET_NAME} read-out, not {self.spec!r}"
+            )
         if not images:
-            return np.zeros((0, self.dim), dtype=np.float32), np.zeros((0, self.dim, 7, 7), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros(
+                (0, self.dim, 7, 7), dtype=np.float32
+            )
         batch = torch.stack([self.preprocess(im) for im in images])
         batch = batch.to(_precision.input_dtype(self.precision, self.bf16_mode))
-        with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
+        with (
+            self._lock,
+            torch.inference_mode(),
+            _precision.compute_context(self.precision, self.bf16_mode),
+        ):
             fmap = self._model.forward_features(batch).float()
             full = self._pool(fmap)
         return _normalise(full), np.ascontiguousarray(fmap.numpy(), dtype=np.float32)
 
-    def _describe(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _describe(self, x: torch.Tensor) -> torch.Tensor:
         """One input size -> descriptor: the pooled head, plus the last stage's mean for ":ml"."""
         if not self.multilayer:
             return self._pool(self._model.forward_features(x))
@@ -198,7 +226,7 @@ class EfficientNetEmbedder(TorchEmbedder):
         mid = stage.float().mean(dim=(2, 3))
         return torch.cat([F.normalize(head, dim=-1), ML_WEIGHT * F.normalize(mid, dim=-1)], dim=-1)
 
-    def _pool(self, fmap: "torch.Tensor") -> "torch.Tensor":
+    def _pool(self, fmap: torch.Tensor) -> torch.Tensor:
         fmap = fmap.float()  # pool in fp32 whatever the conv precision
         if self.pooling == "gem":
             # Generalised mean (p=3) weights strong local activations more: better for
@@ -206,20 +234,24 @@ class EfficientNetEmbedder(TorchEmbedder):
             return fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
         return fmap.mean(dim=(2, 3))
 
-    def classify(self, images: "list[Image.Image]") -> np.ndarray:
+    def classify(self, images: list[Image.Image]) -> np.ndarray:
         """ImageNet-1k class probabilities, float32 [n, 1000]; proves the weights are real."""
         import torch
 
         if not images:
             return np.zeros((0, 1000), dtype=np.float32)
         batch = torch.stack([self.preprocess(im) for im in images])
-        with self._lock, torch.inference_mode(), _precision.compute_context(self.precision, self.bf16_mode):
+        with (
+            self._lock,
+            torch.inference_mode(),
+            _precision.compute_context(self.precision, self.bf16_mode),
+        ):
             logits = self._model.forward_head(self._model.forward_features(batch))
         return np.ascontiguousarray(logits.float().softmax(dim=-1).numpy(), dtype=np.float32)
 
 
 def parse_efficientnet_spec(spec: str) -> dict:
-    """"efficientnet-lite0[:avg|gem][-ms][+ml]" (or ":ml" for avg+ml) -> EfficientNetEmbedder
+    """ "efficientnet-lite0[:avg|gem][-ms][+ml]" (or ":ml" for avg+ml) -> EfficientNetEmbedder
     keywords (pooling, multiscale, multilayer)."""
     base, _, variant = spec.strip().partition(":")
     if base.replace("_", "-") != EFFICIENTNET_NAME:

@@ -15,12 +15,15 @@ from vsearch.errors import ModelError, ModelUnavailableError
 
 PROBE_TIMEOUT_S = 3.0
 
+
 def how_to_supply_weights(create_args: str = "'ViT-B-32', pretrained='laion2b_s34b_b79k'") -> str:
     """The remedies, with a download command for the model at hand (open_clip.create_model args)."""
     return (
-        "To use CLIP without internet: pass a local checkpoint (--pretrained /path/to/checkpoint.bin, "
-        "e.g. an open_clip_pytorch_model.bin); or download the weights once on a machine with internet "
-        f"(python -c \"import open_clip; open_clip.create_model({create_args})\") and copy that "
+        "To use CLIP without internet: pass a local checkpoint (--pretrained "
+        "/path/to/checkpoint.bin, "
+        "e.g. an open_clip_pytorch_model.bin); or download the weights once on a machine with "
+        "internet "
+        f'(python -c "import open_clip; open_clip.create_model({create_args})") and copy that '
         "Hugging Face cache here, pointing HF_HOME at it. "
         "Or use the offline image model: --model efficientnet-lite0 (image queries only)."
     )
@@ -123,7 +126,8 @@ def fetch_hf_file(repo_id: str, filenames: list[str], *, what: str, create_args:
             continue
         except RepositoryNotFoundError as e:  # also gated/private repos without a token
             raise ModelError(
-                f"the Hugging Face repo {repo_id} (for {what}) does not exist or is not accessible: {e}"
+                f"the Hugging Face repo {repo_id} (for {what}) does not exist or is not "
+                f"accessible: {e}"
             ) from e
         except Exception as e:
             raise ModelUnavailableError(
@@ -131,7 +135,8 @@ def fetch_hf_file(repo_id: str, filenames: list[str], *, what: str, create_args:
                 + how_to_supply_weights(create_args)
             ) from e
     raise ModelUnavailableError(
-        f"the Hugging Face repo {repo_id} has none of {shown}, so it holds no open_clip weights for {what} "
+        f"the Hugging Face repo {repo_id} has none of {shown}, so it holds no open_clip weights "
+        f"for {what} "
         f"({last}). " + how_to_supply_weights(create_args)
     )
 

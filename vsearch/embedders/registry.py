@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from vsearch.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import Embedder
+    from vsearch.embedders.base import Embedder
 
 ENTRY_POINT_GROUP = "vsearch.models"
 
@@ -60,18 +60,41 @@ class ModelRegistry:
         self._entries: dict[str, ModelEntry] = {}  # every name and alias -> its entry
         self.problems: list[str] = []  # plugins left out, and why
 
-    def register(self, name: str, factory: ModelFactory, *, help: str = "", aliases: Sequence[str] = (),
-                 source: str = "vsearch") -> None:
+    def register(
+        self,
+        name: str,
+        factory: ModelFactory,
+        *,
+        help: str = "",
+        aliases: Sequence[str] = (),
+        source: str = "vsearch",
+    ) -> None:
         """Add a model name (and aliases); refuse malformed or taken names."""
         names = [name, *aliases]
         for n in names:
-            if not isinstance(n, str) or not n or n != n.strip() or ":" in n or any(c.isspace() for c in n):
-                raise ModelError(f"model name {n!r} from {source} is not usable: a non-empty word without ':' or spaces")
+            if (
+                not isinstance(n, str)
+                or not n
+                or n != n.strip()
+                or ":" in n
+                or any(c.isspace() for c in n)
+            ):
+                raise ModelError(
+                    f"model name {n!r} from {source} is not usable: a non-empty word without ':' "
+                    "or spaces"
+                )
             if n in self._entries:
-                raise ModelError(f"model name {n!r} from {source} is already registered by {self._entries[n].source}")
+                raise ModelError(
+                    f"model name {n!r} from {source} is already registered by "
+                    f"{self._entries[n].source}"
+                )
         if not callable(factory):
-            raise ModelError(f"model {name!r} from {source}: the factory {factory!r} is not callable")
-        entry = ModelEntry(name=name, factory=factory, help=help, aliases=tuple(aliases), source=source)
+            raise ModelError(
+                f"model {name!r} from {source}: the factory {factory!r} is not callable"
+            )
+        entry = ModelEntry(
+            name=name, factory=factory, help=help, aliases=tuple(aliases), source=source
+        )
         for n in names:
             self._entries[n] = entry
 
@@ -88,7 +111,10 @@ class ModelRegistry:
     def lookup(self, spec: str) -> ModelEntry:
         """The entry serving a model spec, or a ModelError that lists what is accepted."""
         if not isinstance(spec, str) or not spec.strip():
-            raise ModelError(f"model must be a non-empty name such as 'clip' or 'efficientnet-lite0'; got {spec!r}")
+            raise ModelError(
+                "model must be a non-empty name such as 'clip' or 'efficientnet-lite0'; got "
+                f"{spec!r}"
+            )
         spec = spec.strip()
         entry = self._entries.get(spec.split(":", 1)[0])
         if entry is not None:
@@ -98,24 +124,33 @@ class ModelRegistry:
         raise self.unknown(spec)
 
     def unknown(self, spec: str) -> ModelError:
-        from .clip import known_archs
+        from vsearch.embedders.clip import known_archs
 
         archs = known_archs()
         candidates = [*self._entries, *archs]
         close = [c for c in candidates if c.lower() == spec.lower()]
-        close += [c for c in difflib.get_close_matches(spec, candidates, n=3, cutoff=0.6) if c not in close]
+        close += [
+            c
+            for c in difflib.get_close_matches(spec, candidates, n=3, cutoff=0.6)
+            if c not in close
+        ]
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        listed = "; ".join(f"'{e.name}'" + (f" ({e.help})" if e.help else "") for e in self.entries())
+        listed = "; ".join(
+            f"'{e.name}'" + (f" ({e.help})" if e.help else "") for e in self.entries()
+        )
         problems = f" Plugins left out: {'; '.join(self.problems)}." if self.problems else ""
         return ModelError(
-            f"model {spec!r} is not known.{hint} Registered models: {listed}; also any open_clip architecture "
-            f"such as ViT-B-32, ViT-B-16, ViT-L-14 (optionally as 'clip:ARCH/TAG'; {len(archs)} in all, see "
-            f"open_clip.list_models()). More models come from plugins (entry point group {ENTRY_POINT_GROUP!r})."
-            + problems
+            f"model {spec!r} is not known.{hint} Registered models: {listed}; also any open_clip "
+            "architecture "
+            f"such as ViT-B-32, ViT-B-16, ViT-L-14 (optionally as 'clip:ARCH/TAG'; {len(archs)} in "
+            "all, see "
+            "open_clip.list_models()). More models come from plugins (entry point group "
+            f"{ENTRY_POINT_GROUP!r})." + problems
         )
 
     def load_plugins(self, entry_points: Sequence) -> None:
-        """Call each plugin's ``register_models(register)``; a failing plugin is recorded, not fatal."""
+        """Call each plugin's ``register_models(register)``; a failing plugin is recorded, not
+        fatal."""
         for ep in entry_points:
             source = f"plugin {ep.name!r} ({ep.value})"
             try:
@@ -139,7 +174,7 @@ class ModelRegistry:
 
 
 def _is_open_clip_name(spec: str) -> bool:
-    from .clip import is_clip_arch
+    from vsearch.embedders.clip import is_clip_arch
 
     arch = spec.partition("/")[0]
     return is_clip_arch(spec) or is_clip_arch(arch)
@@ -160,7 +195,7 @@ def registry() -> ModelRegistry:
     global _registry
     with _lock:
         if _registry is None:
-            from .builtin_models import register_models
+            from vsearch.embedders.builtin_models import register_models
 
             table = ModelRegistry()
             register_models(table.register)

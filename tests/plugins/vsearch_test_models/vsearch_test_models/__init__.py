@@ -19,7 +19,9 @@ def load_test_tiny(spec: str, pretrained: str | None = None, *, precision: str =
     if spec != TINY_NAME:
         raise ModelError(f"model {spec!r}: {TINY_NAME} takes no options")
     if pretrained:
-        raise ModelError(f"model {TINY_NAME} is randomly initialised; pretrained={pretrained!r} is not accepted")
+        raise ModelError(
+            f"model {TINY_NAME} is randomly initialised; pretrained={pretrained!r} is not accepted"
+        )
     from .tiny import load_tiny
 
     return load_tiny(precision=precision)

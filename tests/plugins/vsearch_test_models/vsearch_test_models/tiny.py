@@ -42,8 +42,12 @@ def load_tiny(*, precision: str = "auto") -> ClipEmbedder:
 
     used = _precision.resolve_precision(precision, TINY_NAME)
     model = build_tiny_model()
-    transform = open_clip.image_transform(TINY_MODEL_CFG["vision_cfg"]["image_size"], is_train=False)
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TINY_MODEL_CFG["text_cfg"]["context_length"])
+    transform = open_clip.image_transform(
+        TINY_MODEL_CFG["vision_cfg"]["image_size"], is_train=False
+    )
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(
+        context_length=TINY_MODEL_CFG["text_cfg"]["context_length"]
+    )
     return ClipEmbedder(
         model, transform, tokenizer, name=TINY_NAME, fingerprint=_fingerprint(model), precision=used
     )

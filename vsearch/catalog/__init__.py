@@ -1,0 +1,2 @@
+"""The shop's catalog: reading rows into products, fetching URLs, decoding photos, and the catalog
+check."""

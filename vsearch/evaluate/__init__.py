@@ -1,0 +1,1 @@
+"""Retrieval quality: ranking metrics, labelled evaluation and self-test, the HTML report."""
