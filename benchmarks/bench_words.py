@@ -17,9 +17,12 @@ the jumia titles' vocabulary plus a colour and a brand, built with ``--embedding
 wall time and the words index's share of it (the manifest's ``words.seconds``), then
 ``ProductIndex.search(text=..., k=10)`` p50/p95 over 300 queries of one or two words taken from
 random products' titles. The vector index is ``flat`` by default (``--index-type``): the cheapest
-build, so the words index's share of it is the largest.
+build, so the words index's share of it is the largest. Beside it, in the same run, the BM25 query
+alone as the library runs it (products holding every word first) and as one query over every
+product holding any of the words, so the two are compared on the same load. ``--reuse`` keeps an
+index built by an earlier run (same N) and times only the queries.
 
-    python benchmarks/bench_words.py --speed 100000
+    python benchmarks/bench_words.py --speed 100000 [--reuse]
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def shopper_word(title: str) -> tuple[str | None, str]:
     return None, "none"
 
 
-def speed(n: int, work: Path, jumia_manifest: Path, index_type: str) -> None:
+def speed(n: int, work: Path, jumia_manifest: Path, index_type: str, reuse: bool) -> None:
     """Build wall time, the words index's share of it, and text search p50 on n products."""
     import random
     import statistics
@@ -69,6 +72,7 @@ def speed(n: int, work: Path, jumia_manifest: Path, index_type: str) -> None:
     from vsearch.build import build_index
     from vsearch.embeddings.imported import model_identity
     from vsearch.search import ProductIndex
+    from vsearch.store import words
 
     identity = model_identity("efficientnet-lite0")
     with open(jumia_manifest, encoding="utf-8") as f:
@@ -103,26 +107,27 @@ def speed(n: int, work: Path, jumia_manifest: Path, index_type: str) -> None:
                     f"{(i % 997) / 10:.2f}",
                 ]
             )
-    vectors = np.random.default_rng(n).standard_normal((n, identity.dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    np.save(work / f"vectors-{n}.npy", vectors)
-    del vectors
     index_dir = work / f"index-{n}"
-    t = time.perf_counter()
-    build_index(
-        catalog,
-        index_dir,
-        model="efficientnet-lite0",
-        embeddings=work / f"vectors-{n}.npy",
-        index_type=index_type,
-    )
-    build_s = time.perf_counter() - t
+    if not (reuse and (index_dir / "CURRENT").is_file()):
+        vectors = np.random.default_rng(n).standard_normal((n, identity.dim), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        np.save(work / f"vectors-{n}.npy", vectors)
+        del vectors
+        t = time.perf_counter()
+        build_index(
+            catalog,
+            index_dir,
+            model="efficientnet-lite0",
+            embeddings=work / f"vectors-{n}.npy",
+            index_type=index_type,
+        )
+        build_s = time.perf_counter() - t
+        words_s = ProductIndex(index_dir, identity).manifest["words"]["seconds"]
+        print(
+            f"{n} products: build {build_s:.1f} s, words index {words_s:.2f} s = "
+            f"{100 * words_s / build_s:.1f} % of it"
+        )
     index = ProductIndex(index_dir, identity)
-    words_s = index.manifest["words"]["seconds"]
-    print(
-        f"{n} products: build {build_s:.1f} s, words index {words_s:.2f} s = "
-        f"{100 * words_s / build_s:.1f} % of it"
-    )
     queries = []
     for _ in range(300):
         tokens = rng.choice(titles).lower().split()
@@ -134,12 +139,29 @@ def speed(n: int, work: Path, jumia_manifest: Path, index_type: str) -> None:
         t = time.perf_counter()
         index.search(text=q, k=10)
         took.append((time.perf_counter() - t) * 1000)
-    took.sort()
-    print(
-        f"text search, k=10, {len(took)} queries: p50 {statistics.median(took):.1f} ms, "
-        f"p95 {took[int(0.95 * (len(took) - 1))]:.1f} ms  (load "
-        f"{open('/proc/loadavg').read().split()[0]})"
-    )
+    gen = index._gen
+
+    def any_word(q: str) -> None:
+        quoted = " OR ".join('"' + t.replace('"', '""') + '"' for t in words.query_terms(q))
+        words._bm25(gen.query, quoted, "", (), None, 10)
+
+    def every_word_first(q: str) -> None:
+        words.word_scores(gen.query, q, limit=10)
+
+    timings = {"text search, k=10": took}
+    for name, fn in (("BM25, every word first", every_word_first), ("BM25, any word", any_word)):
+        timings[name] = []
+        for q in queries:
+            t = time.perf_counter()
+            fn(q)
+            timings[name].append((time.perf_counter() - t) * 1000)
+    for name, times in timings.items():
+        times.sort()
+        print(
+            f"{name}, {len(times)} queries: p50 {statistics.median(times):.1f} ms, "
+            f"p95 {times[int(0.95 * (len(times) - 1))]:.1f} ms"
+        )
+    print(f"(load {open('/proc/loadavg').read().split()[0]})")
 
 
 def main() -> None:
@@ -158,6 +180,9 @@ def main() -> None:
         "--work", type=Path, default=Path("/tmp/vsearch-words/speed"), help="--speed's folder"
     )
     ap.add_argument(
+        "--reuse", action="store_true", help="--speed: keep an index an earlier run built"
+    )
+    ap.add_argument(
         "--index-type",
         default="flat",
         help="--speed's vector index (default flat: the cheapest build, "
@@ -170,6 +195,7 @@ def main() -> None:
             args.work,
             Path(__file__).resolve().parents[2] / "shared" / "data" / "jumia" / "manifest.csv",
             args.index_type,
+            args.reuse,
         )
         return
     from vsearch.build import build_index

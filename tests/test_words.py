@@ -14,7 +14,8 @@ from conftest import FakeEmbedder, draw_product, write_catalog_rows
 from vsearch.build import build_index
 from vsearch.errors import NoWordMatchError
 from vsearch.search import ProductIndex
-from vsearch.store import words as words
+from vsearch.product import Product
+from vsearch.store import words
 
 # titles that differ by one word; the word sits in a different column each time
 ONE_WORD = [
@@ -204,3 +205,26 @@ def test_incremental_build_keeps_words_in_step(tmp_path):
         index.search(text="cobalt")
     assert index.search(text="saffron")[0].product_id == "B6"
     assert index.search(text="jade")[0].product_id == "B3"
+
+
+def test_words_alone_list_products_holding_every_word_first_best_first():
+    """A short title with only the rarer word outscores a long one holding both words on BM25
+    (OR); for words alone the product holding both comes first, the list stays best first, and
+    products holding some of the words fill it up to the limit."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    titles = {1: "zebra", 2: "zebra lamp with a long pleated linen shade and a brass stand"}
+    titles.update({pid: f"lamp number {pid}" for pid in range(3, 40)})
+    words.write_words(db, [(pid, Product(str(pid), title=t)) for pid, t in titles.items()])
+
+    def query(sql, args):
+        return db.execute(sql, args).fetchall()
+
+    either = words.word_scores(query, "zebra lamp", pids=list(titles))
+    assert either[0][0] == 1  # OR + BM25: the short one-word title wins
+    found = words.word_scores(query, "zebra lamp", limit=5)
+    assert found[0][0] == 2 and len(found) == 5 and found[1][0] == 1
+    scores = [s for _, s in found]
+    assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+    assert words.word_scores(query, "zebra", limit=5)[0][0] == 1

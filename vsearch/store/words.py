@@ -21,7 +21,9 @@ Text is made comparable before SQLite sees it, the same way for a product and fo
 
 SQLite then splits on spaces and punctuation (``unicode61``) and reduces English word endings
 (``porter``: ``sneakers`` = ``sneaker``), and ranks with BM25. A query's words are OR-ed: a product
-holding more of them (and rarer ones) ranks higher.
+holding more of them (and rarer ones) ranks higher. Words alone (a search for the first ``limit``
+products) list the products holding every word first: SQLite then scores the few products that
+hold them all instead of every product holding any (a common word can be in a tenth of a catalog).
 """
 
 from __future__ import annotations
@@ -184,11 +186,33 @@ def word_scores(
     """(pid, relevance > 0) of the products whose text holds the query's words, best first (BM25).
 
     where/params: a filter on the products table (``candidates.filter_sql``); pids: only these
-    products (a photo's shortlist); limit: at most this many.
+    products (a photo's shortlist); limit: at most this many. With a limit and several words, the
+    products holding every word come first (their BM25 order), then those holding some of them;
+    a later product's relevance is capped at the one before it, so the list stays best first.
     """
-    expr = match_expression(text)
-    if expr is None:
+    terms = query_terms(text)
+    if not terms:
         return []
+    quoted = ['"' + t.replace('"', '""') + '"' for t in terms]
+    if limit is None or pids is not None or len(terms) == 1:
+        return _bm25(query, " OR ".join(quoted), where, params, pids, limit)
+    every = _bm25(query, " AND ".join(quoted), where, params, None, limit)
+    if len(every) >= limit:
+        return every
+    seen, floor = {pid for pid, _ in every}, every[-1][1] if every else float("inf")
+    some = _bm25(query, " OR ".join(quoted), where, params, None, limit + len(every))
+    rest = [(pid, min(s, floor)) for pid, s in some if pid not in seen]
+    return every + rest[: limit - len(every)]
+
+
+def _bm25(
+    query: Query,
+    expr: str,
+    where: str,
+    params: Sequence[Any],
+    pids: Sequence[int] | None,
+    limit: int | None,
+) -> list[tuple[int, float]]:
     sql = f"SELECT rowid, bm25({TABLE}) AS s FROM {TABLE} WHERE {TABLE} MATCH ?"
     args: list[Any] = [expr]
     if where:
