@@ -500,15 +500,17 @@ def test_at_scale_the_parquet_shards_are_the_ray_builds_only_cache(
 
 
 def test_readme_scaling_out_commands_parse():
-    """The README's cluster commands: the vsearch build line uses flags that exist, with Ray's
-    address from the environment, as written."""
+    """The cluster commands (docs/scaling-out.md, which the README links to): the vsearch build line
+    uses flags that exist, with Ray's address from the environment, as written."""
     import re
     import shlex
 
     from vsearch.cli import build_parser
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Scaling out", 1)[1].split("\n## ", 1)[0]
+    root = Path(__file__).resolve().parents[1]
+    assert "(docs/scaling-out.md)" in (root / "README.md").read_text(encoding="utf-8")
+    page = (root / "docs" / "scaling-out.md").read_text(encoding="utf-8")
+    section = page.split("## Embedding on a Ray cluster", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ")
     line = next(ln for ln in block.splitlines() if "vsearch build" in ln)
     words = shlex.split(line.split("#")[0])
@@ -518,9 +520,10 @@ def test_readme_scaling_out_commands_parse():
 
 
 def test_readme_cluster_recipe_on_one_machine(tmp_path):
-    """The README's recipe as far as one machine goes: `ray start --head` (its own process group,
-    ended by this test), then `RAY_ADDRESS=... vsearch build ... --engine ray` in another process.
-    Ray >= 2.59 authenticates with a token: both sides get the same one, never the user's."""
+    """The cluster recipe (docs/scaling-out.md) as far as one machine goes: `ray start --head` (its
+    own process group, ended by this test), then `RAY_ADDRESS=... vsearch build ... --engine ray` in
+    another process. Ray >= 2.59 authenticates with a token: both sides get the same one, never the
+    user's."""
     import secrets
     import shutil
     import socket

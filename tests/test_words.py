@@ -13,8 +13,8 @@ from conftest import FakeEmbedder, draw_product, write_catalog_rows
 
 from vsearch.build import build_index
 from vsearch.errors import NoWordMatchError
-from vsearch.search import ProductIndex
 from vsearch.product import Product
+from vsearch.search import ProductIndex
 from vsearch.store import words
 
 # titles that differ by one word; the word sits in a different column each time
