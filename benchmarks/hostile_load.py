@@ -28,7 +28,6 @@ on loopback, which the server refuses by default; the benchmark's server allows 
 from __future__ import annotations
 
 import argparse
-import csv
 import http.server
 import os
 import socket
@@ -46,6 +45,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_api_latency import free_port, load_average, pct, sample_index  # noqa: E402
+from load_test import retitled_catalog  # noqa: E402
 
 MiB = 2**20
 # the server's --body-timeout in both runs (default 60 s; shorter keeps the run short)
@@ -128,19 +128,6 @@ class SlowImages(http.server.ThreadingHTTPServer):
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)
-
-
-def retitled_catalog(csv_path: Path) -> Path:
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["title"] = (r.get("title") or r["product_id"]) + " (v2)"
-    out = csv_path.with_name("catalog-v2.csv")
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return out
 
 
 def chunked_multipart(field: str, total: int):
