@@ -38,7 +38,7 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
         unrelated_photo,
     )
 
-    from vsearch.serve import ui as ui
+    from vsearch.serve import page_text
 
     # an index that gives verdicts: the shopper photo of product 5 scores ~0.99, the flat grey photo
     # < 0.9
@@ -81,7 +81,7 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
                     timeout=20_000
                 )
                 # exactly "Close match", not a title that merely contains it
-                heading_is(page, ui.VERDICT_TITLES[True])
+                heading_is(page, page_text.VERDICT_TITLES[True])
                 assert page.locator(captions).first.inner_text().startswith("Product 5")
                 # details of the top result
                 page.locator("#vs-results .thumbnail-item").first.click()
@@ -101,12 +101,12 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
 
                 # an unrelated photo: the nearest products, "not sure"
                 upload(page, grey, 64)
-                heading_is(page, ui.VERDICT_TITLES[False])
+                heading_is(page, page_text.VERDICT_TITLES[False])
 
                 # an index that gives no verdict: best guesses, neither close nor not close
                 give_verdicts(server.index, None)
                 page.locator("#vs-search").click()
-                heading_is(page, ui.VERDICT_TITLES[None])
+                heading_is(page, page_text.VERDICT_TITLES[None])
                 give_verdicts(server.index, 0.95)
 
                 # a shelf photo with two products: the right-hand one wins until the shopper crops
@@ -132,7 +132,10 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
                     "?.innerText.startsWith('Product 3')",
                     timeout=20_000,
                 )
-                assert page.evaluate(HEADING) in (ui.VERDICT_TITLES[True], ui.VERDICT_TITLES[False])
+                assert page.evaluate(HEADING) in (
+                    page_text.VERDICT_TITLES[True],
+                    page_text.VERDICT_TITLES[False],
+                )
             except Exception:
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)
@@ -194,7 +197,7 @@ def test_a_photo_in_answers_at_once_with_captions_below_the_pictures(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from test_ui import shopper_photo, start_server
 
-    from vsearch.serve import ui as ui
+    from vsearch.serve import page_text
 
     server = start_server(tmp_path / "srv")
     photo = shopper_photo(tmp_path, 5, name="shopper.jpg")
@@ -227,7 +230,7 @@ def test_a_photo_in_answers_at_once_with_captions_below_the_pictures(tmp_path):
                     assert b["cap_top"] >= b["img_bottom"] - 1, f"caption over the picture: {b}"
                 first = page.locator("#vs-results .caption-label").first.inner_text()
                 assert first.startswith("Product 5") and any(
-                    w in first for w in ui.SIMILARITY_WORDS[:3]
+                    w in first for w in page_text.SIMILARITY_WORDS[:3]
                 ), first
                 assert "match 0." not in first
                 # words alone, then Enter
@@ -236,7 +239,7 @@ def test_a_photo_in_answers_at_once_with_captions_below_the_pictures(tmp_path):
                 page.locator("#vs-words :is(input, textarea)").fill("Product 7")
                 page.locator("#vs-words :is(input, textarea)").press("Enter")
                 page.wait_for_function(
-                    f"() => (({HEADING})()) === {ui.WORDS_TITLE!r}", timeout=20_000
+                    f"() => (({HEADING})()) === {page_text.WORDS_TITLE!r}", timeout=20_000
                 )
                 assert (
                     page.locator("#vs-results .caption-label")

@@ -146,7 +146,7 @@ def test_a_filter_that_leaves_one_wrong_product_gives_no_close_match(sample_inde
     assert [h["product_id"] for h in body["results"]] == ["headphones-001"] and body[
         "verdict"
     ] == "no_close_match"
-    from vsearch.serve.ui import VERDICT_TITLES
+    from vsearch.serve.page_text import VERDICT_TITLES
 
     assert _page_heading(index, photo, min_price=71, max_price=72) == f"### {VERDICT_TITLES[False]}"
     out = io.StringIO()
@@ -211,7 +211,8 @@ def _rest_search(client, photo, **params):
 
 
 def _page_heading(index, photo, **filters) -> str:
-    from vsearch.serve.ui import _status, run_search
+    from vsearch.serve.page_events import run_search
+    from vsearch.serve.page_text import _status
 
     return _status(run_search(index, str(photo), **filters), 0.01).splitlines()[0]
 
@@ -222,7 +223,7 @@ def test_the_verdict_end_to_end_in_python_rest_and_the_page(sample_index, unsold
     each state exactly where it must appear, from a real build with the offline model."""
     import shutil
 
-    from vsearch.serve.ui import VERDICT_TITLES
+    from vsearch.serve.page_text import VERDICT_TITLES
 
     catalog, queries, index, report = sample_index
     bar = index.verdict["threshold"]

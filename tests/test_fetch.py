@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from vsearch.catalog import fetch as fetch
+from vsearch.catalog import connection
 from vsearch.catalog.fetch import FetchPolicy, fetch_image
 from vsearch.errors import FetchError, ImageError
 
@@ -231,7 +231,7 @@ def cache(tmp_path):
 def connections(monkeypatch):
     """Every socket connect fetch attempts, recorded (still performed for loopback)."""
     seen: list[tuple] = []
-    real = fetch._open_socket
+    real = connection._open_socket
 
     def spy(family, sockaddr, timeout):
         seen.append(sockaddr)
@@ -241,7 +241,7 @@ def connections(monkeypatch):
             )
         return real(family, sockaddr, timeout)
 
-    monkeypatch.setattr(fetch, "_open_socket", spy)
+    monkeypatch.setattr(connection, "_open_socket", spy)
     return seen
 
 
@@ -492,8 +492,10 @@ def test_redirect_to_another_scheme_is_refused(server, cache, path, scheme):
 
 def test_each_redirect_hop_gets_the_address_check(server, cache, monkeypatch, connections):
     """A public-looking first hop must not bounce us to the cloud metadata service."""
-    real = fetch._refusal
-    monkeypatch.setattr(fetch, "_refusal", lambda ip: None if str(ip) == "127.0.0.1" else real(ip))
+    real = connection._refusal
+    monkeypatch.setattr(
+        connection, "_refusal", lambda ip: None if str(ip) == "127.0.0.1" else real(ip)
+    )
     err = _fails(
         server.url("/to-metadata"),
         cache,
@@ -668,7 +670,7 @@ def tls_server(tmp_path_factory):
 @pytest.fixture
 def trust_test_cert(tls_server, monkeypatch):
     ctx = ssl.create_default_context(cafile=str(tls_server.cert))
-    monkeypatch.setattr(fetch, "_ssl_context", lambda: ctx)
+    monkeypatch.setattr(connection, "_ssl_context", lambda: ctx)
 
 
 def test_https_sends_the_original_name_as_sni_and_verifies_it(

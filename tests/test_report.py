@@ -159,7 +159,7 @@ def test_cli_eval_report(shop_with_queries, capsys):
 
 
 def test_why_it_matched_shows_the_photo_as_searched_and_the_matched_image(tmp_path):
-    from vsearch.serve.ui import why_it_matched
+    from vsearch.serve.page_events import why_it_matched
 
     draw_product(3, size=300).save(tmp_path / "photo.jpg")
     draw_product(3).save(tmp_path / "catalog.jpg")

@@ -300,6 +300,7 @@ def test_held_out_shopper_sessions_stay_out_of_training(tmp_path):
 
 def test_a_tune_that_does_not_help_is_not_kept_and_info_says_why(tmp_path, monkeypatch, capsys):
     import vsearch.learn.tune as tune
+    import vsearch.learn.tune_train as tune_train
     from vsearch.cli import main
 
     catalog = write_shop(tmp_path / "shop")
@@ -307,7 +308,7 @@ def test_a_tune_that_does_not_help_is_not_kept_and_info_says_why(tmp_path, monke
     base = build(catalog, index)
     # validation that never improves: the trained weights do no better than the base model
     monkeypatch.setattr(
-        tune,
+        tune_train,
         "_validate",
         lambda *a, **k: {"held_out_r1": 0.5, "augmented_r1": 0.25, "score": 0.375},
     )

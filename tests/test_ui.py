@@ -207,7 +207,7 @@ def test_look_closer_through_the_api_and_run_search(server, client, tmp_path, mo
     index whose model cannot locate says so instead of searching without it."""
     from conftest import LocatingFake
 
-    from vsearch.serve import ui as ui
+    from vsearch.serve import page_events
 
     photo = shopper_photo(tmp_path, 5)
     with pytest.raises(AppError, match="cannot locate"):
@@ -225,7 +225,7 @@ def test_look_closer_through_the_api_and_run_search(server, client, tmp_path, mo
     (close_up,) = fake.seen[-1]  # the second look: a square part of the 400 x 400 upload
     assert close_up.width == close_up.height < 400
     seen = len(fake.seen)
-    assert ui.run_search(server.index, photo, k=2, locate=True)[0].product_id == "P005"
+    assert page_events.run_search(server.index, photo, k=2, locate=True)[0].product_id == "P005"
     assert len(fake.seen) == seen + 1  # run_search asked for the second look too
 
 
@@ -268,6 +268,7 @@ def unrelated_photo(tmp_path: Path) -> str:
 
 def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
     from vsearch.search import Hit
+    from vsearch.serve import page_text
     from vsearch.serve import ui as ui
 
     def hit(confident, score=0.8):
@@ -282,7 +283,7 @@ def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
         )
 
     headings = {
-        state: ui._status([hit(state), hit(state)], 0.01).splitlines()[0]
+        state: page_text._status([hit(state), hit(state)], 0.01).splitlines()[0]
         for state in (True, False, None)
     }
     assert headings == {
@@ -290,30 +291,30 @@ def test_page_shows_exactly_the_index_verdict_in_three_states(server, tmp_path):
         False: "### Not sure - these are the nearest products",
         None: "### Best guesses (this index cannot tell a close match)",
     }
-    assert ui._status([], 0.01).splitlines()[0] == "### No products found"
+    assert page_text._status([], 0.01).splitlines()[0] == "### No products found"
     # "not sure" never claims the product is not there: below the bar the first result is often it
-    assert "not" not in ui._status([hit(False)], 0.01).splitlines()[1].lower().replace(
+    assert "not" not in page_text._status([hit(False)], 0.01).splitlines()[1].lower().replace(
         "not sure", ""
     )
     # no fixed fallback threshold: a weak score the index calls a close match (or gives no verdict
     # on)
     # is shown as the index says
     assert not hasattr(ui, "FALLBACK_THRESHOLDS") and not hasattr(ui, "effective_threshold")
-    assert ui._status([hit(True, score=0.2)], 0.01).startswith("### Close match\n")
-    assert ui._status([hit(None, score=0.99)], 0.01).startswith("### Best guesses")
-    details = {state: ui._details(server.index, hit(state)) for state in (True, False, None)}
+    assert page_text._status([hit(True, score=0.2)], 0.01).startswith("### Close match\n")
+    assert page_text._status([hit(None, score=0.99)], 0.01).startswith("### Best guesses")
+    details = {state: page_text._details(server.index, hit(state)) for state in (True, False, None)}
     assert "(close match)" in details[True] and "(not sure)" in details[False]
     assert "(no verdict)" in details[None] and "close match)" not in details[None]
 
 
 def test_run_search_passes_the_index_verdict_through_unchanged(server, tmp_path):
-    from vsearch.serve import ui as ui
+    from vsearch.serve import page_events
 
     give_verdicts(server.index, 0.95)
     try:
-        weak = ui.run_search(server.index, unrelated_photo(tmp_path), k=3)
+        weak = page_events.run_search(server.index, unrelated_photo(tmp_path), k=3)
         assert weak and [h.confident for h in weak] == [False] * 3
-        good = ui.run_search(server.index, shopper_photo(tmp_path, 4), k=3)
+        good = page_events.run_search(server.index, shopper_photo(tmp_path, 4), k=3)
         assert good[0].product_id == "P004" and good[0].confident is True
         assert [h.confident for h in good[1:]] == [False, False]
     finally:
@@ -407,7 +408,7 @@ def two_product_photo(tmp_path: Path, left: int = 3, right: int = 8, name: str =
 
 def test_crop_photo_keeps_only_the_framed_area():
     from vsearch.errors import VsearchError
-    from vsearch.serve.ui import crop_photo
+    from vsearch.serve.page_events import crop_photo
 
     img = Image.new("RGB", (200, 100), "red")
     img.paste((0, 0, 255), (100, 0, 200, 100))  # right half blue
@@ -431,7 +432,7 @@ def test_crop_photo_keeps_only_the_framed_area():
 
 
 def test_cropped_search_finds_the_product_inside_the_crop(server, client, tmp_path):
-    from vsearch.serve.ui import run_search
+    from vsearch.serve.page_events import run_search
 
     pair = two_product_photo(tmp_path)
     whole = run_search(server.index, pair)
@@ -464,13 +465,16 @@ def test_crop_preview_of_a_phone_photo_decodes_at_screen_size(server, phone_phot
 
 def test_requests_never_load_an_index_generation(server, client, tmp_path, monkeypatch):
     """Reloading is the background watcher's job: a search request never pays for it."""
-    from vsearch.serve import ui as ui
+    from vsearch.serve import page_events
 
     def forbidden():
         raise AssertionError("a request tried to reload the index")
 
     monkeypatch.setattr(server.index, "reload_if_changed", forbidden)
-    assert ui.run_search(server.index, shopper_photo(tmp_path, 4), k=1)[0].product_id == "P004"
+    assert (
+        page_events.run_search(server.index, shopper_photo(tmp_path, 4), k=1)[0].product_id
+        == "P004"
+    )
     assert (
         client.predict(handle_file(shopper_photo(tmp_path, 6)), k=1, api_name="/search")[0][
             "product_id"

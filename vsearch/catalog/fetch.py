@@ -27,16 +27,16 @@ Results are cached by content: ``cache_dir/objects/<sha[:2]>/<sha>`` (written to
 to sha256, so a rebuild reads from disk and never refetches. Failures are not cached: a rebuild
 retries them, since most are transient. Safe to call from a pool of threads; concurrent calls for
 the same URL download it once.
+
+The network side of one hop (address checks, the pinned connection, the deadlines) is
+`vsearch.catalog.connection`; this module follows redirects, checks the response and keeps it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import io
-import ipaddress
 import os
-import socket
 import sqlite3
 import ssl
 import tempfile
@@ -46,8 +46,19 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
+from vsearch.catalog.connection import (
+    Clock,
+    HopTimeout,
+    PinnedConnection,
+    Target,
+    check_addresses,
+    fail,
+    parse_hop,
+    resolve_host,
+    show_url,
+)
 from vsearch.errors import FetchError
 
 __all__ = ["FetchPolicy", "download", "fetch_image"]
@@ -68,8 +79,6 @@ _HEIF_BRANDS = {
     b"avif",
     b"avis",
 }
-# keep URL syntax as written, percent-encode spaces and non-ASCII
-_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,7 @@ def fetch_image(
     url = url.strip() if isinstance(url, str) else url
     if not isinstance(url, str) or not url:
         raise FetchError(f"cannot fetch image {url!r}: expected an http:// or https:// URL")
-    _parse(url, url, hop=0)  # refuse file:, data: ... before touching the cache
+    parse_hop(url, url, hop=0)  # refuse file:, data: ... before touching the cache
     cache = _Cache(Path(cache_dir))
     with _url_lock(cache.root, url):
         hit = cache.lookup(url)
@@ -112,7 +121,7 @@ def download(url: str, policy: FetchPolicy = FetchPolicy()) -> tuple[bytes, str]
     url = url.strip() if isinstance(url, str) else url
     if not isinstance(url, str) or not url:
         raise FetchError(f"cannot fetch image {url!r}: expected an http:// or https:// URL")
-    _parse(url, url, hop=0)
+    parse_hop(url, url, hop=0)
     return _download(url, policy)
 
 
@@ -225,333 +234,38 @@ class _Cache:
 
 
 # ---------------------------------------------------------------- download
-
-
-@dataclass(frozen=True)
-class _Target:
-    url: str
-    scheme: str
-    host: str  # ASCII (IDNA) host name or IP literal, no brackets
-    port: int
-    request_target: str  # path + query, percent-encoded
-
-
-def _show(url: str) -> str:
-    """The URL for messages, with any password hidden."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is not None:
-            netloc = f"{parts.username}:***@{parts.hostname}" + (
-                f":{parts.port}" if parts.port else ""
-            )
-            return repr(urlunsplit(parts._replace(netloc=netloc)))
-    except ValueError:
-        pass
-    return repr(url)
-
-
-def _fail(url: str, reason: str) -> FetchError:
-    return FetchError(f"cannot fetch image {_show(url)}: {reason}")
-
-
-def _parse(url: str, origin: str, hop: int) -> _Target:
-    """Check the syntax and scheme of one hop; ``origin`` is the catalog's URL, named in errors."""
-    where = "" if hop == 0 else f"redirect {hop} to {_show(url)} "
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise _fail(origin, f"{where}is not a valid URL ({e})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        shown = f"'{scheme}:'" if scheme else "no scheme"
-        raise _fail(origin, f"{where}uses {shown}; only http:// and https:// URLs are fetched")
-    host = parts.hostname or ""
-    if not host:
-        raise _fail(origin, f"{where}has no host name (write e.g. https://shop.example/a.jpg)")
-    try:
-        host = host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        raise _fail(origin, f"{where}has an invalid host name {host!r}") from None
-    if any(c in host for c in " \t\r\n/\\"):
-        raise _fail(origin, f"{where}has an invalid host name {host!r}")
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    target = quote(target, safe=_TARGET_SAFE)
-    return _Target(url, scheme, host, port or (443 if scheme == "https" else 80), target)
-
-
-def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address is not public, or None when it is."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for label, flag in (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-        ("non-public", not ip.is_global),
-    ):
-        if flag:
-            return label
-    return None
-
-
-def _resolve(t: _Target, origin: str, where: str, timeout: float) -> list[tuple]:
-    """getaddrinfo with a time limit (it has none of its own); returns (family, sockaddr) pairs."""
-    try:
-        ipaddress.ip_address(t.host)
-        literal = True
-    except ValueError:
-        literal = False
-    args = (t.host, t.port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    if literal:
-        try:
-            infos = socket.getaddrinfo(*args, socket.AI_NUMERICHOST)
-        except (socket.gaierror, UnicodeError) as e:
-            raise _fail(origin, f"{where}host {t.host!r} is not a usable address ({e})") from None
-    else:
-        box: dict = {}
-
-        def work() -> None:
-            try:
-                box["infos"] = socket.getaddrinfo(*args)
-            except (OSError, UnicodeError) as e:
-                box["error"] = e
-
-        worker = threading.Thread(target=work, name="vsearch-dns", daemon=True)
-        worker.start()
-        worker.join(max(timeout, 0.0))
-        if worker.is_alive():
-            raise _fail(origin, f"{where}looking up host {t.host!r} took longer than {timeout:g} s")
-        if "error" in box:
-            raise _fail(origin, f"{where}host {t.host!r} could not be resolved ({box['error']})")
-        infos = box["infos"]
-    out, seen = [], set()
-    for family, _type, _proto, _canon, sockaddr in infos:
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        key = (family, sockaddr[0])
-        if key not in seen:
-            seen.add(key)
-            out.append((family, sockaddr))
-    if not out:
-        raise _fail(origin, f"{where}host {t.host!r} has no IPv4 or IPv6 address")
-    return out
-
-
-def _check_addresses(
-    addrs: list[tuple], t: _Target, origin: str, where: str, policy: FetchPolicy
-) -> None:
-    """Refuse the hop if ANY address is non-public: the OS may pick any of them."""
-    if policy.allow_private:
-        return
-    for _family, sockaddr in addrs:
-        ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
-        reason = _refusal(ip)
-        if reason is not None:
-            named = (
-                f"host {t.host!r}"
-                if str(ip) == t.host
-                else f"host {t.host!r} resolves to {ip}, which"
-            )
-            raise _fail(
-                origin,
-                f"{where}{named} is a {reason} address; only public addresses are fetched "
-                "(set FetchPolicy(allow_private=True) for an intranet catalog)",
-            )
-
-
-def _open_socket(family: int, sockaddr: tuple, timeout: float) -> socket.socket:
-    """Connect to one already-checked address (never a name, so no second DNS lookup)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(sockaddr)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-_SSL_CONTEXT: ssl.SSLContext | None = None
-_SSL_LOCK = threading.Lock()
-
-
-def _ssl_context() -> ssl.SSLContext:
-    """The system's default verifying context, built once on first https fetch."""
-    global _SSL_CONTEXT
-    with _SSL_LOCK:
-        if _SSL_CONTEXT is None:
-            _SSL_CONTEXT = ssl.create_default_context()
-        return _SSL_CONTEXT
-
-
-class _Timeout(TimeoutError):
-    """A read timed out; ``deadline`` tells the total deadline from the per-read limit."""
-
-    def __init__(self, deadline: bool):
-        super().__init__("deadline" if deadline else "read")
-        self.deadline = deadline
-
-
-class _Clock:
-    """Per-read timeout plus one total deadline, started at the first connection."""
-
-    def __init__(self, policy: FetchPolicy):
-        self.policy = policy
-        self.deadline: float | None = None
-
-    def start(self) -> None:
-        if self.deadline is None:
-            self.deadline = time.monotonic() + self.policy.read_timeout
-
-    def remaining(self) -> float:
-        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
-
-    def read_limit(self) -> tuple[float, bool]:
-        """(seconds the next read may wait, whether that limit is the total deadline)."""
-        left = self.remaining()
-        if left <= 0:
-            raise _Timeout(deadline=True)
-        if left < self.policy.read_timeout:
-            return left, True
-        return self.policy.read_timeout, False
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Raw stream over a socket that re-arms the socket timeout before every recv."""
-
-    def __init__(self, owner: _DeadlineSocket):
-        self._owner = owner
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        limit, is_deadline = self._owner.clock.read_limit()
-        sock = self._owner.sock
-        sock.settimeout(limit)
-        try:
-            return sock.recv_into(buf)
-        except TimeoutError:
-            raise _Timeout(deadline=is_deadline) from None
-
-    def close(self) -> None:
-        if not self.closed:
-            self._owner.release()
-        super().close()
-
-
-class _DeadlineSocket:
-    """The few socket methods http.client uses, with the deadline applied to every read.
-
-    Like a real socket, it stays open while a reader from makefile() is open: http.client closes
-    the connection as soon as it has the headers of a "Connection: close" response.
-    """
-
-    def __init__(self, sock: socket.socket, clock: _Clock):
-        self.sock, self.clock = sock, clock
-        self._readers = 0
-        self._closed = False
-
-    def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
-        self._readers += 1
-        return io.BufferedReader(_DeadlineReader(self))
-
-    def release(self) -> None:
-        self._readers -= 1
-        if self._closed and self._readers <= 0:
-            self.sock.close()
-
-    def sendall(self, data) -> None:
-        limit, is_deadline = self.clock.read_limit()
-        self.sock.settimeout(limit)
-        try:
-            self.sock.sendall(data)
-        except TimeoutError:
-            raise _Timeout(deadline=is_deadline) from None
-
-    def close(self) -> None:
-        self._closed = True
-        if self._readers <= 0:
-            self.sock.close()
-
-
-class _PinnedConnection(http.client.HTTPConnection):
-    """HTTP(S) connection to checked addresses, sending the original host name as Host and SNI."""
-
-    def __init__(self, t: _Target, addrs: list[tuple], clock: _Clock, connect_timeout: float):
-        super().__init__(t.host, t.port)
-        self.default_port = 443 if t.scheme == "https" else 80  # so Host omits the default port
-        self._target, self._addrs, self._clock = t, addrs, clock
-        self._connect_timeout = connect_timeout
-
-    def connect(self) -> None:
-        last: OSError | None = None
-        raw = None
-        give_up = time.monotonic() + self._connect_timeout  # shared by all addresses of the host
-        for family, sockaddr in self._addrs:
-            left = give_up - time.monotonic()
-            if left <= 0:
-                last = TimeoutError("timed out")
-                break
-            try:
-                raw = _open_socket(family, sockaddr, left)
-                break
-            except OSError as e:
-                last = e
-        if raw is None:
-            assert last is not None
-            raise last
-        self._clock.start()
-        try:
-            if self._target.scheme == "https":
-                limit, is_deadline = self._clock.read_limit()
-                raw.settimeout(limit)
-                try:
-                    raw = _ssl_context().wrap_socket(raw, server_hostname=self._target.host)
-                except TimeoutError:
-                    raise _Timeout(deadline=is_deadline) from None
-        except BaseException:
-            raw.close()
-            raise
-        self.sock = _DeadlineSocket(raw, self._clock)
+# ---------------------------------------------------------------- download
 
 
 def _download(url: str, policy: FetchPolicy) -> tuple[bytes, str]:
-    clock = _Clock(policy)
+    clock = Clock(policy.read_timeout)
     connect_budget = time.monotonic() + policy.connect_timeout  # DNS + connect of the first hop
     current = url
     for hop in range(policy.max_redirects + 2):
-        where = "" if hop == 0 else f"redirect {hop} to {_show(current)}: "
+        where = "" if hop == 0 else f"redirect {hop} to {show_url(current)}: "
         if hop > policy.max_redirects:
-            raise _fail(
+            raise fail(
                 url,
                 f"too many redirects (more than {policy.max_redirects}); last one pointed to "
-                f"{_show(current)}",
+                f"{show_url(current)}",
             )
-        t = _parse(current, url, hop)
+        t = parse_hop(current, url, hop)
         if clock.deadline is None:
             timeout = connect_budget - time.monotonic()
         else:
             timeout = min(policy.connect_timeout, clock.remaining())
         if timeout <= 0 and clock.deadline is None:
-            raise _fail(
+            raise fail(
                 url,
                 f"could not connect to {t.host!r} within {policy.connect_timeout:g} s (connect "
                 "timeout)",
             )
         if timeout <= 0:
-            raise _fail(
+            raise fail(
                 url, f"{where}download did not finish within the {policy.read_timeout:g} s deadline"
             )
-        addrs = _resolve(t, url, where, timeout)
-        _check_addresses(addrs, t, url, where, policy)
+        addrs = resolve_host(t, url, where, timeout)
+        check_addresses(addrs, t, url, where, policy.allow_private)
         if clock.deadline is None:
             timeout = connect_budget - time.monotonic()
         else:
@@ -564,16 +278,16 @@ def _download(url: str, policy: FetchPolicy) -> tuple[bytes, str]:
 
 
 def _one_hop(
-    t: _Target,
+    t: Target,
     addrs: list[tuple],
-    clock: _Clock,
+    clock: Clock,
     connect_timeout: float,
     policy: FetchPolicy,
     origin: str,
     where: str,
 ) -> tuple[bytes, str] | str:
     """Fetch one hop: (bytes, sha) on success, or the Location of a redirect."""
-    conn = _PinnedConnection(t, addrs, clock, connect_timeout)
+    conn = PinnedConnection(t, addrs, clock, connect_timeout)
     try:
         phase = "connect"
         try:
@@ -593,12 +307,12 @@ def _one_hop(
             if resp.status in _REDIRECT_STATUSES:
                 location = resp.getheader("Location")
                 if not location:
-                    raise _fail(
+                    raise fail(
                         origin, f"{where}HTTP {resp.status} redirect without a Location header"
                     )
                 return location.strip()
             if resp.status != 200:
-                raise _fail(
+                raise fail(
                     origin,
                     f"{where}HTTP status {resp.status} {resp.reason[:60]} (expected 200)".replace(
                         "  ", " "
@@ -607,58 +321,58 @@ def _one_hop(
             _check_content_type(resp.getheader("Content-Type"), origin, where)
             _check_length(resp.getheader("Content-Length"), policy, origin, where)
             data, sha = _read_body(resp, policy, origin, where)
-        except _Timeout as e:
+        except HopTimeout as e:
             if e.deadline:
-                raise _fail(
+                raise fail(
                     origin,
                     f"{where}download did not finish within the {policy.read_timeout:g} s deadline",
                 ) from None
-            raise _fail(
+            raise fail(
                 origin, f"{where}no data for {policy.read_timeout:g} s (read timeout)"
             ) from None
         except TimeoutError:
             if phase == "connect":
-                raise _fail(
+                raise fail(
                     origin,
                     f"{where}could not connect to {t.host!r} within {policy.connect_timeout:g} s "
                     "(connect timeout)",
                 ) from None
-            raise _fail(
+            raise fail(
                 origin, f"{where}no data for {policy.read_timeout:g} s (read timeout)"
             ) from None
         except ssl.SSLCertVerificationError as e:
-            raise _fail(
+            raise fail(
                 origin,
                 f"{where}TLS certificate of {t.host!r} not accepted ({e.verify_message or e})",
             ) from None
         except ssl.SSLError as e:
-            raise _fail(origin, f"{where}TLS error with {t.host!r} ({e})") from None
+            raise fail(origin, f"{where}TLS error with {t.host!r} ({e})") from None
         except http.client.IncompleteRead as e:
-            raise _fail(
+            raise fail(
                 origin,
                 f"{where}connection closed after {len(e.partial)} bytes, before the body was "
                 "complete",
             ) from None
         except (http.client.HTTPException, ValueError) as e:
-            raise _fail(
+            raise fail(
                 origin, f"{where}malformed HTTP response ({type(e).__name__}: {e})"
             ) from None
         except OSError as e:
             if phase == "connect":
-                raise _fail(
+                raise fail(
                     origin,
                     f"{where}could not connect to {t.host!r} port {t.port} ({e.strerror or e})",
                 ) from None
-            raise _fail(origin, f"{where}connection failed ({e.strerror or e})") from None
+            raise fail(origin, f"{where}connection failed ({e.strerror or e})") from None
     finally:
         conn.close()
     if not data:
-        raise _fail(origin, f"{where}the server sent an empty body")
+        raise fail(origin, f"{where}the server sent an empty body")
     kind = _image_kind(data)
     if kind is None:
         head = data[:16]
         hint = " (looks like an HTML page)" if data.lstrip()[:1] == b"<" else ""
-        raise _fail(
+        raise fail(
             origin,
             f"{where}the body is not a JPEG, PNG, GIF, WebP, BMP, TIFF or HEIC/AVIF image{hint}; "
             f"first bytes {head!r}",
@@ -672,7 +386,7 @@ def _check_content_type(value: str | None, origin: str, where: str) -> None:
     main = value.split(";", 1)[0].strip().lower()
     if main.startswith("image/") or main in _GENERIC_BINARY_TYPES:
         return
-    raise _fail(
+    raise fail(
         origin,
         f"{where}Content-Type is {main!r}, not an image (accepted: image/*, "
         "application/octet-stream, or none)",
@@ -687,9 +401,9 @@ def _check_length(value: str | None, policy: FetchPolicy, origin: str, where: st
         if size < 0:
             raise ValueError
     except ValueError:
-        raise _fail(origin, f"{where}invalid Content-Length {value!r}") from None
+        raise fail(origin, f"{where}invalid Content-Length {value!r}") from None
     if size > policy.max_bytes:
-        raise _fail(
+        raise fail(
             origin,
             f"{where}Content-Length {size} bytes exceeds the {policy.max_bytes}-byte limit "
             "(max_bytes)",
@@ -709,7 +423,7 @@ def _read_body(
             break
         total += len(chunk)
         if total > policy.max_bytes:
-            raise _fail(
+            raise fail(
                 origin, f"{where}body is larger than the {policy.max_bytes}-byte limit (max_bytes)"
             )
         digest.update(chunk)
@@ -717,7 +431,7 @@ def _read_body(
     declared = resp.getheader("Content-Length")
     # read(amt) does not flag a short body
     if not resp.chunked and declared is not None and total != int(declared.strip()):
-        raise _fail(
+        raise fail(
             origin,
             f"{where}connection closed after {total} of {int(declared)} bytes, before the body was "
             "complete",

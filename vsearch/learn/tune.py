@@ -9,6 +9,9 @@ photo held out for validation takes its near-duplicates (perceptual hash, ``hygi
 so none of them is trained on. A result that does not beat the base model on that validation is
 not kept. The job checkpoints to ``<index>/.tune-work/`` and resumes from there after a kill; one
 tune or build at a time per index (``build_lock``). The result: ``tuned_model``.
+
+This module is the job: what is trained on, the cache, keeping the result or not; the training
+loop itself (loss, validation, checkpoints) is ``tune_train``.
 """
 
 from __future__ import annotations
@@ -38,14 +41,13 @@ from vsearch.embeddings.tuned_model import (
     write_record,
 )
 from vsearch.errors import CatalogError, VsearchError
+from vsearch.learn import tune_train
 from vsearch.store import generations as store
 from vsearch.store.lock import exclusive_build
 
 TUNE_VERSION = 1
 WORK_DIR = ".tune-work"
 DEFAULT_VIEWS = 4  # augmented copies per photo, besides the photo itself
-TEMPERATURE = 0.05
-LEARNING_RATE = 1e-4
 # products per batch: 4 views of a product with 2+ photos, 2 of one with a single photo
 BATCH_PRODUCTS = 24
 MAX_STEPS = 300
@@ -148,14 +150,14 @@ def tune_index(
             ).encode()
         ).hexdigest()
         work = index_dir / WORK_DIR
-        if restart or _read_json(work / "plan.json").get("key") != key:
+        if restart or tune_train.read_json(work / "plan.json").get("key") != key:
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
-        plan = _read_json(work / "plan.json")
+        plan = tune_train.read_json(work / "plan.json")
         resumed = bool(plan)
         if not plan:
             plan = {"key": key, **split_views(items, seed=seed, progress=tell, sessions=sessions)}
-            _write_json(work / "plan.json", plan)
+            tune_train.write_json(work / "plan.json", plan)
         cached = plan["val"] + plan["train"]
         shape = _activation_shape(embedder, parts, items[cached[0]][0])
         rows = len(cached) * (1 + views)
@@ -200,7 +202,7 @@ def tune_index(
                 "tune again to go on",
             )
         torch.manual_seed(seed)
-        trained = _train(
+        trained = tune_train.train(
             work,
             acts,
             parts,
@@ -413,7 +415,7 @@ def _cache(
 
     per = 1 + views
     rows = len(cached) * per
-    done = int(_read_json(work / "cached.json").get("rows", 0))
+    done = int(tune_train.read_json(work / "cached.json").get("rows", 0))
     catalog = [i for i in plan["train"] if not items[i][3]]  # backgrounds: never a held-out photo
 
     def view(r: int):
@@ -440,218 +442,9 @@ def _cache(
                 acts[done:stop] = parts.trunk(torch.stack(batch)).numpy().astype(np.float16)
             acts.flush()
             done = stop
-            _write_json(work / "cached.json", {"rows": done})
+            tune_train.write_json(work / "cached.json", {"rows": done})
             tell("cache", done, rows)
     return done
-
-
-# ---------------------------------------------------------------- training
-
-
-@dataclass
-class _Trained:
-    best: dict[str, Any]  # state dict of the best validation
-    base: dict[str, float]
-    tuned: dict[str, float]
-    steps: int
-    stopped: str
-    history: list[dict[str, float]]
-
-
-def _train(
-    work: Path,
-    acts: np.ndarray,
-    parts: Parts,
-    plan: dict[str, Any],
-    items: list[list],
-    cached: list[int],
-    views: int,
-    *,
-    max_steps: int,
-    validate_every: int,
-    patience: int,
-    batch_products: int,
-    seed: int,
-    deadline: float | None,
-    progress: ProgressCallback,
-) -> _Trained:
-    import torch
-
-    per = 1 + views
-    labels = np.asarray(plan["labels"])
-    pos = {i: k for k, i in enumerate(cached)}
-    by_label: dict[int, list[int]] = {}
-    for i in plan["train"]:
-        by_label.setdefault(int(labels[i]), []).append(pos[i])
-    label_list = sorted(by_label)
-    params = parts.parameters()
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=LEARNING_RATE)
-    ckpt = _load_checkpoint(work, parts, opt)
-    if ckpt is None:
-        base = _validate(acts, parts, plan, items, cached, views)
-        ckpt = {
-            "step": 0,
-            "base": base,
-            "best_score": base["score"],
-            "best_step": 0,
-            "history": [],
-            "bad": 0,
-            "best": parts.state(),
-        }
-        _save_checkpoint(work, parts, opt, ckpt)
-    best = ckpt["best"]
-    step, stopped = ckpt["step"], "max-steps"
-    progress("train", step, max_steps)
-    while step < max_steps:
-        if deadline is not None and time.monotonic() > deadline:
-            stopped = "budget"
-            break
-        rng = np.random.default_rng([seed, step])
-        rows, ys = [], []
-        for lab in rng.choice(
-            label_list, size=min(batch_products, len(label_list)), replace=False
-        ).tolist():
-            own = by_label[lab]
-            n = 4 if len(own) >= 2 else 2
-            ks = [own[j % len(own)] for j in rng.permutation(max(n, len(own)))[:n]]
-            vs = rng.permutation(per)[:n] if len(own) == 1 else rng.integers(0, per, size=n)
-            rows += [k * per + int(v) for k, v in zip(ks, vs)]
-            ys += [lab] * n
-        x = torch.from_numpy(acts[np.asarray(rows)].astype(np.float32))
-        loss = supcon_loss(parts.head(x), torch.as_tensor(ys), TEMPERATURE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        progress("train", step, max_steps)
-        if step % validate_every == 0 or step == max_steps:
-            val = _validate(acts, parts, plan, items, cached, views)
-            ckpt["history"].append({"step": step, "loss": loss.item(), **val})
-            if val["score"] > ckpt["best_score"]:
-                best = parts.state()
-                ckpt.update(best_score=val["score"], best_step=step, bad=0)
-            else:
-                ckpt["bad"] += 1
-            ckpt.update(step=step, best=best)
-            _save_checkpoint(work, parts, opt, ckpt)
-            if ckpt["bad"] >= patience:
-                stopped = "early-stop"
-                break
-    parts.load(best)
-    tuned = next((h for h in ckpt["history"] if h["step"] == ckpt["best_step"]), ckpt["base"])
-    return _Trained(
-        best, ckpt["base"], {k: tuned[k] for k in ckpt["base"]}, step, stopped, ckpt["history"]
-    )
-
-
-def supcon_loss(z: Any, y: Any, temperature: float) -> Any:
-    """Supervised contrastive loss (Khosla et al. 2020): every other view of the same label is a
-    positive, every other sample in the batch a negative."""
-    import torch
-    import torch.nn.functional as F
-
-    z = F.normalize(z.float(), dim=-1)
-    sim = z @ z.T / temperature
-    self_mask = torch.eye(len(y), dtype=torch.bool)
-    sim = sim.masked_fill(self_mask, float("-inf"))
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    pos = (y[:, None] == y[None, :]) & ~self_mask
-    has = pos.any(dim=1)
-    mean_pos = log_prob.masked_fill(~pos, 0).sum(dim=1)[has] / pos.sum(dim=1)[has]
-    return -mean_pos.mean()
-
-
-def _validate(
-    acts: np.ndarray,
-    parts: Parts,
-    plan: dict[str, Any],
-    items: list[list],
-    cached: list[int],
-    views: int,
-) -> dict[str, float]:
-    """Product R@1 and MRR of the held-out photos (and of their augmented copies, phone-like)
-    against the other catalog photos, with the current weights; ``score`` (what decides) is the mean
-    MRR."""
-    import torch
-
-    per = 1 + views
-    labels = np.asarray(plan["labels"])
-    pos = {i: k for k, i in enumerate(cached)}
-    gallery = [i for i in plan["train"] if not items[i][3]]
-
-    def embed(rows: list[int]) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(rows), 256):
-                x = torch.from_numpy(acts[np.asarray(rows[s : s + 256])].astype(np.float32))
-                out.append(torch.nn.functional.normalize(parts.head(x).float(), dim=-1).numpy())
-        return np.concatenate(out)
-
-    order = np.argsort(labels[gallery], kind="stable")
-    gallery = [gallery[j] for j in order]
-    g_labels = labels[gallery]
-    starts = np.flatnonzero(np.r_[True, g_labels[1:] != g_labels[:-1]])
-    g = embed([pos[i] * per for i in gallery])
-    q = embed([pos[i] * per + v for i in plan["val"] for v in range(per)])
-    # [queries, products]: a product's best photo
-    best = np.maximum.reduceat(q @ g.T, starts, axis=1)
-    col = np.searchsorted(g_labels[starts], np.repeat(labels[plan["val"]], per))
-    own = best[np.arange(len(q)), col]
-    rank = (1 + (best > own[:, None]).sum(axis=1)).reshape(-1, per)
-    clean, aug = rank[:, 0], rank[:, 1:]
-    out = {
-        "held_out_r1": float((clean == 1).mean()),
-        "augmented_r1": float((aug == 1).mean()),
-        "held_out_mrr": float((1 / clean).mean()),
-        "augmented_mrr": float((1 / aug).mean()),
-    }
-    # finer than R@1 on a few held-out photos
-    out["score"] = (out["held_out_mrr"] + out["augmented_mrr"]) / 2
-    return {k: round(v, 4) for k, v in out.items()}
-
-
-def _save_checkpoint(work: Path, parts: Parts, opt: Any, ckpt: dict[str, Any]) -> None:
-    """Trained weights, best weights and AdamW moments as safetensors; counters as JSON."""
-    tensors = {f"cur.{k}": v for k, v in parts.state().items()}
-    tensors.update({f"best.{k}": v for k, v in ckpt["best"].items()})
-    steps = []
-    for n, p in enumerate(opt.param_groups[0]["params"]):
-        st = opt.state.get(p, {})
-        if "exp_avg" in st:
-            tensors[f"opt.{n}.exp_avg"] = st["exp_avg"].detach().clone()
-            tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].detach().clone()
-            steps.append(float(st["step"]))
-        else:
-            steps.append(0.0)
-    save_weights(work / "checkpoint.safetensors", tensors, {"kind": "vsearch-tune-checkpoint"})
-    _write_json(
-        work / "checkpoint.json",
-        {**{k: v for k, v in ckpt.items() if k != "best"}, "opt_steps": steps},
-    )
-
-
-def _load_checkpoint(work: Path, parts: Parts, opt: Any) -> dict[str, Any] | None:
-    import torch
-
-    meta = _read_json(work / "checkpoint.json")
-    if not meta or not (work / "checkpoint.safetensors").is_file():
-        return None
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(work / "checkpoint.safetensors"))
-    parts.load({k[4:]: v for k, v in tensors.items() if k.startswith("cur.")})
-    for n, p in enumerate(opt.param_groups[0]["params"]):
-        if f"opt.{n}.exp_avg" in tensors:
-            opt.state[p] = {
-                "step": torch.tensor(meta["opt_steps"][n]),
-                "exp_avg": tensors[f"opt.{n}.exp_avg"],
-                "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"],
-            }
-    meta["best"] = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    meta["resumed_at"] = meta["step"]
-    return meta
 
 
 # ---------------------------------------------------------------- the result
@@ -661,7 +454,7 @@ def _finish(
     index_dir: Path,
     embedder: Any,
     parts: Parts,
-    trained: _Trained,
+    trained: tune_train.Trained,
     plan: TunePlan,
     info: dict[str, Any],
     started: float,
@@ -751,16 +544,3 @@ def _reembed_estimate(embedder: Any, photos: int) -> float:
     t = time.perf_counter()
     embedder.embed_batch(batch)
     return (time.perf_counter() - t) / 16 * photos
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
