@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vsearch"
 # cycles, not for layers. A stage folder's __init__.py holds only its docstring.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"evaluate.metrics", "query_options", "catalog.images", "product", "store.lock", "locate"},
+    {"evaluate.metrics", "query_options", "catalog.images", "product", "store.lock", "locate",
+     "catalog.connection"},
     {
         "catalog.rows",
         "catalog.fetch",
@@ -31,7 +32,7 @@ LAYERS: list[set[str]] = [
     },
     {"embedders"},
     {"embeddings.imported", "embeddings.ray_engine", "embeddings.tuned_model", "learn.tune_views"},
-    {"learn.transforms", "store.sharded"},
+    {"learn.transforms", "store.sharded", "learn.tune_train"},
     {"store.generations"},
     {"learn.adaptation", "learn.calibration", "catalog.hygiene", "store.incremental"},
     {"learn.fit", "store.loaded"},
@@ -46,6 +47,7 @@ LAYERS: list[set[str]] = [
     },
     {"evaluate.report"},
     {"serve.api", "serve.page_files", "serve.page_text"},
+    {"serve.page_events"},
     {"serve.ui", "cli_info"},
     {"cli", "demo"},
 ]
