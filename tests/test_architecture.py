@@ -19,8 +19,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vsearch"
 # cycles, not for layers. A stage folder's __init__.py holds only its docstring.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"evaluate.metrics", "query_options", "catalog.images", "product", "store.lock", "locate",
-     "catalog.connection"},
+    {
+        "evaluate.metrics",
+        "query_options",
+        "catalog.images",
+        "product",
+        "store.lock",
+        "locate",
+        "catalog.connection",
+    },
     {
         "catalog.rows",
         "catalog.fetch",
