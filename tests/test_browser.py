@@ -4,6 +4,7 @@ crop to one item and search again (headless Debian Chromium); no request leaves 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,10 +27,28 @@ ARGS = [
 HEADING = "() => (document.querySelector('#vs-status h3')?.innerText || '').trim()"
 
 
-def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
+def need_chromium() -> None:
+    """Skip (before any server starts) where Chromium or playwright is missing."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Chromium (Debian's: CHROMIUM) with ARGS, closed afterwards."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
+    need_chromium()
     from test_ui import (
         give_verdicts,
         shopper_photo,
@@ -62,8 +81,7 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
         )  # this photo finished uploading
 
     try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        with chromium() as browser:
             page = browser.new_page(viewport={"width": 1360, "height": 1000})
             page.on(
                 "request",
@@ -142,7 +160,6 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
                 raise
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "browser-search.png"), full_page=True)
-            browser.close()
     finally:
         server.app.close()
     assert not outside, f"the page fetched assets from outside the server: {outside[:5]}"
@@ -151,9 +168,7 @@ def test_upload_search_see_the_product_and_verdict_then_crop(tmp_path):
 def test_eval_report_opens_offline_and_every_picture_loads(shop_with_queries):  # noqa: F811
     """The --report page from disk with the network off: no request leaves file://, every <img>
     decodes."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    need_chromium()
     from conftest import FakeEmbedder
 
     from vsearch.evaluate.quality import evaluate
@@ -166,8 +181,7 @@ def test_eval_report_opens_offline_and_every_picture_loads(shop_with_queries):  
         tmp / "report", evaluate(index, tmp / "q.csv", k=5), index, title="browser check"
     )
     outside = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    with chromium() as browser:
         context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.on(
@@ -181,7 +195,6 @@ def test_eval_report_opens_offline_and_every_picture_loads(shop_with_queries):  
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "eval-report.png"), full_page=True)
         assert page.locator("h2", has_text="Worst queries").count() == 1
-        browser.close()
     assert len(images) >= 2 + 3  # two charts and one worst-query row at least
     broken = [src for src, complete, width in images if not (complete and width > 0)]
     assert not broken, f"pictures that did not load: {broken[:5]}"
@@ -192,9 +205,7 @@ def test_a_photo_in_answers_at_once_with_captions_below_the_pictures(tmp_path):
     """No click: the upload alone shows the results. Each caption's box lies below its product
     picture's box (never over the product), and says how similar in words, not as a raw number;
     words alone (Enter) list the products whose text holds them."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    need_chromium()
     from test_ui import shopper_photo, start_server
 
     from vsearch.serve import page_text
@@ -207,8 +218,7 @@ def test_a_photo_in_answers_at_once_with_captions_below_the_pictures(tmp_path):
         return {img_bottom: i.bottom, img_height: i.height,
                 cap_top: c.top, cap_height: c.height}; })"""
     try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        with chromium() as browser:
             page = browser.new_page(viewport={"width": 1360, "height": 1000})
             page.goto(server.url, wait_until="domcontentloaded", timeout=30_000)
             try:
@@ -252,6 +262,5 @@ def test_a_photo_in_answers_at_once_with_captions_below_the_pictures(tmp_path):
                 raise
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "browser-words.png"), full_page=True)
-            browser.close()
     finally:
         server.app.close()

@@ -3,13 +3,12 @@ page images after Gradio's cache sweep, and the REST API's docs page offline."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from test_browser import ARGS, ARTIFACTS, CHROMIUM
+from test_browser import ARTIFACTS, chromium, need_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -17,12 +16,6 @@ GALLERY_IMAGES = (
     "() => [...document.querySelectorAll('#vs-results img')].map(i => [i.src, "
     "i.complete, i.naturalWidth])"
 )
-
-
-def _browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
 def _loopback_only(page, outside: list[str]) -> None:
@@ -46,7 +39,7 @@ def _cached_path(src: str) -> Path | None:
 
 
 def test_page_images_still_load_after_gradios_cache_sweep(tmp_path, monkeypatch):
-    sync_api = _browser()
+    need_chromium()
     from test_ui import shopper_photo, start_server
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
@@ -75,8 +68,7 @@ def test_page_images_still_load_after_gradios_cache_sweep(tmp_path, monkeypatch)
         return page.evaluate(GALLERY_IMAGES)
 
     try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        with chromium() as browser:
 
             def visitor():  # a browser context of its own: nothing cached from an earlier visit
                 page = browser.new_context(viewport={"width": 1360, "height": 1000}).new_page()
@@ -102,21 +94,19 @@ def test_page_images_still_load_after_gradios_cache_sweep(tmp_path, monkeypatch)
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "browser-sweep-failure.png"), full_page=True)
                 raise
-            browser.close()
     finally:
         server.app.close()
     assert not outside, f"the page asked for something outside the server: {outside[:5]}"
 
 
 def test_the_api_docs_page_renders_its_operations_with_the_network_off(tmp_path):
-    sync_api = _browser()
+    need_chromium()
     from test_ui import start_server
 
     server = start_server(tmp_path / "srv")
     outside: list[str] = []
     try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        with chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             _loopback_only(page, outside)
             page.goto(server.url.rstrip("/") + "/api/v1/docs", wait_until="load", timeout=30_000)
@@ -127,7 +117,6 @@ def test_the_api_docs_page_renders_its_operations_with_the_network_off(tmp_path)
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "browser-docs-failure.png"), full_page=True)
                 raise
-            browser.close()
     finally:
         server.app.close()
     assert {"/search", "/health", "/products/{product_id}"} <= {
