@@ -8,7 +8,8 @@ import json
 import pytest
 from conftest import draw_product, write_catalog
 
-from vsearch.cli import VERDICT_LINES, main
+from vsearch.cli import main
+from vsearch.cli.query_commands import VERDICT_LINES
 from vsearch.store.generations import FORMAT_VERSION
 
 
@@ -202,7 +203,7 @@ def test_readme_cli_reference_matches_help():
     import re
     from pathlib import Path
 
-    from vsearch.cli import build_parser
+    from vsearch.cli.parser import build_parser
 
     root = Path(__file__).resolve().parents[1]
     assert "(docs/cli.md)" in (root / "README.md").read_text(encoding="utf-8")

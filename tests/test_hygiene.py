@@ -24,7 +24,8 @@ from vsearch.catalog.hygiene import (
     fingerprint,
     fingerprint_file,
 )
-from vsearch.cli import TINY_SIDE_HELP, main
+from vsearch.cli import main
+from vsearch.cli.parser import TINY_SIDE_HELP
 from vsearch.evaluate.quality import evaluate
 from vsearch.search import ProductIndex
 

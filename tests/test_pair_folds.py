@@ -128,7 +128,7 @@ def test_a_verdict_learnt_from_confirmed_photos_covers_only_their_products(tmp_p
     assert verdict.decide(high, 0.0, "P3") is True and verdict.decide(high, 0.0, "X3") is None
     again = VerdictCalibration.from_dict(json.loads(json.dumps(verdict.to_dict())))
     assert again.covers == verdict.covers and again.decide(high, 0.0, "X3") is None
-    from vsearch.cli_info import _verdict_summary
+    from vsearch.cli.info import _verdict_summary
 
     assert "only for the 30 products with confirmed photos" in _verdict_summary(verdict.to_dict())
     # product folds speak for every product (pessimistically): no restriction

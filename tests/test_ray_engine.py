@@ -505,7 +505,7 @@ def test_readme_scaling_out_commands_parse():
     import re
     import shlex
 
-    from vsearch.cli import build_parser
+    from vsearch.cli.parser import build_parser
 
     root = Path(__file__).resolve().parents[1]
     assert "(docs/scaling-out.md)" in (root / "README.md").read_text(encoding="utf-8")

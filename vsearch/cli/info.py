@@ -1,8 +1,8 @@
 """`vsearch info`: what an index folder holds, in lines a shop engineer reads.
 
-Apart from the other subcommands (`cli.py`) because it grows with every stage that records
-something in the manifest (the verdict, the adaptation, a tuned model), none of which the other
-commands need.
+Apart from the other subcommands (`index_commands`, `query_commands`) because it grows with
+every stage that records something in the manifest (the verdict, the adaptation, a tuned model),
+none of which the other commands need.
 """
 
 from __future__ import annotations
