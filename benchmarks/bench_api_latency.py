@@ -77,7 +77,7 @@ def main() -> int:
     from gradio_client import Client, handle_file
 
     from vsearch.search import ProductIndex
-    from vsearch.serve.api import ServeSettings, Service
+    from vsearch.serve.service import ServeSettings, Service
     from vsearch.serve.ui import create_app, launch_app
 
     with tempfile.TemporaryDirectory() as tmp:

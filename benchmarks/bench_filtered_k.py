@@ -34,6 +34,7 @@ def main() -> int:
     from vsearch.build import build_index
     from vsearch.embeddings.imported import ModelIdentity
     from vsearch.search import ProductIndex
+    from vsearch.store import nearest
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((200, args.dim)).astype(np.float32)
@@ -84,9 +85,9 @@ def main() -> int:
             index = ProductIndex.load(Path(tmp) / index_type, model)
             results = {}
             for fallback in (False, True):
-                original = ProductIndex.__dict__["_exact_search"]  # the staticmethod itself
+                original = nearest.exact_search
                 if not fallback:  # the ANN pass alone: what a search returned before the fallback
-                    ProductIndex._exact_search = staticmethod(lambda gen, q, c, n, want: [])
+                    nearest.exact_search = lambda gen, q, c, n, want: []
                 try:
                     counts, times = [], []
                     for q in queries:
@@ -96,7 +97,7 @@ def main() -> int:
                         counts.append(len(hits))
                         assert all(h.category == "rare" for h in hits)
                 finally:
-                    ProductIndex._exact_search = original
+                    nearest.exact_search = original
                 results[fallback] = (counts, times)
             (c0, _), (c1, t1) = results[False], results[True]
             print(

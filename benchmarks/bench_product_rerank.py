@@ -46,6 +46,7 @@ def main() -> None:
     from vsearch.product import Product
     from vsearch.search import ProductIndex
     from vsearch.store import generations as store
+    from vsearch.store import nearest
 
     base, queries, _ = bench_ann.real_vectors(args.n, args.queries)
     n = len(base)
@@ -103,11 +104,11 @@ def main() -> None:
             print(f"# built {index_type} in {time.perf_counter() - t:.0f} s", flush=True)
         index = ProductIndex.load(index_dir, ident)
         factor = index.manifest.get("rerank_factor")
-        real = ProductIndex._faiss_search
+        real = nearest.faiss_search
         answers, stats = {}, {}
         for depth in [int(d) if d != "all" else None for d in args.depths.split(",")]:
-            ProductIndex._faiss_search = staticmethod(
-                lambda gen, q, m, sel, depth=None, d=depth: real(gen, q, m, sel, d)
+            nearest.faiss_search = lambda gen, q, m, sel, depth=None, d=depth: real(
+                gen, q, m, sel, d
             )
             times, got = [], []
             for q in queries:
@@ -115,7 +116,7 @@ def main() -> None:
                 hits = index.search_vector(q, k=K)
                 times.append(time.perf_counter() - t)
                 got.append([int(h.product_id[1:]) for h in hits])
-            ProductIndex._faiss_search = staticmethod(real)
+            nearest.faiss_search = real
             answers[depth] = got
             recall = np.mean([len(set(g) & set(t.tolist())) / K for g, t in zip(got, truth)])
             ms = np.sort(np.asarray(times) * 1000)

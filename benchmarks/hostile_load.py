@@ -53,7 +53,7 @@ BODY_TIMEOUT = 10.0
 
 SERVER = r"""
 import sys, time
-from vsearch.serve.api import ServeSettings, Service
+from vsearch.serve.service import ServeSettings, Service
 from vsearch.catalog.fetch import FetchPolicy
 from vsearch.serve.guard import QUERY_CONNECT_TIMEOUT, QUERY_READ_TIMEOUT
 from vsearch.search import ProductIndex

@@ -85,7 +85,7 @@ def main() -> int:
     from gradio_client import Client, handle_file
 
     from vsearch.search import ProductIndex
-    from vsearch.serve.api import ServeSettings, Service
+    from vsearch.serve.service import ServeSettings, Service
     from vsearch.serve.ui import create_app, launch_app
     from vsearch.store import generations as store
 

@@ -325,7 +325,7 @@ def test_rate_limit_per_client_answers_429_with_retry_after(tmp_path):
 
 
 def test_rate_limiter_refills_and_keeps_clients_apart():
-    from vsearch.serve.api import RateLimiter
+    from vsearch.serve.guard import RateLimiter
 
     limiter = RateLimiter(per_minute=600, burst=2)  # 10 a second
     assert limiter.check("a") is None and limiter.check("a") is None

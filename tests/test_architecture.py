@@ -42,7 +42,7 @@ LAYERS: list[set[str]] = [
     {"learn.transforms", "store.sharded", "learn.tune_train"},
     {"store.generations"},
     {"learn.adaptation", "learn.calibration", "catalog.hygiene", "store.incremental"},
-    {"learn.fit", "store.loaded"},
+    {"learn.fit", "store.loaded", "hits", "store.nearest"},
     {"build", "search"},
     {
         "evaluate.quality",
@@ -52,7 +52,7 @@ LAYERS: list[set[str]] = [
         "serve.guard",
         "learn.tune",
     },
-    {"evaluate.report"},
+    {"evaluate.report", "serve.service", "serve.search_request"},
     {"serve.api", "serve.page_files", "serve.page_text"},
     {"serve.page_events"},
     {"serve.ui"},

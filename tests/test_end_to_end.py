@@ -197,7 +197,8 @@ def test_a_filter_never_makes_an_answer_surer(sample_index):
 def _rest_client(index):
     from fastapi.testclient import TestClient
 
-    from vsearch.serve.api import ServeSettings, Service, create_rest_app
+    from vsearch.serve.api import create_rest_app
+    from vsearch.serve.service import ServeSettings, Service
 
     return TestClient(create_rest_app(Service(index, ServeSettings(rate_limit=0))))
 

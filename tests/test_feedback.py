@@ -114,7 +114,7 @@ def test_this_is_it_button_records_the_photo_as_cropped(tmp_path):
     from gradio_client import Client, handle_file
     from test_ui import shopper_photo, start_server, two_product_photo
 
-    from vsearch.serve.api import RateLimiter
+    from vsearch.serve.guard import RateLimiter
 
     srv = start_server(tmp_path / "srv", feedback=True)
     srv.service.feedback_limiter = RateLimiter(per_minute=600, burst=100)

@@ -75,7 +75,8 @@ def test_tuned_weights_are_stored_fingerprinted_and_used_by_build_search_and_res
 
     from vsearch.embeddings.tuned_model import read_record, weights_digest
     from vsearch.search import ProductIndex
-    from vsearch.serve.api import ServeSettings, Service, create_rest_app
+    from vsearch.serve.api import create_rest_app
+    from vsearch.serve.service import ServeSettings, Service
 
     index, report, base = tuned["index"], tuned["report"], tuned["base"]
     assert report.finished and report.kept, report.reason

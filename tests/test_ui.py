@@ -68,7 +68,7 @@ def start_server(
     None); settings: ServeSettings fields."""
     from vsearch.build import build_index
     from vsearch.search import ProductIndex
-    from vsearch.serve.api import ServeSettings, Service
+    from vsearch.serve.service import ServeSettings, Service
     from vsearch.serve.ui import create_app, launch_app
 
     csv = write_catalog(root / "shop", extra_rows=_pointed_products(root / "shop" / "images"))

@@ -86,7 +86,8 @@ def multilingual(tmp_path_factory):
 def _rest(index):
     from fastapi.testclient import TestClient
 
-    from vsearch.serve.api import ServeSettings, Service, create_rest_app
+    from vsearch.serve.api import create_rest_app
+    from vsearch.serve.service import ServeSettings, Service
 
     return TestClient(create_rest_app(Service(index, ServeSettings(rate_limit=0))))
 

@@ -3,6 +3,10 @@
 Catalog images are the unit FAISS sees; shoppers want products. A product is scored by its
 best-matching image, shown with that image, and appears once. Filters (category, price range,
 any metadata column) are applied inside FAISS with an id selector, so k results are k matches.
+
+This module is the index's face: loading, hot reload, catalog facts, and each kind of query
+(photo, words, both, locate). The nearest-product search in one generation is
+`vsearch.store.nearest`; the `Hit` record and the verdict on each hit are `vsearch.hits`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +28,12 @@ from vsearch.errors import (
     NoWordMatchError,
     VsearchError,
 )
-from vsearch.learn.calibration import VerdictCalibration
-from vsearch.product import Product, ReadsProduct
+from vsearch.hits import Hit, make_hits
 from vsearch.query_options import PRODUCT_SCORING, QUERY_DEFAULTS, TTA_MODES, product_score
 from vsearch.store import generations as store
+from vsearch.store import nearest
 from vsearch.store import words as words
-from vsearch.store.candidates import _best_image_per_product, _filter_sql
+from vsearch.store.candidates import _filter_sql
 from vsearch.store.loaded import Generation, GenerationImages
 
 if TYPE_CHECKING:
@@ -37,79 +41,8 @@ if TYPE_CHECKING:
     from vsearch.embedders import Embedder
 
 MAX_K = 1000
-EXACT_FALLBACK_CHUNK = 65_536  # vectors scored per step when an ANN pass comes back short
-# PQ types re-rank exactly enough candidates for the first 2 (k + 1) fetched images, not for all
-# ~4k: at 200k real vectors ivfpq-fs answers the same 10 products for 300/300 queries in 0.59x
-# the time, ivfpq 97 % the same (recall@10 -0.002) in 0.67x (benchmarks/bench_product_rerank.py)
-RERANK_DEPTH_PER_RESULT = 2
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit(ReadsProduct):
-    """One product in a result list: the product's catalog record (its fields read through:
-    hit.product_id, hit.title, ..., hit.metadata), and how it matched."""
-
-    rank: int
-    product: Product  # the record the catalog gave and the index stored
-    score: float  # cosine similarity of the best-matching catalog image (higher is closer)
-    image: str  # the catalog image of this product that matched best (path or URL)
-    matched_images: tuple[str, ...] = ()  # this product's images among the hits, best first
-    # The index's verdict on this result: True = a close match, False = not sure (below the bar),
-    # None = this index gives no verdict (it cannot tell at the precision it promises).
-    confident: bool | None = None
-    # id of `image` in its generation (the web app serves images by generation + id)
-    image_id: int = -1
-    matched_image_ids: tuple[int, ...] = ()  # ids of `matched_images`, same order
-    generation: str = ""  # the index generation that answered
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (used by the CLI's --json and the web API)."""
-        d = {
-            k: getattr(self, k)
-            for k in (
-                "rank",
-                "product_id",
-                "score",
-                "title",
-                "category",
-                "price",
-                "url",
-                "brand",
-                "image",
-                "confident",
-            )
-        }
-        d["score"] = round(float(self.score), 6)
-        d["metadata"] = dict(self.metadata)
-        d["matched_images"] = list(self.matched_images)
-        d["image_id"], d["matched_image_ids"], d["generation"] = (
-            self.image_id,
-            list(self.matched_image_ids),
-            self.generation,
-        )
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Hit:
-        """The Hit a ``to_dict()`` came from (keys it does not know, e.g. the API's image_url, are
-        ignored)."""
-        product = Product(
-            d["product_id"],
-            d.get("title", ""),
-            d.get("category", ""),
-            d.get("price"),
-            d.get("url", ""),
-            d.get("brand", ""),
-            tuple(dict(d.get("metadata") or {}).items()),
-        )
-        # every other field comes back as it was given
-        own = {f.name for f in fields(cls)} - {"product"}
-        return cls(
-            product=product,
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in own},
-        )
 
 
 class ProductIndex:
@@ -506,7 +439,7 @@ class ProductIndex:
             )
         )
         best = [(pid, score, [int(first[pid])]) for pid, score in scored if pid in first]
-        return [replace(h, confident=None) for h in self._hits(gen, best, k)]
+        return [replace(h, confident=None) for h in make_hits(gen, best, k)]
 
     def _search_located(
         self,
@@ -591,7 +524,7 @@ class ProductIndex:
         # gave it (None if that look did not shortlist it); the second look only reorders
         said = {h.product_id: h.confident for h in first}
         return [
-            replace(h, confident=said.get(h.product_id)) for h in self._hits(gen, merged, int(k))
+            replace(h, confident=said.get(h.product_id)) for h in make_hits(gen, merged, int(k))
         ]
 
     def _zero_shot_filter(
@@ -677,11 +610,13 @@ class ProductIndex:
                 f"query vector has dim {query.shape[1]}, the index has dim {gen.faiss.d}"
             )
         query = gen.to_index_space(query)
-        selector, allowed_vids = self._selector(gen, filters)
+        selector, allowed_vids = nearest.filter_selector(gen, filters)
         excluded = np.unique(
             np.concatenate([np.asarray(list(exclude_images), dtype=np.int64), gen.hidden])
         )
-        best, expanded = self._ranked(gen, query, k, selector, allowed_vids, excluded, qe, scoring)
+        best, expanded = nearest.ranked(
+            gen, query, k, selector, allowed_vids, excluded, qe, scoring
+        )
         if not best:
             return []
         verdict = gen.verdict
@@ -694,245 +629,6 @@ class ProductIndex:
             # "close match" is judged against the whole catalog, not what the filter left: the same
             # query's two best products without the filter (a filter must never make an answer
             # surer)
-            whole, whole_query = self._ranked(gen, query, 1, None, None, excluded, qe, scoring)
+            whole, whole_query = nearest.ranked(gen, query, 1, None, None, excluded, qe, scoring)
             reference = (whole, None if np.array_equal(whole_query, expanded) else whole_query)
-        return self._hits(gen, best, k, verdict, reference, scoring, excluded)
-
-    def _ranked(
-        self,
-        gen: Generation,
-        query: np.ndarray,
-        k: int,
-        selector,
-        allowed_vids: np.ndarray | None,
-        excluded: np.ndarray,
-        qe: Mapping[str, Any],
-        scoring: str,
-    ):
-        """(the best k + 1 products as (pid, score, image ids), the query after expansion) for an
-        index-space query [1, d] among the allowed images (None: all) minus the excluded ones."""
-        from vsearch.learn.transforms import query_expand
-
-        allowed = None if allowed_vids is None else len(allowed_vids)
-        keep_alive = [selector]
-        if len(excluded):
-            import faiss
-
-            not_sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded))
-            keep_alive.append(not_sel)
-            selector = not_sel if selector is None else faiss.IDSelectorAnd(selector, not_sel)
-            keep_alive.append(selector)
-        n_candidates = (gen.faiss.ntotal if allowed is None else allowed) - (
-            len(excluded) if allowed is None else 0
-        )
-        if n_candidates <= 0:
-            return [], query
-        qe_k = int(qe.get("k", 0) or 0)
-        if qe_k > 0:
-            scores, vids = self._faiss_search(gen, query, min(n_candidates, qe_k), selector)
-            ok = vids >= 0
-            if ok.any():
-                query = query_expand(
-                    query[0],
-                    gen.vectors_of(vids[ok]),
-                    scores[ok],
-                    alpha=float(qe.get("alpha", 3.0)),
-                )[None, :]
-        fetch = min(n_candidates, max(4 * k, k + 16))
-        while True:
-            scores, vids = self._faiss_search(
-                gen, query, fetch, selector, depth=RERANK_DEPTH_PER_RESULT * (k + 1)
-            )
-            best = _best_image_per_product(scores, vids, gen.vid_to_pid)
-            # one more than asked: the verdict compares with the runner-up
-            if len(best) > k or fetch >= n_candidates:
-                break
-            fetch = min(n_candidates, fetch * 4)
-        if len(best) <= k:
-            # An ANN pass with a selective filter (IVF probes few lists, HNSW's graph walk stops
-            # early)
-            # can come back short although enough products match: score the allowed vectors exactly.
-            candidates = (
-                np.arange(gen.faiss.ntotal, dtype=np.int64)
-                if allowed_vids is None
-                else allowed_vids
-            )
-            if len(excluded):
-                candidates = candidates[~np.isin(candidates, excluded)]
-            if len(np.unique(gen.vid_to_pid[candidates])) > len(best):
-                best = self._exact_search(gen, query[0], candidates, max(fetch, 4 * k), k + 1)
-        if scoring != "max":
-            best = self._rescore(gen, query[0], best, scoring, excluded)
-        return best, query
-
-    @staticmethod
-    def _exact_search(
-        gen: Generation, query: np.ndarray, candidates: np.ndarray, n: int, want: int
-    ) -> list[tuple[int, float, list[int]]]:
-        """Best products by exact inner product over the candidate vectors (a chunk at a time, so a
-        large unfiltered fallback never holds every vector)."""
-        scores = np.empty(len(candidates), dtype=np.float32)
-        for start in range(0, len(candidates), EXACT_FALLBACK_CHUNK):
-            chunk = candidates[start : start + EXACT_FALLBACK_CHUNK]
-            scores[start : start + len(chunk)] = gen.vectors_of(chunk) @ query
-        order = np.argsort(-scores, kind="stable")
-        # enough images to cover n products (a product may own several of the best images)
-        while True:
-            top = order[:n]
-            best = _best_image_per_product(scores[top], candidates[top], gen.vid_to_pid)
-            if len(best) >= want or n >= len(order):
-                return best
-            n *= 4
-
-    @staticmethod
-    def _rescore(
-        gen: Generation,
-        query: np.ndarray,
-        best: list[tuple[int, float, list[int]]],
-        mode: str,
-        excluded: np.ndarray,
-    ) -> list[tuple[int, float, list[int]]]:
-        """Score each candidate product from *all* its images (mean / top-2), not only its best
-        one."""
-        out = []
-        for pid, score, vids in best:
-            all_vids = gen.vids_of(pid)
-            if len(excluded):
-                all_vids = all_vids[~np.isin(all_vids, excluded)]
-            sims = gen.vectors_of(all_vids) @ query if len(all_vids) else np.asarray([score])
-            out.append((pid, product_score(sims, mode), vids))
-        out.sort(key=lambda b: -b[1])
-        return out
-
-    @staticmethod
-    def _faiss_search(
-        gen: Generation, query: np.ndarray, n: int, selector, depth: int | None = None
-    ):
-        import faiss
-
-        params = None
-        if selector is not None:
-            if isinstance(gen.faiss, faiss.IndexHNSW):
-                params = faiss.SearchParametersHNSW(
-                    sel=selector, efSearch=max(store.HNSW_EF_SEARCH, n)
-                )
-            elif faiss.try_extract_index_ivf(gen.faiss) is not None:
-                ivf = faiss.extract_index_ivf(gen.faiss)
-                params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
-            else:
-                params = faiss.SearchParameters(sel=selector)
-        elif isinstance(gen.faiss, faiss.IndexHNSW) and n > gen.faiss.hnsw.efSearch:
-            params = faiss.SearchParametersHNSW(efSearch=n)
-        if gen.stored is not None:  # PQ: exact scores of the best approximate candidates
-            from vsearch.store.sharded import rerank
-
-            def approximate(m: int):
-                scores, vids = store.search_single_threaded(gen.faiss, query, m, params)
-                return scores[0], vids[0]
-
-            return rerank(
-                approximate,
-                gen.stored,
-                query[0],
-                n,
-                gen.faiss.ntotal,
-                gen.manifest.get("rerank_factor"),
-                depth,
-            )
-        scores, vids = store.search_single_threaded(gen.faiss, query, n, params)
-        return scores[0], vids[0]
-
-    def _selector(self, gen: Generation, filters: Mapping[str, Any] | None):
-        """Turn filters into a FAISS id selector over the allowed images (None = no filter)."""
-        if not filters:
-            return None, None
-        import faiss
-
-        where, params = _filter_sql(filters)
-        if not where:
-            return None, None
-        pids = np.array(
-            [r[0] for r in gen.query(f"SELECT pid FROM products WHERE {where}", tuple(params))],
-            dtype=np.int64,
-        )
-        vids = np.flatnonzero(np.isin(gen.vid_to_pid, pids)).astype(np.int64)
-        if len(vids) == 0:
-            return None, vids
-        return faiss.IDSelectorBatch(vids), vids
-
-    def _hits(
-        self,
-        gen: Generation,
-        best: list[tuple[int, float, list[int]]],
-        k: int,
-        verdict: VerdictCalibration | None = None,
-        reference=None,
-        scoring: str = "max",
-        excluded: np.ndarray | None = None,
-    ) -> list[Hit]:
-        """The first k products as Hits; best may hold more, so the verdict can see the runner-up.
-
-        verdict: the rule to judge by (None: no verdict). reference: for a filtered query, the same
-        query's best two products in the whole catalog, and its query vector there if QE made that
-        differ (else None); each shown product is judged as the unfiltered query would judge it."""
-        if not best:
-            return []
-        shown = best[:k]
-        pids = [b[0] for b in shown]
-        marks = ",".join("?" * len(pids))
-        products = {
-            r["pid"]: store.product_from_row(r)
-            for r in gen.query(f"SELECT * FROM products WHERE pid IN ({marks})", tuple(pids))
-        }
-        all_vids = [v for b in shown for v in b[2]]
-        marks = ",".join("?" * len(all_vids))
-        sources = dict(
-            gen.query(f"SELECT vid, source FROM images WHERE vid IN ({marks})", tuple(all_vids))
-        )
-        whole, whole_query = reference if reference is not None else (best, None)
-
-        def whole_catalog_score(pid: int, score: float) -> float:
-            """This product's score for the unfiltered query (differs only when QE expanded it
-            otherwise)."""
-            for p, s, _ in whole:
-                if p == pid:
-                    return s
-            if whole_query is None:  # the same query: the same score
-                return score
-            own = gen.vids_of(pid)
-            own = own[~np.isin(own, excluded)] if excluded is not None and len(excluded) else own
-            return (
-                product_score(gen.vectors_of(own) @ whole_query[0], scoring) if len(own) else score
-            )
-
-        hits = []
-        for rank, (pid, score, vids) in enumerate(shown, start=1):
-            product_id = products[pid].product_id
-            if verdict is None:
-                confident = None
-            elif verdict.signal == "margin":  # only the catalog's first product can lead the others
-                confident = None if verdict.threshold is None else False
-                if rank == 1:
-                    mine = whole_catalog_score(pid, score)
-                    if pid == whole[0][0] or mine >= whole[0][1]:
-                        confident = verdict.decide(
-                            mine,
-                            max((s for p, s, _ in whole if p != pid), default=None),
-                            product_id,
-                        )
-            else:
-                confident = verdict.decide(whole_catalog_score(pid, score), product_id=product_id)
-            hits.append(
-                Hit(
-                    rank=rank,
-                    product=products[pid],
-                    score=float(score),
-                    image=sources[vids[0]],
-                    matched_images=tuple(sources[v] for v in vids),
-                    image_id=int(vids[0]),
-                    matched_image_ids=tuple(int(v) for v in vids),
-                    generation=gen.name,
-                    confident=confident,
-                )
-            )
-        return hits
+        return make_hits(gen, best, k, verdict, reference, scoring, excluded)

@@ -3,8 +3,9 @@
 Handlers only decode the request, call the library and encode the answer (typed response models,
 so /api/v1/docs documents itself). The page and this API share one `Service`: one search gate
 (the same concurrency limit as the page's queue), one per-client rate limit, the optional API key
-and the feedback folder. Catalog images are served only by generation + image id, looked up in
-that generation's own database; no answer ever carries a server path.
+and the feedback folder (`vsearch.serve.service`). Catalog images are served only by generation +
+image id, looked up in that generation's own database; no answer ever carries a server path. What
+a search request may hold, and how it is checked, is `vsearch.serve.search_request`.
 
 FastAPI reads the handlers' annotations at run time, so this module does not use
 ``from __future__ import annotations``; names only imported for type checking are quoted.
@@ -12,157 +13,24 @@ FastAPI reads the handlers' annotations at run time, so this module does not use
 
 import hmac
 import logging
-import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vsearch.catalog.images import MAX_BYTES
-from vsearch.errors import (
-    FeedbackError,
-    ImageError,
-    NoWordMatchError,
-    ServerBusyError,
-    VsearchError,
-)
-from vsearch.serve.guard import (
-    BODY_TIMEOUT,
-    MAX_WAITING,
-    QUERY_FETCHES,
-    BodyLimits,
-    Gate,
-    RateLimiter,
-    TrustedProxies,
-    client_address,
-)
+from vsearch.errors import FeedbackError, NoWordMatchError, ServerBusyError, VsearchError
+from vsearch.serve.search_request import SEARCH_BODY, first_value, run_rest_search
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from vsearch.search import Hit, ProductIndex
-    from vsearch.serve.feedback import FeedbackStore
-    from vsearch.serve.guard import QueryDownloads
-    from vsearch.serve.watcher import IndexWatcher
+    from vsearch.hits import Hit
+    from vsearch.serve.service import Service
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
-DEFAULT_K = 10
-MAX_API_K = 100
-DEFAULT_RATE = 120.0  # requests per minute per client
-DEFAULT_BURST = 30
-FEEDBACK_RATE = 6.0  # confirmations per minute per client
-FEEDBACK_BURST = 3
 
 VERDICTS = {True: "close_match", False: "no_close_match", None: "no_verdict"}
-
-
-def default_concurrency() -> int:
-    import os
-
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """How the server protects itself. rate_limit: requests per minute per client (0 = off)."""
-
-    api_key: str | None = None
-    rate_limit: float = DEFAULT_RATE
-    rate_burst: int = DEFAULT_BURST
-    concurrency: int = 0  # 0 = min(4, CPUs)
-    max_waiting: int = MAX_WAITING
-    feedback: bool = False
-    # peers whose X-Forwarded-For names the client (rate limit key)
-    trusted_proxies: tuple[str, ...] = ()
-    body_timeout: float = BODY_TIMEOUT  # seconds for a whole request body to arrive (0 = no limit)
-
-
-class Service:
-    """What the page and the REST API share for one loaded index."""
-
-    def __init__(self, index: "ProductIndex", settings: ServeSettings | None = None):
-        self.index = index
-        self.settings = settings or ServeSettings()
-        self.gate = Gate(
-            self.settings.concurrency or default_concurrency(), self.settings.max_waiting
-        )
-        # image_url downloads (network, not CPU)
-        self.fetch_gate = Gate(QUERY_FETCHES, self.settings.max_waiting)
-        self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
-        self.feedback_limiter = RateLimiter(FEEDBACK_RATE, FEEDBACK_BURST)
-        self.feedback: FeedbackStore | None = None
-        if self.settings.feedback:
-            from vsearch.serve import feedback
-
-            self.feedback = feedback.FeedbackStore(index.index_dir)
-        self.watcher: IndexWatcher | None = None
-        self.proxies = TrustedProxies(self.settings.trusted_proxies)
-        self.body_limits = BodyLimits(timeout=self.settings.body_timeout)
-        self._downloads: QueryDownloads | None = None
-        self._downloads_lock = threading.Lock()
-
-    def start_watcher(self, interval: float | None = None) -> "IndexWatcher":
-        from vsearch.serve.watcher import DEFAULT_INTERVAL, IndexWatcher
-
-        if self.watcher is None:
-            self.watcher = IndexWatcher(self.index, interval=interval or DEFAULT_INTERVAL).start()
-        return self.watcher
-
-    def downloads(self) -> "QueryDownloads":
-        """The bounded cache of query photos fetched by image_url (removed when the server
-        stops)."""
-        with self._downloads_lock:
-            if self._downloads is None:
-                from vsearch.serve.guard import QueryDownloads
-
-                self._downloads = QueryDownloads()
-            return self._downloads
-
-    def client_key(self, peer: str | None, headers: Mapping[str, str]) -> str:
-        """Who a request counts as for the rate limit (X-Forwarded-For only from trusted
-        proxies)."""
-        return client_address(peer, headers, self.proxies)
-
-    def admit(self, peer: str | None, headers: Mapping[str, str]) -> None:
-        """Take one request from this client's rate limit; ServerBusyError saying when to retry."""
-        wait = self.limiter.check(self.client_key(peer, headers))
-        if wait is not None:
-            raise ServerBusyError(
-                f"too many requests from you; try again in {max(1, round(wait))} s"
-            )
-
-    def close(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
-            self.watcher = None
-        with self._downloads_lock:
-            if self._downloads is not None:
-                self._downloads.close()
-                self._downloads = None
-
-    def record_feedback(
-        self, photo: Any, product_id: str, client: str, generation: str = ""
-    ) -> bool:
-        """Record a confirmed match for ``client``; True when new. FeedbackError when off, unknown
-        product, too many from this client, or the folder is full."""
-        if self.feedback is None:
-            raise FeedbackError(
-                "feedback is off on this server (start it with vsearch serve --feedback)"
-            )
-        if self.feedback_limiter.check(client) is not None:
-            raise FeedbackError(
-                "too many confirmations from you in a short time; try again in a minute"
-            )
-        try:
-            self.index.product(product_id)
-        except KeyError:
-            raise FeedbackError(f"product {product_id!r} is not in this catalog") from None
-        _, new = self.feedback.record(
-            photo, product_id, generation=generation or self.index.generation
-        )
-        return new
 
 
 # ---------------------------------------------------------------- answers without server paths
@@ -268,95 +136,6 @@ def _models():
     return ApiHit, SearchResponse, ProductResponse, HealthResponse, FeedbackResponse, ErrorResponse
 
 
-_SEARCH_BODY = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "the photo (JPEG, PNG, WebP, HEIC, ...)",
-                        },
-                        "text": {
-                            "type": "string",
-                            "description": "words: alone, the products whose text holds them "
-                            "(every "
-                            "index); with a photo, they re-rank the photo's matches (README "
-                            "'Words')",
-                        },
-                        "k": {
-                            "type": "integer",
-                            "default": DEFAULT_K,
-                            "minimum": 1,
-                            "maximum": MAX_API_K,
-                        },
-                        "category": {"type": "array", "items": {"type": "string"}},
-                        "min_price": {"type": "number"},
-                        "max_price": {"type": "number"},
-                        "filter": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "description": "COLUMN=VALUE",
-                        },
-                        "locate": {
-                            "type": "boolean",
-                            "default": False,
-                            "description": "find the item in the photo and look "
-                            "again closer: more often right on busy photos, about twice the time "
-                            "(photo-only, "
-                            "EfficientNet indexes)",
-                        },
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "text": {"type": "string"},
-                        "image_url": {
-                            "type": "string",
-                            "description": "http(s) URL of the photo; fetched under the catalog "
-                            "rules "
-                            "(public addresses only, size and time limits)",
-                        },
-                        "k": {
-                            "type": "integer",
-                            "default": DEFAULT_K,
-                            "minimum": 1,
-                            "maximum": MAX_API_K,
-                        },
-                        "category": {
-                            "oneOf": [
-                                {"type": "string"},
-                                {"type": "array", "items": {"type": "string"}},
-                            ]
-                        },
-                        "min_price": {"type": "number"},
-                        "max_price": {"type": "number"},
-                        "filter": {
-                            "type": "object",
-                            "additionalProperties": {"type": "string"},
-                            "description": "{column: value}",
-                        },
-                        "locate": {
-                            "type": "boolean",
-                            "default": False,
-                            "description": "find the item and look again closer",
-                        },
-                    },
-                }
-            },
-        },
-        "description": "A photo (multipart `image`) or JSON with `text` and/or `image_url`. `k` "
-        "and the filters "
-        "may also be given as query parameters.",
-    },
-}
-
 _ERRORS = {
     400: "bad input (not an image, unknown category, bad k, ...)",
     401: "missing or wrong API key",
@@ -437,7 +216,7 @@ def create_rest_app(service: "Service") -> "FastAPI":
         "/search",
         response_model=SearchResponse,
         dependencies=guarded,
-        openapi_extra=_SEARCH_BODY,
+        openapi_extra=SEARCH_BODY,
         responses=responses,
         summary="Ranked products for a photo, a text, or both",
     )
@@ -492,8 +271,8 @@ def create_rest_app(service: "Service") -> "FastAPI":
                 "MiB",
             )
         try:
-            url = _one(params, "image_url")
-            # (a photo and a URL together: _run says which to send)
+            url = first_value(params, "image_url")
+            # (a photo and a URL together: run_rest_search says which to send)
             if url is not None and data is None:
                 # bounded in number, each within its deadline
                 async with service.fetch_gate.async_slot():
@@ -501,7 +280,7 @@ def create_rest_app(service: "Service") -> "FastAPI":
                 name = str(url)
                 params = {key: value for key, value in params.items() if key != "image_url"}
             async with service.gate.async_slot():  # decoding is search work too
-                hits = await run_in_threadpool(_run, index, service, params, data, name)
+                hits = await run_in_threadpool(run_rest_search, index, service, params, data, name)
         except ServerBusyError as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         except NoWordMatchError as e:
@@ -653,140 +432,6 @@ def create_rest_app(service: "Service") -> "FastAPI":
         return {"recorded": new, "product_id": product_id}
 
     return rest
-
-
-def _one(params: Mapping[str, Any], key: str) -> Any:
-    value = params.get(key)
-    if isinstance(value, list):
-        value = next((v for v in value if v not in (None, "")), None)
-    return None if value == "" else value
-
-
-def _run(
-    index: "ProductIndex",
-    service: "Service",
-    params: Mapping[str, Any],
-    data: bytes | None,
-    name: str,
-) -> "list[Hit]":
-    """Validate the parameters, decode the photo, search inside the shared gate."""
-    from vsearch.catalog.images import load_image
-
-    known = {
-        "image",
-        "image_url",
-        "text",
-        "k",
-        "category",
-        "min_price",
-        "max_price",
-        "filter",
-        "locate",
-    }
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise VsearchError(
-            f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
-        )
-    raw_k = _one(params, "k")
-    try:
-        k = DEFAULT_K if raw_k is None else int(str(raw_k))
-    except ValueError:
-        raise VsearchError(
-            f"k must be a whole number from 1 to {MAX_API_K}, got {raw_k!r}"
-        ) from None
-    if not 1 <= k <= MAX_API_K:
-        raise VsearchError(f"k must be from 1 to {MAX_API_K}, got {k}")
-    filters: dict[str, Any] = {}
-    cats = params.get("category") or []
-    cats = [cats] if isinstance(cats, str) else [str(c) for c in cats if c not in (None, "")]
-    if cats:
-        valid = set(index.categories())
-        bad = [c for c in cats if c not in valid]
-        if bad:
-            listed = ", ".join(sorted(valid)[:20]) or "none (this catalog has no categories)"
-            raise VsearchError(f"unknown category {bad[0]!r}; categories: {listed}")
-        filters["category"] = cats
-    prices = []
-    for key in ("min_price", "max_price"):
-        value = _one(params, key)
-        try:
-            prices.append(None if value is None else float(value))
-        except (TypeError, ValueError):
-            raise VsearchError(f"{key} must be a number, got {value!r}") from None
-    if prices[0] is not None and prices[1] is not None and prices[0] > prices[1]:
-        raise VsearchError(f"min_price {prices[0]:g} is above max_price {prices[1]:g}")
-    if prices != [None, None]:
-        filters["price"] = tuple(prices)
-    raw_filter = params.get("filter") or []
-    items = list(raw_filter.items()) if isinstance(raw_filter, dict) else []
-    for item in [] if isinstance(raw_filter, dict) else raw_filter:
-        if not isinstance(item, str) or "=" not in item:
-            raise VsearchError(f"filter takes COLUMN=VALUE, got {item!r}")
-        items.append(tuple(s.strip() for s in item.split("=", 1)))
-    if items:
-        columns = set(index.metadata_columns())
-        exact_prices: list[str] = []
-        for column, value in items:
-            if column not in columns:
-                raise VsearchError(
-                    f"cannot filter on {column!r}; columns: {', '.join(sorted(columns))}"
-                )
-            values = [str(v) for v in (value if isinstance(value, list) else [value])]
-            # an exact price: the range [p, p], within min_price/max_price if given
-            if column == "price":
-                exact_prices += values
-                continue
-            filters.setdefault(column, []).extend(values)
-        if exact_prices:
-            filters["price"] = _exact_price(exact_prices, filters.get("price", (None, None)))
-    raw_locate = _one(params, "locate")
-    if raw_locate is None or isinstance(raw_locate, bool):
-        locate = bool(raw_locate)
-    else:
-        locate = {"true": True, "1": True, "false": False, "0": False}.get(
-            str(raw_locate).strip().lower()
-        )
-        if locate is None:
-            raise VsearchError(f"locate must be true or false, got {raw_locate!r}")
-    text = _one(params, "text")
-    text = str(text).strip() if text is not None else None
-    url = _one(params, "image_url")
-    if data is not None and url is not None:
-        raise VsearchError("send either an image file or an image_url, not both")
-    if url is not None:  # (the REST handler fetches it beforehand, under the fetch gate)
-        with service.fetch_gate.slot():
-            data = service.downloads().fetch(str(url))
-        name = str(url)
-    if data is None and not text:
-        raise VsearchError(
-            "send a photo (multipart field 'image', or JSON 'image_url') or a 'text'"
-        )
-    if data is not None and not data:
-        raise ImageError(f"{name}: empty upload (0 bytes)")
-    image = None if data is None else load_image(data, min_side=index.query_side(locate), name=name)
-    return index.search(image=image, text=text or None, k=k, filters=filters or None, locate=locate)
-
-
-def _exact_price(values: list[str], within: tuple[Any, Any]) -> tuple[float, float]:
-    """filter=price=P as the price range [P, P], narrowed by min_price / max_price."""
-    if len(set(values)) != 1:
-        raise VsearchError(
-            f"filter on price takes one price, got {', '.join(values)}; "
-            "for a range use min_price and max_price"
-        )
-    try:
-        price = float(values[0])
-    except ValueError:
-        raise VsearchError(
-            f"filter price={values[0]!r} is not a number; e.g. filter=price=19.99, "
-            "or min_price and max_price for a range"
-        ) from None
-    lo, hi = within
-    return (
-        price if lo is None else max(price, float(lo)),
-        price if hi is None else min(price, float(hi)),
-    )
 
 
 def _docs_page(rest: "FastAPI") -> None:

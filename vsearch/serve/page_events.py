@@ -37,8 +37,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from vsearch.search import Hit, ProductIndex
-    from vsearch.serve.api import Gate, Service
+    from vsearch.serve.guard import Gate
     from vsearch.serve.page_files import PageFiles
+    from vsearch.serve.service import Service
 
 log = logging.getLogger(__name__)
 

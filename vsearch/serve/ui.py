@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from vsearch.catalog.images import MAX_BYTES
 from vsearch.errors import VsearchError
 from vsearch.evaluate.report import ROW_CSS
-from vsearch.serve.api import PREFIX, ServeSettings, Service, create_rest_app
+from vsearch.serve.api import PREFIX, create_rest_app
 from vsearch.serve.page_events import (
     CROP_SIDES,
     DEFAULT_K,
@@ -32,6 +32,7 @@ from vsearch.serve.page_events import (
 )
 from vsearch.serve.page_files import PageFiles as _PageFiles
 from vsearch.serve.page_text import _md
+from vsearch.serve.service import ServeSettings, Service
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -480,7 +481,8 @@ def serve(
     interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from vsearch.search import ProductIndex
-    from vsearch.serve.api import BODY_TIMEOUT, DEFAULT_RATE
+    from vsearch.serve.guard import BODY_TIMEOUT
+    from vsearch.serve.service import DEFAULT_RATE
 
     print(f"vsearch: loading index {index_dir} ...", flush=True)
     index = ProductIndex.load(index_dir, model=model, pretrained=pretrained, precision=precision)

@@ -403,7 +403,7 @@ def rerank(
     """Best ``n`` by exact inner product among the PQ index's ``factor * n`` candidates, or
     ``factor * depth`` (at least n) when only the first ``depth`` of the n must be as good as
     the measured recall: a product search fetches ~4 images a product to fold them into k
-    products, but its answer rests on the best few (``search.RERANK_DEPTH_PER_RESULT``).
+    products, but its answer rests on the best few (``store.nearest.RERANK_DEPTH_PER_RESULT``).
 
     ``search(m)`` returns the approximate (scores, ids) of the best m, ids -1 for none."""
     per = n if depth is None else min(n, depth)
