@@ -3,7 +3,7 @@ atomically.
 
 ``vsearch.embeddings.pipeline`` turns the rows into vectors (decode workers ahead of the model,
 the embedding cache, Ray for the misses, or imported vectors); this module checks the rows,
-runs the learning step (``vsearch.learn.fit``: adaptation, whitening, DBA, the verdict) on those
+runs the learning step (``vsearch.learn``: adaptation, whitening, DBA, the verdict) on those
 vectors and hands them to ``vsearch.store`` to write and publish. Bad rows are reported and
 skipped; nothing is written over the live index until the new one is complete.
 """
@@ -351,6 +351,7 @@ def _quality_postprocess(
     sample (store.TRAIN_SAMPLE_MAX rows); DBA, which needs every vector, is refused there."""
     from vsearch.learn import fit as learn
     from vsearch.learn import transforms as post
+    from vsearch.learn import verdict
     from vsearch.learn.calibration import held_out_recall
     from vsearch.query_options import resolve_query_defaults
 
@@ -379,7 +380,7 @@ def _quality_postprocess(
     if adaptation.record.get("state") == "fitted" and (
         shopper_vectors is None or len(shopper_vectors) == 0
     ):
-        simulated = learn.simulated_photos(embedder, images, manifest, tta=settings["tta"])
+        simulated = verdict.simulated_photos(embedder, images, manifest, tta=settings["tta"])
         if simulated is not None:
             check = learn.shopper_check(raw, product_ids, adaptation.projection, simulated)
             adaptation.record["shopper_check"] = check
@@ -444,14 +445,14 @@ def _quality_postprocess(
         return vectors
     withheld = learn.settings_withheld(settings, simulated=True, train_pairs=has_pairs)
     if simulated is None and not withheld:
-        simulated = learn.simulated_photos(embedder, images, manifest, tta=settings["tta"])
+        simulated = verdict.simulated_photos(embedder, images, manifest, tta=settings["tta"])
     withheld = withheld or learn.settings_withheld(
         settings, simulated=simulated is not None, train_pairs=has_pairs
     )
     if withheld:
         manifest["verdict"] = {"threshold": None, "reason": withheld, "query_settings": settings}
         return vectors
-    verdict = learn.calibrate(
+    calibrated = verdict.calibrate(
         raw,
         product_ids,
         adapted=adaptation.projection is not None,
@@ -461,7 +462,7 @@ def _quality_postprocess(
         settings=settings,
         shopper=(shopper_vectors, shopper_labels) if has_pairs else None,
     )
-    manifest["verdict"] = {**verdict.to_dict(), "query_settings": settings}
+    manifest["verdict"] = {**calibrated.to_dict(), "query_settings": settings}
     return vectors
 
 
