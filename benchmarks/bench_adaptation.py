@@ -126,7 +126,7 @@ def scale(n_images: int, d: int = 1280, views: int = 5) -> None:
     projecting the catalog, and the cross-fitted verdict calibration on held-out views."""
     import os
 
-    from vsearch.learn.fit import calibrate
+    from vsearch.learn.verdict import calibrate
 
     rng = np.random.default_rng(0)
     n_products = n_images // views

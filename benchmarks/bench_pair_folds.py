@@ -23,8 +23,9 @@ import time
 import numpy as np
 from bench_quality import SETS, Features, eval_sets
 
-from vsearch.learn import fit as learn
+from vsearch.learn import verdict as learn
 from vsearch.learn.adaptation import fit_adaptation, training_pairs
+from vsearch.learn.query_scores import verdict_from_queries
 from vsearch.learn.transforms import nearest
 
 
@@ -62,7 +63,7 @@ def judged(index_vecs, pids, proj, q, labels, threshold, signal):
     """(n, right answers above, called close, right answers in all) for real queries."""
     if len(q) == 0:
         return np.zeros(4, dtype=int)
-    s = learn.verdict_from_queries(index_vecs, pids, proj.apply(q), labels)
+    s = verdict_from_queries(index_vecs, pids, proj.apply(q), labels)
     value = s.top if signal == "score" else s.margin
     close = value >= threshold if threshold is not None else np.zeros(len(value), bool)
     return np.asarray(
@@ -122,7 +123,7 @@ def main() -> None:
                     seed=seed,
                     session_cosine=cos,
                 )
-            ooc_s = learn.verdict_from_queries(
+            ooc_s = verdict_from_queries(
                 index_vecs, pids, proj.apply(ooc), np.full(len(ooc), "__none__")
             )
             ooc_v = ooc_s.top if v.signal == "score" else ooc_s.margin

@@ -99,10 +99,10 @@ def one_build(catalog: str, index: str, engine: str, model: str, ray_up: bool) -
 def raw_vectors(index: Path, catalog: Path, model: str) -> np.ndarray:
     """Each catalog row's raw model vector, from the index's embedding cache (or its Parquet
     shards, where they are the cache), in catalog order."""
-    from vsearch.build import SHARDS_DIR
     from vsearch.catalog.images import content_hash
     from vsearch.embeddings.cache import EmbeddingCache
     from vsearch.embeddings.imported import model_identity
+    from vsearch.embeddings.pipeline import SHARDS_DIR
     from vsearch.embeddings.shards import fill_from_shards
     from vsearch.store import generations as store
 

@@ -1,5 +1,5 @@
 """The two caches a build assembles its vectors from, side by side: the SQLite embedding cache
-(``cache.EmbeddingCache.get_many``, ASSEMBLE_ROWS keys a step, as ``build._embed_rows`` does) and
+(``cache.EmbeddingCache.get_many``, ASSEMBLE_ROWS keys a step, as ``pipeline.embed_rows`` does) and
 the Parquet shards a Ray build writes (``embedding_shards.shard_keys`` + ``fill_from_shards``: one
 pass over the shards, joined with the catalog's keys). Both fill the same memory-mapped matrix in
 catalog order (a random permutation of the keys, as a catalog never lists images in cache order).
@@ -30,8 +30,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/vsearch-bench-shard-cache"))
     args = ap.parse_args()
-    from vsearch.build import ASSEMBLE_ROWS
     from vsearch.embeddings.cache import EmbeddingCache
+    from vsearch.embeddings.pipeline import ASSEMBLE_ROWS
     from vsearch.embeddings.ray_engine import SHARD_ROWS
     from vsearch.embeddings.shards import fill_from_shards, shard_keys, write_embedding_shard
 

@@ -108,7 +108,7 @@ def test_the_verdict_calibration_reads_a_memory_mapped_catalog_a_block_at_a_time
     import tracemalloc
 
     from vsearch.learn import transforms as transforms
-    from vsearch.learn.fit import calibrate
+    from vsearch.learn.verdict import calibrate
 
     monkeypatch.setattr(transforms, "BLOCK_ROWS", 1_000)
 

@@ -215,7 +215,7 @@ def test_verdict_keeps_the_score_when_it_serves_as_well_as_the_margin():
 
 
 def test_calibration_queries_report_the_lead_over_the_runner_up_and_the_unsold_side():
-    from vsearch.learn.fit import verdict_from_queries
+    from vsearch.learn.query_scores import verdict_from_queries
 
     catalog = np.eye(4, dtype=np.float32)  # products A, A, B, C
     pids = ["A", "A", "B", "C"]

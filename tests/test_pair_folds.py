@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vsearch.learn import fit as learn
+from vsearch.learn import verdict as learn
 from vsearch.learn.adaptation import fit_adaptation, training_pairs
+from vsearch.learn.query_scores import verdict_from_queries
 
 
 def _shop(*, sessions=2, photos=3, gap=1.0, session=0.8, n=30, distractors=100, d=256, seed=0):
@@ -91,7 +92,7 @@ def test_session_folds_give_a_verdict_where_product_folds_cannot_and_it_holds_on
     assert by_product.threshold is None, by_product
     assert by_session.threshold is not None, by_session.reason
     assert by_session.recall >= 0.3
-    future = learn.verdict_from_queries(
+    future = verdict_from_queries(
         index_vectors, pids, proj.apply(q[~confirmed]), labels[~confirmed]
     )
     value = future.top if by_session.signal == "score" else future.margin

@@ -22,7 +22,7 @@ from PIL import Image
 from vsearch import cli
 from vsearch.build import build_index
 from vsearch.errors import VsearchError
-from vsearch.learn import fit as learn
+from vsearch.learn import query_scores
 from vsearch.search import ProductIndex
 from vsearch.store import generations as store
 
@@ -228,7 +228,7 @@ def test_calibration_scores_are_the_scores_search_gives_with_the_same_settings(t
         np.float32
     ) / np.sqrt(vectors.shape[1])
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    got = learn.verdict_from_queries(
+    got = query_scores.verdict_from_queries(
         vectors,
         pids,
         queries,
@@ -261,8 +261,10 @@ def test_a_build_with_default_qe_calibrates_its_verdict_with_qe_and_records_it(
 ):
     csv_path = write_catalog(tmp_path / "shop", n_products=30)
     expanded = []
-    real = learn.query_expand
-    monkeypatch.setattr(learn, "query_expand", lambda *a, **k: expanded.append(1) or real(*a, **k))
+    real = query_scores.query_expand
+    monkeypatch.setattr(
+        query_scores, "query_expand", lambda *a, **k: expanded.append(1) or real(*a, **k)
+    )
 
     build_index(csv_path, tmp_path / "plain", embedder=FakeEmbedder())
     plain = manifest_of(tmp_path / "plain")["verdict"]

@@ -423,13 +423,13 @@ def test_the_shards_join_reads_each_vector_into_its_rows_and_gc_drops_unused_and
 
 
 def test_compacting_keeps_the_marked_rows_in_order(monkeypatch):
-    from vsearch import build as build_module
+    from vsearch.embeddings import pipeline
 
-    monkeypatch.setattr(build_module, "ASSEMBLE_ROWS", 3)
+    monkeypatch.setattr(pipeline, "ASSEMBLE_ROWS", 3)
     vectors = np.arange(20, dtype=np.float32).reshape(10, 2)
     keep = np.array([0, 1, 1, 0, 0, 1, 1, 1, 0, 1], dtype=bool)
     want = vectors[keep].copy()
-    build_module._compact(vectors, keep)
+    pipeline._compact(vectors, keep)
     assert np.array_equal(vectors[: keep.sum()], want)
 
 

@@ -395,6 +395,7 @@ def _streamed_build(
 
     from vsearch import build as build_module
     from vsearch.catalog.rows import read_catalog
+    from vsearch.embeddings import pipeline
     from vsearch.embeddings.imported import ModelIdentity
 
     rng = np.random.default_rng(11)
@@ -421,7 +422,7 @@ def _streamed_build(
         supports_text=False,
     )
     monkeypatch.setattr(build_module, "ON_DISK_MIN_VECTORS", 0 if on_disk else 10**9)
-    monkeypatch.setattr(build_module, "ASSEMBLE_ROWS", STREAM["batch"])
+    monkeypatch.setattr(pipeline, "ASSEMBLE_ROWS", STREAM["batch"])
     monkeypatch.setattr(sharded_index, "SHARD_VECTORS", STREAM["shard"])
     monkeypatch.setattr(store, "TRAIN_SAMPLE_MAX", STREAM["sample"])
     # exactly STREAM["sample"], however many lists
@@ -579,9 +580,10 @@ def test_a_streamed_build_from_the_embedding_cache_equals_the_in_memory_build(
     from conftest import FakeEmbedder, write_catalog
 
     from vsearch import build as build_module
+    from vsearch.embeddings import pipeline
 
     shop = write_catalog(tmp_path / "shop", n_products=30)
-    monkeypatch.setattr(build_module, "ASSEMBLE_ROWS", 7)
+    monkeypatch.setattr(pipeline, "ASSEMBLE_ROWS", 7)
     answers = {}
     for mode, threshold in (("disk", 0), ("memory", 10**9)):
         monkeypatch.setattr(build_module, "ON_DISK_MIN_VECTORS", threshold)

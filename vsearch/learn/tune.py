@@ -259,8 +259,8 @@ def _pair_sessions(embedder: Any, items: list[list]) -> dict[int, int]:
     pairs = [i for i, it in enumerate(items) if it[3]]
     if not pairs:
         return {}
-    from vsearch.learn.fit import session_clusters
     from vsearch.learn.tune_views import open_photo
+    from vsearch.learn.verdict import session_clusters
 
     vectors = np.concatenate(
         [

@@ -23,7 +23,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from vsearch.build import DOWNLOADS_DIR, SHARDS_DIR
+from vsearch.embeddings.pipeline import DOWNLOADS_DIR, SHARDS_DIR
 from vsearch.embeddings.shards import prune_shards
 from vsearch.errors import VsearchError
 from vsearch.store import generations as store
