@@ -407,6 +407,35 @@ def test_image_url_photos_live_in_a_bounded_cache():
         srv.shutdown()
 
 
+def test_a_bad_parameter_is_refused_before_the_image_url_is_fetched(tmp_path):
+    """k=0, an unknown category or a bad price beside an image_url: 400 naming the parameter, and
+    the photo's server never asked (no download spent on a request that cannot run)."""
+    from vsearch.catalog.fetch import FetchPolicy
+
+    images, base, hits = image_server()
+    srv = start_server(tmp_path / "srv", rate_limit=0)
+    try:
+        srv.service.downloads().policy = FetchPolicy(allow_private=True)
+        for extra, word in (
+            ({"k": 0}, "k must"),
+            ({"category": "nope"}, "unknown category"),
+            ({"min_price": "cheap"}, "min_price"),
+        ):
+            r = httpx.post(
+                _url(srv, "/api/v1/search"),
+                json={"image_url": f"{base}/3.png", **extra},
+                timeout=30,
+            )
+            assert r.status_code == 400 and word in r.json()["detail"], (extra, r.text[:200])
+        assert hits == []
+        ok = httpx.post(_url(srv, "/api/v1/search"), json={"image_url": f"{base}/3.png", "k": 1})
+        assert ok.status_code == 200 and ok.json()["results"][0]["product_id"] == "P003"
+        assert hits == ["/3.png"]
+    finally:
+        srv.app.close()
+        images.shutdown()
+
+
 def test_slow_image_urls_hold_the_gate_not_the_server(tmp_path):
     """45 searches by slow image_url: each fetch takes a slot of the fetch gate, the rest wait
     without holding the server's worker threads, so /health and catalog images keep answering,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vsearch.catalog.images import MAX_BYTES
 from vsearch.errors import FeedbackError, NoWordMatchError, ServerBusyError, VsearchError
-from vsearch.serve.search_request import SEARCH_BODY, first_value, run_rest_search
+from vsearch.serve.search_request import SEARCH_BODY, parse_search, run_search_request
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -271,16 +271,17 @@ def create_rest_app(service: "Service") -> "FastAPI":
                 "MiB",
             )
         try:
-            url = first_value(params, "image_url")
-            # (a photo and a URL together: run_rest_search says which to send)
-            if url is not None and data is None:
+            # every parameter checked before a photo is fetched by URL
+            request = await run_in_threadpool(
+                parse_search, index, params, has_file=data is not None
+            )
+            if request.image_url is not None:
                 # bounded in number, each within its deadline
                 async with service.fetch_gate.async_slot():
-                    data = await run_in_threadpool(service.downloads().fetch, str(url))
-                name = str(url)
-                params = {key: value for key, value in params.items() if key != "image_url"}
+                    data = await run_in_threadpool(service.downloads().fetch, request.image_url)
+                name = request.image_url
             async with service.gate.async_slot():  # decoding is search work too
-                hits = await run_in_threadpool(run_rest_search, index, service, params, data, name)
+                hits = await run_in_threadpool(run_search_request, index, request, data, name)
         except ServerBusyError as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         except NoWordMatchError as e:

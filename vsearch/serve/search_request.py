@@ -1,11 +1,14 @@
 """A REST search request: what it may hold (`SEARCH_BODY`, the request body as /api/v1/docs shows
-it) and how its parameters are checked and turned into one `ProductIndex.search` call. The route in
-`vsearch.serve.api` only decodes the HTTP body into these parameters and encodes the answer.
+it), how its parameters are checked (`parse_search`: before any photo is fetched by URL, so a bad
+parameter costs no download) and turned into one `ProductIndex.search` call (`run_search_request`).
+The route in `vsearch.serve.api` decodes the HTTP body into these parameters, fetches an
+``image_url`` photo, and encodes the answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vsearch.errors import ImageError, VsearchError
@@ -13,7 +16,6 @@ from vsearch.errors import ImageError, VsearchError
 if TYPE_CHECKING:
     from vsearch.hits import Hit
     from vsearch.search import ProductIndex
-    from vsearch.serve.service import Service
 
 DEFAULT_K = 10
 MAX_API_K = 100
@@ -33,9 +35,8 @@ SEARCH_BODY = {
                         "text": {
                             "type": "string",
                             "description": "words: alone, the products whose text holds them "
-                            "(every "
-                            "index); with a photo, they re-rank the photo's matches (README "
-                            "'Words')",
+                            "(every index); with a photo, they re-rank the photo's matches "
+                            "(docs/words.md)",
                         },
                         "k": {
                             "type": "integer",
@@ -116,16 +117,22 @@ def first_value(params: Mapping[str, Any], key: str) -> Any:
     return None if value == "" else value
 
 
-def run_rest_search(
-    index: ProductIndex,
-    service: Service,
-    params: Mapping[str, Any],
-    data: bytes | None,
-    name: str,
-) -> list[Hit]:
-    """Validate the parameters, decode the photo, search inside the shared gate."""
-    from vsearch.catalog.images import load_image
+@dataclass(frozen=True)
+class SearchRequest:
+    """A REST search's parameters, checked."""
 
+    k: int
+    filters: dict[str, Any]
+    locate: bool
+    text: str | None
+    image_url: str | None
+
+
+def parse_search(
+    index: ProductIndex, params: Mapping[str, Any], *, has_file: bool
+) -> SearchRequest:
+    """Check every parameter (VsearchError names the first bad one). has_file: the request holds
+    an uploaded photo (then ``image_url`` may not be given too)."""
     known = {
         "image",
         "image_url",
@@ -204,22 +211,34 @@ def run_rest_search(
         if locate is None:
             raise VsearchError(f"locate must be true or false, got {raw_locate!r}")
     text = first_value(params, "text")
-    text = str(text).strip() if text is not None else None
+    text = str(text).strip() or None if text is not None else None
     url = first_value(params, "image_url")
-    if data is not None and url is not None:
+    if has_file and url is not None:
         raise VsearchError("send either an image file or an image_url, not both")
-    if url is not None:  # (the REST handler fetches it beforehand, under the fetch gate)
-        with service.fetch_gate.slot():
-            data = service.downloads().fetch(str(url))
-        name = str(url)
-    if data is None and not text:
+    if not has_file and url is None and not text:
         raise VsearchError(
             "send a photo (multipart field 'image', or JSON 'image_url') or a 'text'"
         )
+    return SearchRequest(k, filters, locate, text, None if url is None else str(url))
+
+
+def run_search_request(
+    index: ProductIndex, request: SearchRequest, data: bytes | None, name: str
+) -> list[Hit]:
+    """Decode the photo (uploaded, or fetched from ``request.image_url``) and search."""
+    from vsearch.catalog.images import load_image
+
     if data is not None and not data:
         raise ImageError(f"{name}: empty upload (0 bytes)")
-    image = None if data is None else load_image(data, min_side=index.query_side(locate), name=name)
-    return index.search(image=image, text=text or None, k=k, filters=filters or None, locate=locate)
+    side = index.query_side(request.locate)
+    image = None if data is None else load_image(data, min_side=side, name=name)
+    return index.search(
+        image=image,
+        text=request.text,
+        k=request.k,
+        filters=request.filters or None,
+        locate=request.locate,
+    )
 
 
 def exact_price(values: list[str], within: tuple[Any, Any]) -> tuple[float, float]:
