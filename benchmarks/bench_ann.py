@@ -1,10 +1,11 @@
 """ANN at scale: recall@10 against exact search, single-query latency, memory and build time.
 
-    python benchmarks/bench_ann.py                  # 1M x 512 hard synthetic set (~15-25 min on 2
-    idle cores) python benchmarks/bench_ann.py --n 200000       # quicker
+    # 1M x 512 hard synthetic set (~15-25 min on 2 idle cores)
+    python benchmarks/bench_ann.py
+    python benchmarks/bench_ann.py --n 200000       # quicker
     python benchmarks/bench_ann.py --hnsw           # also HNSW (slow to build at 1M on 2 cores)
-    python benchmarks/bench_ann.py --real           # real EfficientNet-Lite0 vectors of
-    ../shared/data photos + fill
+    # real EfficientNet-Lite0 vectors of ../shared/data photos + fill
+    python benchmarks/bench_ann.py --real
 
 The hard set: 10,000 Gaussian clusters around random unit centres, each point = centre + noise
 of norm ``--noise`` (1.5) times the centre's, L2-normalised. Same-cluster cosine is then ~0.3

@@ -1,7 +1,7 @@
 """Incremental rebuilds: a full `vsearch build` vs the rebuild after changing 1 % of the catalog.
 
-    python benchmarks/bench_incremental.py                    # 100,000 one-image products, 512-d,
-    HNSW python benchmarks/bench_incremental.py --n 20000 --index-type ivf
+    python benchmarks/bench_incremental.py          # 100,000 one-image products, 512-d, HNSW
+    python benchmarks/bench_incremental.py --n 20000 --index-type ivf
 
 Vectors come in through ``--embeddings`` (clustered random unit vectors, `--model clip`, whose
 identity needs no weights), so the model costs nothing and the index is the build. Each step is

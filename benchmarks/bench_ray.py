@@ -1,7 +1,8 @@
 """`vsearch build --engine ray` vs the local engine on one machine, side by side (issue 10).
 
-    python benchmarks/bench_ray.py                       # 2,000 real photos (1,000 jumia + 1,000
-    abo), EfficientNet-Lite0 python benchmarks/bench_ray.py --n 400 --rounds 1    # quicker
+    # 2,000 real photos (1,000 jumia + 1,000 abo), EfficientNet-Lite0
+    python benchmarks/bench_ray.py
+    python benchmarks/bench_ray.py --n 400 --rounds 1    # quicker
 
 Each round builds the same catalog into an empty index folder (empty cache) with the local
 engine and with the Ray engine, alternating, in separate fresh processes (so neither build finds

@@ -1,7 +1,7 @@
 """Sharded, memory-mapped IVF: bytes per vector, recall@10, query time, build time, serving memory.
 
-    python benchmarks/bench_sharded.py --n 200000            # real EfficientNet-Lite0 set of
-    bench_ann python benchmarks/bench_sharded.py --n 1000000 --types ivfpq
+    python benchmarks/bench_sharded.py --n 200000    # real EfficientNet-Lite0 set of bench_ann
+    python benchmarks/bench_sharded.py --n 1000000 --types ivfpq
 
 For each IVF type vsearch builds in shards (ivf = IVF,SQfp16; ivfpq = IVF,PQ64x8 re-ranked from
 float16 vectors; ivfpq-fs = IVF,PQ64x4 fast-scan, re-ranked the same way) this writes a real

@@ -1,8 +1,9 @@
 """`vsearch tune` against the shipped adaptation, side by side in one run (offline model).
 
-    nice -n 10 python benchmarks/bench_tune.py --set jumia [--products N] [--distractors 2000]
-    [--views 4] [--max-steps 300] nice -n 10 python benchmarks/bench_tune.py --set grocery
-    [--distractors 2000] [--max-queries N]
+    nice -n 10 python benchmarks/bench_tune.py --set jumia [--products N] \\
+        [--distractors 2000] [--views 4] [--max-steps 300]
+    nice -n 10 python benchmarks/bench_tune.py --set grocery [--distractors 2000] \\
+        [--max-queries N]
 
 jumia (benchmarks/eval_sets.py): the last view of each product group is held out as a query (never
 in any catalog, so never seen by the tune). The product groups with 2+ photos (all, or a fixed

@@ -8,10 +8,13 @@ R@1/R@5, close-match precision / recall, the share of unsold photos (ABO items i
 called a close match, the calibrated threshold, build seconds, and the precision-recall curve of
 the top-1 score (so the chosen operating point can be judged against every other).
 
-    python benchmarks/bench_verdict.py [--sets /tmp/vsearch-eval] [--only jumia,grocery-val]
-    [--adapt auto,off] python benchmarks/bench_verdict.py --final     # grocery test, built with the
-    296 val photos as --train-pairs add --cached-queries to take the query photos' vectors from the
-    feature cache (same vectors, no model runs)
+    python benchmarks/bench_verdict.py [--sets /tmp/vsearch-eval] \\
+        [--only jumia,grocery-val] [--adapt auto,off]
+    # grocery test, built with the 296 val photos as --train-pairs
+    python benchmarks/bench_verdict.py --final
+
+add --cached-queries to take the query photos' vectors from the feature cache (same vectors, no
+model runs)
 """
 
 from __future__ import annotations

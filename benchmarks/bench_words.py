@@ -8,8 +8,8 @@ title names no colour, its first word that is not a number, a size or a generic 
 also given for the colour-word queries alone.
 
     python benchmarks/eval_sets.py            # once: /tmp/vsearch-eval/jumia-d2000
-    python benchmarks/bench_words.py [--eval /tmp/vsearch-eval/jumia-d2000] [--index
-    /tmp/vsearch-words/jumia]
+    python benchmarks/bench_words.py [--eval /tmp/vsearch-eval/jumia-d2000] \\
+        [--index /tmp/vsearch-words/jumia]
 
 Speed (``--speed N``): a catalog of N products whose titles are 4-9 words drawn (Zipf-like) from
 the jumia titles' vocabulary plus a colour and a brand, built with ``--embeddings`` semantics

@@ -1,9 +1,9 @@
 """The hostile-input zoo: generate every bad image, path, URL and CSV a shop could hand vsearch,
 run real builds over them and print one table row per input: what it was and what vsearch did.
 
-    python benchmarks/hostile_inputs.py                 # test-tiny model (the test plugin `make
-    test` installs), temp folder python benchmarks/hostile_inputs.py --keep zoo/      # keep the
-    generated files and index
+    # test-tiny model (the test plugin `make test` installs), temp folder
+    python benchmarks/hostile_inputs.py
+    python benchmarks/hostile_inputs.py --keep zoo/      # keep the generated files and index
 
 Every input must end up either indexed or skipped with a reason that names it; the build must
 finish; nothing may hang. The script exits 1 if any input breaks that rule. The generators here

@@ -54,7 +54,8 @@ def verdict_from_queries(
 
     exclude: per query, catalog rows it must not see (a held-out view's own image). A query whose
     k nearest images hold no second product gets the margin of a runner-up scoring 0, as search
-    does. transform: applied to the catalog rows a block at a time (``transforms.nearest``), so a
+    does.
+    transform: applied to the catalog rows a block at a time (``transforms.nearest``), so a
     cross-fitted projection of a memory-mapped catalog is never held whole.
     settings: the query-side settings searches will use (``fit.query_settings``): query expansion
     (from the query's own best images: for the unsold side from a catalog without its product)

@@ -3,17 +3,20 @@
 Layout of an index folder (default ``index/default``)::
 
     CURRENT            name of the live generation; replaced atomically with os.replace
-    cache.sqlite       embedding cache (content hash + model fingerprint -> vector), shared by
-    generations gen-<time>-<id>/   one complete, immutable build:
+    cache.sqlite       embedding cache (content hash + model fingerprint -> vector), shared
+                       by generations
+    gen-<time>-<id>/   one complete, immutable build:
         manifest.json  format version, model, dim, metric, FAISS factory, counts, build time
-        vectors.faiss  one vector per catalog image (FAISS id == images.vid; an incrementally
-        updated
-                       HNSW index also holds removed images' vectors, ids with no images row)
+        vectors.faiss  one vector per catalog image (FAISS id == images.vid; an
+                       incrementally updated HNSW index also holds removed images' vectors,
+                       ids with no images row)
         vectors.ivfdata   IVF types: the inverted lists, merged on disk from shards, read
-        memory-mapped vectors.f16.npy   PQ types: the vectors as float16 (row == vid), for exact
-        re-ranking products.sqlite products, images and their metadata; the FTS5 table ``words``
-        (vsearch.store.words) train_pairs.json  builds with --train-pairs: the pair photos' content
-        hashes (what ``vsearch gc`` keeps cached)
+                          memory-mapped
+        vectors.f16.npy   PQ types: the vectors as float16 (row == vid), for exact re-ranking
+        products.sqlite   products, images and their metadata; the FTS5 table ``words``
+                          (vsearch.store.words)
+        train_pairs.json  builds with --train-pairs: the pair photos' content hashes (what
+                          ``vsearch gc`` keeps cached)
 
 A build writes a new generation beside the live one, fsyncs all of it, and only then points
 CURRENT at it, so a crash (or a power loss) at any moment leaves the previous index loadable, and a
