@@ -1,4 +1,4 @@
-"""`vsearch build --engine ray` vs the local engine on one machine, side by side (issue 10).
+"""`vsearch build --engine ray` vs the local engine on one machine, side by side.
 
     # 2,000 real photos (1,000 jumia + 1,000 abo), EfficientNet-Lite0
     python benchmarks/bench_ray.py

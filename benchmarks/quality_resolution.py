@@ -1,4 +1,4 @@
-"""Input-resolution and multi-layer read-outs of EfficientNet-Lite0 on the quality sets (issue 5).
+"""Input-resolution and multi-layer read-outs of EfficientNet-Lite0 on the quality sets.
 
 Step 1 (--embed, slow): one forward pass per photo and input size (224 / 320 px by default, short
 side resized bicubic, centre crop, as the embedder does), with forward hooks on the seven block

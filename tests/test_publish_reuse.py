@@ -1,4 +1,4 @@
-"""Durable, content-keyed publish (issue 20, item 5).
+"""Durable, content-keyed publish.
 
 * every file of a generation is on disk (fsynced) before CURRENT names it;
 * every reuse rule (verdict, learned projection, IVF quantizer, incremental FAISS ids) keys an
