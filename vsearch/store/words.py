@@ -123,7 +123,12 @@ def match_expression(text: str) -> str | None:
     terms = query_terms(text)
     if not terms:
         return None
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+    return " OR ".join(_quoted(terms))
+
+
+def _quoted(terms: Sequence[str]) -> list[str]:
+    """Each term as an FTS5 string, so no word is read as query syntax (AND, OR, NOT, quotes)."""
+    return ['"' + t.replace('"', '""') + '"' for t in terms]
 
 
 def product_columns(product: Product) -> tuple[str, str, str, str]:
@@ -193,7 +198,7 @@ def word_scores(
     terms = query_terms(text)
     if not terms:
         return []
-    quoted = ['"' + t.replace('"', '""') + '"' for t in terms]
+    quoted = _quoted(terms)
     if limit is None or pids is not None or len(terms) == 1:
         return _bm25(query, " OR ".join(quoted), where, params, pids, limit)
     every = _bm25(query, " AND ".join(quoted), where, params, None, limit)
