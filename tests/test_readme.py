@@ -93,7 +93,8 @@ NOT_NAMES = {"vsearch.models", "vsearch.model_fingerprint", "vsearch.dim", "vsea
 
 def test_every_dotted_name_the_docs_show_exists():
     """`vsearch.x.y` in README.md, docs/ and architecture.md names a module or an attribute that
-    exists, so the docs follow the code when it moves (the rename tables' "before" column aside)."""
+    exists, and a vsearch/….py path a file that exists, so the docs follow the code when it moves
+    (the rename tables' "before" column aside)."""
     missing = []
     for page in [*_pages(), README.parent / "architecture.md"]:
         for line in page.read_text(encoding="utf-8").splitlines():
@@ -102,6 +103,9 @@ def test_every_dotted_name_the_docs_show_exists():
             for dotted in re.findall(r"`(vsearch(?:\.\w+)+)(?:\(\))?`", line):
                 if dotted not in NOT_NAMES and not _resolves(dotted):
                     missing.append(f"{page.name}: {dotted}")
+            for path in re.findall(r"\bvsearch/[\w/]+\.py\b", line):
+                if page.name != "python.md" and not (README.parent / path).is_file():
+                    missing.append(f"{page.name}: {path}")
     assert not missing, "names the docs show that do not exist:\n" + "\n".join(missing)
 
 
