@@ -185,6 +185,14 @@ def main() -> None:
     ap.add_argument("--validate-every", type=int, default=20)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--shipped-from",
+        type=Path,
+        default=None,
+        help="jumia: a previous run's folder with the same --products/--distractors; its shipped "
+        "arm (index and figures) is reused instead of built and measured again (R@1 is the same; "
+        "its build time is then from that run, not side by side)",
+    )
     args = ap.parse_args()
     res: dict = {"load_before": load_average(), "args": {k: str(v) for k, v in vars(args).items()}}
     tag = (
@@ -269,9 +277,21 @@ def main() -> None:
             return out
 
         shipped = work / "index-shipped"
-        res["build_shipped"] = build(cat_full, shipped, "off")
-        save("build_shipped")
-        res["shipped"] = measure(shipped)
+        if args.shipped_from:
+            if args.shipped_from.resolve() == work.resolve():
+                sys.exit("--shipped-from: a previous run's folder, not this run's (use --out)")
+            prev = json.loads((args.shipped_from / "results.json").read_text())
+            same = ("set", "products", "distractors")
+            if any(prev["args"][k] != str(getattr(args, k)) for k in same):
+                sys.exit(f"--shipped-from {args.shipped_from}: not the same {'/'.join(same)}")
+            shutil.rmtree(shipped, ignore_errors=True)
+            shutil.copytree(args.shipped_from / "index-shipped", shipped, symlinks=True)
+            res["build_shipped"] = {**prev["build_shipped"], "from": str(args.shipped_from)}
+            res["shipped"] = prev["shipped"]
+        else:
+            res["build_shipped"] = build(cat_full, shipped, "off")
+            save("build_shipped")
+            res["shipped"] = measure(shipped)
         save("shipped")
         tuned_dir = work / "index-tuned"
         # a copy: its embedding cache spares embedding A again

@@ -66,7 +66,12 @@ def train(
     by_label: dict[int, list[int]] = {}
     for i in plan["train"]:
         by_label.setdefault(int(labels[i]), []).append(pos[i])
-    label_list = sorted(by_label)
+    # half of each batch from products with two photos or more (real different views to pull
+    # together), the rest single-photo products and distractors (two augmented copies each)
+    multi = sorted(lab for lab, own in by_label.items() if len(own) >= 2)
+    single = sorted(lab for lab, own in by_label.items() if len(own) < 2)
+    n_multi = min(len(multi), max(batch_products // 2, batch_products - len(single)))
+    n_single = min(len(single), batch_products - n_multi)
     params = parts.parameters()
     for p in params:
         p.requires_grad_(True)
@@ -93,9 +98,10 @@ def train(
             break
         rng = np.random.default_rng([seed, step])
         rows, ys = [], []
-        for lab in rng.choice(
-            label_list, size=min(batch_products, len(label_list)), replace=False
-        ).tolist():
+        chosen = rng.choice(multi, size=n_multi, replace=False).tolist() if n_multi else []
+        if n_single:
+            chosen += rng.choice(single, size=n_single, replace=False).tolist()
+        for lab in chosen:
             own = by_label[lab]
             n = 4 if len(own) >= 2 else 2
             ks = [own[j % len(own)] for j in rng.permutation(max(n, len(own)))[:n]]
