@@ -241,7 +241,8 @@ def test_products_health_docs_and_unknown_routes(server):
         "products": 14,
         "images": 20,
         "index_type": "flat",
-        "text_search": False,
+        "text_search": False,  # no text tower, but its titles are searchable by words:
+        "words_search": True,
         "skipped_generations": [],
         "feedback": False,
     }

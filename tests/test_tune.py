@@ -3,7 +3,7 @@ and loaded by search and the REST API; it resumes after SIGKILL; validation phot
 near-duplicates out of training; a tune that does not help is not kept; CLIP keeps its text tower.
 
 The model is test-tiny (a random open_clip model), so these test plumbing and safety, not quality;
-the shared-data test at the end checks that tuning helps the real offline model.
+tests/test_quality_shared.py checks that tuning helps the real offline model on real photos.
 """
 
 from __future__ import annotations

@@ -118,7 +118,14 @@ class ProductIndex:
 
     @property
     def supports_text(self) -> bool:
+        """The model embeds text too (CLIP): text is matched to photos by meaning."""
         return bool(getattr(self.embedder, "supports_text", False))
+
+    @property
+    def supports_words(self) -> bool:
+        """The live generation has a words index of the products' titles and descriptions: text is
+        matched by its words, whatever the model."""
+        return words.has_words_table(self._gen.query)
 
     @property
     def score_threshold(self) -> float | None:

@@ -30,9 +30,9 @@ CURRENT_FILE = "CURRENT.json"  # the tuned model builds use (absent: none)
 LATEST_FILE = "latest.json"  # the last tune's report, kept or not (what ``vsearch info`` shows)
 TUNED_MODES = ("auto", "off")
 FORMAT_VERSION = 1
-# Trained stages when none are asked for (benchmarks/RESULTS.md, "Fine-tuning"):
-# EfficientNet-Lite0's
-# last two block stages (5-6) + head conv; CLIP's last two transformer blocks of the image tower.
+# Trained stages when none are asked for: EfficientNet-Lite0's last two block stages (5-6) + head
+# conv (at an equal budget one gains less and three no more: benchmarks/RESULTS.md,
+# "Fine-tuning"); CLIP's last two transformer blocks of the image tower (not measured).
 DEFAULT_STAGES = {"efficientnet": 2, "clip": 2}
 
 

@@ -56,6 +56,9 @@ PATIENCE = 3  # validations without improvement before stopping
 VAL_FRACTION = 0.15  # of the products with photos in two near-duplicate groups or more
 MAX_VAL_PRODUCTS = 300
 MIN_VAL_PRODUCTS = 3
+# a small catalog holds out up to a third of those products, so whether the tune is kept rests on
+# up to 20 photos rather than a handful
+SMALL_VAL_PRODUCTS = 20
 CHUNK = 32  # photos per trunk batch while caching
 DISK_MARGIN = 256 << 20
 
@@ -143,8 +146,8 @@ def tune_index(
         )
         parts = split_model(embedder, stages)
         if parts.kind == "efficientnet":
-            # NHWC convolutions: about 1.8x the trunk's throughput on CPU and 1.4x the training
-            # step (benchmarks/RESULTS.md); this process's copy of the model only
+            # NHWC convolutions: oneDNN runs the trunk and the training step markedly faster on
+            # CPU than NCHW; this process's copy of the model only (builds are unchanged)
             embedder.model.to(memory_format=torch.channels_last)
         items = _items(index_dir, gen, train_pairs)
         sessions = _pair_sessions(embedder, items)
@@ -341,7 +344,7 @@ def split_views(
     eligible = sorted(lab for lab, gs in groups_of.items() if len(gs) >= 2)
     rng = random.Random(seed)
     rng.shuffle(eligible)
-    n_val = min(MAX_VAL_PRODUCTS, max(MIN_VAL_PRODUCTS, round(VAL_FRACTION * len(eligible))))
+    n_val = _validation_count(len(eligible))
     held: set[int] = set()
     val: list[int] = []
     for lab in eligible:
@@ -364,11 +367,7 @@ def split_views(
             sessions_of.setdefault(labels[i], set()).add(group[i])
     pair_eligible = sorted(lab for lab, gs in sessions_of.items() if len(gs) >= 2)
     rng.shuffle(pair_eligible)
-    n_pair = (
-        min(MAX_VAL_PRODUCTS, max(MIN_VAL_PRODUCTS, round(VAL_FRACTION * len(pair_eligible))))
-        if pair_eligible
-        else 0
-    )
+    n_pair = _validation_count(len(pair_eligible)) if pair_eligible else 0
     for lab in pair_eligible[:n_pair]:
         g = rng.choice(sorted(sessions_of[lab]))
         held.add(g)
@@ -382,6 +381,12 @@ def split_views(
             f"{len(pair_eligible)}); add more views of the products or --train-pairs"
         )
     return {"val": val, "train": train, "labels": labels, "groups": group}
+
+
+def _validation_count(eligible: int) -> int:
+    """Products to hold one photo (or session) out of, of ``eligible`` that have two or more."""
+    share = max(round(VAL_FRACTION * eligible), min(SMALL_VAL_PRODUCTS, eligible // 3))
+    return min(MAX_VAL_PRODUCTS, max(MIN_VAL_PRODUCTS, share))
 
 
 # ---------------------------------------------------------------- cached trunk outputs

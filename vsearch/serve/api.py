@@ -118,7 +118,13 @@ def _models():
         products: int
         images: int
         index_type: str
-        text_search: bool
+        text_search: bool = Field(
+            description="the model embeds text (CLIP): text is matched to photos by meaning"
+        )
+        words_search: bool = Field(
+            description="the index has a words index of titles and descriptions: text is matched "
+            "by its words, with any model"
+        )
         skipped_generations: list[str] = Field(
             description="published generations that could not be served"
         )
@@ -349,6 +355,7 @@ def create_rest_app(service: "Service") -> "FastAPI":
             "images": int(counts.get("images", 0)),
             "index_type": str(manifest.get("index_type", "?")),
             "text_search": index.supports_text,
+            "words_search": index.supports_words,
             "skipped_generations": sorted(index.skipped_generations),
             "feedback": service.feedback is not None,
         }
