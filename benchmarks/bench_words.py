@@ -142,8 +142,7 @@ def speed(n: int, work: Path, jumia_manifest: Path, index_type: str, reuse: bool
     gen = index._gen
 
     def any_word(q: str) -> None:
-        quoted = " OR ".join(words._quoted(words.query_terms(q)))
-        words._bm25(gen.query, quoted, "", (), None, 10)
+        words._bm25(gen.query, words.match_expression(q), "", (), None, 10)
 
     def every_word_first(q: str) -> None:
         words.word_scores(gen.query, q, limit=10)

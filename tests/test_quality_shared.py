@@ -39,17 +39,24 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _jumia_groups(categories: tuple[str, ...] | None = None) -> dict[str, list[dict]]:
+    """Jumia's photos by product group (of ``categories``, or all), each group in view order."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in _read(DATA / "jumia" / "manifest.csv"):
+        if categories is None or r["category"] in categories:
+            groups[r["product_group"]].append(r)
+    for rows in groups.values():
+        rows.sort(key=lambda r: (int(r["view"]), r["image"]))
+    return groups
+
+
 @pytest.fixture(scope="module")
 def jumia_subset(tmp_path_factory):
     """Catalog = every view but the last of each product group; queries = the last views."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in _read(DATA / "jumia" / "manifest.csv"):
-        if r["category"] in JUMIA_CATEGORIES:
-            groups[r["product_group"]].append(r)
+    groups = _jumia_groups(JUMIA_CATEGORIES)
     root = tmp_path_factory.mktemp("jumia")
     catalog, queries = [], []
     for group, rows in sorted(groups.items()):
-        rows.sort(key=lambda r: (int(r["view"]), r["image"]))
         if len(rows) >= 2:
             queries.append(
                 Query(
@@ -155,16 +162,14 @@ TUNE_STEPS = 30  # no early stop (patience): the best of three validations is ke
 def tune_shop(tmp_path_factory):
     from vsearch.learn.shopper_photos import cutout, scenes, shopper_photo
 
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in _read(DATA / "jumia" / "manifest.csv"):
-        groups[r["product_group"]].append(r)
+    groups = _jumia_groups()
     eligible = sorted(g for g, rows in groups.items() if len(rows) >= 3)
     chosen = sorted(random.Random(7).sample(eligible, TUNE_GROUPS))
     root = tmp_path_factory.mktemp("tune")
     backgrounds = scenes(6, random.Random("tune-test"), size=(640, 480))
     catalog, phones = [], []
     for n, group in enumerate(chosen):
-        rows = sorted(groups[group], key=lambda r: (int(r["view"]), r["image"]))
+        rows = groups[group]
         catalog += [(group, str(DATA / "jumia" / r["image"]), r["category"]) for r in rows[:-1]]
         photo = shopper_photo(
             cutout(DATA / "jumia" / rows[-1]["image"]),
