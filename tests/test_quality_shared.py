@@ -1,6 +1,6 @@
 """Quality regressions on real photos (../shared/data), with the real offline model.
 
-Skipped when the data folder is absent; CI has it. About three minutes on 2 cores: one embedding
+Skipped when the data folder is absent; CI has it. About five minutes on 2 cores: one embedding
 pass over ~850 jumia photos (the cache serves the second build), 81 grocery packshots + 60 photos,
 and a short `vsearch tune` on a jumia subset.
 """
